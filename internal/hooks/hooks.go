@@ -1,0 +1,29 @@
+// Package hooks holds the test-only interleaving points of a tier.Node. A
+// production Node has none (a nil *Points); tests install them through the
+// tier package's test-only constructor to drive the exact interleavings of
+// RACES.md, and to break the protocol on purpose for the negative controls.
+// Nothing here is public API.
+package hooks
+
+import "github.com/tiercache/tiercache/l1"
+
+// Points are the hooks of one Node. Nil funcs are skipped.
+type Points struct {
+	// Token, when set, replaces the random claim token. A constant Token is
+	// the negative control of R03 (cachecow's constant flag).
+	Token func() string
+	// NoForget keeps a key's flight joinable after an invalidation: the
+	// negative control of R20.
+	NoForget bool
+	// Flight runs when a Get has registered with a key's flight: started
+	// is true if it started the flight, false if it joined one.
+	Flight func(key string, started bool)
+	// OnBusy runs each time a flight finds the key's flag held by another
+	// claimant, before it waits.
+	OnBusy func(key string)
+	// BeforeFill runs after a claimant's fetch returned and before it fills
+	// L2.
+	BeforeFill func(key string)
+	// L1 are the hooks of the node's L1 (R13, and its negative control).
+	L1 *l1.Hooks
+}

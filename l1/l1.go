@@ -1,0 +1,162 @@
+package l1
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+
+	"github.com/tiercache/tiercache/consistency"
+)
+
+// DefaultMaxBytes is the budget a [Config] with MaxBytes zero gets: 64 MiB.
+const DefaultMaxBytes = 64 << 20
+
+// ErrConfig reports an invalid [Config].
+var ErrConfig = errors.New("l1: invalid config")
+
+// Config configures a [Cache].
+type Config struct {
+	// MaxBytes bounds the memory the cache accounts for, in bytes: the costs
+	// passed to Fill plus ristretto's own per-entry overhead. Zero means
+	// DefaultMaxBytes; negative is an error.
+	MaxBytes int64
+	// Epochs is the node's fill-epoch table, shared with whatever bumps it.
+	// Nil means a private table.
+	Epochs *consistency.Epochs
+	// Hooks, when non-nil, is called around the ristretto Set of every fill,
+	// to let tests drive R13's interleavings. Nil in production.
+	Hooks *Hooks
+}
+
+// Hooks are test-only interleaving points of [Cache.Fill].
+type Hooks struct {
+	// BeforeSet runs after the first ticket check and before the Set.
+	BeforeSet func(h uint64)
+	// AfterSet runs after the Set and before the second ticket check.
+	AfterSet func(h uint64)
+	// NoFence disables every ticket check: the negative control of R13.
+	NoFence bool
+}
+
+// item is what ristretto stores: the caller's value and its fill ticket.
+type item struct {
+	ticket consistency.Ticket
+	value  any
+}
+
+// Cache is the in-process tier. It is safe for concurrent use.
+type Cache struct {
+	rc     *ristretto.Cache[uint64, item]
+	epochs *consistency.Epochs
+	hooks  *Hooks
+}
+
+// New returns a Cache with the given config.
+func New(cfg Config) (*Cache, error) {
+	maxBytes := cfg.MaxBytes
+	switch {
+	case maxBytes < 0:
+		return nil, fmt.Errorf("%w: MaxBytes %d is negative", ErrConfig, maxBytes)
+	case maxBytes == 0:
+		maxBytes = DefaultMaxBytes
+	}
+	// ristretto wants about ten counters per entry it will hold; assume
+	// entries of 256 bytes on average, and keep the table between 16 Ki and
+	// 16 Mi counters (a counter costs about 4 bits).
+	counters := min(max(maxBytes/256*10, 1<<14), 1<<24)
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, item]{
+		NumCounters: counters,
+		MaxCost:     maxBytes,
+		BufferItems: 64,
+		// Keys are already 64-bit hashes; collisions are resolved by the
+		// caller, which keeps the full key in the value.
+		KeyToHash: func(k uint64) (uint64, uint64) { return k, 0 },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	epochs := cfg.Epochs
+	if epochs == nil {
+		epochs = consistency.NewEpochs(0)
+	}
+	return &Cache{rc: rc, epochs: epochs, hooks: cfg.Hooks}, nil
+}
+
+// Ticket returns the ticket a fill of h must take before it reads the value
+// it will store.
+func (c *Cache) Ticket(h uint64) consistency.Ticket {
+	return c.epochs.Ticket(h)
+}
+
+// Get returns the value stored under h if it is present, unexpired, and was
+// filled under a ticket that is still valid.
+func (c *Cache) Get(h uint64) (any, bool) {
+	it, ok := c.rc.Get(h)
+	if !ok {
+		return nil, false
+	}
+	if c.epochs.Ticket(h) != it.ticket && !c.noFence() {
+		return nil, false
+	}
+	return it.value, true
+}
+
+// Fill stores v under h for at most ttl, with the given cost in bytes, if t
+// is still valid. It reports whether the value was stored and still valid
+// after the Set; ristretto's admission policy may still drop it later. A ttl
+// <= 0 stores nothing.
+func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consistency.Ticket) bool {
+	if ttl <= 0 || !c.valid(h, t) {
+		return false
+	}
+	if c.hooks != nil && c.hooks.BeforeSet != nil {
+		c.hooks.BeforeSet(h)
+	}
+	c.rc.SetWithTTL(h, item{ticket: t, value: v}, cost, ttl)
+	if c.hooks != nil && c.hooks.AfterSet != nil {
+		c.hooks.AfterSet(h)
+	}
+	if !c.valid(h, t) {
+		// An invalidation landed while we stored: Get already refuses the
+		// entry (its ticket is stale); delete it to free the memory now. Our
+		// Del is queued after our Set, so it cannot be overtaken by it.
+		c.rc.Del(h)
+		return false
+	}
+	return true
+}
+
+// Evict makes every value filled under a ticket of h's stripe taken so far
+// invisible, and deletes the entry at h.
+func (c *Cache) Evict(h uint64) {
+	// Bump first: from here on, whatever a buffered Set makes visible is
+	// already refused by Get (R13).
+	c.epochs.Bump(h)
+	c.rc.Del(h)
+}
+
+// EvictAll makes every value filled so far invisible and empties the cache.
+func (c *Cache) EvictAll() {
+	c.epochs.BumpAll()
+	c.rc.Clear()
+}
+
+// TTL returns the remaining lifetime of the entry at h, whether or not its
+// ticket is still valid, and false if there is none.
+func (c *Cache) TTL(h uint64) (time.Duration, bool) {
+	return c.rc.GetTTL(h)
+}
+
+// Wait blocks until ristretto has applied every buffered write. For tests.
+func (c *Cache) Wait() { c.rc.Wait() }
+
+// Close stops ristretto's goroutines. The Cache must not be used afterwards.
+func (c *Cache) Close() { c.rc.Close() }
+
+func (c *Cache) valid(h uint64, t consistency.Ticket) bool {
+	return c.noFence() || c.epochs.Valid(h, t)
+}
+
+func (c *Cache) noFence() bool { return c.hooks != nil && c.hooks.NoFence }

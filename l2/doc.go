@@ -1,0 +1,43 @@
+// Package l2 is the Redis tier: key naming, the stored envelope, and the Lua
+// scripts of the flag protocol. It knows nothing of L1.
+//
+// # Key naming
+//
+// Every key the library writes starts with a prefix ("tc" by default) and a
+// kind letter, followed by a Redis Cluster hash tag that holds the namespace
+// (length-prefixed) and the user key:
+//
+//	<prefix>:v:{<len(ns)>:<ns>:=<key>}     value of a key up to RawKeyMax bytes
+//	<prefix>:f:{<len(ns)>:<ns>:=<key>}     its flag
+//	<prefix>:v:{<len(ns)>:<ns>:#<hash>}    value of a longer key (128-bit xxhash, hex)
+//
+// The namespace's length prefix and the '=' / '#' marker make the mapping
+// from (namespace, key) to Redis key injective whatever bytes either holds
+// (':', '{', '}', NUL): the name can be parsed back unambiguously from both
+// ends. Long keys are hashed; the envelope keeps the full key, so a hash
+// collision reads as a miss, never as another key's value. A value and its
+// flag have the same text after the first '{', hence the same hash tag and
+// the same cluster slot (RACES.md R28).
+//
+// # Envelope
+//
+// A stored value is a CBOR array [version, key, data]: the format version
+// (currently 1), the full user key, and the bytes of the value as its codec
+// encoded them. Bytes that do not decode as a version-1 envelope are
+// reported as [ErrCorrupt]; the caller treats them as a miss.
+//
+// # Flag protocol
+//
+// A miss claims the key's flag with a fresh random token in the same script
+// that found the value absent ([Store.ReadOrClaim]: one round trip). The
+// claimant fetches from the source and fills with [Store.Fill], a script that
+// writes the value only if the flag still holds its token and clears the
+// flag: check and write are one atomic step (R07). Invalidation deletes value
+// and flag together ([Store.Invalidate]), so a fetch that began before it can
+// never fill afterwards (R01, R03); a flag that expired looks the same (R04,
+// R05). Losers of the claim wait for the winner's value.
+//
+// # Thread-safety
+//
+// A [Store] is safe for concurrent use; it holds no state beyond the client.
+package l2

@@ -1,0 +1,68 @@
+package l2
+
+import (
+	"encoding/hex"
+	"strconv"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// RawKeyMax is the longest user key, in bytes, that appears verbatim in a
+// Redis key name; longer keys are replaced by their 128-bit hash.
+const RawKeyMax = 128
+
+// Keys names the Redis keys of one cached key.
+type Keys struct {
+	// Value holds the envelope.
+	Value string
+	// Flag holds the token of the fill in progress, if any.
+	Flag string
+}
+
+// KeysFor returns the Redis keys of key in namespace under prefix. The
+// mapping is injective in (namespace, key) for raw keys, and collision
+// resistant (128 bits) for keys longer than RawKeyMax. The prefix must not
+// contain '{' or '}'.
+func KeysFor(prefix, namespace, key string) Keys {
+	// body = "{" len(ns) ":" ns ":" marker key-or-hash "}"
+	n := len(prefix) + 3 + 1 + 20 + 1 + len(namespace) + 2 + 32 + 1
+	if len(key) <= RawKeyMax {
+		n += len(key)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, prefix...)
+	b = append(b, ":v:{"...)
+	b = strconv.AppendInt(b, int64(len(namespace)), 10)
+	b = append(b, ':')
+	b = append(b, namespace...)
+	b = append(b, ':')
+	if len(key) <= RawKeyMax {
+		b = append(b, '=')
+		b = append(b, key...)
+	} else {
+		b = append(b, '#')
+		b = appendHash128(b, key)
+	}
+	b = append(b, '}')
+	value := string(b)
+	b[len(prefix)+1] = 'f'
+	return Keys{Value: value, Flag: string(b)}
+}
+
+// appendHash128 appends 32 hex digits of two independent 64-bit xxhash sums.
+func appendHash128(b []byte, key string) []byte {
+	var sum [16]byte
+	d := xxhash.NewWithSeed(0)
+	_, _ = d.WriteString(key)
+	putUint64(sum[:8], d.Sum64())
+	d.ResetWithSeed(0x9e3779b97f4a7c15)
+	_, _ = d.WriteString(key)
+	putUint64(sum[8:], d.Sum64())
+	return hex.AppendEncode(b, sum[:])
+}
+
+func putUint64(b []byte, v uint64) {
+	for i := range 8 {
+		b[i] = byte(v >> (56 - 8*i))
+	}
+}

@@ -1,0 +1,24 @@
+package tier
+
+import "errors"
+
+var (
+	// ErrNotFound says that the source has no such object. Fetch wraps it
+	// (or returns it) to say so; Get returns an error that wraps it.
+	ErrNotFound = errors.New("tier: not found")
+	// ErrConfig reports an invalid NodeConfig or Config.
+	ErrConfig = errors.New("tier: invalid config")
+	// ErrEmptyKey reports a key whose string form is empty.
+	ErrEmptyKey = errors.New("tier: empty key")
+	// ErrKeyTooLarge reports a key whose string form exceeds
+	// NodeConfig.MaxKeyBytes.
+	ErrKeyTooLarge = errors.New("tier: key too large")
+	// ErrValueTooLarge reports a value whose stored form exceeds
+	// NodeConfig.MaxValueBytes.
+	ErrValueTooLarge = errors.New("tier: value too large")
+	// ErrFetchPanic reports a Fetch that panicked; every caller waiting on
+	// that fetch gets it. The panic value is in the message.
+	ErrFetchPanic = errors.New("tier: fetch panicked")
+	// ErrClosed reports a call on a closed Node.
+	ErrClosed = errors.New("tier: node closed")
+)

@@ -1,0 +1,27 @@
+package tier
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/hooks"
+)
+
+// NewNodeWithHooks is NewNode with test-only interleaving hooks.
+func NewNodeWithHooks(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk *hooks.Points) (*Node, error) {
+	return newNode(ctx, rdb, cfg, hk)
+}
+
+// WaitL1 blocks until the node's L1 has applied every buffered write.
+func WaitL1(n *Node) { n.l1.Wait() }
+
+// L1TTL returns the remaining L1 lifetime of key's entry in c.
+func L1TTL[K comparable, V any](c *Cache[K, V], key K) (time.Duration, bool) {
+	_, h, err := c.keys.resolve(key)
+	if err != nil {
+		return 0, false
+	}
+	return c.node.l1.TTL(h)
+}

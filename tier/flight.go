@@ -1,0 +1,106 @@
+package tier
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"sync"
+)
+
+// flights runs at most one load per key at a time on this node and shares
+// its result with every caller that joined it (RACES.md R02 within a node).
+//
+// It differs from x/sync/singleflight where the cache needs it to: a
+// caller's cancelled ctx returns that caller only, and the shared load is
+// cancelled when its last caller has gone, not before; a panic becomes an
+// error for every caller rather than a crash; the load runs in a goroutine
+// that Node.Close waits for; and forget ends a flight's membership so that a
+// read that began after an invalidation never joins a flight that began
+// before it (R20).
+type flights[V any] struct {
+	mu sync.Mutex
+	m  map[string]*flight[V]
+}
+
+type flight[V any] struct {
+	done    chan struct{}
+	val     V
+	err     error
+	waiters int // callers still waiting; guarded by flights.mu
+	cancel  context.CancelFunc
+}
+
+// do returns the result of load for key, joining the flight in progress if
+// there is one. The flight's context keeps ctx's values, not its
+// cancellation; it is cancelled when every caller has gone or the node
+// closes.
+func (g *flights[V]) do(ctx context.Context, n *Node, key string, load func(context.Context) (V, error)) (V, error) {
+	var zero V
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	g.mu.Lock()
+	f, ok := g.m[key]
+	if !ok {
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		f = &flight[V]{done: make(chan struct{}), cancel: cancel}
+		started := n.spawn(func() {
+			stop := context.AfterFunc(n.life, cancel)
+			defer func() {
+				if r := recover(); r != nil {
+					n.log.Error("tiercache: panic in load", "panic", r, "stack", string(debug.Stack()))
+					f.err = fmt.Errorf("tier: internal panic: %v", r)
+				}
+				stop()
+				cancel()
+				g.mu.Lock()
+				if g.m[key] == f {
+					delete(g.m, key)
+				}
+				g.mu.Unlock()
+				close(f.done)
+			}()
+			f.val, f.err = load(fctx)
+		})
+		if !started {
+			g.mu.Unlock()
+			cancel()
+			return zero, ErrClosed
+		}
+		if g.m == nil {
+			g.m = make(map[string]*flight[V])
+		}
+		g.m[key] = f
+	}
+	f.waiters++
+	g.mu.Unlock()
+	if n.hooks != nil && n.hooks.Flight != nil {
+		n.hooks.Flight(key, !ok)
+	}
+
+	select {
+	case <-f.done:
+		return f.val, f.err
+	case <-ctx.Done():
+		g.mu.Lock()
+		f.waiters--
+		if f.waiters == 0 {
+			// Nobody wants the result: stop the load, and let the next caller
+			// start afresh rather than join a cancelled flight.
+			f.cancel()
+			if g.m[key] == f {
+				delete(g.m, key)
+			}
+		}
+		g.mu.Unlock()
+		return zero, ctx.Err()
+	}
+}
+
+// forget ends the membership of key's flight: later calls start a new one.
+// The old flight runs on for the callers it already has.
+func (g *flights[V]) forget(key string) {
+	g.mu.Lock()
+	delete(g.m, key)
+	g.mu.Unlock()
+}
