@@ -15,7 +15,8 @@ type Codec[V any] interface {
 }
 
 // CBOR is the default Codec: RFC 8949 CBOR through fxamacker/cbor, with
-// deterministic encoding. Decoding accepts no tags and no indefinite
+// deterministic encoding. Strings round-trip whatever bytes they hold.
+// Decoding accepts no tags and no indefinite
 // lengths; the size of what it accepts is bounded by
 // NodeConfig.MaxValueBytes, which is checked before anything is stored.
 type CBOR[V any] struct{}
@@ -38,6 +39,9 @@ func init() {
 		MaxMapPairs:      2147483647,
 		IndefLength:      cbor.IndefLengthForbidden,
 		TagsMd:           cbor.TagsForbidden,
+		// A Go string may hold any bytes, and encodes as CBOR text as it is:
+		// accept it back as it is.
+		UTF8: cbor.UTF8DecodeInvalid,
 	}.DecMode()
 	if err != nil {
 		panic(err) // static options; cannot fail

@@ -138,6 +138,53 @@ func Start(t testing.TB, args ...string) *Server {
 	return nil
 }
 
+// StartForMain starts a server outside any test, for TestMain and the
+// Example functions that run under it, where no testing.TB exists. It
+// returns the server's address and a stop function that kills it and
+// removes its directory; the caller must call stop before the process
+// exits. Errors name the install command when redis-server is missing.
+func StartForMain(args ...string) (addr string, stop func(), err error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return "", nil, fmt.Errorf("redistest: redis-server not found on PATH (%w); install it with: %s", err, installHint)
+	}
+	dir, err := os.MkdirTemp("", "redistest-main-")
+	if err != nil {
+		return "", nil, fmt.Errorf("redistest: %w", err)
+	}
+	s := &Server{
+		bin:     bin,
+		extra:   append([]string(nil), args...),
+		dir:     dir,
+		logPath: filepath.Join(dir, logName),
+		ioPath:  filepath.Join(dir, stdioName),
+	}
+	stop = func() {
+		s.cleanup()
+		_ = os.RemoveAll(dir)
+	}
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		port, perr := freePort()
+		if perr != nil {
+			stop()
+			return "", nil, fmt.Errorf("redistest: finding a free port: %w", perr)
+		}
+		s.mu.Lock()
+		exited, lerr := s.launchLocked(port)
+		s.mu.Unlock()
+		if lerr == nil {
+			s.port = port
+			return s.Addr(), stop, nil
+		}
+		err = fmt.Errorf("attempt %d on port %d: %w", attempt, port, lerr)
+		if !exited {
+			break
+		}
+	}
+	stop()
+	return "", nil, fmt.Errorf("redistest: starting redis-server failed: %w", err)
+}
+
 // Addr returns the server address, "127.0.0.1:PORT".
 func (s *Server) Addr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
