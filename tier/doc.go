@@ -1,0 +1,49 @@
+// Package tier is the public face of tiercache: a two-tier cache for fleets
+// of identical processes, with an in-process L1 (ristretto) in each and a
+// shared L2 in Redis.
+//
+// A [Node] is one process's membership in the fleet: its Redis client, its
+// L1 (shared by all of its caches, bounded in bytes) and its background
+// work. A [Cache] caches one kind of object: a namespace, a Fetch function
+// that reads the source of truth, a codec and lifetimes.
+//
+// # Reading
+//
+// [Cache.Get] serves a valid L1 entry without allocating. Otherwise
+// concurrent Gets of one key on a node share one load, which reads Redis in
+// one round trip: the value if present, else a claim of the key's flag with
+// a fresh random token. The claimant fetches from the source and fills Redis
+// with a script that writes only if the flag still holds its token; the
+// losers, on any node, wait for its value. L1 is filled under a fill-epoch
+// ticket taken before Redis was read.
+//
+// # Writing
+//
+// After writing the source, call [Cache.Invalidate] (or [Cache.Set] to write
+// the new value through). Redis's value and flag go in one round trip; then
+// this node's L1 entry is evicted, its fill epoch bumped and its flight
+// forgotten, before the call returns.
+//
+// # Guarantee
+//
+// A fetch that began before an invalidation never fills either tier: its
+// claim was deleted with the value (RACES.md R01, R03, R04, R05), and its L1
+// ticket is stale (R12, R13). A Get that begins after Invalidate or Set
+// returned never returns the old value on that node (R20, R21), nor, from
+// Redis, on any node. Until the invalidation bus exists, other nodes'
+// L1 copies live until their L1TTL; every L1 entry expires no later than the
+// Redis entry it came from (R24).
+//
+// # Errors and bad input
+//
+// Errors wrap the package's sentinels ([ErrNotFound], [ErrConfig],
+// [ErrEmptyKey], [ErrKeyTooLarge], [ErrValueTooLarge], [ErrFetchPanic],
+// [ErrClosed]) so that errors.Is tells them apart. Bytes in Redis that do
+// not decode are a miss: removed, refetched and counted, never a panic. If
+// Redis fails, Get answers from the source without caching.
+//
+// # Thread-safety
+//
+// Nodes and Caches are safe for concurrent use. Values returned by Get may
+// be shared with other callers and with L1: treat them as immutable.
+package tier

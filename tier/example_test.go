@@ -1,0 +1,151 @@
+package tier_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/tier"
+)
+
+type User struct {
+	ID   int64
+	Name string
+}
+
+// db stands for the source of truth.
+var db = map[int64]User{1: {ID: 1, Name: "Ada"}, 2: {ID: 2, Name: "Grace"}}
+
+// A Node per process, a Cache per kind of object.
+func ExampleNewNode() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+
+	node, err := tier.NewNode(ctx, rdb, tier.NodeConfig{L1MaxBytes: 32 << 20})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	fmt.Println("node ready")
+	// Output: node ready
+}
+
+// New declares one kind of object: its namespace, its source and its
+// lifetimes.
+func ExampleNew() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+
+	users, err := tier.New(node, tier.Config[int64, User]{
+		Namespace: "example-new-users",
+		Fetch: func(ctx context.Context, id int64) (User, error) {
+			u, ok := db[id]
+			if !ok {
+				return User{}, tier.ErrNotFound
+			}
+			return u, nil
+		},
+		TTL:   10 * time.Minute,
+		L1TTL: 30 * time.Second,
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	u, err := users.Get(ctx, 1)
+	fmt.Println(u.Name, err)
+	// Output: Ada <nil>
+}
+
+// Get reads through both tiers; the source is read once.
+func ExampleCache_Get() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+
+	reads := 0
+	users, _ := tier.New(node, tier.Config[int64, User]{
+		Namespace: "example-get-users",
+		Fetch: func(ctx context.Context, id int64) (User, error) {
+			reads++
+			u, ok := db[id]
+			if !ok {
+				return User{}, fmt.Errorf("user %d: %w", id, tier.ErrNotFound)
+			}
+			return u, nil
+		},
+	})
+	for range 3 {
+		u, _ := users.Get(ctx, 2)
+		fmt.Println(u.Name)
+	}
+	_, err := users.Get(ctx, 99)
+	fmt.Println(errors.Is(err, tier.ErrNotFound), "source reads:", reads)
+	// Output:
+	// Grace
+	// Grace
+	// Grace
+	// true source reads: 2
+}
+
+// Invalidate after writing the source: the next read, on this node at
+// once, gets the new value.
+func ExampleCache_Invalidate() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+
+	names := map[string]string{"greeting": "hello"}
+	texts, _ := tier.New(node, tier.Config[string, string]{
+		Namespace: "example-invalidate",
+		Fetch: func(ctx context.Context, key string) (string, error) {
+			return names[key], nil
+		},
+	})
+	v, _ := texts.Get(ctx, "greeting")
+	fmt.Println(v)
+
+	names["greeting"] = "bonjour" // the write to the source of truth
+	if err := texts.Invalidate(ctx, "greeting"); err != nil {
+		fmt.Println(err)
+	}
+	v, _ = texts.Get(ctx, "greeting")
+	fmt.Println(v)
+	// Output:
+	// hello
+	// bonjour
+}
+
+// Set writes through after the source was updated.
+func ExampleCache_Set() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+
+	texts, _ := tier.New(node, tier.Config[string, string]{
+		Namespace: "example-set",
+		Fetch: func(ctx context.Context, key string) (string, error) {
+			return "", errors.New("not reached: Set filled Redis")
+		},
+	})
+	if err := texts.Set(ctx, "motd", "all systems go"); err != nil {
+		fmt.Println(err)
+	}
+	v, err := texts.Get(ctx, "motd")
+	fmt.Println(v, err)
+	// Output: all systems go <nil>
+}
