@@ -18,7 +18,10 @@
 // filled with a ticket taken before that Evict began, whatever the order in
 // which ristretto applies its buffered writes. The hit path takes no lock of
 // its own, reads no clock and allocates nothing beyond what ristretto's Get
-// does (nothing, in steady state).
+// does (nothing, in steady state). Lifetimes are kept on a coarse monotonic
+// clock advanced every [Tick] and rounded down by one Tick, so a wall-clock
+// step changes nothing (RACES.md R30) and no entry outlives the lifetime it was
+// given (R24).
 //
 // # Thread-safety
 //

@@ -3,6 +3,8 @@ package l1
 import (
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -12,6 +14,12 @@ import (
 
 // DefaultMaxBytes is the budget a [Config] with MaxBytes zero gets: 64 MiB.
 const DefaultMaxBytes = 64 << 20
+
+// Tick is the resolution of L1 lifetimes. Entries expire on a coarse
+// monotonic clock that a ticker advances every Tick, so that a hit reads an
+// atomic instead of the system clock; every lifetime is rounded down by one
+// Tick, so an entry never lives longer than asked.
+const Tick = 10 * time.Millisecond
 
 // ErrConfig reports an invalid [Config].
 var ErrConfig = errors.New("l1: invalid config")
@@ -40,10 +48,12 @@ type Hooks struct {
 	NoFence bool
 }
 
-// item is what ristretto stores: the caller's value and its fill ticket.
+// item is what ristretto stores: the caller's value, its fill ticket, and
+// the coarse-clock reading at which it expires.
 type item struct {
-	ticket consistency.Ticket
-	value  any
+	ticket   consistency.Ticket
+	deadline int64
+	value    any
 }
 
 // Cache is the in-process tier. It is safe for concurrent use.
@@ -51,6 +61,11 @@ type Cache struct {
 	rc     *ristretto.Cache[uint64, item]
 	epochs *consistency.Epochs
 	hooks  *Hooks
+
+	start time.Time    // origin of the coarse clock; monotonic
+	now   atomic.Int64 // coarse clock: nanoseconds since start, at most Tick behind
+	stop  chan struct{}
+	done  sync.WaitGroup
 }
 
 // New returns a Cache with the given config.
@@ -81,7 +96,25 @@ func New(cfg Config) (*Cache, error) {
 	if epochs == nil {
 		epochs = consistency.NewEpochs(0)
 	}
-	return &Cache{rc: rc, epochs: epochs, hooks: cfg.Hooks}, nil
+	c := &Cache{rc: rc, epochs: epochs, hooks: cfg.Hooks, start: time.Now(), stop: make(chan struct{})}
+	c.done.Add(1)
+	go c.tick()
+	return c, nil
+}
+
+// tick advances the coarse clock until Close.
+func (c *Cache) tick() {
+	defer c.done.Done()
+	t := time.NewTicker(Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			c.now.Store(int64(time.Since(c.start)))
+		case <-c.stop:
+			return
+		}
+	}
 }
 
 // Ticket returns the ticket a fill of h must take before it reads the value
@@ -97,6 +130,9 @@ func (c *Cache) Get(h uint64) (any, bool) {
 	if !ok {
 		return nil, false
 	}
+	if c.now.Load() >= it.deadline {
+		return nil, false
+	}
 	if c.epochs.Ticket(h) != it.ticket && !c.noFence() {
 		return nil, false
 	}
@@ -106,15 +142,20 @@ func (c *Cache) Get(h uint64) (any, bool) {
 // Fill stores v under h for at most ttl, with the given cost in bytes, if t
 // is still valid. It reports whether the value was stored and still valid
 // after the Set; ristretto's admission policy may still drop it later. A ttl
-// <= 0 stores nothing.
+// of one Tick or less stores nothing.
 func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consistency.Ticket) bool {
-	if ttl <= 0 || !c.valid(h, t) {
+	// The coarse clock may lag the real one by a Tick: give up a Tick of
+	// lifetime so that the entry never outlives ttl.
+	deadline := int64(time.Since(c.start) + ttl - Tick)
+	if deadline <= c.now.Load() || !c.valid(h, t) {
 		return false
 	}
 	if c.hooks != nil && c.hooks.BeforeSet != nil {
 		c.hooks.BeforeSet(h)
 	}
-	c.rc.SetWithTTL(h, item{ticket: t, value: v}, cost, ttl)
+	// No ristretto TTL: its Get would read the system clock on every hit.
+	// An expired entry is refused by Get and replaced by the next fill.
+	c.rc.Set(h, item{ticket: t, deadline: deadline, value: v}, cost)
 	if c.hooks != nil && c.hooks.AfterSet != nil {
 		c.hooks.AfterSet(h)
 	}
@@ -144,16 +185,26 @@ func (c *Cache) EvictAll() {
 }
 
 // TTL returns the remaining lifetime of the entry at h, whether or not its
-// ticket is still valid, and false if there is none.
+// ticket is still valid, and false if there is none or it has expired.
 func (c *Cache) TTL(h uint64) (time.Duration, bool) {
-	return c.rc.GetTTL(h)
+	it, ok := c.rc.Get(h)
+	if !ok {
+		return 0, false
+	}
+	left := time.Duration(it.deadline) - time.Since(c.start)
+	return left, left > 0
 }
 
 // Wait blocks until ristretto has applied every buffered write. For tests.
 func (c *Cache) Wait() { c.rc.Wait() }
 
-// Close stops ristretto's goroutines. The Cache must not be used afterwards.
-func (c *Cache) Close() { c.rc.Close() }
+// Close stops the cache's goroutines and ristretto's. The Cache must not be
+// used afterwards.
+func (c *Cache) Close() {
+	close(c.stop)
+	c.done.Wait()
+	c.rc.Close()
+}
 
 func (c *Cache) valid(h uint64, t consistency.Ticket) bool {
 	return c.noFence() || c.epochs.Valid(h, t)

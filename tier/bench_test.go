@@ -1,0 +1,382 @@
+package tier_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/l2"
+	"github.com/tiercache/tiercache/tier"
+)
+
+// Every benchmark here runs its subject and a baseline side by side in one
+// run, so that a claim about tiercache's speed is a ratio measured on the
+// same machine at the same time, never an absolute number.
+
+const (
+	// benchKeyCount is the number of distinct keys of the hit benchmarks.
+	benchKeyCount = 1024
+	// benchTTL outlives any benchmark run, so that no entry of either tier
+	// expires during a timed loop and turns hits into misses.
+	benchTTL = 24 * time.Hour
+)
+
+// benchValue is the value of every key: a small object of 64 bytes.
+var benchValue = strings.Repeat("v", 64)
+
+// benchKeys returns n key strings "prefix:i", formatted before any timing.
+func benchKeys(prefix string, n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%s:%d", prefix, i)
+	}
+	return keys
+}
+
+// benchNode starts a Node over its own client of srv, closed at cleanup
+// (before srv and the client, which registered their cleanups first).
+func benchNode(tb testing.TB, srv *redistest.Server) *tier.Node {
+	tb.Helper()
+	n, err := tier.NewNode(context.Background(), srv.Client(tb), tier.NodeConfig{})
+	if err != nil {
+		tb.Fatalf("NewNode: %v", err)
+	}
+	tb.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
+// benchCache returns a Cache of namespace on n whose Fetch answers benchValue
+// for every key.
+func benchCache[K comparable](tb testing.TB, n *tier.Node, namespace string, l1TTL time.Duration) *tier.Cache[K, string] {
+	tb.Helper()
+	c, err := tier.New(n, tier.Config[K, string]{
+		Namespace: namespace,
+		Fetch:     func(context.Context, K) (string, error) { return benchValue, nil },
+		TTL:       benchTTL,
+		L1TTL:     l1TTL,
+	})
+	if err != nil {
+		tb.Fatalf("New: %v", err)
+	}
+	return c
+}
+
+// warmL1 gets every key until each of them is an L1 hit of c: the first
+// pass fetches and fills both tiers; ristretto applies fills asynchronously
+// and may drop a buffered Set, so a key that still misses is got again.
+func warmL1[K comparable](tb testing.TB, n *tier.Node, c *tier.Cache[K, string], keys []K) {
+	tb.Helper()
+	ctx := context.Background()
+	for _, k := range keys {
+		if _, err := c.Get(ctx, k); err != nil {
+			tb.Fatalf("prefill Get(%v): %v", k, err)
+		}
+	}
+	for range 5 {
+		tier.WaitL1(n)
+		before := n.Stats()
+		for _, k := range keys {
+			if _, err := c.Get(ctx, k); err != nil {
+				tb.Fatalf("warm Get(%v): %v", k, err)
+			}
+		}
+		if hits := n.Stats().L1Hits - before.L1Hits; hits == uint64(len(keys)) {
+			return
+		}
+	}
+	tb.Fatalf("after 5 rounds, not every one of %d keys is an L1 hit; stats %+v", len(keys), n.Stats())
+}
+
+// checkHits fails tb unless the node's counters moved between before and
+// after exactly as l1 L1 hits and l2 L2 hits, with no fetch: the timed loop
+// measured the path it claims to measure.
+func checkHits(tb testing.TB, before, after tier.Stats, l1, l2 uint64) {
+	tb.Helper()
+	if d := after.Fetches - before.Fetches; d != 0 {
+		tb.Fatalf("timed loop made %d fetches; the hit path was not measured", d)
+	}
+	if d := after.L2Hits - before.L2Hits; d != l2 {
+		tb.Fatalf("timed loop had %d L2 hits, want %d", d, l2)
+	}
+	if d := after.L1Hits - before.L1Hits; d != l1 {
+		tb.Fatalf("timed loop had %d L1 hits, want %d", d, l1)
+	}
+}
+
+// newRawRistretto returns a ristretto cache configured like a Node's L1
+// (counters, budget, buffers) holding benchValue under every key.
+func newRawRistretto(tb testing.TB, keys []string) *ristretto.Cache[string, string] {
+	tb.Helper()
+	rc, err := ristretto.NewCache(&ristretto.Config[string, string]{
+		NumCounters: 1e5,
+		MaxCost:     64 << 20,
+		BufferItems: 64,
+	})
+	if err != nil {
+		tb.Fatalf("ristretto.NewCache: %v", err)
+	}
+	tb.Cleanup(rc.Close)
+	// A Set may be dropped by ristretto's buffer; set until all are there.
+	for range 5 {
+		missing := 0
+		for _, k := range keys {
+			if _, ok := rc.Get(k); !ok {
+				missing++
+				rc.Set(k, benchValue, int64(len(k)+len(benchValue)))
+			}
+		}
+		if missing == 0 {
+			return rc
+		}
+		rc.Wait()
+	}
+	tb.Fatal("ristretto did not admit every key")
+	return nil
+}
+
+// BenchmarkGetL1Hit compares a tiercache L1 hit with a Get on a bare
+// ristretto cache of the same keys and values, serially and in parallel.
+func BenchmarkGetL1Hit(b *testing.B) {
+	srv := redistest.Start(b)
+	n := benchNode(b, srv)
+	keys := benchKeys("user", benchKeyCount)
+	c := benchCache[string](b, n, "bench-l1", benchTTL)
+	warmL1(b, n, c, keys)
+	rc := newRawRistretto(b, keys)
+
+	tiercache := func(b *testing.B, parallel bool) {
+		ctx := context.Background()
+		b.ReportAllocs()
+		before := n.Stats()
+		b.ResetTimer()
+		if parallel {
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					if _, err := c.Get(ctx, keys[i%benchKeyCount]); err != nil {
+						b.Error(err)
+						return
+					}
+					i++
+				}
+			})
+		} else {
+			for i := 0; b.Loop(); i++ {
+				if _, err := c.Get(ctx, keys[i%benchKeyCount]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		b.StopTimer()
+		checkHits(b, before, n.Stats(), uint64(b.N), 0)
+	}
+	raw := func(b *testing.B, parallel bool) {
+		b.ReportAllocs()
+		b.ResetTimer()
+		if parallel {
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					if _, ok := rc.Get(keys[i%benchKeyCount]); !ok {
+						b.Error("ristretto miss")
+						return
+					}
+					i++
+				}
+			})
+		} else {
+			for i := 0; b.Loop(); i++ {
+				if _, ok := rc.Get(keys[i%benchKeyCount]); !ok {
+					b.Fatal("ristretto miss")
+				}
+			}
+		}
+	}
+	for _, mode := range []struct {
+		name     string
+		parallel bool
+	}{{"serial", false}, {"parallel", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			b.Run("tiercache", func(b *testing.B) { tiercache(b, mode.parallel) })
+			b.Run("ristretto-raw", func(b *testing.B) { raw(b, mode.parallel) })
+		})
+	}
+}
+
+// BenchmarkGetL2Hit compares a tiercache Get answered by Redis (L1 disabled
+// for the cache) with a bare GET of the very same stored bytes. Serial only:
+// one Redis shares the machine with the benchmark.
+func BenchmarkGetL2Hit(b *testing.B) {
+	const namespace = "bench-l2"
+	srv := redistest.Start(b)
+	n := benchNode(b, srv)
+	rdb := srv.Client(b)
+	keys := benchKeys("user", benchKeyCount)
+	c := benchCache[string](b, n, namespace, -1)
+	ctx := context.Background()
+	for _, k := range keys {
+		if _, err := c.Get(ctx, k); err != nil {
+			b.Fatalf("prefill Get(%q): %v", k, err)
+		}
+	}
+	if st := n.Stats(); st.FillsLanded != benchKeyCount {
+		b.Fatalf("prefill landed %d fills, want %d; stats %+v", st.FillsLanded, benchKeyCount, st)
+	}
+	valueKeys := make([]string, len(keys))
+	for i, k := range keys {
+		valueKeys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
+	}
+
+	b.Run("tiercache", func(b *testing.B) {
+		b.ReportAllocs()
+		before := n.Stats()
+		for i := 0; b.Loop(); i++ {
+			if _, err := c.Get(ctx, keys[i%benchKeyCount]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		checkHits(b, before, n.Stats(), 0, uint64(b.N))
+	})
+	b.Run("redis-raw-GET", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if _, err := rdb.Get(ctx, valueKeys[i%benchKeyCount]).Bytes(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkGetMissFill measures a Get of a key no tier holds (miss, claim,
+// fetch, fill of both tiers), against the bare Redis work of a cache-aside
+// miss: a GET that misses and a SET PX of a value of the same size.
+func BenchmarkGetMissFill(b *testing.B) {
+	const namespace = "bench-miss"
+	srv := redistest.Start(b)
+	n := benchNode(b, srv)
+	rdb := srv.Client(b)
+	c := benchCache[string](b, n, namespace, benchTTL)
+	ctx := context.Background()
+
+	// The raw SET writes as many bytes as tiercache stores for one key.
+	probe := "probe:0"
+	if _, err := c.Get(ctx, probe); err != nil {
+		b.Fatalf("probe Get: %v", err)
+	}
+	stored, err := rdb.Get(ctx, l2.KeysFor(tier.DefaultPrefix, namespace, probe).Value).Bytes()
+	if err != nil {
+		b.Fatalf("probe GET: %v", err)
+	}
+	rawValue := strings.Repeat("v", len(stored))
+
+	// Every run of a sub-benchmark takes fresh keys: none was ever cached.
+	next := 0
+	coldKeys := func(b *testing.B, prefix string) []string {
+		keys := make([]string, b.N)
+		for i := range keys {
+			keys[i] = fmt.Sprintf("%s:%d", prefix, next)
+			next++
+		}
+		return keys
+	}
+
+	b.Run("tiercache", func(b *testing.B) {
+		keys := coldKeys(b, "cold")
+		b.ReportAllocs()
+		before := n.Stats()
+		b.ResetTimer()
+		for i := range b.N {
+			if _, err := c.Get(ctx, keys[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		after := n.Stats()
+		if f, l := after.Fetches-before.Fetches, after.FillsLanded-before.FillsLanded; f != uint64(b.N) || l != uint64(b.N) {
+			b.Fatalf("timed loop made %d fetches and %d fills, want %d each", f, l, b.N)
+		}
+	})
+	b.Run("redis-raw-GET+SET", func(b *testing.B) {
+		keys := coldKeys(b, "raw:cold")
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			if err := rdb.Get(ctx, keys[i]).Err(); !errors.Is(err, redis.Nil) {
+				b.Fatalf("GET of a cold key: %v, want redis.Nil", err)
+			}
+			if err := rdb.Set(ctx, keys[i], rawValue, benchTTL).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// userID is a named string key type: its default key form is the string.
+type userID string
+
+// TestL1HitAllocs requires that an L1 hit allocates nothing, for string,
+// integer and named string keys. The count is of allocations, not time, so
+// it is a deterministic assertion.
+func TestL1HitAllocs(t *testing.T) {
+	srv := redistest.Start(t)
+	n := benchNode(t, srv)
+	t.Run("string", func(t *testing.T) {
+		testL1HitAllocs(t, n, benchCache[string](t, n, "allocs-string", benchTTL), "user:42")
+	})
+	t.Run("int64", func(t *testing.T) {
+		testL1HitAllocs(t, n, benchCache[int64](t, n, "allocs-int64", benchTTL), int64(42))
+	})
+	t.Run("named-string", func(t *testing.T) {
+		testL1HitAllocs(t, n, benchCache[userID](t, n, "allocs-userid", benchTTL), userID("user:42"))
+	})
+}
+
+func testL1HitAllocs[K comparable](t *testing.T, n *tier.Node, c *tier.Cache[K, string], key K) {
+	warmL1(t, n, c, []K{key})
+	ctx := context.Background()
+	const runs = 1000
+	var failed error
+	before := n.Stats()
+	allocs := testing.AllocsPerRun(runs, func() {
+		if _, err := c.Get(ctx, key); err != nil && failed == nil {
+			failed = err
+		}
+	})
+	if failed != nil {
+		t.Fatalf("Get: %v", failed)
+	}
+	// AllocsPerRun calls the function once more to warm up.
+	checkHits(t, before, n.Stats(), runs+1, 0)
+	// The race runtime drops sync.Pool items at random, and ristretto's read
+	// buffer is pooled: under -race, ristretto's own Get allocates now and
+	// then. Measure it on the same key beside ours: an L1 hit must allocate
+	// nothing that ristretto does not, and nothing at all without -race.
+	raw := newRawRistretto(t, []string{"user:42"})
+	rawAllocs := testing.AllocsPerRun(runs, func() { raw.Get("user:42") })
+	if allocs > rawAllocs || (!benchRaceDetector() && allocs != 0) {
+		t.Fatalf("L1 hit: %v allocs/op (raw ristretto Get: %v), want 0", allocs, rawAllocs)
+	}
+}
+
+// benchRaceDetector reports whether the test binary was built with -race,
+// as recorded in its build settings.
+func benchRaceDetector() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
