@@ -3,6 +3,7 @@ package l1
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,10 @@ type Config struct {
 	// Hooks, when non-nil, is called around the ristretto Set of every fill,
 	// to let tests drive R13's interleavings. Nil in production.
 	Hooks *Hooks
+	// Leased makes the cache serve only while a lease granted by Renew
+	// runs: a node whose invalidation bus cannot prove it fresh serves
+	// nothing from L1. False: the cache always serves.
+	Leased bool
 }
 
 // Hooks are test-only interleaving points of [Cache.Fill].
@@ -64,8 +69,11 @@ type Cache struct {
 
 	start time.Time    // origin of the coarse clock; monotonic
 	now   atomic.Int64 // coarse clock: nanoseconds since start, at most Tick behind
+	lease atomic.Int64 // coarse-clock time until which the cache may serve
 	stop  chan struct{}
 	done  sync.WaitGroup
+
+	closed atomic.Bool
 }
 
 // New returns a Cache with the given config.
@@ -78,9 +86,9 @@ func New(cfg Config) (*Cache, error) {
 		maxBytes = DefaultMaxBytes
 	}
 	// ristretto wants about ten counters per entry it will hold; assume
-	// entries of 256 bytes on average, and keep the table between 16 Ki and
+	// entries of 1 KiB on average, and keep the table between 16 Ki and
 	// 16 Mi counters (a counter costs about 4 bits).
-	counters := min(max(maxBytes/256*10, 1<<14), 1<<24)
+	counters := min(max(maxBytes/1024*10, 1<<14), 1<<24)
 	rc, err := ristretto.NewCache(&ristretto.Config[uint64, item]{
 		NumCounters: counters,
 		MaxCost:     maxBytes,
@@ -97,6 +105,9 @@ func New(cfg Config) (*Cache, error) {
 		epochs = consistency.NewEpochs(0)
 	}
 	c := &Cache{rc: rc, epochs: epochs, hooks: cfg.Hooks, start: time.Now(), stop: make(chan struct{})}
+	if !cfg.Leased {
+		c.lease.Store(math.MaxInt64)
+	}
 	c.done.Add(1)
 	go c.tick()
 	return c, nil
@@ -123,14 +134,15 @@ func (c *Cache) Ticket(h uint64) consistency.Ticket {
 	return c.epochs.Ticket(h)
 }
 
-// Get returns the value stored under h if it is present, unexpired, and was
-// filled under a ticket that is still valid.
+// Get returns the value stored under h if the cache's lease runs, and the
+// entry is present, unexpired, and was filled under a ticket that is still
+// valid.
 func (c *Cache) Get(h uint64) (any, bool) {
 	it, ok := c.rc.Get(h)
 	if !ok {
 		return nil, false
 	}
-	if c.now.Load() >= it.deadline {
+	if now := c.now.Load(); now >= it.deadline || now >= c.lease.Load() {
 		return nil, false
 	}
 	if c.epochs.Ticket(h) != it.ticket && !c.noFence() {
@@ -178,10 +190,33 @@ func (c *Cache) Evict(h uint64) {
 	c.rc.Del(h)
 }
 
-// EvictAll makes every value filled so far invisible and empties the cache.
+// EvictAll makes every value filled so far invisible, in O(1). The entries
+// stay in ristretto, never served, until a fill of the same key replaces
+// them or the cost policy evicts them: ristretto's Clear would stop its
+// worker and zero its whole sketch, too costly for every loss of the bus.
 func (c *Cache) EvictAll() {
 	c.epochs.BumpAll()
-	c.rc.Clear()
+}
+
+// Renew lets a leased cache serve until ttl after sentAt, less one Tick:
+// the moment a ping was sent that has since been answered, proving that
+// every invalidation published before it has been applied. If the lease had
+// run out (or never ran), everything filled meanwhile is evicted first:
+// fills made while the node could not prove itself fresh never serve.
+func (c *Cache) Renew(sentAt time.Time, ttl time.Duration) {
+	until := int64(sentAt.Sub(c.start) + ttl - Tick)
+	if c.now.Load() >= c.lease.Load() {
+		c.EvictAll()
+	}
+	if until > c.lease.Load() {
+		c.lease.Store(until)
+	}
+}
+
+// Revoke ends the lease at once and evicts everything.
+func (c *Cache) Revoke() {
+	c.lease.Store(0)
+	c.EvictAll()
 }
 
 // TTL returns the remaining lifetime of the entry at h, whether or not its
@@ -201,6 +236,9 @@ func (c *Cache) Wait() { c.rc.Wait() }
 // Close stops the cache's goroutines and ristretto's. The Cache must not be
 // used afterwards.
 func (c *Cache) Close() {
+	if !c.closed.CompareAndSwap(false, true) {
+		return
+	}
 	close(c.stop)
 	c.done.Wait()
 	c.rc.Close()

@@ -78,7 +78,29 @@ return 1
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
-	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, writeScript, deleteIfEqualScript}
+	// KEYS: the sequence counter, then value and flag of each change.
+	// ARGV: channel, message head, message body, then per change 'd', or
+	// 's' followed by envelope and TTL in ms.
+	applyScript = redis.NewScript(`
+local k, a = 2, 4
+while k <= #KEYS do
+  if ARGV[a] == 's' then
+    redis.call('SET', KEYS[k], ARGV[a+1], 'PX', ARGV[a+2])
+    redis.call('UNLINK', KEYS[k+1])
+    a = a + 3
+  else
+    redis.call('UNLINK', KEYS[k], KEYS[k+1])
+    a = a + 1
+  end
+  k = k + 2
+end
+local seq = redis.call('INCR', KEYS[1])
+if ARGV[1] ~= '' then
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. struct.pack('>I8', seq) .. ARGV[3])
+end
+return seq
+`)
+	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, writeScript, deleteIfEqualScript, applyScript}
 )
 
 // Store runs the flag protocol against one Redis deployment. It is safe for
@@ -184,6 +206,51 @@ func (s *Store) Invalidate(ctx context.Context, keys ...Keys) error {
 		return fmt.Errorf("l2 invalidate: %w", err)
 	}
 	return nil
+}
+
+// Change is one key's part of [Store.Apply]: delete its value and flag, or,
+// with Write, store Envelope for TTL and delete its flag.
+type Change struct {
+	Keys     Keys
+	Write    bool
+	Envelope []byte
+	TTL      time.Duration
+}
+
+// Announcement is the message that [Store.Apply] publishes: Head, then the
+// 8-byte big-endian sequence number drawn from SeqKey, then Body. An empty
+// Channel publishes nothing (the sequence number is still drawn).
+type Announcement struct {
+	SeqKey  string
+	Channel string
+	Head    []byte
+	Body    []byte
+}
+
+// Apply makes every change, draws the next sequence number and publishes
+// the announcement, in one atomic step and one round trip: a receiver of
+// the message can never read a value that the message says is gone
+// (RACES.md R14). Deleting a key's flag with its value refuses any fill in
+// progress (R01). It returns the sequence number. All keys must live on
+// one server: SeqKey is not hash-tagged with the changes.
+func (s *Store) Apply(ctx context.Context, changes []Change, a Announcement) (uint64, error) {
+	keys := make([]string, 0, 1+2*len(changes))
+	args := make([]any, 0, 3+3*len(changes))
+	keys = append(keys, a.SeqKey)
+	args = append(args, a.Channel, a.Head, a.Body)
+	for _, c := range changes {
+		keys = append(keys, c.Keys.Value, c.Keys.Flag)
+		if c.Write {
+			args = append(args, "s", c.Envelope, ttlMillis(c.TTL))
+		} else {
+			args = append(args, "d")
+		}
+	}
+	seq, err := applyScript.Run(ctx, s.rdb, keys, args...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("l2 apply: %w", err)
+	}
+	return uint64(seq), nil
 }
 
 // DeleteIfEqual deletes k's value if it still holds exactly b: it removes a

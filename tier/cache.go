@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
 	"github.com/tiercache/tiercache/l2"
 )
@@ -110,7 +111,7 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 	if c.codec == nil {
 		c.codec = CBOR[V]{}
 	}
-	if err := n.register(cfg.Namespace); err != nil {
+	if err := n.register(cfg.Namespace, c); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -168,6 +169,9 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 		token := n.token()
 		start := time.Now()
 		r, err := n.store.ReadOrClaim(ctx, keys, token, n.cfg.FlagTTL)
+		if n.hooks != nil && n.hooks.AfterRead != nil {
+			n.hooks.AfterRead(s)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				var zero V
@@ -351,15 +355,17 @@ func (c *Cache[K, V]) fillL1(h uint64, key K, v V, size int, ttl time.Duration, 
 }
 
 // Set stores value as key's value in Redis, for use right after the source
-// of truth was updated (write-through). Value and flag are written in one
-// atomic step, so a fill in progress is refused; this node's L1 entry is
-// evicted and its flight forgotten before Set returns, and the next Get
-// reads the new value from Redis. Concurrent Sets of one key are decided by
-// Redis: every tier converges to the value Redis holds last.
+// of truth was updated (write-through). In one atomic round trip the value
+// is written, the key's flag cleared (a fill in progress is refused) and the
+// change announced on the bus, so that every node evicts its L1 copy; this
+// node's is evicted and its flight forgotten before Set returns, and the
+// next Get reads the new value from Redis. Concurrent Sets of one key are
+// decided by Redis: every tier converges to the value Redis holds last.
 //
 // A value larger than NodeConfig.MaxValueBytes is not stored: the key is
 // invalidated instead, so that no tier keeps the old value, and the error
-// wraps ErrValueTooLarge.
+// wraps ErrValueTooLarge. If Redis fails, the local effect still applies
+// and the error says so.
 func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
 	s, h, err := c.keys.resolve(key)
 	if err != nil {
@@ -370,7 +376,7 @@ func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
 	}
 	env, err := c.encode(s, value)
 	if errors.Is(err, ErrValueTooLarge) {
-		if ierr := c.invalidate(ctx, []string{s}, []uint64{h}); ierr != nil {
+		if ierr := c.publish(ctx, []bus.Op{{Namespace: c.ns, Key: s}}, []uint64{h}); ierr != nil {
 			return fmt.Errorf("tier set: %w (and invalidating failed: %w)", err, ierr)
 		}
 		return fmt.Errorf("tier set: %w; key invalidated instead", err)
@@ -378,62 +384,61 @@ func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
 	if err != nil {
 		return fmt.Errorf("tier set: %w", err)
 	}
-	err = c.node.store.Write(ctx, l2.KeysFor(c.node.cfg.Prefix, c.ns, s), env, c.ttl)
-	// The local effect applies whatever Redis said, and after Redis was
-	// written: a fill whose ticket predates this point cannot land (R21).
-	c.evictLocal(s, h)
-	c.node.stats.invalidate.Add(1)
-	if err != nil {
-		c.node.redisFailed("set", err)
+	op := bus.Op{Namespace: c.ns, Key: s, Payload: write{envelope: env, ttl: c.ttl}}
+	if err := c.publish(ctx, []bus.Op{op}, []uint64{h}); err != nil {
 		return fmt.Errorf("tier set: %w", err)
 	}
 	return nil
 }
 
-// Invalidate removes keys from both tiers: their values and flags are
-// deleted from Redis in one round trip, and before Invalidate returns this
-// node's L1 entries are evicted and their flights forgotten, so that no read
-// on this node that begins afterwards returns an old value (R20, R21), and
-// no fetch that began before it can fill either tier (R01, R03). If Redis
-// fails, the local effect still applies and the error says so. Invalid keys
-// are reported before anything is done.
+// write is the payload of a bus op that stores a value instead of deleting.
+type write struct {
+	envelope []byte
+	ttl      time.Duration
+}
+
+// Invalidate removes keys from both tiers on every node. In one atomic
+// round trip their values and flags are deleted from Redis and the
+// invalidation is announced on the bus (batched with other callers'); every
+// node that receives it evicts its L1 copies, and a node that may have
+// missed it stops serving L1 within NodeConfig.LeaseTTL. Before Invalidate
+// returns, this node's L1 entries are evicted and their flights forgotten,
+// so that no read on this node that begins afterwards returns an old value
+// (R20, R21), and no fetch that began before it can fill either tier (R01,
+// R03). If Redis fails, the local effect still applies and the error says
+// so. Invalid keys are reported before anything is done.
 func (c *Cache[K, V]) Invalidate(ctx context.Context, keys ...K) error {
-	ss := make([]string, len(keys))
+	ops := make([]bus.Op, len(keys))
 	hs := make([]uint64, len(keys))
 	for i, k := range keys {
 		s, h, err := c.keys.resolve(k)
 		if err != nil {
 			return fmt.Errorf("tier invalidate: key %d: %w", i, err)
 		}
-		ss[i], hs[i] = s, h
+		ops[i], hs[i] = bus.Op{Namespace: c.ns, Key: s}, h
 	}
 	if c.node.isClosed() {
 		return ErrClosed
 	}
-	if err := c.invalidate(ctx, ss, hs); err != nil {
+	if err := c.publish(ctx, ops, hs); err != nil {
 		return fmt.Errorf("tier invalidate: %w", err)
 	}
 	return nil
 }
 
-func (c *Cache[K, V]) invalidate(ctx context.Context, ss []string, hs []uint64) error {
-	if len(ss) == 0 {
+// publish hands ops to the node's bus publisher and applies their local
+// effect. The publisher applies it too, after Redis answered; doing it again
+// here covers a ctx that ended while the batch was queued, so that the local
+// effect is in place before the caller gets control back either way.
+func (c *Cache[K, V]) publish(ctx context.Context, ops []bus.Op, hs []uint64) error {
+	if len(ops) == 0 {
 		return nil
 	}
-	ks := make([]l2.Keys, len(ss))
-	for i, s := range ss {
-		ks[i] = l2.KeysFor(c.node.cfg.Prefix, c.ns, s)
+	err := c.node.pub.Publish(ctx, ops...)
+	for i, op := range ops {
+		c.evictLocal(op.Key, hs[i])
 	}
-	err := c.node.store.Invalidate(ctx, ks...)
-	// After the delete, never before: a fill that read L2 before the delete
-	// holds a ticket from before this eviction, so it cannot land in L1.
-	for i, s := range ss {
-		c.evictLocal(s, hs[i])
-	}
-	c.node.stats.invalidate.Add(uint64(len(ss)))
-	if err != nil {
-		c.node.redisFailed("invalidate", err)
-	}
+	c.node.stats.invalidate.Add(uint64(len(ops)))
 	return err
 }
 
@@ -444,6 +449,13 @@ func (c *Cache[K, V]) evictLocal(s string, h uint64) {
 	c.node.l1.Evict(h)
 	if c.node.hooks == nil || !c.node.hooks.NoForget {
 		c.flights.forget(s)
+	}
+}
+
+// forgetAll forgets every flight of this cache.
+func (c *Cache[K, V]) forgetAll() {
+	if c.node.hooks == nil || !c.node.hooks.NoForget {
+		c.flights.forgetAll()
 	}
 }
 

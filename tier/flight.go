@@ -104,3 +104,11 @@ func (g *flights[V]) forget(key string) {
 	delete(g.m, key)
 	g.mu.Unlock()
 }
+
+// forgetAll ends the membership of every flight: the node lost track of
+// which keys were invalidated.
+func (g *flights[V]) forgetAll() {
+	g.mu.Lock()
+	clear(g.m)
+	g.mu.Unlock()
+}

@@ -103,6 +103,11 @@ func newFleet(t *testing.T) *fleet {
 // node starts a Node with its own client, closed at cleanup.
 func (f *fleet) node(cfg tier.NodeConfig, hk *hooks.Points) *tier.Node {
 	f.t.Helper()
+	if cfg.L1MaxBytes == 0 {
+		// A small L1 keeps ristretto's sketch, which its Close zeroes, cheap
+		// under the race detector.
+		cfg.L1MaxBytes = 1 << 20
+	}
 	n, err := tier.NewNodeWithHooks(context.Background(), f.srv.Client(f.t), cfg, hk)
 	if err != nil {
 		f.t.Fatalf("NewNode: %v", err)

@@ -2,6 +2,7 @@ package tier
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
 	"github.com/tiercache/tiercache/internal/hooks"
 	"github.com/tiercache/tiercache/l1"
@@ -23,6 +25,7 @@ const (
 	DefaultPrefix        = "tc"
 	DefaultL1MaxBytes    = l1.DefaultMaxBytes
 	DefaultFlagTTL       = 10 * time.Second
+	DefaultLeaseTTL      = 2 * time.Second
 	DefaultMaxKeyBytes   = 1 << 20
 	DefaultMaxValueBytes = 8 << 20
 )
@@ -47,8 +50,16 @@ type NodeConfig struct {
 	// Get waits for another claimant's fetch before fetching without caching.
 	// Default 10s; at least 1ms.
 	FlagTTL time.Duration
+	// LeaseTTL bounds how stale L1 can be when invalidations are lost. A
+	// node serves L1 only while its bus subscription has answered a ping
+	// sent less than LeaseTTL ago (so every invalidation published before
+	// that ping has been applied) and the fleet epoch in Redis is unchanged.
+	// The subscription is pinged every LeaseTTL/4. Default 2s; at least
+	// 50ms.
+	LeaseTTL time.Duration
 	// MaxKeyBytes bounds the string form of a key, in bytes. Longer keys are
-	// rejected with ErrKeyTooLarge. Default 1 MiB.
+	// rejected with ErrKeyTooLarge. Default and maximum 1 MiB (a key must
+	// fit in an invalidation message).
 	MaxKeyBytes int
 	// MaxValueBytes bounds the stored form of a value (its encoding plus the
 	// envelope and the key), in bytes. A larger value is returned by Get but
@@ -79,10 +90,16 @@ func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
 		return cfg, fmt.Errorf("%w: FlagTTL %v is under 1ms", ErrConfig, cfg.FlagTTL)
 	}
 	switch {
+	case cfg.LeaseTTL == 0:
+		cfg.LeaseTTL = DefaultLeaseTTL
+	case cfg.LeaseTTL < 50*time.Millisecond:
+		return cfg, fmt.Errorf("%w: LeaseTTL %v is under 50ms", ErrConfig, cfg.LeaseTTL)
+	}
+	switch {
 	case cfg.MaxKeyBytes == 0:
 		cfg.MaxKeyBytes = DefaultMaxKeyBytes
-	case cfg.MaxKeyBytes < 0:
-		return cfg, fmt.Errorf("%w: MaxKeyBytes %d is negative", ErrConfig, cfg.MaxKeyBytes)
+	case cfg.MaxKeyBytes < 0 || cfg.MaxKeyBytes > bus.MaxKeyBytes:
+		return cfg, fmt.Errorf("%w: MaxKeyBytes %d is outside [1, %d]", ErrConfig, cfg.MaxKeyBytes, bus.MaxKeyBytes)
 	}
 	switch {
 	case cfg.MaxValueBytes == 0:
@@ -100,6 +117,7 @@ func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
 type Node struct {
 	cfg    NodeConfig
 	log    *slog.Logger
+	rdb    redis.UniversalClient
 	store  *l2.Store
 	l1     *l1.Cache
 	hooks  *hooks.Points
@@ -107,17 +125,40 @@ type Node struct {
 	life   context.Context // cancelled by Close; parent of background work
 	cancel context.CancelFunc
 
-	mu         sync.Mutex
-	closed     bool
-	namespaces map[string]bool
-	wg         sync.WaitGroup // every goroutine the node started
+	id      bus.NodeID
+	pub     *bus.Publisher
+	sub     *bus.Subscriber
+	names   busNames
+	live    chan struct{} // closed at the first lease
+	liveOne sync.Once
+
+	mu     sync.Mutex
+	closed bool
+	caches map[string]evictor // by namespace
+	wg     sync.WaitGroup     // every goroutine the node started
 }
 
-// NewNode returns a Node that caches through rdb, which may be a single
-// server, Sentinel or Cluster client; the Node does not close it. NewNode
-// loads the protocol's scripts into Redis within ctx; if Redis cannot be
-// reached, it logs a warning and returns a working Node anyway (scripts load
-// on first use), so that a fleet can start while Redis is down.
+// evictor is the part of a Cache that the bus drives.
+type evictor interface {
+	evictLocal(key string, h uint64)
+	forgetAll()
+}
+
+// busNames are the Redis names of the bus.
+type busNames struct {
+	channel, seq, epoch string
+}
+
+// NewNode returns a Node that caches through rdb, a single-server or
+// Sentinel client (Redis Cluster is not supported yet: the bus's sequence
+// counter shares scripts with every key); the Node does not close it.
+//
+// NewNode loads the protocol's scripts and subscribes to the invalidation
+// bus on a connection of its own. It returns once the subscription has
+// answered its first ping, so that L1 serves at once; or, if ctx is done or
+// LeaseTTL passes first (Redis unreachable), with L1 off until it does:
+// reads then go to Redis or the source, and a fleet can start while Redis
+// is down.
 func NewNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig) (*Node, error) {
 	return newNode(ctx, rdb, cfg, nil)
 }
@@ -130,7 +171,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 	if err != nil {
 		return nil, err
 	}
-	l1cfg := l1.Config{MaxBytes: cfg.L1MaxBytes, Epochs: consistency.NewEpochs(0)}
+	l1cfg := l1.Config{MaxBytes: cfg.L1MaxBytes, Epochs: consistency.NewEpochs(0), Leased: true}
 	if hk != nil {
 		l1cfg.Hooks = hk.L1
 	}
@@ -139,16 +180,52 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n := &Node{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		store:      l2.NewStore(rdb),
-		l1:         cache,
-		hooks:      hk,
-		namespaces: make(map[string]bool),
+		cfg:    cfg,
+		log:    cfg.Logger,
+		rdb:    rdb,
+		store:  l2.NewStore(rdb),
+		l1:     cache,
+		hooks:  hk,
+		caches: make(map[string]evictor),
+		live:   make(chan struct{}),
+		names: busNames{
+			channel: cfg.Prefix + ":bus",
+			seq:     cfg.Prefix + ":seq",
+			epoch:   cfg.Prefix + ":epoch",
+		},
 	}
+	_, _ = rand.Read(n.id[:])
 	n.life, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := n.store.LoadScripts(ctx); err != nil {
 		n.log.Warn("tiercache: cannot load scripts; they will load on first use", "err", err)
+	}
+	n.pub = bus.NewPublisher(n.life, bus.PublisherConfig{Origin: n.id, Exec: n.exec})
+	var bh *bus.Hooks
+	if hk != nil {
+		bh = hk.Bus
+	}
+	n.sub, err = bus.NewSubscriber(n.life, bus.SubscriberConfig{
+		Client:   rdb,
+		Channel:  n.names.channel,
+		EpochKey: n.names.epoch,
+		Self:     n.id,
+		LeaseTTL: cfg.LeaseTTL,
+		Handler:  busHandler{n},
+		Logger:   cfg.Logger,
+		Hooks:    bh,
+	})
+	if err != nil {
+		n.pub.Close()
+		n.cancel()
+		cache.Close()
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	wait, cancel := context.WithTimeout(ctx, cfg.LeaseTTL)
+	defer cancel()
+	select {
+	case <-n.live:
+	case <-wait.Done():
+		n.log.Warn("tiercache: bus subscription not confirmed yet; L1 is off until it is")
 	}
 	return n, nil
 }
@@ -166,9 +243,138 @@ func (n *Node) Close() error {
 	n.closed = true
 	n.mu.Unlock()
 	n.cancel()
+	n.sub.Close()
+	n.pub.Close()
 	n.wg.Wait()
 	n.l1.Close()
 	return nil
+}
+
+// Flush drops every L1 in the fleet: this node's at once, and every other
+// node's when it receives the message. Use it when the source of truth was
+// changed behind the caches' back. Redis (L2) is left as it is. If Redis
+// cannot be reached, the local part still applies and the error says so.
+func (n *Node) Flush(ctx context.Context) error {
+	if n.isClosed() {
+		return ErrClosed
+	}
+	err := n.pub.Flush(ctx)
+	n.dropLocal(false)
+	if err != nil {
+		return fmt.Errorf("tier flush: %w", err)
+	}
+	return nil
+}
+
+// exec runs one batch of the bus publisher: every change and the message
+// that announces them in one atomic script (R14), then the local effect of
+// each change, whatever Redis answered: by then a fill that read the old
+// value cannot land in this node's L1.
+func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
+	changes := make([]l2.Change, len(b.Ops))
+	for i, op := range b.Ops {
+		changes[i] = l2.Change{Keys: l2.KeysFor(n.cfg.Prefix, op.Namespace, op.Key)}
+		if w, ok := op.Payload.(write); ok {
+			changes[i].Write, changes[i].Envelope, changes[i].TTL = true, w.envelope, w.ttl
+		}
+	}
+	a := l2.Announcement{SeqKey: n.names.seq, Channel: n.names.channel, Head: b.Head, Body: b.Body}
+	var err error
+	if n.hooks != nil && n.hooks.PublishBeforeDelete {
+		err = n.publishBeforeDelete(ctx, changes, a)
+	} else {
+		_, err = n.store.Apply(ctx, changes, a)
+	}
+	n.applyLocal(b)
+	n.stats.published.Add(1)
+	if err != nil {
+		n.redisFailed("publish", err)
+	}
+	return err
+}
+
+// publishBeforeDelete is the broken order that R14 forbids, kept for its
+// negative control: the message can overtake the delete.
+func (n *Node) publishBeforeDelete(ctx context.Context, changes []l2.Change, a l2.Announcement) error {
+	seq, err := n.rdb.Incr(ctx, a.SeqKey).Result()
+	if err != nil {
+		return err
+	}
+	msg := append(append(append([]byte(nil), a.Head...), byte(seq>>56), byte(seq>>48), byte(seq>>40), byte(seq>>32),
+		byte(seq>>24), byte(seq>>16), byte(seq>>8), byte(seq)), a.Body...)
+	if err := n.rdb.Publish(ctx, a.Channel, msg).Err(); err != nil {
+		return err
+	}
+	if n.hooks.BetweenPublishAndDelete != nil {
+		n.hooks.BetweenPublishAndDelete()
+	}
+	a.Channel = ""
+	_, err = n.store.Apply(ctx, changes, a)
+	return err
+}
+
+// applyLocal evicts a batch's keys from this node.
+func (n *Node) applyLocal(b *bus.Batch) {
+	if b.Flush {
+		return // Flush drops locally itself
+	}
+	for _, op := range b.Ops {
+		n.evict(op.Namespace, op.Key)
+	}
+}
+
+// evict applies the invalidation of one key to this node: its L1 entry and
+// fill epoch, and its flight if a Cache of the namespace is here.
+func (n *Node) evict(namespace, key string) {
+	h := l1.Hash(l1.Seed(namespace), key)
+	n.mu.Lock()
+	c := n.caches[namespace]
+	n.mu.Unlock()
+	if c != nil {
+		c.evictLocal(key, h)
+	} else {
+		n.l1.Evict(h)
+	}
+}
+
+// dropLocal evicts everything from this node's L1 and forgets every flight;
+// with revoke, L1 also stops serving until the bus renews its lease.
+func (n *Node) dropLocal(revoke bool) {
+	if revoke {
+		n.l1.Revoke()
+	} else {
+		n.l1.EvictAll()
+	}
+	n.mu.Lock()
+	caches := make([]evictor, 0, len(n.caches))
+	for _, c := range n.caches {
+		caches = append(caches, c)
+	}
+	n.mu.Unlock()
+	for _, c := range caches {
+		c.forgetAll()
+	}
+}
+
+// busHandler applies what the node's subscriber delivers.
+type busHandler struct{ n *Node }
+
+func (h busHandler) Apply(m *bus.Message) {
+	for _, g := range m.Groups {
+		for _, k := range g.Keys {
+			h.n.evict(g.Namespace, k)
+		}
+	}
+}
+
+func (h busHandler) Drop(reason bus.Reason, revoke bool) {
+	h.n.stats.drops.Add(1)
+	h.n.dropLocal(revoke)
+}
+
+func (h busHandler) Renew(sentAt time.Time) {
+	h.n.l1.Renew(sentAt, h.n.cfg.LeaseTTL)
+	h.n.liveOne.Do(func() { close(h.n.live) })
 }
 
 // spawn runs f in a goroutine that Close waits for, unless the node is
@@ -193,16 +399,16 @@ func (n *Node) isClosed() bool {
 	return n.closed
 }
 
-func (n *Node) register(namespace string) error {
+func (n *Node) register(namespace string, c evictor) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
 		return ErrClosed
 	}
-	if n.namespaces[namespace] {
+	if n.caches[namespace] != nil {
 		return fmt.Errorf("%w: namespace %q already has a Cache on this node", ErrConfig, namespace)
 	}
-	n.namespaces[namespace] = true
+	n.caches[namespace] = c
 	return nil
 }
 
@@ -254,18 +460,34 @@ type Stats struct {
 	RedisErrors uint64
 	// Invalidations counts keys invalidated or written by this node.
 	Invalidations uint64
+	// Published counts bus messages this node published (batches).
+	Published uint64
+	// BusApplied counts bus messages from other nodes applied here.
+	BusApplied uint64
+	// BusGarbage counts malformed messages on the bus channel, ignored.
+	BusGarbage uint64
+	// Drops counts times this node dropped its whole L1 because it could
+	// not prove it fresh (disconnect, sequence gap, lapsed lease, changed
+	// fleet epoch) or was asked to (a fleet flush).
+	Drops uint64
+	// BusGaps, BusDisconnects, LeaseLapses and EpochChanges count the
+	// drops by cause.
+	BusGaps, BusDisconnects, LeaseLapses, EpochChanges uint64
+	// LeaseRenewals counts lease renewals.
+	LeaseRenewals uint64
 }
 
 type counters struct {
 	l1Hits                                                      stripedCounter
 	l2Hits, fetches, fillsLanded, fillsRefused, l1FillsRefused  atomic.Uint64
 	waits, uncached, corrupt, oversize, redisErrors, invalidate atomic.Uint64
+	published, drops                                            atomic.Uint64
 }
 
 // Stats returns a snapshot of the node's counters.
 func (n *Node) Stats() Stats {
 	c := &n.stats
-	return Stats{
+	st := Stats{
 		L1Hits:          c.l1Hits.load(),
 		L2Hits:          c.l2Hits.Load(),
 		Fetches:         c.fetches.Load(),
@@ -278,7 +500,14 @@ func (n *Node) Stats() Stats {
 		Oversize:        c.oversize.Load(),
 		RedisErrors:     c.redisErrors.Load(),
 		Invalidations:   c.invalidate.Load(),
+		Published:       c.published.Load(),
+		Drops:           c.drops.Load(),
 	}
+	bc := n.sub.Counters()
+	st.BusApplied, st.BusGarbage, st.BusGaps = bc.Applied, bc.Garbage, bc.Gaps
+	st.BusDisconnects, st.LeaseLapses, st.EpochChanges = bc.Disconnects, bc.Lapses, bc.EpochChanges
+	st.LeaseRenewals = bc.Renewals
+	return st
 }
 
 // stripedCounter spreads a hot counter over cache lines, so that L1 hits on

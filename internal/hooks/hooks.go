@@ -5,7 +5,10 @@
 // Nothing here is public API.
 package hooks
 
-import "github.com/tiercache/tiercache/l1"
+import (
+	"github.com/tiercache/tiercache/bus"
+	"github.com/tiercache/tiercache/l1"
+)
 
 // Points are the hooks of one Node. Nil funcs are skipped.
 type Points struct {
@@ -21,9 +24,19 @@ type Points struct {
 	// OnBusy runs each time a flight finds the key's flag held by another
 	// claimant, before it waits.
 	OnBusy func(key string)
+	// AfterRead runs after a flight's L2 read returned, before it decodes
+	// or fills anything.
+	AfterRead func(key string)
 	// BeforeFill runs after a claimant's fetch returned and before it fills
 	// L2.
 	BeforeFill func(key string)
 	// L1 are the hooks of the node's L1 (R13, and its negative control).
 	L1 *l1.Hooks
+	// Bus are the hooks of the node's bus subscriber.
+	Bus *bus.Hooks
+	// PublishBeforeDelete publishes a batch's message before, and apart
+	// from, its writes to Redis: the negative control of R14.
+	// BetweenPublishAndDelete runs in the gap.
+	PublishBeforeDelete     bool
+	BetweenPublishAndDelete func()
 }

@@ -1,0 +1,292 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// ErrClosed reports a Publish on a closed Publisher.
+var ErrClosed = errors.New("bus: closed")
+
+// Op is one key that a batch changes and announces. Payload is the caller's
+// and is handed back to the ExecFunc untouched (for example: write this
+// value instead of deleting).
+type Op struct {
+	Namespace string
+	Key       string
+	Payload   any
+}
+
+// Batch is what one ExecFunc call must do in one atomic step: apply the ops
+// to Redis, draw the next sequence number, and publish Head + seq + Body.
+type Batch struct {
+	Ops   []Op
+	Flush bool // a fleet flush: no ops
+	Head  []byte
+	Body  []byte
+}
+
+// ExecFunc executes one batch.
+type ExecFunc func(ctx context.Context, b *Batch) error
+
+// Publisher batches the changes of concurrent callers into few messages
+// (group commit): while one batch is in flight, the ops that arrive are
+// gathered into the next. A caller therefore waits for at most the batch in
+// flight plus its own: no timer delays a lone Publish. It is safe for
+// concurrent use.
+type Publisher struct {
+	origin   NodeID
+	exec     ExecFunc
+	timeout  time.Duration
+	maxOps   int
+	maxBytes int
+
+	mu      sync.Mutex
+	cond    chan struct{} // signalled when pending grows; buffered 1
+	pending []pendingOp
+	flushes []*request
+	closed  bool
+	life    context.Context // cancelled by Close: a batch in flight gives up
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+type request struct {
+	ctx  context.Context
+	left int   // ops not yet executed; guarded by Publisher.mu
+	err  error // first error; guarded by Publisher.mu
+	done chan error
+}
+
+type pendingOp struct {
+	op  Op
+	req *request
+}
+
+// PublisherConfig configures a Publisher.
+type PublisherConfig struct {
+	// Origin is this node's ID, written into every message.
+	Origin NodeID
+	// Exec executes each batch. Required.
+	Exec ExecFunc
+	// Timeout bounds one Exec call. Default 5s.
+	Timeout time.Duration
+	// MaxOps bounds the ops of one batch. Default 512.
+	MaxOps int
+	// MaxBytes bounds the keys' bytes in one message (a single larger key
+	// goes alone). Default 64 KiB.
+	MaxBytes int
+}
+
+// NewPublisher starts a Publisher whose background work hangs off life;
+// Close stops it.
+func NewPublisher(life context.Context, cfg PublisherConfig) *Publisher {
+	p := &Publisher{
+		origin:   cfg.Origin,
+		exec:     cfg.Exec,
+		timeout:  cfg.Timeout,
+		maxOps:   cfg.MaxOps,
+		maxBytes: cfg.MaxBytes,
+		cond:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+	}
+	p.life, p.cancel = context.WithCancel(life)
+	if p.timeout <= 0 {
+		p.timeout = 5 * time.Second
+	}
+	if p.maxOps <= 0 {
+		p.maxOps = 512
+	}
+	if p.maxBytes <= 0 {
+		p.maxBytes = 64 << 10
+	}
+	go p.run()
+	return p
+}
+
+// Publish applies ops and announces them, batched with other callers' ops,
+// and returns when all of them have been executed, or when ctx is done (the
+// ops may still be executed afterwards). A request of many ops may span
+// several batches.
+func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	r := &request{ctx: ctx, left: len(ops), done: make(chan error, 1)}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	for _, op := range ops {
+		p.pending = append(p.pending, pendingOp{op: op, req: r})
+	}
+	p.mu.Unlock()
+	return p.wait(ctx, r)
+}
+
+// Flush announces a fleet flush: every receiver drops its whole L1.
+func (p *Publisher) Flush(ctx context.Context) error {
+	r := &request{ctx: ctx, left: 1, done: make(chan error, 1)}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	p.flushes = append(p.flushes, r)
+	p.mu.Unlock()
+	return p.wait(ctx, r)
+}
+
+func (p *Publisher) wait(ctx context.Context, r *request) error {
+	select {
+	case p.cond <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close fails every op not yet executed with ErrClosed and stops the
+// Publisher, waiting for the batch in flight. It is idempotent.
+func (p *Publisher) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		<-p.done
+		return
+	}
+	p.closed = true
+	p.mu.Unlock()
+	p.cancel()
+	<-p.done
+}
+
+func (p *Publisher) run() {
+	defer close(p.done)
+	for {
+		batch, flush, reqs := p.take()
+		if batch == nil && flush == nil {
+			select {
+			case <-p.cond:
+				continue
+			case <-p.life.Done():
+				p.failAll(ErrClosed)
+				return
+			}
+		}
+		err := p.execute(batch, flush)
+		p.finish(batch, flush, reqs, err)
+	}
+}
+
+// take removes the next batch from the queue: a flush alone, or as many
+// ops as fit. Ops of requests whose ctx is done are dropped here.
+func (p *Publisher) take() ([]pendingOp, *request, map[*request]int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.flushes) > 0 {
+		r := p.flushes[0]
+		p.flushes = p.flushes[1:]
+		return nil, r, nil
+	}
+	var (
+		batch []pendingOp
+		bytes int
+		reqs  = map[*request]int{}
+		i     int
+	)
+	for i = 0; i < len(p.pending) && len(batch) < p.maxOps; i++ {
+		po := p.pending[i]
+		if err := po.req.ctx.Err(); err != nil {
+			p.settleLocked(po.req, 1, err)
+			continue
+		}
+		size := len(po.op.Namespace) + len(po.op.Key)
+		if len(batch) > 0 && bytes+size > p.maxBytes {
+			break
+		}
+		batch = append(batch, po)
+		bytes += size
+		reqs[po.req]++
+	}
+	p.pending = p.pending[i:]
+	if len(p.pending) == 0 {
+		p.pending = nil // let the backing array go
+	}
+	return batch, nil, reqs
+}
+
+func (p *Publisher) execute(batch []pendingOp, flush *request) error {
+	b := &Batch{Flush: flush != nil}
+	m := Message{Kind: KindKeys, Origin: p.origin}
+	if b.Flush {
+		m.Kind = KindFlush
+	} else {
+		b.Ops = make([]Op, len(batch))
+		idx := map[string]int{}
+		for i, po := range batch {
+			b.Ops[i] = po.op
+			g, ok := idx[po.op.Namespace]
+			if !ok {
+				g = len(m.Groups)
+				idx[po.op.Namespace] = g
+				m.Groups = append(m.Groups, Group{Namespace: po.op.Namespace})
+			}
+			m.Groups[g].Keys = append(m.Groups[g].Keys, po.op.Key)
+		}
+	}
+	var err error
+	if b.Head, b.Body, err = m.Split(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(p.life, p.timeout)
+	defer cancel()
+	if err := p.exec(ctx, b); err != nil {
+		return fmt.Errorf("bus publish: %w", err)
+	}
+	return nil
+}
+
+func (p *Publisher) finish(batch []pendingOp, flush *request, reqs map[*request]int, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if flush != nil {
+		p.settleLocked(flush, 1, err)
+		return
+	}
+	for r, n := range reqs {
+		p.settleLocked(r, n, err)
+	}
+}
+
+// settleLocked marks n of r's ops as done with err, and completes r when
+// none is left.
+func (p *Publisher) settleLocked(r *request, n int, err error) {
+	if r.err == nil {
+		r.err = err
+	}
+	r.left -= n
+	if r.left == 0 {
+		r.done <- r.err
+	}
+}
+
+func (p *Publisher) failAll(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, po := range p.pending {
+		p.settleLocked(po.req, 1, err)
+	}
+	for _, r := range p.flushes {
+		p.settleLocked(r, 1, err)
+	}
+	p.pending, p.flushes = nil, nil
+}

@@ -1,0 +1,447 @@
+package bus
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Reason says why a subscriber told its handler to drop L1.
+type Reason int
+
+const (
+	// Disconnected: the subscription's connection failed; messages
+	// published until it is back are lost (R15, R16).
+	Disconnected Reason = iota + 1
+	// Gap: a sequence number was skipped, repeated or reordered (R15, R19).
+	Gap
+	// LeaseLapsed: no ping was answered within the lease (R15, R27).
+	LeaseLapsed
+	// EpochChanged: the fleet epoch key vanished or changed: Redis was
+	// flushed or restarted without persistence (R23).
+	EpochChanged
+	// Flushed: a node asked the fleet to drop every L1.
+	Flushed
+)
+
+func (r Reason) String() string {
+	switch r {
+	case Disconnected:
+		return "disconnected"
+	case Gap:
+		return "sequence gap"
+	case LeaseLapsed:
+		return "lease lapsed"
+	case EpochChanged:
+		return "fleet epoch changed"
+	case Flushed:
+		return "flushed"
+	}
+	return fmt.Sprintf("Reason(%d)", int(r))
+}
+
+// Handler applies what the bus delivers. Its methods are called from the
+// subscriber's goroutines, never concurrently with each other, and must not
+// block on I/O.
+type Handler interface {
+	// Apply evicts the keys of a message from another node. Messages come
+	// in sequence order.
+	Apply(m *Message)
+	// Drop evicts everything: the node can no longer prove that its L1 is
+	// fresh. If revoke is true the lease ends too: L1 must not serve until
+	// the next Renew.
+	Drop(reason Reason, revoke bool)
+	// Renew extends the lease: every message published before sentAt has
+	// been applied, and the fleet epoch is unchanged.
+	Renew(sentAt time.Time)
+}
+
+// Hooks are test-only fault and observation points of a Subscriber. Nil
+// funcs are skipped.
+type Hooks struct {
+	// BeforeSubscribe runs before the first SUBSCRIBE (R18).
+	BeforeSubscribe func()
+	// DropMessage discards a received message as if it had been lost.
+	DropMessage func(payload []byte) bool
+	// DropPong discards a received pong as if the subscription were stuck.
+	DropPong func() bool
+	// AfterReceiveError runs after the subscription's connection failed,
+	// before it reconnects.
+	AfterReceiveError func(err error)
+	// Applied runs after a message was handled (applied, or skipped as the
+	// node's own).
+	Applied func(m *Message)
+	// Dropped runs after the handler was told to drop L1.
+	Dropped func(reason Reason)
+	// Renewed runs after the lease was renewed.
+	Renewed func(sentAt time.Time)
+}
+
+// SubscriberConfig configures a Subscriber.
+type SubscriberConfig struct {
+	// Client is the node's Redis client; the subscription takes a
+	// connection of its own from it.
+	Client redis.UniversalClient
+	// Channel is the bus channel.
+	Channel string
+	// EpochKey holds the fleet epoch token.
+	EpochKey string
+	// Self is this node's ID: its own messages are not applied again.
+	Self NodeID
+	// LeaseTTL is how long one answered ping lets L1 serve. Required.
+	LeaseTTL time.Duration
+	// Handler receives what the bus delivers. Required.
+	Handler Handler
+	// Logger, default discard.
+	Logger *slog.Logger
+	// Hooks, nil in production.
+	Hooks *Hooks
+}
+
+// Counters are a Subscriber's event counts.
+type Counters struct {
+	Messages, Applied, Garbage, Gaps, Disconnects, Lapses, EpochChanges, Renewals uint64
+}
+
+// Subscriber keeps one node's subscription to the bus and its L1 lease.
+type Subscriber struct {
+	cfg  SubscriberConfig
+	log  *slog.Logger
+	ps   *redis.PubSub
+	life context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	pingNow chan struct{}
+	pongs   chan pong
+
+	mu        sync.Mutex // serialises handler calls and the fields below
+	gen       uint64     // connection generation: pongs of older ones are void
+	confirmed bool       // the current connection's subscription is confirmed
+	lastSeq   uint64     // 0: no message since (re)subscribing
+	leased    bool       // a lease was granted and has not been revoked
+	leaseEnd  time.Time
+	epoch     string
+
+	pingID atomic.Uint64
+	sentMu sync.Mutex
+	sent   map[uint64]sentPing
+
+	n struct {
+		messages, applied, garbage, gaps, disconnects, lapses, epochs, renewals atomic.Uint64
+	}
+}
+
+type sentPing struct {
+	at  time.Time
+	gen uint64
+}
+
+type pong struct {
+	sentPing
+	ok bool
+}
+
+// NewSubscriber starts subscribing in the background; Close stops it.
+func NewSubscriber(life context.Context, cfg SubscriberConfig) (*Subscriber, error) {
+	if cfg.Client == nil || cfg.Handler == nil || cfg.LeaseTTL <= 0 || cfg.Channel == "" || cfg.EpochKey == "" {
+		return nil, errors.New("bus: subscriber needs a client, a handler, a channel, an epoch key and a lease")
+	}
+	s := &Subscriber{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		pingNow: make(chan struct{}, 1),
+		pongs:   make(chan pong, 16),
+		sent:    make(map[uint64]sentPing),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.cfg.Hooks == nil {
+		s.cfg.Hooks = &Hooks{}
+	}
+	s.life, s.stop = context.WithCancel(life)
+	s.wg.Add(2)
+	go s.receive()
+	go s.keepLease()
+	return s, nil
+}
+
+// Close stops the subscription and waits for its goroutines. Idempotent.
+func (s *Subscriber) Close() {
+	s.stop()
+	s.mu.Lock()
+	if s.ps != nil {
+		_ = s.ps.Close() // unblocks Receive
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// Counters returns the subscriber's event counts.
+func (s *Subscriber) Counters() Counters {
+	return Counters{
+		Messages: s.n.messages.Load(), Applied: s.n.applied.Load(), Garbage: s.n.garbage.Load(),
+		Gaps: s.n.gaps.Load(), Disconnects: s.n.disconnects.Load(), Lapses: s.n.lapses.Load(),
+		EpochChanges: s.n.epochs.Load(), Renewals: s.n.renewals.Load(),
+	}
+}
+
+func (s *Subscriber) receive() {
+	defer s.wg.Done()
+	if h := s.cfg.Hooks.BeforeSubscribe; h != nil {
+		h()
+	}
+	s.mu.Lock()
+	if s.life.Err() != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.ps = s.cfg.Client.Subscribe(s.life, s.cfg.Channel)
+	s.mu.Unlock()
+	backoff := 10 * time.Millisecond
+	for {
+		msg, err := s.ps.Receive(s.life)
+		if s.life.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.disconnected(err)
+			if h := s.cfg.Hooks.AfterReceiveError; h != nil {
+				h(err)
+			}
+			// The next Receive reconnects and resubscribes; do not spin
+			// while Redis is unreachable.
+			if !sleep(s.life, backoff) {
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && m.Channel == s.cfg.Channel {
+				s.subscribed()
+			}
+		case *redis.Message:
+			s.message([]byte(m.Payload))
+		case *redis.Pong:
+			s.pong(m.Payload)
+		}
+	}
+}
+
+// disconnected drops L1 and ends the lease: whatever is published until the
+// subscription is back is lost to this node.
+func (s *Subscriber) disconnected(err error) {
+	s.n.disconnects.Add(1)
+	s.log.Warn("tiercache bus: subscription lost", "err", err)
+	s.mu.Lock()
+	s.gen++
+	s.confirmed = false
+	s.lastSeq = 0
+	s.dropLocked(Disconnected, true)
+	s.mu.Unlock()
+}
+
+// subscribed starts a new generation: L1 was dropped when the previous
+// connection failed (or was never filled), and the lease is renewed by the
+// first ping answered on this connection (R18).
+func (s *Subscriber) subscribed() {
+	s.mu.Lock()
+	s.gen++
+	if s.confirmed || s.leased {
+		// A confirmation without a failure seen first: treat it as one.
+		s.dropLocked(Disconnected, true)
+	}
+	s.confirmed = true
+	s.lastSeq = 0
+	s.mu.Unlock()
+	select {
+	case s.pingNow <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Subscriber) message(payload []byte) {
+	if h := s.cfg.Hooks.DropMessage; h != nil && h(payload) {
+		return
+	}
+	s.n.messages.Add(1)
+	m, err := Decode(payload)
+	if err != nil {
+		// A stranger's bytes on our channel: not ours to act on.
+		s.n.garbage.Add(1)
+		s.log.Debug("tiercache bus: ignoring a malformed message", "err", err)
+		return
+	}
+	s.mu.Lock()
+	if s.lastSeq != 0 && m.Seq != s.lastSeq+1 {
+		// Lost, repeated or reordered: delete-only messages commute, but a
+		// skipped number means an invalidation this node never saw.
+		s.n.gaps.Add(1)
+		s.dropLocked(Gap, false)
+	}
+	s.lastSeq = m.Seq
+	switch {
+	case m.Origin == s.cfg.Self:
+		// Applied locally before the publisher returned.
+	case m.Kind == KindFlush:
+		s.dropLocked(Flushed, false)
+	default:
+		s.cfg.Handler.Apply(m)
+		s.n.applied.Add(1)
+	}
+	s.mu.Unlock()
+	if h := s.cfg.Hooks.Applied; h != nil {
+		h(m)
+	}
+}
+
+// pong hands an answered ping to keepLease, which checks the fleet epoch
+// off this goroutine so that messages keep flowing.
+func (s *Subscriber) pong(data string) {
+	if h := s.cfg.Hooks.DropPong; h != nil && h() {
+		return
+	}
+	id, err := strconv.ParseUint(strings.TrimPrefix(data, "tc-lease-"), 10, 64)
+	if err != nil {
+		return
+	}
+	s.sentMu.Lock()
+	p, ok := s.sent[id]
+	for k := range s.sent {
+		if k <= id {
+			delete(s.sent, k)
+		}
+	}
+	s.sentMu.Unlock()
+	if !ok {
+		return
+	}
+	select {
+	case s.pongs <- pong{sentPing: p, ok: true}:
+	case <-s.life.Done():
+	}
+}
+
+// keepLease pings the subscription every quarter of the lease, renews the
+// lease when a ping is answered and the fleet epoch is unchanged, and drops
+// L1 when the lease runs out.
+func (s *Subscriber) keepLease() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.LeaseTTL / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.life.Done():
+			return
+		case <-t.C:
+			s.checkLapse()
+			s.ping()
+		case <-s.pingNow:
+			s.ping()
+		case p := <-s.pongs:
+			s.renew(p.sentPing)
+		}
+	}
+}
+
+func (s *Subscriber) ping() {
+	s.mu.Lock()
+	ps, gen, ok := s.ps, s.gen, s.confirmed
+	s.mu.Unlock()
+	if ps == nil || !ok {
+		return
+	}
+	id := s.pingID.Add(1)
+	s.sentMu.Lock()
+	s.sent[id] = sentPing{at: time.Now(), gen: gen}
+	s.sentMu.Unlock()
+	// An error here shows up in Receive, which handles it.
+	_ = ps.Ping(s.life, "tc-lease-"+strconv.FormatUint(id, 10))
+}
+
+func (s *Subscriber) checkLapse() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.leased && !time.Now().Before(s.leaseEnd) {
+		s.n.lapses.Add(1)
+		s.log.Warn("tiercache bus: lease lapsed; L1 off until the subscription answers")
+		s.dropLocked(LeaseLapsed, true)
+	}
+}
+
+func (s *Subscriber) renew(p sentPing) {
+	epoch, err := s.fleetEpoch()
+	if err != nil {
+		s.log.Warn("tiercache bus: cannot read the fleet epoch; lease not renewed", "err", err)
+		return
+	}
+	s.mu.Lock()
+	if p.gen != s.gen || !s.confirmed {
+		s.mu.Unlock()
+		return // answered on a connection that has failed since
+	}
+	if s.epoch != "" && epoch != s.epoch {
+		s.n.epochs.Add(1)
+		s.log.Warn("tiercache bus: fleet epoch changed (Redis flushed or restarted); dropping L1")
+		s.dropLocked(EpochChanged, false)
+	}
+	s.epoch = epoch
+	s.leased = true
+	s.leaseEnd = p.at.Add(s.cfg.LeaseTTL)
+	s.cfg.Handler.Renew(p.at)
+	s.n.renewals.Add(1)
+	s.mu.Unlock()
+	if h := s.cfg.Hooks.Renewed; h != nil {
+		h(p.at)
+	}
+}
+
+// fleetEpoch reads the fleet epoch token, creating it if it is missing.
+func (s *Subscriber) fleetEpoch() (string, error) {
+	ctx, cancel := context.WithTimeout(s.life, s.cfg.LeaseTTL)
+	defer cancel()
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	// SET NX then GET in one round trip: whichever token won is the epoch.
+	v, err := s.cfg.Client.SetArgs(ctx, s.cfg.EpochKey, hex.EncodeToString(b[:]), redis.SetArgs{Mode: "NX", Get: true}).Result()
+	if errors.Is(err, redis.Nil) {
+		return hex.EncodeToString(b[:]), nil // ours was set
+	}
+	return v, err
+}
+
+func (s *Subscriber) dropLocked(reason Reason, revoke bool) {
+	if revoke {
+		s.leased = false
+	}
+	s.cfg.Handler.Drop(reason, revoke)
+	if h := s.cfg.Hooks.Dropped; h != nil {
+		h(reason)
+	}
+}
+
+// sleep waits for d or until ctx is done; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
