@@ -1,0 +1,56 @@
+// Package bus carries invalidations between the nodes of a fleet over Redis
+// pub/sub, and tells each node when it can no longer prove that its L1 is
+// fresh. It delivers events to a [Handler] and knows nothing of L1 or L2.
+//
+// # Publishing
+//
+// A [Publisher] batches the changes of concurrent callers (group commit):
+// while one batch is in flight, arriving ops gather into the next, so a lone
+// Publish waits for at most the batch in flight and its own, never for a
+// timer. Each batch is one call of the caller's [ExecFunc], which must apply
+// the batch's writes to Redis, draw the next sequence number from a Redis
+// counter and publish the message, in one atomic step (one Lua script): a
+// message can never overtake the writes it announces (RACES.md R14), and
+// sequence numbers are published in order.
+//
+// # Wire format
+//
+// Version 1, big-endian, lengths as uvarints (see message.go for the
+// offsets): magic 'T', version 1, kind (keys or flush), the origin node's
+// 16-byte random ID, the 8-byte sequence number, and for kind keys the keys
+// grouped by namespace. A message is at most [MaxMessageBytes]; a key at
+// most [MaxKeyBytes]. [Decode] rejects any other version, kind, length or
+// trailing byte with [ErrMalformed], never panics, and allocates only in
+// proportion to its input. A future version gets a new version byte; nodes
+// ignore messages of versions they do not know, so a rolling upgrade must
+// keep publishing the old version until every node reads the new one.
+//
+// # Subscribing and the lease
+//
+// A [Subscriber] holds one pub/sub connection. Pub/sub is at-most-once, so
+// it drops L1 whenever it cannot prove it saw every message:
+//
+//   - the connection fails or is killed (including by Redis for a subscriber
+//     past its output-buffer limit): drop and revoke the lease until the
+//     resubscribed connection answers a ping (R15, R16, R18);
+//   - a sequence number is skipped, repeated or out of order: drop (R15, R19);
+//   - no ping is answered within the lease: drop and revoke (R27);
+//   - the fleet epoch key is missing or changed (FLUSHALL, a restart without
+//     persistence, which disconnect nobody): drop (R23).
+//
+// The lease: the subscriber pings its connection every LeaseTTL/4. A pong
+// proves that every message published before its ping was sent has been
+// received, and, since the handler applies messages in order before the
+// pong is read, applied. The handler's Renew(sentAt) then lets L1 serve until
+// sentAt + LeaseTTL. Hence the staleness bound: no node serves a value from
+// L1 more than LeaseTTL after the invalidation that removed it, whatever is
+// lost or cut, up to the scheduling delay of the node's own goroutines.
+//
+// A node's own messages are not applied again (it applied them before its
+// publish returned) but count for gap detection.
+//
+// # Thread-safety
+//
+// Publisher and Subscriber are safe for concurrent use; Handler methods are
+// called one at a time. Both stop their goroutines in Close.
+package bus
