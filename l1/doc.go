@@ -21,7 +21,8 @@
 // does (nothing, in steady state). Lifetimes are kept on a coarse monotonic
 // clock advanced every [Tick] and rounded down by one Tick, so a wall-clock
 // step changes nothing (RACES.md R30) and no entry outlives the lifetime it was
-// given (R24).
+// given (R24), as long as the ticker runs on time: a process starved of CPU
+// for longer than a Tick can serve an entry that much past its lifetime.
 //
 // # Thread-safety
 //

@@ -156,12 +156,12 @@ func (c *Cache) Get(h uint64) (any, bool) {
 // after the Set; ristretto's admission policy may still drop it later. A ttl
 // of one Tick or less stores nothing.
 func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consistency.Ticket) bool {
-	// The coarse clock may lag the real one by a Tick: give up a Tick of
-	// lifetime so that the entry never outlives ttl.
-	deadline := int64(time.Since(c.start) + ttl - Tick)
-	if deadline <= c.now.Load() || !c.valid(h, t) {
+	// The coarse clock lags the real one by up to a Tick: give up a Tick of
+	// lifetime so that the entry does not outlive ttl.
+	if ttl <= Tick || !c.valid(h, t) {
 		return false
 	}
+	deadline := int64(time.Since(c.start) + ttl - Tick)
 	if c.hooks != nil && c.hooks.BeforeSet != nil {
 		c.hooks.BeforeSet(h)
 	}

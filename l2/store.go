@@ -67,22 +67,19 @@ return 1
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
-	// KEYS: value, flag. ARGV: envelope, TTL in ms.
-	writeScript = redis.NewScript(`
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('DEL', KEYS[2])
-return 1
-`)
 	// KEYS: value. ARGV: bytes.
 	deleteIfEqualScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
-	// KEYS: the sequence counter, then value and flag of each change.
-	// ARGV: channel, message head, message body, then per change 'd', or
-	// 's' followed by envelope and TTL in ms.
+	// KEYS: the sequence counter if there is an announcement, then value
+	// and flag of each change. ARGV: channel ('' for no announcement),
+	// message head, message body, then per change 'd', or 's' followed by
+	// envelope and TTL in ms.
 	applyScript = redis.NewScript(`
-local k, a = 2, 4
+local announce = ARGV[1] ~= ''
+local k, a = 1, 4
+if announce then k = 2 end
 while k <= #KEYS do
   if ARGV[a] == 's' then
     redis.call('SET', KEYS[k], ARGV[a+1], 'PX', ARGV[a+2])
@@ -94,13 +91,12 @@ while k <= #KEYS do
   end
   k = k + 2
 end
+if not announce then return 0 end
 local seq = redis.call('INCR', KEYS[1])
-if ARGV[1] ~= '' then
-  redis.call('PUBLISH', ARGV[1], ARGV[2] .. struct.pack('>I8', seq) .. ARGV[3])
-end
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. struct.pack('>I8', seq) .. ARGV[3])
 return seq
 `)
-	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, writeScript, deleteIfEqualScript, applyScript}
+	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, deleteIfEqualScript, applyScript}
 )
 
 // Store runs the flag protocol against one Redis deployment. It is safe for
@@ -131,7 +127,10 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 // ReadOrClaim reads k's value; if it is absent, it claims k's flag with
 // token for flagTTL, all in one round trip.
 func (s *Store) ReadOrClaim(ctx context.Context, k Keys, token string, flagTTL time.Duration) (Read, error) {
-	reply, err := readOrClaimScript.Run(ctx, s.rdb, []string{k.Value, k.Flag}, token, flagTTL.Milliseconds()).Slice()
+	if flagTTL <= 0 {
+		return Read{}, fmt.Errorf("l2 read: %w", errNonPositiveTTL)
+	}
+	reply, err := readOrClaimScript.Run(ctx, s.rdb, []string{k.Value, k.Flag}, token, ttlMillis(flagTTL)).Slice()
 	if err != nil {
 		return Read{}, fmt.Errorf("l2 read: %w", err)
 	}
@@ -156,6 +155,9 @@ func (s *Store) ReadOrClaim(ctx context.Context, k Keys, token string, flagTTL t
 // false means an invalidation, an expiry of the flag, or another claim came
 // first (R01, R03, R04, R05).
 func (s *Store) Fill(ctx context.Context, k Keys, token string, envelope []byte, ttl time.Duration) (bool, error) {
+	if ttl <= 0 {
+		return false, fmt.Errorf("l2 fill: %w", errNonPositiveTTL)
+	}
 	n, err := fillScript.Run(ctx, s.rdb, []string{k.Value, k.Flag}, token, envelope, ttlMillis(ttl)).Int64()
 	if err != nil {
 		return false, fmt.Errorf("l2 fill: %w", err)
@@ -174,38 +176,24 @@ func (s *Store) Release(ctx context.Context, k Keys, token string) error {
 
 // Write stores envelope as k's value with ttl and clears k's flag, in one
 // atomic step, so that a fill in progress is refused as after an
-// invalidation.
+// invalidation. It announces nothing: see Apply.
 func (s *Store) Write(ctx context.Context, k Keys, envelope []byte, ttl time.Duration) error {
-	if err := writeScript.Run(ctx, s.rdb, []string{k.Value, k.Flag}, envelope, ttlMillis(ttl)).Err(); err != nil {
-		return fmt.Errorf("l2 write: %w", err)
-	}
-	return nil
+	_, err := s.Apply(ctx, []Change{{Keys: k, Write: true, Envelope: envelope, TTL: ttl}}, nil)
+	return err
 }
 
-// Invalidate deletes the value and the flag of every key, in one round trip.
-// Each key's value and flag go in one command, so no reader can see one
-// without the other. Keys of different cluster slots are sent as separate
-// commands of one pipeline.
+// Invalidate deletes the value and the flag of every key, in one atomic
+// round trip. It announces nothing: see Apply.
 func (s *Store) Invalidate(ctx context.Context, keys ...Keys) error {
-	switch len(keys) {
-	case 0:
-		return nil
-	case 1:
-		if err := s.rdb.Unlink(ctx, keys[0].Value, keys[0].Flag).Err(); err != nil {
-			return fmt.Errorf("l2 invalidate: %w", err)
-		}
+	if len(keys) == 0 {
 		return nil
 	}
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, k := range keys {
-			p.Unlink(ctx, k.Value, k.Flag)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("l2 invalidate: %w", err)
+	changes := make([]Change, len(keys))
+	for i, k := range keys {
+		changes[i] = Change{Keys: k}
 	}
-	return nil
+	_, err := s.Apply(ctx, changes, nil)
+	return err
 }
 
 // Change is one key's part of [Store.Apply]: delete its value and flag, or,
@@ -217,9 +205,8 @@ type Change struct {
 	TTL      time.Duration
 }
 
-// Announcement is the message that [Store.Apply] publishes: Head, then the
-// 8-byte big-endian sequence number drawn from SeqKey, then Body. An empty
-// Channel publishes nothing (the sequence number is still drawn).
+// Announcement is the message that [Store.Apply] publishes on Channel: Head,
+// then the 8-byte big-endian sequence number drawn from SeqKey, then Body.
 type Announcement struct {
 	SeqKey  string
 	Channel string
@@ -227,20 +214,31 @@ type Announcement struct {
 	Body    []byte
 }
 
-// Apply makes every change, draws the next sequence number and publishes
-// the announcement, in one atomic step and one round trip: a receiver of
-// the message can never read a value that the message says is gone
-// (RACES.md R14). Deleting a key's flag with its value refuses any fill in
-// progress (R01). It returns the sequence number. All keys must live on
-// one server: SeqKey is not hash-tagged with the changes.
-func (s *Store) Apply(ctx context.Context, changes []Change, a Announcement) (uint64, error) {
+// Apply makes every change and, if a is not nil, draws the next sequence
+// number and publishes the announcement, in one atomic step and one round
+// trip: a receiver of the message can never read a value that the message
+// says is gone (RACES.md R14). Deleting a key's flag with its value refuses
+// any fill in progress (R01). It returns the sequence number (0 without an
+// announcement). All keys must live on one server: SeqKey is not
+// hash-tagged with the changes.
+func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (uint64, error) {
 	keys := make([]string, 0, 1+2*len(changes))
 	args := make([]any, 0, 3+3*len(changes))
-	keys = append(keys, a.SeqKey)
-	args = append(args, a.Channel, a.Head, a.Body)
+	if a != nil {
+		if a.Channel == "" || a.SeqKey == "" {
+			return 0, errors.New("l2 apply: an announcement needs a channel and a sequence key")
+		}
+		keys = append(keys, a.SeqKey)
+		args = append(args, a.Channel, a.Head, a.Body)
+	} else {
+		args = append(args, "", "", "")
+	}
 	for _, c := range changes {
 		keys = append(keys, c.Keys.Value, c.Keys.Flag)
 		if c.Write {
+			if c.TTL <= 0 {
+				return 0, fmt.Errorf("l2 apply: %w", errNonPositiveTTL)
+			}
 			args = append(args, "s", c.Envelope, ttlMillis(c.TTL))
 		} else {
 			args = append(args, "d")
@@ -262,7 +260,11 @@ func (s *Store) DeleteIfEqual(ctx context.Context, k Keys, b []byte) error {
 	return nil
 }
 
-// ttlMillis rounds up to whole milliseconds: PX 0 is an error in Redis.
+// errNonPositiveTTL reports a lifetime that Redis cannot express.
+var errNonPositiveTTL = errors.New("l2: a TTL must be positive")
+
+// ttlMillis rounds a positive duration up to whole milliseconds: PX 0 is an
+// error in Redis, and rounding down would shorten the lifetime.
 func ttlMillis(d time.Duration) int64 {
-	return max(int64((d+time.Millisecond-1)/time.Millisecond), 1)
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
 }

@@ -278,7 +278,7 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 			changes[i].Write, changes[i].Envelope, changes[i].TTL = true, w.envelope, w.ttl
 		}
 	}
-	a := l2.Announcement{SeqKey: n.names.seq, Channel: n.names.channel, Head: b.Head, Body: b.Body}
+	a := &l2.Announcement{SeqKey: n.names.seq, Channel: n.names.channel, Head: b.Head, Body: b.Body}
 	var err error
 	if n.hooks != nil && n.hooks.PublishBeforeDelete {
 		err = n.publishBeforeDelete(ctx, changes, a)
@@ -295,7 +295,7 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 
 // publishBeforeDelete is the broken order that R14 forbids, kept for its
 // negative control: the message can overtake the delete.
-func (n *Node) publishBeforeDelete(ctx context.Context, changes []l2.Change, a l2.Announcement) error {
+func (n *Node) publishBeforeDelete(ctx context.Context, changes []l2.Change, a *l2.Announcement) error {
 	seq, err := n.rdb.Incr(ctx, a.SeqKey).Result()
 	if err != nil {
 		return err
@@ -308,8 +308,7 @@ func (n *Node) publishBeforeDelete(ctx context.Context, changes []l2.Change, a l
 	if n.hooks.BetweenPublishAndDelete != nil {
 		n.hooks.BetweenPublishAndDelete()
 	}
-	a.Channel = ""
-	_, err = n.store.Apply(ctx, changes, a)
+	_, err = n.store.Apply(ctx, changes, nil)
 	return err
 }
 

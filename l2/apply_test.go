@@ -1,0 +1,193 @@
+package l2_test
+
+import (
+	"context"
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/consistency"
+	"github.com/tiercache/tiercache/l2"
+)
+
+const (
+	seqKey  = "tc:seq"
+	channel = "tc:bus"
+)
+
+// subscribe returns a subscription to ch that the server has confirmed, so
+// that every message published afterwards reaches it; closed by t.Cleanup.
+func subscribe(t *testing.T, rdb *redis.Client, ch string) *redis.PubSub {
+	t.Helper()
+	ps := rdb.Subscribe(t.Context(), ch)
+	t.Cleanup(func() { _ = ps.Close() })
+	if _, err := ps.Receive(t.Context()); err != nil {
+		t.Fatalf("SUBSCRIBE %s: %v", ch, err)
+	}
+	return ps
+}
+
+// receive returns the next message of ps, failing after a generous bound
+// instead of hanging if none comes.
+func receive(t *testing.T, ps *redis.PubSub) *redis.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	m, err := ps.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatalf("no message: %v", err)
+	}
+	return m
+}
+
+// payload returns the message Apply documents: head, 8-byte big-endian
+// seq, body.
+func payload(head []byte, seq uint64, body []byte) string {
+	return string(binary.BigEndian.AppendUint64(append([]byte{}, head...), seq)) + string(body)
+}
+
+// TestApply_DeletesWritesAndPublishes proves Apply deletes the value and
+// flag of a delete change, writes a write change with its TTL and clears
+// its flag, leaves other keys alone, draws consecutive sequence numbers and
+// publishes head, seq and body.
+func TestApply_DeletesWritesAndPublishes(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	ps := subscribe(t, f.rdb, channel)
+	del, wr, other := l2.KeysFor("tc", "ns", "del"), l2.KeysFor("tc", "ns", "wr"), l2.KeysFor("tc", "ns", "other")
+	for _, k := range []l2.Keys{del, wr, other} {
+		if err := f.rdb.Set(ctx, k.Value, "old", time.Minute).Err(); err != nil {
+			t.Fatalf("SET: %v", err)
+		}
+		if err := f.rdb.Set(ctx, k.Flag, "tok", time.Minute).Err(); err != nil {
+			t.Fatalf("SET: %v", err)
+		}
+	}
+	env := envelope(t, "wr", "new")
+	head, body := []byte{0x01, 'H', 0x00}, []byte("body\x00\xff")
+	seq, err := f.st.Apply(ctx, []l2.Change{
+		{Keys: del},
+		{Keys: wr, Write: true, Envelope: env, TTL: valueTTL},
+	}, &l2.Announcement{SeqKey: seqKey, Channel: channel, Head: head, Body: body})
+	if err != nil || seq != 1 {
+		t.Fatalf("Apply = %d, %v; want 1, nil", seq, err)
+	}
+	f.mustAbsent(t, del.Value)
+	f.mustAbsent(t, del.Flag)
+	f.mustHold(t, wr.Value, string(env))
+	f.mustAbsent(t, wr.Flag)
+	if d := f.pttl(t, wr.Value); d <= 0 || d > valueTTL {
+		t.Errorf("written value PTTL = %v; want in (0, %v]", d, valueTTL)
+	}
+	f.mustHold(t, other.Value, "old")
+	f.mustHold(t, other.Flag, "tok")
+	if m := receive(t, ps); m.Channel != channel || m.Payload != payload(head, 1, body) {
+		t.Errorf("message on %q = %q; want %q", m.Channel, m.Payload, payload(head, 1, body))
+	}
+
+	seq, err = f.st.Apply(ctx, nil, &l2.Announcement{SeqKey: seqKey, Channel: channel, Head: head})
+	if err != nil || seq != 2 {
+		t.Fatalf("second Apply = %d, %v; want 2, nil", seq, err)
+	}
+	if m := receive(t, ps); m.Payload != payload(head, 2, nil) {
+		t.Errorf("second message = %q; want %q", m.Payload, payload(head, 2, nil))
+	}
+}
+
+// TestApply_WithoutAnnouncementPublishesNothing proves an Apply with no
+// announcement draws no sequence number and publishes nothing: the next
+// message a subscriber gets is the following Apply's, numbered 1.
+func TestApply_WithoutAnnouncementPublishesNothing(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	ps := subscribe(t, f.rdb, channel)
+	k := l2.KeysFor("tc", "ns", "k")
+	if seq, err := f.st.Apply(ctx, []l2.Change{{Keys: k}}, nil); err != nil || seq != 0 {
+		t.Fatalf("Apply without announcement = %d, %v; want 0, nil", seq, err)
+	}
+	if seq, err := f.st.Apply(ctx, nil, &l2.Announcement{SeqKey: seqKey, Channel: channel}); err != nil || seq != 1 {
+		t.Fatalf("Apply = %d, %v; want 1, nil", seq, err)
+	}
+	if m := receive(t, ps); m.Payload != payload(nil, 1, nil) {
+		t.Fatalf("first message = %q; want the second Apply's %q", m.Payload, payload(nil, 1, nil))
+	}
+}
+
+// TestApply_RefusesFillInProgress proves R01 through Apply: a delete or a
+// write change clears the flag, so the fill of a claim made before it is
+// refused.
+func TestApply_RefusesFillInProgress(t *testing.T) {
+	for _, write := range []bool{false, true} {
+		name := "delete"
+		if write {
+			name = "write"
+		}
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := t.Context()
+			k := l2.KeysFor("tc", "ns", "k")
+			tok := f.claim(t, k)
+			written := envelope(t, "k", "v2")
+			if _, err := f.st.Apply(ctx, []l2.Change{{Keys: k, Write: write, Envelope: written, TTL: valueTTL}}, nil); err != nil {
+				t.Fatalf("Apply: %v", err)
+			}
+			if ok, err := f.st.Fill(ctx, k, tok, envelope(t, "k", "v1"), valueTTL); err != nil || ok {
+				t.Fatalf("Fill after Apply = %v, %v; want false, nil", ok, err)
+			}
+			if write {
+				f.mustHold(t, k.Value, string(written))
+			} else {
+				f.mustAbsent(t, k.Value)
+			}
+		})
+	}
+}
+
+// TestRace_R14_PublishAfterDelete proves R14 at the store level: with
+// publish and delete as two commands in the wrong order, a subscriber that
+// reacts to the message can still read the old value (negative control);
+// with Apply, a subscriber that has the message never reads it.
+func TestRace_R14_PublishAfterDelete(t *testing.T) {
+	old := "v1"
+	t.Run("NegativeControl_PublishBeforeDelete", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := t.Context()
+		ps := subscribe(t, f.rdb, channel)
+		k := l2.KeysFor("tc", "ns", "k")
+		if err := f.rdb.Set(ctx, k.Value, old, time.Minute).Err(); err != nil {
+			t.Fatalf("SET: %v", err)
+		}
+		if err := f.rdb.Publish(ctx, channel, "k changed").Err(); err != nil {
+			t.Fatalf("PUBLISH: %v", err)
+		}
+		// The subscriber reacts before the delete: it refills what it reads.
+		receive(t, ps)
+		seen, ok := f.get(t, k.Value)
+		if err := f.st.Invalidate(ctx, k); err != nil {
+			t.Fatalf("Invalidate: %v", err)
+		}
+		if !ok || seen != old {
+			t.Fatalf("negative control: subscriber read %q (exists %v); want the old value", seen, ok)
+		}
+	})
+	t.Run("Apply", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := t.Context()
+		ps := subscribe(t, f.rdb, channel)
+		k := l2.KeysFor("tc", "ns", "k")
+		if err := f.rdb.Set(ctx, k.Value, old, time.Minute).Err(); err != nil {
+			t.Fatalf("SET: %v", err)
+		}
+		if _, err := f.st.Apply(ctx, []l2.Change{{Keys: k}}, &l2.Announcement{SeqKey: seqKey, Channel: channel}); err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+		receive(t, ps)
+		f.mustAbsent(t, k.Value)
+		// A reader claiming after the message gets the flag: no stale read.
+		if r, err := f.st.ReadOrClaim(ctx, k, consistency.NewToken(), flagTTL); err != nil || r.State != l2.Claimed {
+			t.Fatalf("ReadOrClaim after the message = %+v, %v; want Claimed", r, err)
+		}
+	})
+}
