@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/wait"
 )
 
 // Reason says why a subscriber told its handler to drop L1.
@@ -222,7 +224,7 @@ func (s *Subscriber) receive() {
 			}
 			// The next Receive reconnects and resubscribes; do not spin
 			// while Redis is unreachable.
-			if !sleep(s.life, backoff) {
+			if wait.Sleep(s.life, backoff) != nil {
 				return
 			}
 			backoff = min(2*backoff, time.Second)
@@ -431,17 +433,5 @@ func (s *Subscriber) dropLocked(reason Reason, revoke bool) {
 	s.cfg.Handler.Drop(reason, revoke)
 	if h := s.cfg.Hooks.Dropped; h != nil {
 		h(reason)
-	}
-}
-
-// sleep waits for d or until ctx is done; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
+	"github.com/tiercache/tiercache/internal/wait"
 	"github.com/tiercache/tiercache/l2"
 )
 
@@ -225,7 +226,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 		if !time.Now().Before(waitUntil) {
 			return c.fetchUncached(ctx, key)
 		}
-		if err := sleep(ctx, min(backoff, time.Until(waitUntil))); err != nil {
+		if err := wait.Sleep(ctx, min(backoff, time.Until(waitUntil))); err != nil {
 			var zero V
 			return zero, err
 		}
@@ -456,17 +457,5 @@ func (c *Cache[K, V]) evictLocal(s string, h uint64) {
 func (c *Cache[K, V]) forgetAll() {
 	if c.node.hooks == nil || !c.node.hooks.NoForget {
 		c.flights.forgetAll()
-	}
-}
-
-// sleep waits for d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }

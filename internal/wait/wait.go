@@ -1,0 +1,21 @@
+// Package wait holds the library's one way to pause background work: a
+// sleep that ends early, with ctx's error, when ctx is done.
+package wait
+
+import (
+	"context"
+	"time"
+)
+
+// Sleep waits for d, or until ctx is done, in which case it returns ctx's
+// error.
+func Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
