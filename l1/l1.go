@@ -53,8 +53,9 @@ type Hooks struct {
 	NoFence bool
 }
 
-// item is what ristretto stores: the caller's value, its fill ticket, and
-// the coarse-clock reading at which it expires.
+// item is what ristretto stores, by pointer (ristretto copies values on
+// every Get): the caller's value, its fill ticket, and the coarse-clock
+// reading at which it expires.
 type item struct {
 	ticket   consistency.Ticket
 	deadline int64
@@ -63,7 +64,7 @@ type item struct {
 
 // Cache is the in-process tier. It is safe for concurrent use.
 type Cache struct {
-	rc     *ristretto.Cache[uint64, item]
+	rc     *ristretto.Cache[uint64, *item]
 	epochs *consistency.Epochs
 	hooks  *Hooks
 
@@ -89,7 +90,7 @@ func New(cfg Config) (*Cache, error) {
 	// entries of 1 KiB on average, and keep the table between 16 Ki and
 	// 16 Mi counters (a counter costs about 4 bits).
 	counters := min(max(maxBytes/1024*10, 1<<14), 1<<24)
-	rc, err := ristretto.NewCache(&ristretto.Config[uint64, item]{
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *item]{
 		NumCounters: counters,
 		MaxCost:     maxBytes,
 		BufferItems: 64,
@@ -167,7 +168,7 @@ func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consisten
 	}
 	// No ristretto TTL: its Get would read the system clock on every hit.
 	// An expired entry is refused by Get and replaced by the next fill.
-	c.rc.Set(h, item{ticket: t, deadline: deadline, value: v}, cost)
+	c.rc.Set(h, &item{ticket: t, deadline: deadline, value: v}, cost)
 	if c.hooks != nil && c.hooks.AfterSet != nil {
 		c.hooks.AfterSet(h)
 	}
