@@ -565,3 +565,52 @@ func TestCloseDuringOutage(t *testing.T) {
 		t.Fatalf("New after Close = %v", err)
 	}
 }
+
+// R16: Redis kills a subscriber that falls behind its output-buffer limit;
+// the node treats it as a lost connection, drops L1, and reads the new
+// state after recovering.
+func TestRace_R16_SlowSubscriber(t *testing.T) {
+	f := newFleet(t)
+	f.srv.Do("CONFIG", "SET", "client-output-buffer-limit", "pubsub 64kb 0 0")
+	src := newSource()
+	src.set("k", "v1")
+	eb, hb := newBusEvents()
+	stuck, unstick := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hb.Applied = func(m *bus.Message) {
+		once.Do(func() { // hold B's receive loop on the first message
+			close(stuck)
+			<-unstick
+		})
+		eb.applied <- m
+	}
+	na, nb := f.node(tier.NodeConfig{}, nil), f.node(tier.NodeConfig{}, &hooks.Points{Bus: hb})
+	a, b := cache(t, na, src), cache(t, nb, src)
+	warm(t, nb, b, "k")
+	ctx := context.Background()
+	if err := a.Invalidate(ctx, "first"); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, stuck, "B to hold its receive loop")
+	// Far more than the socket buffers of a loopback connection can absorb:
+	// Redis must buffer, pass 64 KiB, and kill B's subscription.
+	big := make([]byte, 512<<10)
+	for i := range 64 {
+		big[0] = byte(i)
+		if err := a.Invalidate(ctx, string(big)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src.set("k", "v2")
+	if err := a.Invalidate(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	close(unstick)
+	eb.awaitDropped(t, bus.Disconnected)
+	if v := mustGet(t, b, "k"); v != "v2" {
+		t.Fatalf("B after being cut off = %q, want v2", v)
+	}
+	if st := nb.Stats(); st.BusDisconnects == 0 {
+		t.Fatalf("B stats = %+v", st)
+	}
+}
