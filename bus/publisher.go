@@ -20,6 +20,19 @@ type Op struct {
 	Payload   any
 }
 
+// ErrInvalidOp reports an op that no message can carry.
+var ErrInvalidOp = errors.New("bus: invalid op")
+
+func (op Op) validate() error {
+	switch {
+	case len(op.Namespace) == 0 || len(op.Namespace) > maxNamespaceBytes:
+		return fmt.Errorf("%w: namespace of %d bytes (1 to %d)", ErrInvalidOp, len(op.Namespace), maxNamespaceBytes)
+	case len(op.Key) == 0 || len(op.Key) > MaxKeyBytes:
+		return fmt.Errorf("%w: key of %d bytes (1 to %d)", ErrInvalidOp, len(op.Key), MaxKeyBytes)
+	}
+	return nil
+}
+
 // Batch is what one ExecFunc call must do in one atomic step: apply the ops
 // to Redis, draw the next sequence number, and publish Head + seq + Body.
 type Batch struct {
@@ -77,13 +90,16 @@ type PublisherConfig struct {
 	// MaxOps bounds the ops of one batch. Default 512.
 	MaxOps int
 	// MaxBytes bounds the keys' bytes in one message (a single larger key
-	// goes alone). Default 64 KiB.
+	// goes alone). Default 64 KiB; at most MaxMessageBytes/2.
 	MaxBytes int
 }
 
 // NewPublisher starts a Publisher whose background work hangs off life;
 // Close stops it.
-func NewPublisher(life context.Context, cfg PublisherConfig) *Publisher {
+func NewPublisher(life context.Context, cfg PublisherConfig) (*Publisher, error) {
+	if cfg.Exec == nil {
+		return nil, errors.New("bus: a publisher needs an Exec func")
+	}
 	p := &Publisher{
 		origin:   cfg.Origin,
 		exec:     cfg.Exec,
@@ -103,8 +119,10 @@ func NewPublisher(life context.Context, cfg PublisherConfig) *Publisher {
 	if p.maxBytes <= 0 {
 		p.maxBytes = 64 << 10
 	}
+	// Room for one more op of the largest size, and the framing of all.
+	p.maxBytes = min(p.maxBytes, MaxMessageBytes/2)
 	go p.run()
-	return p
+	return p, nil
 }
 
 // Publish applies ops and announces them, batched with other callers' ops,
@@ -114,6 +132,13 @@ func NewPublisher(life context.Context, cfg PublisherConfig) *Publisher {
 func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
 	if len(ops) == 0 {
 		return nil
+	}
+	for i, op := range ops {
+		// Checked here, so that one bad op fails its own caller, not every
+		// caller gathered into its batch.
+		if err := op.validate(); err != nil {
+			return fmt.Errorf("bus publish: op %d: %w", i, err)
+		}
 	}
 	r := &request{ctx: ctx, left: len(ops), done: make(chan error, 1)}
 	p.mu.Lock()
@@ -172,14 +197,19 @@ func (p *Publisher) Close() {
 func (p *Publisher) run() {
 	defer close(p.done)
 	for {
+		if p.life.Err() != nil {
+			// Closed, or the parent context ended: nothing queued runs
+			// after this point.
+			p.failAll(ErrClosed)
+			return
+		}
 		batch, flush, reqs := p.take()
 		if batch == nil && flush == nil {
 			select {
 			case <-p.cond:
 				continue
 			case <-p.life.Done():
-				p.failAll(ErrClosed)
-				return
+				continue
 			}
 		}
 		err := p.execute(batch, flush)
@@ -192,9 +222,13 @@ func (p *Publisher) run() {
 func (p *Publisher) take() ([]pendingOp, *request, map[*request]int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.flushes) > 0 {
+	for len(p.flushes) > 0 {
 		r := p.flushes[0]
 		p.flushes = p.flushes[1:]
+		if err := r.ctx.Err(); err != nil {
+			p.settleLocked(r, 1, err)
+			continue
+		}
 		return nil, r, nil
 	}
 	var (
@@ -249,10 +283,21 @@ func (p *Publisher) execute(batch []pendingOp, flush *request) error {
 	}
 	ctx, cancel := context.WithTimeout(p.life, p.timeout)
 	defer cancel()
-	if err := p.exec(ctx, b); err != nil {
+	if err := p.safeExec(ctx, b); err != nil {
 		return fmt.Errorf("bus publish: %w", err)
 	}
 	return nil
+}
+
+// safeExec calls the ExecFunc, turning a panic into an error for the
+// batch's callers rather than a crash of the host process.
+func (p *Publisher) safeExec(ctx context.Context, b *Batch) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("exec panicked: %v", r)
+		}
+	}()
+	return p.exec(ctx, b)
 }
 
 func (p *Publisher) finish(batch []pendingOp, flush *request, reqs map[*request]int, err error) {
@@ -282,6 +327,7 @@ func (p *Publisher) settleLocked(r *request, n int, err error) {
 func (p *Publisher) failAll(err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.closed = true
 	for _, po := range p.pending {
 		p.settleLocked(po.req, 1, err)
 	}

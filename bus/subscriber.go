@@ -217,6 +217,14 @@ func (s *Subscriber) receive() {
 		if s.life.Err() != nil {
 			return
 		}
+		var reply redis.Error
+		if errors.As(err, &reply) {
+			// An error reply (say -BUSY to a ping while a script runs): the
+			// connection and the subscription are intact and in order. If
+			// pings keep failing, the lease lapses on its own.
+			s.log.Warn("tiercache bus: error reply on the subscription", "err", err)
+			continue
+		}
 		if err != nil {
 			s.disconnected(err)
 			if h := s.cfg.Hooks.AfterReceiveError; h != nil {
@@ -265,6 +273,7 @@ func (s *Subscriber) subscribed() {
 	s.gen++
 	if s.confirmed || s.leased {
 		// A confirmation without a failure seen first: treat it as one.
+		s.n.disconnects.Add(1)
 		s.dropLocked(Disconnected, true)
 	}
 	s.confirmed = true
@@ -368,8 +377,14 @@ func (s *Subscriber) ping() {
 		return
 	}
 	id := s.pingID.Add(1)
+	now := time.Now()
 	s.sentMu.Lock()
-	s.sent[id] = sentPing{at: time.Now(), gen: gen}
+	for k, p := range s.sent {
+		if now.Sub(p.at) > s.cfg.LeaseTTL {
+			delete(s.sent, k) // its pong could not renew anything any more
+		}
+	}
+	s.sent[id] = sentPing{at: now, gen: gen}
 	s.sentMu.Unlock()
 	// An error here shows up in Receive, which handles it.
 	_ = ps.Ping(s.life, "tc-lease-"+strconv.FormatUint(id, 10))

@@ -199,7 +199,11 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 	if err := n.store.LoadScripts(ctx); err != nil {
 		n.log.Warn("tiercache: cannot load scripts; they will load on first use", "err", err)
 	}
-	n.pub = bus.NewPublisher(n.life, bus.PublisherConfig{Origin: n.id, Exec: n.exec})
+	if n.pub, err = bus.NewPublisher(n.life, bus.PublisherConfig{Origin: n.id, Exec: n.exec}); err != nil {
+		n.cancel()
+		cache.Close()
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	var bh *bus.Hooks
 	if hk != nil {
 		bh = hk.Bus

@@ -1,0 +1,616 @@
+package bus_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/tiercache/tiercache/bus"
+)
+
+// guard bounds every wait for an event in this package's tests.
+const guard = 20 * time.Second
+
+// fakeExec stands in for the Redis script: the Publisher never talks to
+// Redis itself, so its batching is tested against this recorder. If gated,
+// each call announces its batch on started and returns what the test sends
+// on release (or the ctx error if the exec ctx ends first).
+type fakeExec struct {
+	gated   bool
+	started chan *bus.Batch
+	release chan error
+
+	mu      sync.Mutex
+	batches []*bus.Batch
+}
+
+func newFakeExec(gated bool) *fakeExec {
+	return &fakeExec{gated: gated, started: make(chan *bus.Batch), release: make(chan error)}
+}
+
+func (f *fakeExec) exec(ctx context.Context, b *bus.Batch) error {
+	f.mu.Lock()
+	f.batches = append(f.batches, b)
+	f.mu.Unlock()
+	if !f.gated {
+		return nil
+	}
+	select {
+	case f.started <- b:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-f.release:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// recorded returns the batches executed so far.
+func (f *fakeExec) recorded() []*bus.Batch {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*bus.Batch(nil), f.batches...)
+}
+
+// next waits for the next gated batch to start.
+func (f *fakeExec) next(t *testing.T) *bus.Batch {
+	t.Helper()
+	select {
+	case b := <-f.started:
+		return b
+	case <-time.After(guard):
+		t.Fatalf("no batch started within %v", guard)
+		return nil
+	}
+}
+
+// finish lets the batch in flight return err.
+func (f *fakeExec) finish(t *testing.T, err error) {
+	t.Helper()
+	select {
+	case f.release <- err:
+	case <-time.After(guard):
+		t.Fatalf("no batch in flight to release within %v", guard)
+	}
+}
+
+func newPublisher(t *testing.T, f *fakeExec, cfg bus.PublisherConfig) *bus.Publisher {
+	t.Helper()
+	cfg.Exec = f.exec
+	if cfg.Origin == (bus.NodeID{}) {
+		cfg.Origin = testOrigin
+	}
+	p := mustPublisher(t, t.Context(), cfg)
+	t.Cleanup(p.Close)
+	return p
+}
+
+// waitingCtx tells the test when a caller is queued: Publish and Flush ask
+// for ctx.Done only after their request is in the queue, to wait for it.
+type waitingCtx struct {
+	context.Context
+	once    sync.Once
+	waiting chan struct{}
+}
+
+func newWaitingCtx(parent context.Context) *waitingCtx {
+	return &waitingCtx{Context: parent, waiting: make(chan struct{})}
+}
+
+func (c *waitingCtx) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.waiting) })
+	return c.Context.Done()
+}
+
+// queued waits until every ctx's caller is waiting in the queue.
+func queued(t *testing.T, ctxs ...*waitingCtx) {
+	t.Helper()
+	timeout := time.After(guard)
+	for i, c := range ctxs {
+		select {
+		case <-c.waiting:
+		case <-timeout:
+			t.Fatalf("caller %d was not queued within %v", i, guard)
+		}
+	}
+}
+
+// result is the outcome of a call run in the background.
+type result chan error
+
+func goPublish(ctx context.Context, p *bus.Publisher, ops ...bus.Op) result {
+	r := make(result, 1)
+	go func() { r <- p.Publish(ctx, ops...) }()
+	return r
+}
+
+func goFlush(ctx context.Context, p *bus.Publisher) result {
+	r := make(result, 1)
+	go func() { r <- p.Flush(ctx) }()
+	return r
+}
+
+// wait returns the call's error.
+func (r result) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-r:
+		return err
+	case <-time.After(guard):
+		t.Fatalf("call did not return within %v", guard)
+		return nil
+	}
+}
+
+// pending asserts the call has not returned yet.
+func (r result) pending(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case err := <-r:
+		t.Fatalf("%s returned early: %v", what, err)
+	default:
+	}
+}
+
+func op(ns, key string) bus.Op { return bus.Op{Namespace: ns, Key: key} }
+
+// opKeys lists a batch's ops as "ns/key".
+func opKeys(b *bus.Batch) []string {
+	out := make([]string, len(b.Ops))
+	for i, o := range b.Ops {
+		out[i] = o.Namespace + "/" + o.Key
+	}
+	return out
+}
+
+// decodeBatch decodes a batch's message as the script would assemble it,
+// with seq inserted between Head and Body.
+func decodeBatch(t *testing.T, b *bus.Batch, seq uint64) *bus.Message {
+	t.Helper()
+	raw := binary.BigEndian.AppendUint64(append([]byte(nil), b.Head...), seq)
+	m, err := bus.Decode(append(raw, b.Body...))
+	if err != nil {
+		t.Fatalf("Decode(Head+seq+Body): %v", err)
+	}
+	return m
+}
+
+// TestPublisherLonePublishExecutesAtOnce proves a lone Publish is executed
+// as one batch of its own ops, with no timer to wait for, and an empty
+// Publish executes nothing.
+func TestPublisherLonePublishExecutesAtOnce(t *testing.T) {
+	f := newFakeExec(false)
+	p := newPublisher(t, f, bus.PublisherConfig{})
+	if err := p.Publish(t.Context()); err != nil {
+		t.Fatalf("empty Publish: %v", err)
+	}
+	if err := p.Publish(t.Context(), op("ns", "k1"), op("ns", "k2")); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	got := f.recorded()
+	if len(got) != 1 {
+		t.Fatalf("%d batches, want 1", len(got))
+	}
+	if diff := cmp.Diff([]string{"ns/k1", "ns/k2"}, opKeys(got[0])); diff != "" {
+		t.Fatalf("batch ops (-want +got):\n%s", diff)
+	}
+	if got[0].Flush {
+		t.Fatalf("a keys batch is marked Flush")
+	}
+}
+
+// TestPublisherGathersConcurrentCallersIntoOneBatch proves group commit:
+// while one batch is in flight, the ops of N concurrent callers are gathered
+// into exactly one next batch, each op exactly once, and every caller
+// returns when that batch is done.
+func TestPublisherGathersConcurrentCallersIntoOneBatch(t *testing.T) {
+	const n = 64
+	f := newFakeExec(true)
+	p := newPublisher(t, f, bus.PublisherConfig{})
+	first := goPublish(t.Context(), p, op("ns", "first"))
+	f.next(t)
+
+	ctxs := make([]*waitingCtx, n)
+	results := make([]result, n)
+	for i := range n {
+		ctxs[i] = newWaitingCtx(t.Context())
+		ops := []bus.Op{op("ns", fmt.Sprintf("a%d", i))}
+		if i%2 == 0 {
+			ops = append(ops, op("other", fmt.Sprintf("b%d", i)))
+		}
+		results[i] = goPublish(ctxs[i], p, ops...)
+	}
+	queued(t, ctxs...)
+	for i, r := range results {
+		r.pending(t, fmt.Sprintf("caller %d (its batch has not run)", i))
+	}
+	f.finish(t, nil)
+	if err := first.wait(t); err != nil {
+		t.Fatalf("first Publish: %v", err)
+	}
+	second := f.next(t)
+	f.finish(t, nil)
+	for i, r := range results {
+		if err := r.wait(t); err != nil {
+			t.Fatalf("caller %d: %v", i, err)
+		}
+	}
+
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("ns/a%d", i))
+		if i%2 == 0 {
+			want = append(want, fmt.Sprintf("other/b%d", i))
+		}
+	}
+	got := opKeys(second)
+	sort.Strings(want)
+	sort.Strings(got)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("second batch: every op exactly once (-want +got):\n%s", diff)
+	}
+	if all := f.recorded(); len(all) != 2 {
+		t.Fatalf("%d batches, want 2 (the first and one gathered batch)", len(all))
+	}
+}
+
+// TestPublisherMaxOpsSplitsARequest proves MaxOps caps each batch, a request
+// spanning several batches keeps its op order across them, and it returns
+// only after the last of them was executed.
+func TestPublisherMaxOpsSplitsARequest(t *testing.T) {
+	f := newFakeExec(true)
+	p := newPublisher(t, f, bus.PublisherConfig{MaxOps: 3})
+	var ops []bus.Op
+	for i := range 7 {
+		ops = append(ops, op("ns", fmt.Sprint("k", i)))
+	}
+	r := goPublish(t.Context(), p, ops...)
+	want := [][]string{{"ns/k0", "ns/k1", "ns/k2"}, {"ns/k3", "ns/k4", "ns/k5"}, {"ns/k6"}}
+	for i, w := range want {
+		b := f.next(t)
+		// The previous batches are done; this one is in flight.
+		r.pending(t, fmt.Sprintf("a 7-op Publish with batch %d of 3 in flight", i+1))
+		if diff := cmp.Diff(w, opKeys(b)); diff != "" {
+			t.Fatalf("batch %d (-want +got):\n%s", i+1, diff)
+		}
+		f.finish(t, nil)
+	}
+	if err := r.wait(t); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+}
+
+// TestPublisherMaxBytesSplitsBatches proves MaxBytes caps the key bytes of a
+// batch, and that a single op larger than MaxBytes goes alone rather than
+// being refused.
+func TestPublisherMaxBytesSplitsBatches(t *testing.T) {
+	f := newFakeExec(false)
+	// "n" + 4-byte key = 5 bytes: two fit in 10.
+	p := newPublisher(t, f, bus.PublisherConfig{MaxBytes: 10})
+	big := "0123456789abcdefghij" // 21 bytes with its namespace
+	err := p.Publish(t.Context(), op("n", "aaaa"), op("n", "bbbb"), op("n", "cccc"), op("n", big), op("n", "dddd"), op("n", "eeee"))
+	if err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	var got [][]string
+	for _, b := range f.recorded() {
+		got = append(got, opKeys(b))
+	}
+	want := [][]string{{"n/aaaa", "n/bbbb"}, {"n/cccc"}, {"n/" + big}, {"n/dddd", "n/eeee"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("batches (-want +got):\n%s", diff)
+	}
+}
+
+// TestPublisherFlushGoesAlone proves a Flush is executed as a batch of its
+// own, of kind flush with no ops and no body, never merged with queued keys.
+func TestPublisherFlushGoesAlone(t *testing.T) {
+	f := newFakeExec(true)
+	p := newPublisher(t, f, bus.PublisherConfig{})
+	first := goPublish(t.Context(), p, op("ns", "first"))
+	f.next(t)
+	kc, fc := newWaitingCtx(t.Context()), newWaitingCtx(t.Context())
+	keys := goPublish(kc, p, op("ns", "queued"))
+	flush := goFlush(fc, p)
+	queued(t, kc, fc)
+	f.finish(t, nil)
+
+	var sawFlush, sawKeys bool
+	for range 2 {
+		b := f.next(t)
+		f.finish(t, nil)
+		m := decodeBatch(t, b, 5)
+		if b.Flush {
+			sawFlush = true
+			if len(b.Ops) != 0 || len(b.Body) != 0 || m.Kind != bus.KindFlush || len(m.Groups) != 0 {
+				t.Fatalf("flush batch: %d ops, %d body bytes, message %+v; want alone, kind flush", len(b.Ops), len(b.Body), m)
+			}
+			if m.Origin != testOrigin {
+				t.Fatalf("flush origin %x, want %x", m.Origin, testOrigin)
+			}
+			continue
+		}
+		sawKeys = true
+		if diff := cmp.Diff([]string{"ns/queued"}, opKeys(b)); diff != "" || m.Kind != bus.KindKeys {
+			t.Fatalf("keys batch: kind %d, ops (-want +got):\n%s", m.Kind, diff)
+		}
+	}
+	if !sawFlush || !sawKeys {
+		t.Fatalf("saw flush batch %v, keys batch %v; want both, separately", sawFlush, sawKeys)
+	}
+	for name, r := range map[string]result{"first": first, "keys": keys, "flush": flush} {
+		if err := r.wait(t); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if n := len(f.recorded()); n != 3 {
+		t.Fatalf("%d batches, want 3", n)
+	}
+}
+
+// TestPublisherExecErrorReachesEveryCaller proves an ExecFunc error fails
+// every caller whose ops were in that batch, wrapped so errors.Is finds it,
+// and no caller of another batch.
+func TestPublisherExecErrorReachesEveryCaller(t *testing.T) {
+	boom := errors.New("redis on fire")
+	f := newFakeExec(true)
+	p := newPublisher(t, f, bus.PublisherConfig{})
+	first := goPublish(t.Context(), p, op("ns", "first"))
+	f.next(t)
+	ctxs := make([]*waitingCtx, 3)
+	results := make([]result, 3)
+	for i := range ctxs {
+		ctxs[i] = newWaitingCtx(t.Context())
+		results[i] = goPublish(ctxs[i], p, op("ns", fmt.Sprint("k", i)))
+	}
+	fc := newWaitingCtx(t.Context())
+	flush := goFlush(fc, p)
+	queued(t, append(ctxs, fc)...)
+	f.finish(t, nil)
+	if err := first.wait(t); err != nil {
+		t.Fatalf("first batch: %v", err)
+	}
+	for range 2 {
+		b := f.next(t)
+		if b.Flush {
+			f.finish(t, nil)
+			continue
+		}
+		if len(b.Ops) != 3 {
+			t.Fatalf("%d ops in the failing batch, want 3", len(b.Ops))
+		}
+		f.finish(t, boom)
+	}
+	for i, r := range results {
+		if err := r.wait(t); !errors.Is(err, boom) {
+			t.Fatalf("caller %d: %v, want an error wrapping %v", i, err, boom)
+		}
+	}
+	if err := flush.wait(t); err != nil {
+		t.Fatalf("Flush, in another batch: %v", err)
+	}
+}
+
+// TestPublisherCancelledCallerIsNotExecuted proves a caller whose ctx ends
+// while its ops are queued returns ctx.Err() at once, and its ops are
+// dropped from the queue rather than executed.
+func TestPublisherCancelledCallerIsNotExecuted(t *testing.T) {
+	f := newFakeExec(true)
+	p := newPublisher(t, f, bus.PublisherConfig{})
+	first := goPublish(t.Context(), p, op("ns", "first"))
+	f.next(t)
+
+	cctx, cancel := context.WithCancel(t.Context())
+	cc := newWaitingCtx(cctx)
+	gone := goPublish(cc, p, op("ns", "cancelled-1"), op("ns", "cancelled-2"))
+	kc := newWaitingCtx(t.Context())
+	kept := goPublish(kc, p, op("ns", "kept"))
+	queued(t, cc, kc)
+	cancel()
+	if err := gone.wait(t); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled caller: %v, want context.Canceled", err)
+	}
+	f.finish(t, nil)
+	b := f.next(t)
+	f.finish(t, nil)
+	if diff := cmp.Diff([]string{"ns/kept"}, opKeys(b)); diff != "" {
+		t.Fatalf("next batch (-want +got):\n%s", diff)
+	}
+	for _, r := range []result{first, kept} {
+		if err := r.wait(t); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+	for _, b := range f.recorded() {
+		for _, k := range opKeys(b) {
+			if k == "ns/cancelled-1" || k == "ns/cancelled-2" {
+				t.Fatalf("the cancelled caller's op %s was executed", k)
+			}
+		}
+	}
+}
+
+// TestPublisherCloseRejectsAndIsIdempotent proves Publish and Flush after
+// Close return ErrClosed without executing anything, and that Close can be
+// called again, also concurrently.
+func TestPublisherCloseRejectsAndIsIdempotent(t *testing.T) {
+	f := newFakeExec(false)
+	p := newPublisher(t, f, bus.PublisherConfig{})
+	if err := p.Publish(t.Context(), op("ns", "before")); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	p.Close()
+	if err := p.Publish(t.Context(), op("ns", "after")); !errors.Is(err, bus.ErrClosed) {
+		t.Fatalf("Publish after Close: %v, want ErrClosed", err)
+	}
+	if err := p.Flush(t.Context()); !errors.Is(err, bus.ErrClosed) {
+		t.Fatalf("Flush after Close: %v, want ErrClosed", err)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(p.Close)
+	}
+	wg.Wait()
+	if n := len(f.recorded()); n != 1 {
+		t.Fatalf("%d batches executed, want 1 (nothing after Close)", n)
+	}
+}
+
+// TestPublisherCloseCancelsAndWaitsForTheBatchInFlight proves Close cancels
+// the ctx of the batch in flight and returns only after its ExecFunc has
+// returned, whose caller then gets the ctx error.
+func TestPublisherCloseCancelsAndWaitsForTheBatchInFlight(t *testing.T) {
+	started := make(chan struct{})
+	sawCancel := make(chan struct{})
+	letReturn := make(chan struct{})
+	exec := func(ctx context.Context, b *bus.Batch) error {
+		close(started)
+		select {
+		case <-ctx.Done():
+		case <-time.After(guard):
+			return errors.New("exec ctx never cancelled")
+		}
+		close(sawCancel)
+		<-letReturn
+		return ctx.Err()
+	}
+	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec})
+	t.Cleanup(p.Close)
+	inFlight := goPublish(t.Context(), p, op("ns", "k"))
+	select {
+	case <-started:
+	case <-time.After(guard):
+		t.Fatalf("the batch did not start within %v", guard)
+	}
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	select {
+	case <-sawCancel:
+	case <-time.After(guard):
+		t.Fatalf("Close did not cancel the exec ctx within %v", guard)
+	}
+	select {
+	case <-closed:
+		t.Fatalf("Close returned while the batch in flight was still executing")
+	default:
+	}
+	close(letReturn)
+	select {
+	case <-closed:
+	case <-time.After(guard):
+		t.Fatalf("Close did not return within %v", guard)
+	}
+	if err := inFlight.wait(t); !errors.Is(err, context.Canceled) {
+		t.Fatalf("in-flight caller: %v, want context.Canceled", err)
+	}
+}
+
+// TestPublisherTimeoutBoundsExec proves Timeout bounds one ExecFunc call: an
+// exec that waits for its ctx fails its callers with DeadlineExceeded, and
+// the next batch runs.
+func TestPublisherTimeoutBoundsExec(t *testing.T) {
+	calls := 0
+	exec := func(ctx context.Context, b *bus.Batch) error {
+		calls++
+		if calls > 1 {
+			return nil
+		}
+		if _, ok := ctx.Deadline(); !ok {
+			return errors.New("exec ctx has no deadline")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(guard):
+			return errors.New("Timeout not applied")
+		}
+	}
+	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec, Timeout: 10 * time.Millisecond})
+	t.Cleanup(p.Close)
+	if err := p.Publish(t.Context(), op("ns", "slow")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Publish: %v, want DeadlineExceeded", err)
+	}
+	if err := p.Publish(t.Context(), op("ns", "next")); err != nil {
+		t.Fatalf("Publish after a timeout: %v", err)
+	}
+}
+
+// TestPublisherBatchEncodesOpsByNamespace proves a batch hands its ops to
+// the ExecFunc in order with their Payload untouched, and that Head + seq +
+// Body decode to a keys message from the publisher's Origin listing exactly
+// those ops, grouped by namespace in order of first appearance.
+func TestPublisherBatchEncodesOpsByNamespace(t *testing.T) {
+	f := newFakeExec(false)
+	origin := bus.NodeID{0xaa, 0xbb, 15: 0xcc}
+	p := newPublisher(t, f, bus.PublisherConfig{Origin: origin})
+	payload := &struct{ v int }{7}
+	ops := []bus.Op{
+		{Namespace: "users", Key: "alice", Payload: payload},
+		{Namespace: "orders", Key: "o\x001"},
+		{Namespace: "users", Key: "bob"},
+		{Namespace: "bin", Key: "\xff\x00"},
+		{Namespace: "orders", Key: "o2"},
+	}
+	if err := p.Publish(t.Context(), ops...); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	got := f.recorded()
+	if len(got) != 1 {
+		t.Fatalf("%d batches, want 1", len(got))
+	}
+	b := got[0]
+	if diff := cmp.Diff(ops, b.Ops, cmp.Comparer(func(a, b *struct{ v int }) bool { return a == b })); diff != "" {
+		t.Fatalf("Batch.Ops (-want +got):\n%s", diff)
+	}
+	if len(b.Head) != bus.HeadLen {
+		t.Fatalf("len(Head) = %d, want %d", len(b.Head), bus.HeadLen)
+	}
+	want := &bus.Message{Kind: bus.KindKeys, Origin: origin, Seq: 1234, Groups: []bus.Group{
+		{Namespace: "users", Keys: []string{"alice", "bob"}},
+		{Namespace: "orders", Keys: []string{"o\x001", "o2"}},
+		{Namespace: "bin", Keys: []string{"\xff\x00"}},
+	}}
+	if diff := cmp.Diff(want, decodeBatch(t, b, 1234), cmpopts.EquateEmpty()); diff != "" {
+		t.Fatalf("decoded batch (-want +got):\n%s", diff)
+	}
+}
+
+// mustPublisher is NewPublisher that fails the test on error.
+func mustPublisher(t testing.TB, life context.Context, cfg bus.PublisherConfig) *bus.Publisher {
+	t.Helper()
+	p, err := bus.NewPublisher(life, cfg)
+	if err != nil {
+		t.Fatalf("NewPublisher: %v", err)
+	}
+	return p
+}
+
+// NewPublisher refuses a config without an Exec func.
+func TestNewPublisherNeedsExec(t *testing.T) {
+	if _, err := bus.NewPublisher(t.Context(), bus.PublisherConfig{}); err == nil {
+		t.Fatal("NewPublisher without Exec succeeded")
+	}
+}
+
+// A panicking ExecFunc fails its batch's callers instead of crashing.
+func TestPublisherExecPanicIsAnError(t *testing.T) {
+	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: func(context.Context, *bus.Batch) error {
+		panic("exec exploded")
+	}})
+	t.Cleanup(p.Close)
+	if err := p.Publish(t.Context(), op("ns", "k")); err == nil || !strings.Contains(err.Error(), "exec exploded") {
+		t.Fatalf("Publish = %v, want the panic as an error", err)
+	}
+}
