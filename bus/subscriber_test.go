@@ -242,7 +242,7 @@ func startSub(t *testing.T, o subOpts) *fixture {
 		f.srv = redistest.Start(t)
 	}
 	f.rdb = f.srv.Client(t)
-	f.store = l2.NewStore(f.rdb)
+	f.store = l2.NewStore(f.rdb, "tc")
 	f.rec.onApply = o.onApply
 	hooks := bus.Hooks{}
 	if o.hooks != nil {

@@ -17,6 +17,9 @@ type Keys struct {
 	Value string
 	// Flag holds the token of the fill in progress, if any.
 	Flag string
+	// Meta lists the groups the value was filled in, each with the stamp it
+	// had then: a Redis list of name, stamp, name, stamp...
+	Meta string
 }
 
 // KeysFor returns the Redis keys of key in namespace under prefix. The
@@ -46,7 +49,16 @@ func KeysFor(prefix, namespace, key string) Keys {
 	b = append(b, '}')
 	value := string(b)
 	b[len(prefix)+1] = 'f'
-	return Keys{Value: value, Flag: string(b)}
+	flag := string(b)
+	b[len(prefix)+1] = 'm'
+	return Keys{Value: value, Flag: flag, Meta: string(b)}
+}
+
+// GroupKey returns the name of group's stamp under prefix:
+// "<prefix>:g:{<len(group)>:<group>}". The scripts build the same name in
+// Lua; keep the two in step.
+func GroupKey(prefix, group string) string {
+	return prefix + ":g:{" + strconv.Itoa(len(group)) + ":" + group + "}"
 }
 
 // appendHash128 appends 32 hex digits of two independent 64-bit xxhash sums.

@@ -39,10 +39,10 @@ func TestKeysFor_Layout(t *testing.T) {
 		prefix, ns, key string
 		want            l2.Keys
 	}{
-		{"tc", "ns", "k", l2.Keys{Value: "tc:v:{2:ns:=k}", Flag: "tc:f:{2:ns:=k}"}},
-		{"tc", "", "", l2.Keys{Value: "tc:v:{0::=}", Flag: "tc:f:{0::=}"}},
-		{"app", "users", "42", l2.Keys{Value: "app:v:{5:users:=42}", Flag: "app:f:{5:users:=42}"}},
-		{"", "a", "b", l2.Keys{Value: ":v:{1:a:=b}", Flag: ":f:{1:a:=b}"}},
+		{"tc", "ns", "k", l2.Keys{Value: "tc:v:{2:ns:=k}", Flag: "tc:f:{2:ns:=k}", Meta: "tc:m:{2:ns:=k}"}},
+		{"tc", "", "", l2.Keys{Value: "tc:v:{0::=}", Flag: "tc:f:{0::=}", Meta: "tc:m:{0::=}"}},
+		{"app", "users", "42", l2.Keys{Value: "app:v:{5:users:=42}", Flag: "app:f:{5:users:=42}", Meta: "app:m:{5:users:=42}"}},
+		{"", "a", "b", l2.Keys{Value: ":v:{1:a:=b}", Flag: ":f:{1:a:=b}", Meta: ":m:{1:a:=b}"}},
 	}
 	for _, tc := range tests {
 		got := l2.KeysFor(tc.prefix, tc.ns, tc.key)

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/consistency"
 )
 
 // ErrUnexpectedReply reports a script reply of the wrong shape, which means
@@ -45,21 +48,58 @@ type Read struct {
 	// TTL is the value's remaining lifetime for Hit, or the flag's for Busy;
 	// negative when the key has no expiry.
 	TTL time.Duration
+	// Groups are the groups the value was filled in, for Hit.
+	Groups []string
+	// Seq is the group sequence number when the claim was made, for
+	// Claimed: pass it to Fill.
+	Seq uint64
+	// Stale reports that a value was present but one of its groups had been
+	// invalidated (or its stamp had vanished) since it was filled: the value
+	// was removed, and the read went on as a miss (RACES.md R31, R26).
+	Stale bool
 }
 
 var (
-	// KEYS: value, flag. ARGV: token, flag TTL in ms.
+	// KEYS: value, flag, meta. ARGV: token, flag TTL in ms, prefix.
 	readOrClaimScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
-if v then return {1, v, redis.call('PTTL', KEYS[1])} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, '', 0} end
-return {3, '', redis.call('PTTL', KEYS[2])}
+local stale = 0
+if v then
+  local m = redis.call('LRANGE', KEYS[3], 0, -1)
+  local ok = true
+  for i = 1, #m, 2 do
+    local g = m[i]
+    if redis.call('GET', ARGV[3] .. ':g:{' .. #g .. ':' .. g .. '}') ~= m[i+1] then
+      ok = false
+      break
+    end
+  end
+  if ok then
+    local names = {}
+    for i = 1, #m, 2 do names[#names + 1] = m[i] end
+    return {1, v, redis.call('PTTL', KEYS[1]), names, '0', 0}
+  end
+  redis.call('UNLINK', KEYS[1], KEYS[3])
+  stale = 1
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2, '', 0, {}, redis.call('GET', ARGV[3] .. ':gseq') or '0', stale}
+end
+return {3, '', redis.call('PTTL', KEYS[2]), {}, '0', stale}
 `)
-	// KEYS: value, flag. ARGV: token, envelope, TTL in ms.
-	fillScript = redis.NewScript(`
+	// KEYS: value, flag, meta. ARGV: token, envelope, TTL in ms, claim
+	// sequence, prefix, group count n, n names, n fresh tokens.
+	fillScript = redis.NewScript(stampLua + `
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[2])
+local ttl = tonumber(ARGV[3])
+local meta = stamps(ARGV[5], ARGV, 6, tonumber(ARGV[4]), ttl)
+if not meta then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+redis.call('DEL', KEYS[2], KEYS[3])
+if #meta > 0 then
+  redis.call('RPUSH', KEYS[3], unpack(meta))
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
 return 1
 `)
 	// KEYS: flag. ARGV: token.
@@ -72,24 +112,40 @@ return 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
-	// KEYS: the sequence counter if there is an announcement, then value
-	// and flag of each change. ARGV: channel ('' for no announcement),
-	// message head, message body, then per change 'd', or 's' followed by
-	// envelope and TTL in ms.
-	applyScript = redis.NewScript(`
+	// KEYS: the sequence counter if there is an announcement, then value,
+	// flag and meta of each key change. ARGV: channel ('' for no
+	// announcement), message head, message body, prefix, then per change
+	// 'd'; or 's', envelope, TTL in ms, group count n, n names, n fresh
+	// tokens; or 'g', group, fresh token, stamp TTL in ms.
+	applyScript = redis.NewScript(stampLua + `
 local announce = ARGV[1] ~= ''
-local k, a = 1, 4
+local prefix = ARGV[4]
+local k, a = 1, 5
 if announce then k = 2 end
-while k <= #KEYS do
-  if ARGV[a] == 's' then
-    redis.call('SET', KEYS[k], ARGV[a+1], 'PX', ARGV[a+2])
-    redis.call('UNLINK', KEYS[k+1])
-    a = a + 3
+while a <= #ARGV do
+  local op = ARGV[a]
+  if op == 'g' then
+    local g = ARGV[a+1]
+    local seq = redis.call('INCR', prefix .. ':gseq')
+    redis.call('SET', prefix .. ':g:{' .. #g .. ':' .. g .. '}', string.format('%d', seq) .. ':' .. ARGV[a+2], 'PX', ARGV[a+3])
+    a = a + 4
+  elseif op == 's' then
+    local ttl = tonumber(ARGV[a+2])
+    local n = tonumber(ARGV[a+3])
+    local meta = stamps(prefix, ARGV, a + 3, nil, ttl)
+    redis.call('SET', KEYS[k], ARGV[a+1], 'PX', ttl)
+    redis.call('UNLINK', KEYS[k+1], KEYS[k+2])
+    if #meta > 0 then
+      redis.call('RPUSH', KEYS[k+2], unpack(meta))
+      redis.call('PEXPIRE', KEYS[k+2], ttl)
+    end
+    a = a + 4 + 2 * n
+    k = k + 3
   else
-    redis.call('UNLINK', KEYS[k], KEYS[k+1])
+    redis.call('UNLINK', KEYS[k], KEYS[k+1], KEYS[k+2])
     a = a + 1
+    k = k + 3
   end
-  k = k + 2
 end
 if not announce then return 0 end
 local seq = redis.call('INCR', KEYS[1])
@@ -99,16 +155,58 @@ return seq
 	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, deleteIfEqualScript, applyScript}
 )
 
+// stampLua defines stamps(prefix, argv, at, claim, ttl): for the group count
+// n at argv[at], the names at argv[at+1..at+n] and fresh tokens at
+// argv[at+n+1..at+2n], it returns the meta list {name, stamp, ...} of the
+// groups' current stamps, creating a missing stamp as "<gseq>:<token>" and
+// keeping every stamp alive for at least ttl ms. With a claim sequence, it
+// returns nil if any group was invalidated after that claim, or if a stamp
+// is missing while any group was invalidated since (R31, R26): a fill must
+// not land as fresh in a group that changed while it fetched.
+const stampLua = `
+local function stamps(prefix, argv, at, claim, ttl)
+  local n = tonumber(argv[at])
+  local meta = {}
+  for i = 1, n do
+    local g = argv[at + i]
+    local sk = prefix .. ':g:{' .. #g .. ':' .. g .. '}'
+    local s = redis.call('GET', sk)
+    if not s then
+      local cur = redis.call('GET', prefix .. ':gseq') or '0'
+      if claim and tonumber(cur) > claim then return nil end
+      s = cur .. ':' .. argv[at + n + i]
+      redis.call('SET', sk, s, 'PX', ttl)
+    else
+      if claim then
+        local changed = tonumber(string.match(s, '^(%d+):'))
+        if changed == nil or changed > claim then return nil end
+      end
+      local left = redis.call('PTTL', sk)
+      if left >= 0 and left < ttl then redis.call('PEXPIRE', sk, ttl) end
+    end
+    meta[#meta + 1] = g
+    meta[#meta + 1] = s
+  end
+  return meta
+end
+`
+
+// GroupStampTTL is the lifetime of the stamp that a group invalidation
+// writes. Fills keep a stamp alive for as long as their value; a stamp that
+// expires makes its entries unknown (refused), never fresh.
+const GroupStampTTL = 7 * 24 * time.Hour
+
 // Store runs the flag protocol against one Redis deployment. It is safe for
 // concurrent use.
 type Store struct {
-	rdb redis.UniversalClient
+	rdb    redis.UniversalClient
+	prefix string
 }
 
-// NewStore returns a Store over rdb: a single server, Sentinel, or Cluster
-// client.
-func NewStore(rdb redis.UniversalClient) *Store {
-	return &Store{rdb: rdb}
+// NewStore returns a Store over rdb, for keys named under prefix (group
+// stamps and the group sequence are named in the scripts from it).
+func NewStore(rdb redis.UniversalClient, prefix string) *Store {
+	return &Store{rdb: rdb, prefix: prefix}
 }
 
 // LoadScripts loads the protocol's scripts into the server's script cache so
@@ -130,22 +228,35 @@ func (s *Store) ReadOrClaim(ctx context.Context, k Keys, token string, flagTTL t
 	if flagTTL <= 0 {
 		return Read{}, fmt.Errorf("l2 read: %w", errNonPositiveTTL)
 	}
-	reply, err := readOrClaimScript.Run(ctx, s.rdb, []string{k.Value, k.Flag}, token, ttlMillis(flagTTL)).Slice()
+	reply, err := readOrClaimScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, token, ttlMillis(flagTTL), s.prefix).Slice()
 	if err != nil {
 		return Read{}, fmt.Errorf("l2 read: %w", err)
 	}
-	if len(reply) != 3 {
+	if len(reply) != 6 {
 		return Read{}, fmt.Errorf("l2 read: %w: %d elements", ErrUnexpectedReply, len(reply))
 	}
 	state, ok1 := reply[0].(int64)
 	value, ok2 := reply[1].(string)
 	ttl, ok3 := reply[2].(int64)
-	if !ok1 || !ok2 || !ok3 || state < int64(Hit) || state > int64(Busy) {
+	names, ok4 := reply[3].([]any)
+	seq, ok5 := reply[4].(string)
+	stale, ok6 := reply[5].(int64)
+	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 || state < int64(Hit) || state > int64(Busy) {
 		return Read{}, fmt.Errorf("l2 read: %w: %v", ErrUnexpectedReply, reply)
 	}
-	r := Read{State: State(state), TTL: time.Duration(ttl) * time.Millisecond}
+	r := Read{State: State(state), TTL: time.Duration(ttl) * time.Millisecond, Stale: stale == 1}
+	if r.Seq, err = strconv.ParseUint(seq, 10, 64); err != nil {
+		return Read{}, fmt.Errorf("l2 read: %w: group sequence %q", ErrUnexpectedReply, seq)
+	}
 	if r.State == Hit {
 		r.Value = []byte(value)
+		for _, n := range names {
+			name, ok := n.(string)
+			if !ok {
+				return Read{}, fmt.Errorf("l2 read: %w: group %v", ErrUnexpectedReply, n)
+			}
+			r.Groups = append(r.Groups, name)
+		}
 	}
 	return r, nil
 }
@@ -155,14 +266,39 @@ func (s *Store) ReadOrClaim(ctx context.Context, k Keys, token string, flagTTL t
 // false means an invalidation, an expiry of the flag, or another claim came
 // first (R01, R03, R04, R05).
 func (s *Store) Fill(ctx context.Context, k Keys, token string, envelope []byte, ttl time.Duration) (bool, error) {
+	return s.FillInGroups(ctx, k, token, envelope, ttl, nil, 0)
+}
+
+// FillInGroups is Fill for a value that belongs to groups. claimSeq is the
+// Read.Seq of the claim. The fill is also refused if any of the groups was
+// invalidated after the claim, or if a group's stamp is missing and any
+// group was invalidated since (R31, R26); otherwise the value is stored with
+// the groups' current stamps, missing ones created.
+func (s *Store) FillInGroups(ctx context.Context, k Keys, token string, envelope []byte, ttl time.Duration, groups []string, claimSeq uint64) (bool, error) {
 	if ttl <= 0 {
 		return false, fmt.Errorf("l2 fill: %w", errNonPositiveTTL)
 	}
-	n, err := fillScript.Run(ctx, s.rdb, []string{k.Value, k.Flag}, token, envelope, ttlMillis(ttl)).Int64()
+	args := make([]any, 0, 6+2*len(groups))
+	args = append(args, token, envelope, ttlMillis(ttl), claimSeq, s.prefix)
+	args = appendGroups(args, groups)
+	n, err := fillScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, args...).Int64()
 	if err != nil {
 		return false, fmt.Errorf("l2 fill: %w", err)
 	}
 	return n == 1, nil
+}
+
+// appendGroups appends a group count, the names, and a fresh token for each
+// (used if its stamp has to be created).
+func appendGroups(args []any, groups []string) []any {
+	args = append(args, len(groups))
+	for _, g := range groups {
+		args = append(args, g)
+	}
+	for range groups {
+		args = append(args, consistency.NewToken())
+	}
+	return args
 }
 
 // Release clears k's flag if it still holds token, so that waiters need not
@@ -196,13 +332,19 @@ func (s *Store) Invalidate(ctx context.Context, keys ...Keys) error {
 	return err
 }
 
-// Change is one key's part of [Store.Apply]: delete its value and flag, or,
-// with Write, store Envelope for TTL and delete its flag.
+// Change is one part of [Store.Apply]: delete a key's value, flag and
+// meta; or, with Write, store Envelope for TTL in Groups and delete its flag;
+// or, with Group set, invalidate that group (Keys unused).
 type Change struct {
 	Keys     Keys
 	Write    bool
 	Envelope []byte
 	TTL      time.Duration
+	Groups   []string
+	// Group, if set, makes this change a group invalidation: the group gets
+	// a new stamp, drawn from the group sequence, so that no value filled
+	// in it before is served again.
+	Group string
 }
 
 // Announcement is the message that [Store.Apply] publishes on Channel: Head,
@@ -233,14 +375,20 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 	} else {
 		args = append(args, "", "", "")
 	}
+	args = append(args, s.prefix)
 	for _, c := range changes {
-		keys = append(keys, c.Keys.Value, c.Keys.Flag)
-		if c.Write {
+		switch {
+		case c.Group != "":
+			args = append(args, "g", c.Group, consistency.NewToken(), ttlMillis(GroupStampTTL))
+		case c.Write:
 			if c.TTL <= 0 {
 				return 0, fmt.Errorf("l2 apply: %w", errNonPositiveTTL)
 			}
+			keys = append(keys, c.Keys.Value, c.Keys.Flag, c.Keys.Meta)
 			args = append(args, "s", c.Envelope, ttlMillis(c.TTL))
-		} else {
+			args = appendGroups(args, c.Groups)
+		default:
+			keys = append(keys, c.Keys.Value, c.Keys.Flag, c.Keys.Meta)
 			args = append(args, "d")
 		}
 	}

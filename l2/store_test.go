@@ -39,7 +39,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
-	return &fixture{srv: srv, rdb: rdb, st: l2.NewStore(rdb)}
+	return &fixture{srv: srv, rdb: rdb, st: l2.NewStore(rdb, "tc")}
 }
 
 // get returns the string at key and whether it exists.
@@ -688,7 +688,7 @@ func TestStore_ErrorsWhenRedisDown(t *testing.T) {
 	// No command retries and one dial attempt: each call fails at once.
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, DialerRetries: 1, DialTimeout: time.Second})
 	t.Cleanup(func() { _ = rdb.Close() })
-	st := l2.NewStore(rdb)
+	st := l2.NewStore(rdb, "tc")
 	k := l2.KeysFor("tc", "ns", "k")
 	srv.Kill()
 	ctx := t.Context()

@@ -183,7 +183,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		cfg:    cfg,
 		log:    cfg.Logger,
 		rdb:    rdb,
-		store:  l2.NewStore(rdb),
+		store:  l2.NewStore(rdb, cfg.Prefix),
 		l1:     cache,
 		hooks:  hk,
 		caches: make(map[string]evictor),

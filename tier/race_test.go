@@ -485,7 +485,7 @@ func TestRace_R21_ReadYourWrites(t *testing.T) {
 // fill: a claimant that crashed after claiming.
 func (f *fleet) claimAsDeadNode(key string, ttl time.Duration) {
 	f.t.Helper()
-	r, err := l2.NewStore(f.rdb).ReadOrClaim(context.Background(), l2.KeysFor(tier.DefaultPrefix, ns, key), "dead-node", ttl)
+	r, err := l2.NewStore(f.rdb, "tc").ReadOrClaim(context.Background(), l2.KeysFor(tier.DefaultPrefix, ns, key), "dead-node", ttl)
 	if err != nil || r.State != l2.Claimed {
 		f.t.Fatalf("claim: %v, %v", r.State, err)
 	}
