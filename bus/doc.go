@@ -18,7 +18,7 @@
 // Version 1, big-endian, lengths as uvarints (see message.go for the
 // offsets): magic 'T', version 1, kind (keys or flush), the origin node's
 // 16-byte random ID, the 8-byte sequence number, and for kind keys the keys
-// grouped by namespace. A message is at most [MaxMessageBytes]; a key at
+// grouped by namespace followed by the names of invalidated groups. A message is at most [MaxMessageBytes]; a key at
 // most [MaxKeyBytes]. [Decode] rejects any other version, kind, length or
 // trailing byte with [ErrMalformed], never panics, and allocates only in
 // proportion to its input. A future version gets a new version byte; nodes

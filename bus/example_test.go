@@ -53,5 +53,5 @@ func ExamplePublisher() {
 	// Output:
 	// delete users/alice
 	// delete users/bob
-	// publish 19+8+18 bytes
+	// publish 19+8+19 bytes
 }

@@ -18,6 +18,8 @@ import (
 //	              uvarint groups; per group:
 //	                uvarint len, namespace bytes
 //	                uvarint count; per key: uvarint len, key bytes
+//	              uvarint count of invalidated groups; per group:
+//	                uvarint len, name bytes
 //
 // A decoder rejects every other version, kind, or layout, and any message
 // over MaxMessageBytes; trailing bytes are an error.
@@ -36,6 +38,8 @@ const (
 	MaxKeyBytes = 1 << 20
 	// maxNamespaceBytes is the largest namespace a message can carry.
 	maxNamespaceBytes = 1 << 10
+	// MaxGroupBytes is the longest group name a message can carry.
+	MaxGroupBytes = 1 << 10
 )
 
 // Kind is what a message asks its receivers to do.
@@ -66,6 +70,9 @@ type Message struct {
 	// announces.
 	Seq    uint64
 	Groups []Group
+	// InvalidGroups names the groups (of keys, as in Config.Groups) that
+	// were invalidated: every member is stale.
+	InvalidGroups []string
 }
 
 // ErrMalformed reports bytes that are not a message of this version.
@@ -82,12 +89,15 @@ func (m *Message) Split() (head, body []byte, err error) {
 	head = append(head, magic, version, byte(m.Kind))
 	head = append(head, m.Origin[:]...)
 	if m.Kind == KindFlush {
-		if len(m.Groups) != 0 {
+		if len(m.Groups) != 0 || len(m.InvalidGroups) != 0 {
 			return nil, nil, errors.New("bus encode: a flush carries no keys")
 		}
 		return head, nil, nil
 	}
-	size := binary.MaxVarintLen64
+	size := 2 * binary.MaxVarintLen64
+	for _, g := range m.InvalidGroups {
+		size += binary.MaxVarintLen64 + len(g)
+	}
 	for _, g := range m.Groups {
 		size += 2*binary.MaxVarintLen64 + len(g.Namespace)
 		for _, k := range g.Keys {
@@ -110,6 +120,14 @@ func (m *Message) Split() (head, body []byte, err error) {
 			body = binary.AppendUvarint(body, uint64(len(k)))
 			body = append(body, k...)
 		}
+	}
+	body = binary.AppendUvarint(body, uint64(len(m.InvalidGroups)))
+	for _, g := range m.InvalidGroups {
+		if len(g) == 0 || len(g) > MaxGroupBytes {
+			return nil, nil, fmt.Errorf("bus encode: group name of %d bytes", len(g))
+		}
+		body = binary.AppendUvarint(body, uint64(len(g)))
+		body = append(body, g...)
 	}
 	if HeadLen+seqLen+len(body) > MaxMessageBytes {
 		return nil, nil, fmt.Errorf("bus encode: message of %d bytes, limit %d", HeadLen+seqLen+len(body), MaxMessageBytes)
@@ -162,6 +180,13 @@ func Decode(b []byte) (*Message, error) {
 				g.Keys = append(g.Keys, r.bytes(MaxKeyBytes))
 			}
 			m.Groups = append(m.Groups, g)
+		}
+		names := r.count()
+		for range names {
+			if r.err != nil {
+				break
+			}
+			m.InvalidGroups = append(m.InvalidGroups, r.bytes(MaxGroupBytes))
 		}
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", ErrMalformed, m.Kind)

@@ -59,11 +59,12 @@ func keysMessage() *bus.Message {
 }
 
 // maxKeyMessage is a message of exactly MaxMessageBytes, with one key of
-// MaxKeyBytes: one group "n" of two keys, 37 bytes of framing in all
-// (27 header, 4 for the group and namespace, 3 per key length).
+// MaxKeyBytes: one group "n" of two keys, 38 bytes of framing in all
+// (27 header, 4 for the group and namespace, 3 per key length, 1 for the
+// empty count of invalidated groups).
 func maxKeyMessage() *bus.Message {
 	k1 := strings.Repeat("a", bus.MaxKeyBytes)
-	k2 := strings.Repeat("b", bus.MaxMessageBytes-37-bus.MaxKeyBytes)
+	k2 := strings.Repeat("b", bus.MaxMessageBytes-38-bus.MaxKeyBytes)
 	return &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 1, Groups: []bus.Group{{Namespace: "n", Keys: []string{k1, k2}}}}
 }
 
@@ -78,6 +79,9 @@ func roundTripCases() []struct {
 	}{
 		{"keys of several namespaces with binary keys", keysMessage()},
 		{"flush", &bus.Message{Kind: bus.KindFlush, Origin: testOrigin, Seq: 7}},
+		{"invalidated groups", &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 3, InvalidGroups: []string{"author:200", "\x00ns\x00users"}}},
+		{"keys and invalidated groups", &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 4,
+			Groups: []bus.Group{{Namespace: "n", Keys: []string{"k"}}}, InvalidGroups: []string{"g"}}},
 		{"keys with no groups", &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 1}},
 		{"a group with no keys", &bus.Message{Kind: bus.KindKeys, Seq: 2, Groups: []bus.Group{{Namespace: "empty"}}}},
 		{"largest seq", &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: ^uint64(0), Groups: []bus.Group{{Namespace: "n", Keys: []string{"k"}}}}},
@@ -111,10 +115,11 @@ func TestEncodeLayout(t *testing.T) {
 	m := &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 0x0102030405060708, Groups: []bus.Group{
 		{Namespace: "ns", Keys: []string{"k1", "\x00"}},
 		{Namespace: "b", Keys: []string{"z"}},
-	}}
+	}, InvalidGroups: []string{"g1"}}
 	want := header(1, 1, 0x0102030405060708).uvarint(2).
 		str("ns").uvarint(2).str("k1").str("\x00").
-		str("b").uvarint(1).str("z")
+		str("b").uvarint(1).str("z").
+		uvarint(1).str("g1")
 	got, err := m.Encode()
 	if err != nil {
 		t.Fatalf("Encode: %v", err)
@@ -173,7 +178,7 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 	overKey := strings.Repeat("k", bus.MaxKeyBytes+1)
 	big := maxKeyMessage()
 	big.Groups[0].Keys[1] += "b" // one byte over MaxMessageBytes, layout otherwise valid
-	bigWire := header(1, 1, 1).uvarint(1).str("n").uvarint(2).str(big.Groups[0].Keys[0]).str(big.Groups[0].Keys[1])
+	bigWire := header(1, 1, 1).uvarint(1).str("n").uvarint(2).str(big.Groups[0].Keys[0]).str(big.Groups[0].Keys[1]).uvarint(0)
 	if len(bigWire) != bus.MaxMessageBytes+1 {
 		t.Fatalf("test setup: oversize message is %d bytes, want %d", len(bigWire), bus.MaxMessageBytes+1)
 	}

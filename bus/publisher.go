@@ -11,12 +11,14 @@ import (
 // ErrClosed reports a Publish on a closed Publisher.
 var ErrClosed = errors.New("bus: closed")
 
-// Op is one key that a batch changes and announces. Payload is the caller's
-// and is handed back to the ExecFunc untouched (for example: write this
-// value instead of deleting).
+// Op is one key that a batch changes and announces, or, with Group set,
+// one group it invalidates (Namespace and Key empty). Payload is the
+// caller's and is handed back to the ExecFunc untouched (for example: write
+// this value instead of deleting).
 type Op struct {
 	Namespace string
 	Key       string
+	Group     string
 	Payload   any
 }
 
@@ -24,6 +26,12 @@ type Op struct {
 var ErrInvalidOp = errors.New("bus: invalid op")
 
 func (op Op) validate() error {
+	if op.Group != "" || (op.Namespace == "" && op.Key == "") {
+		if op.Namespace != "" || op.Key != "" || len(op.Group) == 0 || len(op.Group) > MaxGroupBytes {
+			return fmt.Errorf("%w: a group op of %d bytes (1 to %d) with no key", ErrInvalidOp, len(op.Group), MaxGroupBytes)
+		}
+		return nil
+	}
 	switch {
 	case len(op.Namespace) == 0 || len(op.Namespace) > maxNamespaceBytes:
 		return fmt.Errorf("%w: namespace of %d bytes (1 to %d)", ErrInvalidOp, len(op.Namespace), maxNamespaceBytes)
@@ -243,7 +251,7 @@ func (p *Publisher) take() ([]pendingOp, *request, map[*request]int) {
 			p.settleLocked(po.req, 1, err)
 			continue
 		}
-		size := len(po.op.Namespace) + len(po.op.Key)
+		size := len(po.op.Namespace) + len(po.op.Key) + len(po.op.Group)
 		if len(batch) > 0 && bytes+size > p.maxBytes {
 			break
 		}
@@ -268,6 +276,10 @@ func (p *Publisher) execute(batch []pendingOp, flush *request) error {
 		idx := map[string]int{}
 		for i, po := range batch {
 			b.Ops[i] = po.op
+			if po.op.Group != "" {
+				m.InvalidGroups = append(m.InvalidGroups, po.op.Group)
+				continue
+			}
 			g, ok := idx[po.op.Namespace]
 			if !ok {
 				g = len(m.Groups)
