@@ -9,6 +9,7 @@ import (
 
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
+	"github.com/tiercache/tiercache/groups"
 	"github.com/tiercache/tiercache/internal/wait"
 	"github.com/tiercache/tiercache/l2"
 )
@@ -52,7 +53,21 @@ type Config[K comparable, V any] struct {
 	Key func(K) string
 	// Codec encodes values for Redis. Default CBOR[V].
 	Codec Codec[V]
+	// Groups returns the groups an entry belongs to, from its key, its
+	// value, or both; it is called when the entry is filled or Set.
+	// Node.InvalidateGroup of any of them makes the entry stale on every
+	// node, in time independent of the group's size. A name is 1 to 1024
+	// bytes and does not start with NUL; an entry has at most
+	// MaxGroupsPerEntry. An entry whose groups break these rules is returned
+	// by Get but not cached, and Set of it fails with ErrBadGroup. Reading
+	// an entry's groups back costs nothing extra: Redis checks their stamps
+	// in the same round trip as the value, whether they come from the key
+	// or the value. Optional.
+	Groups func(key K, value V) []string
 }
+
+// MaxGroupsPerEntry bounds the groups of one entry.
+const MaxGroupsPerEntry = 64
 
 // Cache caches one kind of object in both tiers of a Node. It is safe for
 // concurrent use. Values returned by Get may be shared with other callers
@@ -66,13 +81,24 @@ type Cache[K comparable, V any] struct {
 	codec   Codec[V]
 	keys    keyer[K]
 	flights flights[V]
+	groupFn func(K, V) []string
+	nsGroup string // the group of every entry of the namespace
 }
 
 // entry is what a Cache keeps in L1.
 type entry[K comparable, V any] struct {
-	owner *Cache[K, V]
-	key   K
-	val   V
+	owner  *Cache[K, V]
+	key    K
+	val    V
+	groups []groups.Ref
+}
+
+// fence is what a fill took before it read Redis: the key's fill-epoch
+// ticket and the node's group generation. An invalidation of the key, or of
+// any group, that the node learns of after that refuses the L1 fill.
+type fence struct {
+	ticket consistency.Ticket
+	gen    uint64
 }
 
 // New returns a Cache of one kind of object on node n.
@@ -94,13 +120,15 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 		return nil, err
 	}
 	c := &Cache[K, V]{
-		node:  n,
-		ns:    cfg.Namespace,
-		fetch: cfg.Fetch,
-		ttl:   cfg.TTL,
-		l1TTL: cfg.L1TTL,
-		codec: cfg.Codec,
-		keys:  kr,
+		node:    n,
+		ns:      cfg.Namespace,
+		fetch:   cfg.Fetch,
+		ttl:     cfg.TTL,
+		l1TTL:   cfg.L1TTL,
+		codec:   cfg.Codec,
+		keys:    kr,
+		groupFn: cfg.Groups,
+		nsGroup: namespaceGroup(cfg.Namespace),
 	}
 	if c.ttl == 0 {
 		c.ttl = DefaultTTL
@@ -115,7 +143,15 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 	if err := n.register(cfg.Namespace, c); err != nil {
 		return nil, err
 	}
+	n.groups.Pin(c.nsGroup)
 	return c, nil
+}
+
+// namespaceGroup is the group that every entry of a namespace belongs to:
+// InvalidateAll invalidates it. User group names cannot start with NUL, so
+// it cannot collide with one.
+func namespaceGroup(namespace string) string {
+	return "\x00ns\x00" + namespace
 }
 
 // Get returns the value of key: from L1 if this node holds a valid copy,
@@ -133,7 +169,7 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 func (c *Cache[K, V]) Get(ctx context.Context, key K) (V, error) {
 	if h, ok := c.keys.hash(key); ok && c.l1TTL > 0 {
 		if v, found := c.node.l1.Get(h); found {
-			if e, ok := v.(*entry[K, V]); ok && e.owner == c && e.key == key {
+			if e, ok := v.(*entry[K, V]); ok && e.owner == c && e.key == key && groupsValid(e.groups) {
 				c.node.stats.l1Hits.add(h)
 				return e.val, nil
 			}
@@ -159,7 +195,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 	n := c.node
 	// The ticket is taken before anything is read: an invalidation this
 	// node learns of from here on refuses the L1 fill (R12, R13).
-	ticket := n.l1.Ticket(h)
+	f := fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()}
 	keys := l2.KeysFor(n.cfg.Prefix, c.ns, s)
 	var (
 		waitUntil time.Time
@@ -181,6 +217,9 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 			n.redisFailed("read", err)
 			return c.fetchUncached(ctx, key)
 		}
+		if r.Stale {
+			n.stats.groupStale.Add(1)
+		}
 		switch r.State {
 		case l2.Hit:
 			v, size, err := c.decode(s, r.Value)
@@ -193,7 +232,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 					// outlives the L2 entry it came from (R24).
 					ttl = min(ttl, r.TTL-time.Since(start))
 				}
-				c.fillL1(h, key, v, size, ttl, ticket)
+				c.fillL1(h, key, v, size, ttl, f, r.Groups)
 				return v, nil
 			case errors.Is(err, errKeyMismatch):
 				// Another long key with the same 128-bit hash owns the slot.
@@ -211,7 +250,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 			}
 			continue
 		case l2.Claimed:
-			return c.fetchAndFill(ctx, key, s, h, keys, token, ticket)
+			return c.fetchAndFill(ctx, key, s, h, keys, token, r.Seq, f)
 		}
 		// Busy: another claimant is fetching. Wait for its value, bounded
 		// by our flag TTL (if its flag expires we claim on the next round:
@@ -256,13 +295,20 @@ func (c *Cache[K, V]) decode(s string, b []byte) (V, int, error) {
 
 // fetchAndFill runs Fetch under our claim and fills both tiers if the claim
 // still holds.
-func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, ticket consistency.Ticket) (V, error) {
+func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, claimSeq uint64, f fence) (V, error) {
 	n := c.node
 	v, err := c.callFetch(ctx, key)
 	if err != nil {
 		c.release(ctx, keys, token)
 		var zero V
 		return zero, err
+	}
+	gs, err := c.groupsOf(key, v)
+	if err != nil {
+		c.release(ctx, keys, token)
+		n.stats.badGroups.Add(1)
+		n.log.Warn("tiercache: not caching an entry with bad groups", "namespace", c.ns, "err", err)
+		return v, nil
 	}
 	env, err := c.encode(s, v)
 	if err != nil {
@@ -279,20 +325,21 @@ func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint6
 		n.hooks.BeforeFill(s)
 	}
 	start := time.Now()
-	landed, err := n.store.Fill(ctx, keys, token, env, c.ttl)
+	landed, err := n.store.FillInGroups(ctx, keys, token, env, c.ttl, gs, claimSeq)
 	switch {
 	case err != nil:
 		n.redisFailed("fill", err)
 		return v, nil
 	case !landed:
-		// Invalidated, expired or taken over since we claimed (R01, R03,
-		// R04, R05). Our caller may still have v: its read overlapped the
-		// write. Neither tier keeps it.
+		// Invalidated, expired or taken over since we claimed, or one of
+		// its groups was invalidated meanwhile (R01, R03, R04, R05, R31).
+		// Our caller may still have v: its read overlapped the write.
+		// Neither tier keeps it.
 		n.stats.fillsRefused.Add(1)
 		return v, nil
 	}
 	n.stats.fillsLanded.Add(1)
-	c.fillL1(h, key, v, len(env), c.ttl-time.Since(start), ticket)
+	c.fillL1(h, key, v, len(env), c.ttl-time.Since(start), f, gs)
 	return v, nil
 }
 
@@ -344,15 +391,63 @@ func (c *Cache[K, V]) encode(s string, v V) ([]byte, error) {
 	return env, nil
 }
 
-// fillL1 stores v in L1 if the ticket is still valid.
-func (c *Cache[K, V]) fillL1(h uint64, key K, v V, size int, ttl time.Duration, t consistency.Ticket) {
+// fillL1 stores v, in groups, in L1 if nothing the node learnt since the
+// fence was taken invalidates it.
+func (c *Cache[K, V]) fillL1(h uint64, key K, v V, size int, ttl time.Duration, f fence, groupNames []string) {
 	if c.l1TTL <= 0 || ttl <= 0 {
 		return
 	}
-	e := &entry[K, V]{owner: c, key: key, val: v}
-	if !c.node.l1.Fill(h, e, int64(size), min(ttl, c.l1TTL), t) {
+	e := &entry[K, V]{owner: c, key: key, val: v, groups: c.node.groups.Refs(groupNames)}
+	// After taking the refs: a group invalidation applied before this check
+	// moved the generation; one applied after it invalidates the refs.
+	if c.node.groups.Gen() != f.gen || !c.node.l1.Fill(h, e, int64(size), min(ttl, c.l1TTL), f.ticket) {
 		c.node.stats.l1FillsRefused.Add(1)
 	}
+}
+
+// groupsValid reports whether no group of an entry was invalidated since it
+// was filled: one atomic load per group.
+func groupsValid(refs []groups.Ref) bool {
+	for _, r := range refs {
+		if !r.Valid() {
+			return false
+		}
+	}
+	return true
+}
+
+// groupsOf returns the groups of an entry: its namespace's, then those
+// Config.Groups names, checked.
+func (c *Cache[K, V]) groupsOf(key K, v V) ([]string, error) {
+	if c.groupFn == nil {
+		return []string{c.nsGroup}, nil
+	}
+	user := c.groupFn(key, v)
+	if len(user) > MaxGroupsPerEntry {
+		return nil, fmt.Errorf("%w: %d groups, limit %d", ErrBadGroup, len(user), MaxGroupsPerEntry)
+	}
+	out := make([]string, 0, 1+len(user))
+	out = append(out, c.nsGroup)
+	for _, g := range user {
+		if err := checkGroup(g); err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+// checkGroup reports whether g can name a group.
+func checkGroup(g string) error {
+	switch {
+	case g == "":
+		return fmt.Errorf("%w: empty group name", ErrBadGroup)
+	case len(g) > bus.MaxGroupBytes:
+		return fmt.Errorf("%w: group name of %d bytes, limit %d", ErrBadGroup, len(g), bus.MaxGroupBytes)
+	case g[0] == 0:
+		return fmt.Errorf("%w: group name starts with NUL", ErrBadGroup)
+	}
+	return nil
 }
 
 // Set stores value as key's value in Redis, for use right after the source
@@ -385,7 +480,14 @@ func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
 	if err != nil {
 		return fmt.Errorf("tier set: %w", err)
 	}
-	op := bus.Op{Namespace: c.ns, Key: s, Payload: write{envelope: env, ttl: c.ttl}}
+	gs, err := c.groupsOf(key, value)
+	if err != nil {
+		if ierr := c.publish(ctx, []bus.Op{{Namespace: c.ns, Key: s}}, []uint64{h}); ierr != nil {
+			return fmt.Errorf("tier set: %w (and invalidating failed: %w)", err, ierr)
+		}
+		return fmt.Errorf("tier set: %w; key invalidated instead", err)
+	}
+	op := bus.Op{Namespace: c.ns, Key: s, Payload: write{envelope: env, ttl: c.ttl, groups: gs}}
 	if err := c.publish(ctx, []bus.Op{op}, []uint64{h}); err != nil {
 		return fmt.Errorf("tier set: %w", err)
 	}
@@ -396,6 +498,7 @@ func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
 type write struct {
 	envelope []byte
 	ttl      time.Duration
+	groups   []string
 }
 
 // Invalidate removes keys from both tiers on every node. In one atomic
@@ -423,6 +526,17 @@ func (c *Cache[K, V]) Invalidate(ctx context.Context, keys ...K) error {
 	}
 	if err := c.publish(ctx, ops, hs); err != nil {
 		return fmt.Errorf("tier invalidate: %w", err)
+	}
+	return nil
+}
+
+// InvalidateAll makes every entry of this cache's namespace stale on every
+// node, in constant time: every entry belongs to its namespace's group, and
+// this invalidates that group (cacheme's invalid_all). Entries stay in Redis
+// until they expire or are read (a read removes a stale one).
+func (c *Cache[K, V]) InvalidateAll(ctx context.Context) error {
+	if err := c.node.invalidateGroups(ctx, []string{c.nsGroup}); err != nil {
+		return fmt.Errorf("tier invalidate all: %w", err)
 	}
 	return nil
 }

@@ -16,6 +16,9 @@ var (
 	// ErrValueTooLarge reports a value whose stored form exceeds
 	// NodeConfig.MaxValueBytes.
 	ErrValueTooLarge = errors.New("tier: value too large")
+	// ErrBadGroup reports a group name that is empty, longer than 1 KiB or
+	// starts with NUL, or an entry in more than MaxGroupsPerEntry groups.
+	ErrBadGroup = errors.New("tier: bad group")
 	// ErrFetchPanic reports a Fetch that panicked; every caller waiting on
 	// that fetch gets it. The panic value is in the message.
 	ErrFetchPanic = errors.New("tier: fetch panicked")

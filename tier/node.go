@@ -15,6 +15,7 @@ import (
 
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
+	"github.com/tiercache/tiercache/groups"
 	"github.com/tiercache/tiercache/internal/hooks"
 	"github.com/tiercache/tiercache/l1"
 	"github.com/tiercache/tiercache/l2"
@@ -61,6 +62,10 @@ type NodeConfig struct {
 	// rejected with ErrKeyTooLarge. Default and maximum 1 MiB (a key must
 	// fit in an invalidation message).
 	MaxKeyBytes int
+	// MaxTrackedGroups bounds how many groups the node tracks for its L1.
+	// An L1 entry in a group the node stopped tracking is not served; the
+	// next read checks Redis. Default 65,536; negative is an error.
+	MaxTrackedGroups int
 	// MaxValueBytes bounds the stored form of a value (its encoding plus the
 	// envelope and the key), in bytes. A larger value is returned by Get but
 	// not cached; Set rejects it with ErrValueTooLarge. Default 8 MiB.
@@ -101,6 +106,9 @@ func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
 	case cfg.MaxKeyBytes < 0 || cfg.MaxKeyBytes > bus.MaxKeyBytes:
 		return cfg, fmt.Errorf("%w: MaxKeyBytes %d is outside [1, %d]", ErrConfig, cfg.MaxKeyBytes, bus.MaxKeyBytes)
 	}
+	if cfg.MaxTrackedGroups < 0 {
+		return cfg, fmt.Errorf("%w: MaxTrackedGroups %d is negative", ErrConfig, cfg.MaxTrackedGroups)
+	}
 	switch {
 	case cfg.MaxValueBytes == 0:
 		cfg.MaxValueBytes = DefaultMaxValueBytes
@@ -120,6 +128,7 @@ type Node struct {
 	rdb    redis.UniversalClient
 	store  *l2.Store
 	l1     *l1.Cache
+	groups *groups.Table
 	hooks  *hooks.Points
 	stats  counters
 	life   context.Context // cancelled by Close; parent of background work
@@ -185,6 +194,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		rdb:    rdb,
 		store:  l2.NewStore(rdb, cfg.Prefix),
 		l1:     cache,
+		groups: groups.New(cfg.MaxTrackedGroups),
 		hooks:  hk,
 		caches: make(map[string]evictor),
 		live:   make(chan struct{}),
@@ -277,9 +287,13 @@ func (n *Node) Flush(ctx context.Context) error {
 func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 	changes := make([]l2.Change, len(b.Ops))
 	for i, op := range b.Ops {
+		if op.Group != "" {
+			changes[i] = l2.Change{Group: op.Group}
+			continue
+		}
 		changes[i] = l2.Change{Keys: l2.KeysFor(n.cfg.Prefix, op.Namespace, op.Key)}
 		if w, ok := op.Payload.(write); ok {
-			changes[i].Write, changes[i].Envelope, changes[i].TTL = true, w.envelope, w.ttl
+			changes[i].Write, changes[i].Envelope, changes[i].TTL, changes[i].Groups = true, w.envelope, w.ttl, w.groups
 		}
 	}
 	a := &l2.Announcement{SeqKey: n.names.seq, Channel: n.names.channel, Head: b.Head, Body: b.Body}
@@ -321,9 +335,63 @@ func (n *Node) applyLocal(b *bus.Batch) {
 	if b.Flush {
 		return // Flush drops locally itself
 	}
+	var invalid []string
 	for _, op := range b.Ops {
+		if op.Group != "" {
+			invalid = append(invalid, op.Group)
+			continue
+		}
 		n.evict(op.Namespace, op.Key)
 	}
+	if len(invalid) > 0 {
+		n.applyGroups(invalid)
+	}
+}
+
+// InvalidateGroup makes every entry of the named groups stale, on every
+// node and in both tiers, in time independent of the groups' sizes: each
+// group gets a new random stamp in Redis (so no restart or flush can make
+// an old one valid again), announced on the bus in the same atomic step.
+// Redis refuses, at read time, any value filled under an older stamp, and
+// a fill in progress in one of the groups (R31). Before it returns, this
+// node's L1 serves no member; other nodes stop when they apply the message,
+// and within NodeConfig.LeaseTTL at worst. If Redis fails, the local part
+// still applies and the error says so.
+func (n *Node) InvalidateGroup(ctx context.Context, names ...string) error {
+	for _, g := range names {
+		if err := checkGroup(g); err != nil {
+			return fmt.Errorf("tier invalidate group: %w", err)
+		}
+	}
+	if err := n.invalidateGroups(ctx, names); err != nil {
+		return fmt.Errorf("tier invalidate group: %w", err)
+	}
+	return nil
+}
+
+func (n *Node) invalidateGroups(ctx context.Context, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	if n.isClosed() {
+		return ErrClosed
+	}
+	ops := make([]bus.Op, len(names))
+	for i, g := range names {
+		ops[i] = bus.Op{Group: g}
+	}
+	err := n.pub.Publish(ctx, ops...)
+	n.applyGroups(names) // again: in place before return even if ctx ended first
+	return err
+}
+
+// applyGroups applies the invalidation of groups to this node: no L1 entry
+// in them serves any more, and no read that begins now joins a flight that
+// began before (the node does not know which keys the groups hold).
+func (n *Node) applyGroups(names []string) {
+	n.groups.Invalidate(names...)
+	n.stats.groupInvalidations.Add(uint64(len(names)))
+	n.forgetAllFlights()
 }
 
 // evict applies the invalidation of one key to this node: its L1 entry and
@@ -348,6 +416,11 @@ func (n *Node) dropLocal(revoke bool) {
 	} else {
 		n.l1.EvictAll()
 	}
+	n.forgetAllFlights()
+}
+
+// forgetAllFlights ends the membership of every flight of every cache.
+func (n *Node) forgetAllFlights() {
 	n.mu.Lock()
 	caches := make([]evictor, 0, len(n.caches))
 	for _, c := range n.caches {
@@ -367,6 +440,9 @@ func (h busHandler) Apply(m *bus.Message) {
 		for _, k := range g.Keys {
 			h.n.evict(g.Namespace, k)
 		}
+	}
+	if len(m.InvalidGroups) > 0 {
+		h.n.applyGroups(m.InvalidGroups)
 	}
 }
 
@@ -478,6 +554,14 @@ type Stats struct {
 	BusGaps, BusDisconnects, LeaseLapses, EpochChanges uint64
 	// LeaseRenewals counts lease renewals.
 	LeaseRenewals uint64
+	// GroupStale counts values Redis held but refused because one of their
+	// groups was invalidated (or its stamp vanished) since they were filled.
+	GroupStale uint64
+	// GroupInvalidations counts group invalidations applied on this node,
+	// its own and other nodes'.
+	GroupInvalidations uint64
+	// BadGroups counts fetched entries not cached because of their groups.
+	BadGroups uint64
 }
 
 type counters struct {
@@ -485,26 +569,30 @@ type counters struct {
 	l2Hits, fetches, fillsLanded, fillsRefused, l1FillsRefused  atomic.Uint64
 	waits, uncached, corrupt, oversize, redisErrors, invalidate atomic.Uint64
 	published, drops                                            atomic.Uint64
+	groupStale, groupInvalidations, badGroups                   atomic.Uint64
 }
 
 // Stats returns a snapshot of the node's counters.
 func (n *Node) Stats() Stats {
 	c := &n.stats
 	st := Stats{
-		L1Hits:          c.l1Hits.load(),
-		L2Hits:          c.l2Hits.Load(),
-		Fetches:         c.fetches.Load(),
-		FillsLanded:     c.fillsLanded.Load(),
-		FillsRefused:    c.fillsRefused.Load(),
-		L1FillsRefused:  c.l1FillsRefused.Load(),
-		Waits:           c.waits.Load(),
-		UncachedFetches: c.uncached.Load(),
-		Corrupt:         c.corrupt.Load(),
-		Oversize:        c.oversize.Load(),
-		RedisErrors:     c.redisErrors.Load(),
-		Invalidations:   c.invalidate.Load(),
-		Published:       c.published.Load(),
-		Drops:           c.drops.Load(),
+		L1Hits:             c.l1Hits.load(),
+		L2Hits:             c.l2Hits.Load(),
+		Fetches:            c.fetches.Load(),
+		FillsLanded:        c.fillsLanded.Load(),
+		FillsRefused:       c.fillsRefused.Load(),
+		L1FillsRefused:     c.l1FillsRefused.Load(),
+		Waits:              c.waits.Load(),
+		UncachedFetches:    c.uncached.Load(),
+		Corrupt:            c.corrupt.Load(),
+		Oversize:           c.oversize.Load(),
+		RedisErrors:        c.redisErrors.Load(),
+		Invalidations:      c.invalidate.Load(),
+		Published:          c.published.Load(),
+		Drops:              c.drops.Load(),
+		GroupStale:         c.groupStale.Load(),
+		GroupInvalidations: c.groupInvalidations.Load(),
+		BadGroups:          c.badGroups.Load(),
 	}
 	bc := n.sub.Counters()
 	st.BusApplied, st.BusGarbage, st.BusGaps = bc.Applied, bc.Garbage, bc.Gaps
