@@ -93,7 +93,12 @@ return {3, '', redis.call('PTTL', KEYS[2]), {}, '0', stale}
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local ttl = tonumber(ARGV[3])
 local meta = stamps(ARGV[5], ARGV, 6, tonumber(ARGV[4]), ttl)
-if not meta then return 0 end
+if not meta then
+  -- The flag is ours (checked above): give it up, so that the next reader
+  -- claims at once instead of waiting for it to expire.
+  redis.call('DEL', KEYS[2])
+  return 0
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 redis.call('DEL', KEYS[2], KEYS[3])
 if #meta > 0 then

@@ -66,6 +66,20 @@ func (c *rtCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 	}
 }
 
+// warmPools opens a connection in each of the client's pools (go-redis
+// keeps one for pipelines), so that round trips counted by a hook added
+// afterwards are the operations' own, not a new connection's handshake.
+func warmPools(t *testing.T, rdb *redis.Client) {
+	t.Helper()
+	ctx := context.Background()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error { p.Ping(ctx); return nil }); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // The round trips of each operation: L2 hit 1, miss and fill 2, Invalidate
 // 1 (of one key or many), Set 1, L1 hit 0.
 func TestRoundTrips(t *testing.T) {
@@ -77,15 +91,7 @@ func TestRoundTrips(t *testing.T) {
 	counted := func() (*tier.Cache[string, string], *tier.Node, *rtCounter) {
 		rdb := f.srv.Client(t)
 		rt := &rtCounter{}
-		// Warm both connection pools (go-redis keeps one for pipelines):
-		// a new connection's handshake goes through hooks too.
-		ctx := context.Background()
-		if err := rdb.Ping(ctx).Err(); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error { p.Ping(ctx); return nil }); err != nil {
-			t.Fatal(err)
-		}
+		warmPools(t, rdb)
 		rdb.AddHook(rt)
 		n, err := tier.NewNode(context.Background(), rdb, tier.NodeConfig{})
 		if err != nil {
