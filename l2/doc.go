@@ -10,6 +10,9 @@
 //	<prefix>:v:{<len(ns)>:<ns>:=<key>}     value of a key up to RawKeyMax bytes
 //	<prefix>:f:{<len(ns)>:<ns>:=<key>}     its flag
 //	<prefix>:v:{<len(ns)>:<ns>:#<hash>}    value of a longer key (128-bit xxhash, hex)
+//	<prefix>:m:{...}                        the groups the value was filled in, with their stamps
+//	<prefix>:g:{<len(group)>:<group>}       a group's stamp: "<gseq>:<random token>"
+//	<prefix>:gseq                           the group sequence, bumped by every group invalidation
 //
 // The namespace's length prefix and the '=' / '#' marker make the mapping
 // from (namespace, key) to Redis key injective whatever bytes either holds
@@ -36,6 +39,25 @@
 // and flag together ([Store.Invalidate]), so a fetch that began before it can
 // never fill afterwards (R01, R03); a flag that expired looks the same (R04,
 // R05). Losers of the claim wait for the winner's value.
+//
+// # Groups
+//
+// A group invalidation gives the group a new stamp, "<seq>:<token>" with seq
+// drawn from the group sequence: a random token, so that no restart or
+// flush can make an old stamp valid again. A value's meta list records the
+// stamps its groups had when it was filled; [Store.ReadOrClaim] compares
+// them with the current stamps in the same script that reads the value, and
+// removes a value whose stamps changed or vanished (a vanished stamp is
+// unknown, never fresh: R26), so the cost of a read does not depend on
+// whether groups come from the key or the value. The claim returns the
+// group sequence, and [Store.FillInGroups] refuses a fill if any of its
+// groups was invalidated after that (R31): a fetch that began before a
+// group invalidation never lands as fresh. Invalidating a group writes one
+// key, whatever its size (R33).
+//
+// Group stamps and the sequence keys are named inside the scripts, not
+// declared: like the bus's sequence counter, this needs a single server
+// (or Sentinel), not Redis Cluster.
 //
 // # Thread-safety
 //
