@@ -415,3 +415,63 @@ func TestRefusedGroupFillReleasesClaim(t *testing.T) {
 		t.Fatalf("stats = %+v", st)
 	}
 }
+
+// An L2 hit on an entry in groups costs one round trip, whether its groups
+// come from the key or the value: Redis checks the stamps in the read script.
+func TestGroupedL2HitIsOneRoundTrip(t *testing.T) {
+	for name, groupsOf := range map[string]func(key, value string) []string{"key-derived": byKey, "value-derived": byValue} {
+		t.Run(name, func(t *testing.T) {
+			f := newFleet(t)
+			src := newSource()
+			src.set("book:7", "shelf|v1")
+			mustGet(t, grouped(t, f.node(tier.NodeConfig{}, nil), src, groupsOf), "book:7")
+			rdb := f.srv.Client(t)
+			warmPools(t, rdb)
+			rt := &rtCounter{}
+			rdb.AddHook(rt)
+			n, err := tier.NewNode(context.Background(), rdb, tier.NodeConfig{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = n.Close() })
+			c := grouped(t, n, src, groupsOf)
+			before := rt.n.Load()
+			mustGet(t, c, "book:7")
+			if got := rt.n.Load() - before; got != 1 {
+				t.Fatalf("L2 hit of a grouped entry: %d round trips, want 1", got)
+			}
+			if st := n.Stats(); st.L2Hits != 1 {
+				t.Fatalf("stats = %+v", st)
+			}
+		})
+	}
+}
+
+// A node tracks a bounded number of groups; an L1 entry in a group it
+// forgot is not served from L1 but checked in Redis.
+func TestForgottenGroupIsCheckedInRedis(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	for _, k := range []string{"book:1", "book:2", "book:3"} {
+		src.set(k, "v1")
+	}
+	n := f.node(tier.NodeConfig{MaxTrackedGroups: 2}, nil)
+	// Each book in its own group, beyond "books": author:1, author:2, author:3.
+	c := grouped(t, n, src, func(key, _ string) []string { return []string{"author:" + key[len("book:"):]} })
+	warm(t, n, c, "book:1")
+	mustGet(t, c, "book:2")
+	mustGet(t, c, "book:3") // the table is full: a group is forgotten
+	tier.WaitL1(n)
+	served := 0
+	for _, k := range []string{"book:1", "book:2", "book:3"} {
+		if inL1(t, n, c, k) {
+			served++
+		}
+	}
+	if served == 3 {
+		t.Fatal("every entry was served from L1 though one of their groups was forgotten")
+	}
+	if st := n.Stats(); st.Fetches != 3 {
+		t.Fatalf("an entry of a forgotten group was refetched instead of read from Redis: %+v", st)
+	}
+}
