@@ -10,7 +10,7 @@
 //	<prefix>:v:{<len(ns)>:<ns>:=<key>}     value of a key up to RawKeyMax bytes
 //	<prefix>:f:{<len(ns)>:<ns>:=<key>}     its flag
 //	<prefix>:v:{<len(ns)>:<ns>:#<hash>}    value of a longer key (128-bit xxhash, hex)
-//	<prefix>:m:{...}                        the groups the value was filled in, with their stamps
+//	<prefix>:m:{...}                        "1", then the groups the value was filled in, with their stamps
 //	<prefix>:g:{<len(group)>:<group>}       a group's stamp: "<gseq>:<random token>"
 //	<prefix>:gseq                           the group sequence, bumped by every group invalidation
 //

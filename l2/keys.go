@@ -18,7 +18,8 @@ type Keys struct {
 	// Flag holds the token of the fill in progress, if any.
 	Flag string
 	// Meta lists the groups the value was filled in, each with the stamp it
-	// had then: a Redis list of name, stamp, name, stamp...
+	// had then: a Redis list of the marker "1", then name, stamp, name,
+	// stamp... A value whose meta lacks the marker is unknown, never fresh.
 	Meta string
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -66,8 +67,11 @@ local v = redis.call('GET', KEYS[1])
 local stale = 0
 if v then
   local m = redis.call('LRANGE', KEYS[3], 0, -1)
-  local ok = true
-  for i = 1, #m, 2 do
+  -- Every value is written with its meta, which starts with the marker
+  -- '1': a value without it lost its meta (evicted under maxmemory), so
+  -- its groups are unknown, never assumed fresh (R26).
+  local ok = m[1] == '1'
+  for i = 2, #m, 2 do
     local g = m[i]
     if redis.call('GET', ARGV[3] .. ':g:{' .. #g .. ':' .. g .. '}') ~= m[i+1] then
       ok = false
@@ -76,7 +80,7 @@ if v then
   end
   if ok then
     local names = {}
-    for i = 1, #m, 2 do names[#names + 1] = m[i] end
+    for i = 2, #m, 2 do names[#names + 1] = m[i] end
     return {1, v, redis.call('PTTL', KEYS[1]), names, '0', 0}
   end
   redis.call('UNLINK', KEYS[1], KEYS[3])
@@ -101,10 +105,8 @@ if not meta then
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 redis.call('DEL', KEYS[2], KEYS[3])
-if #meta > 0 then
-  redis.call('RPUSH', KEYS[3], unpack(meta))
-  redis.call('PEXPIRE', KEYS[3], ttl)
-end
+redis.call('RPUSH', KEYS[3], unpack(meta))
+redis.call('PEXPIRE', KEYS[3], ttl)
 return 1
 `)
 	// KEYS: flag. ARGV: token.
@@ -140,10 +142,8 @@ while a <= #ARGV do
     local meta = stamps(prefix, ARGV, a + 3, nil, ttl)
     redis.call('SET', KEYS[k], ARGV[a+1], 'PX', ttl)
     redis.call('UNLINK', KEYS[k+1], KEYS[k+2])
-    if #meta > 0 then
-      redis.call('RPUSH', KEYS[k+2], unpack(meta))
-      redis.call('PEXPIRE', KEYS[k+2], ttl)
-    end
+    redis.call('RPUSH', KEYS[k+2], unpack(meta))
+    redis.call('PEXPIRE', KEYS[k+2], ttl)
     a = a + 4 + 2 * n
     k = k + 3
   else
@@ -162,7 +162,7 @@ return seq
 
 // stampLua defines stamps(prefix, argv, at, claim, ttl): for the group count
 // n at argv[at], the names at argv[at+1..at+n] and fresh tokens at
-// argv[at+n+1..at+2n], it returns the meta list {name, stamp, ...} of the
+// argv[at+n+1..at+2n], it returns the meta list {'1', name, stamp, ...} of the
 // groups' current stamps, creating a missing stamp as "<gseq>:<token>" and
 // keeping every stamp alive for at least ttl ms. With a claim sequence, it
 // returns nil if any group was invalidated after that claim, or if a stamp
@@ -171,7 +171,7 @@ return seq
 const stampLua = `
 local function stamps(prefix, argv, at, claim, ttl)
   local n = tonumber(argv[at])
-  local meta = {}
+  local meta = {'1'}
   for i = 1, n do
     local g = argv[at + i]
     local sk = prefix .. ':g:{' .. #g .. ':' .. g .. '}'
@@ -204,14 +204,86 @@ const GroupStampTTL = 7 * 24 * time.Hour
 // Store runs the flag protocol against one Redis deployment. It is safe for
 // concurrent use.
 type Store struct {
-	rdb    redis.UniversalClient
-	prefix string
+	rdb     redis.UniversalClient
+	prefix  string
+	guard   Guard
+	timeout time.Duration
 }
+
+// Guard decides whether an operation may go to Redis and learns whether it
+// failed for want of Redis: a circuit breaker.
+type Guard interface {
+	// Allow returns nil if the operation may go ahead; then Done follows.
+	Allow() error
+	// Done records whether the admitted operation failed because Redis
+	// could not be reached (a refused or dropped connection, a timeout, a
+	// busy or loading server), as opposed to succeeding or failing for
+	// another reason.
+	Done(unreachable bool)
+}
+
+// ErrUnavailable reports an operation that the Store's Guard refused:
+// Redis is known to be unreachable, and the operation was not sent.
+var ErrUnavailable = errors.New("l2: redis unavailable")
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithGuard makes every operation ask g first, and report to it after.
+func WithGuard(g Guard) Option { return func(s *Store) { s.guard = g } }
+
+// WithTimeout bounds every operation to d (and to its caller's context), so
+// that an unreachable Redis costs at most d per operation, not the client's
+// read timeout and retries. Zero: the caller's context only.
+func WithTimeout(d time.Duration) Option { return func(s *Store) { s.timeout = d } }
 
 // NewStore returns a Store over rdb, for keys named under prefix (group
 // stamps and the group sequence are named in the scripts from it).
-func NewStore(rdb redis.UniversalClient, prefix string) *Store {
-	return &Store{rdb: rdb, prefix: prefix}
+func NewStore(rdb redis.UniversalClient, prefix string, opts ...Option) *Store {
+	s := &Store{rdb: rdb, prefix: prefix}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// do runs one Redis operation under the guard and the timeout.
+func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
+	if s.guard != nil {
+		if err := s.guard.Allow(); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+	}
+	opCtx := ctx
+	if s.timeout > 0 {
+		var cancel context.CancelFunc
+		opCtx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+	err := op(opCtx)
+	if s.guard != nil {
+		s.guard.Done(unreachable(ctx, err))
+	}
+	return err
+}
+
+// unreachable reports whether err says that Redis could not be reached, as
+// opposed to an answer, or the caller giving up.
+func unreachable(caller context.Context, err error) bool {
+	if err == nil || errors.Is(err, redis.Nil) || caller.Err() != nil {
+		return false
+	}
+	var reply redis.Error
+	if errors.As(err, &reply) {
+		msg := reply.Error()
+		for _, p := range []string{"BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"} {
+			if strings.HasPrefix(msg, p) {
+				return true
+			}
+		}
+		return false
+	}
+	return true // network errors, timeouts, a closed pool
 }
 
 // LoadScripts loads the protocol's scripts into the server's script cache so
@@ -233,7 +305,11 @@ func (s *Store) ReadOrClaim(ctx context.Context, k Keys, token string, flagTTL t
 	if flagTTL <= 0 {
 		return Read{}, fmt.Errorf("l2 read: %w", errNonPositiveTTL)
 	}
-	reply, err := readOrClaimScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, token, ttlMillis(flagTTL), s.prefix).Slice()
+	var reply []any
+	err := s.do(ctx, func(ctx context.Context) (err error) {
+		reply, err = readOrClaimScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, token, ttlMillis(flagTTL), s.prefix).Slice()
+		return err
+	})
 	if err != nil {
 		return Read{}, fmt.Errorf("l2 read: %w", err)
 	}
@@ -286,7 +362,11 @@ func (s *Store) FillInGroups(ctx context.Context, k Keys, token string, envelope
 	args := make([]any, 0, 6+2*len(groups))
 	args = append(args, token, envelope, ttlMillis(ttl), claimSeq, s.prefix)
 	args = appendGroups(args, groups)
-	n, err := fillScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, args...).Int64()
+	var n int64
+	err := s.do(ctx, func(ctx context.Context) (err error) {
+		n, err = fillScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, args...).Int64()
+		return err
+	})
 	if err != nil {
 		return false, fmt.Errorf("l2 fill: %w", err)
 	}
@@ -309,7 +389,9 @@ func appendGroups(args []any, groups []string) []any {
 // Release clears k's flag if it still holds token, so that waiters need not
 // wait for it to expire. A claimant whose fetch failed calls it.
 func (s *Store) Release(ctx context.Context, k Keys, token string) error {
-	if err := releaseScript.Run(ctx, s.rdb, []string{k.Flag}, token).Err(); err != nil {
+	if err := s.do(ctx, func(ctx context.Context) error {
+		return releaseScript.Run(ctx, s.rdb, []string{k.Flag}, token).Err()
+	}); err != nil {
 		return fmt.Errorf("l2 release: %w", err)
 	}
 	return nil
@@ -397,7 +479,11 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 			args = append(args, "d")
 		}
 	}
-	seq, err := applyScript.Run(ctx, s.rdb, keys, args...).Int64()
+	var seq int64
+	err := s.do(ctx, func(ctx context.Context) (err error) {
+		seq, err = applyScript.Run(ctx, s.rdb, keys, args...).Int64()
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("l2 apply: %w", err)
 	}
@@ -407,7 +493,9 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 // DeleteIfEqual deletes k's value if it still holds exactly b: it removes a
 // corrupt entry without racing a good value written meanwhile.
 func (s *Store) DeleteIfEqual(ctx context.Context, k Keys, b []byte) error {
-	if err := deleteIfEqualScript.Run(ctx, s.rdb, []string{k.Value}, b).Err(); err != nil {
+	if err := s.do(ctx, func(ctx context.Context) error {
+		return deleteIfEqualScript.Run(ctx, s.rdb, []string{k.Value}, b).Err()
+	}); err != nil {
 		return fmt.Errorf("l2 delete corrupt: %w", err)
 	}
 	return nil

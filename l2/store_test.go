@@ -192,6 +192,9 @@ func TestReadOrClaim_HitWithoutExpiry(t *testing.T) {
 	if err := f.rdb.Set(t.Context(), k.Value, "raw", 0).Err(); err != nil {
 		t.Fatalf("SET: %v", err)
 	}
+	if err := f.rdb.RPush(t.Context(), k.Meta, "1").Err(); err != nil { // in no group
+		t.Fatalf("RPUSH meta: %v", err)
+	}
 	r, err := f.st.ReadOrClaim(t.Context(), k, consistency.NewToken(), flagTTL)
 	if err != nil {
 		t.Fatalf("ReadOrClaim: %v", err)
@@ -201,6 +204,25 @@ func TestReadOrClaim_HitWithoutExpiry(t *testing.T) {
 	}
 }
 
+// TestReadOrClaim_ValueWithoutMetaIsUnknown proves R26 for the meta list: a
+// value whose meta was lost (evicted under maxmemory) is removed and
+// reported stale, never served, since its groups are unknown.
+func TestReadOrClaim_ValueWithoutMetaIsUnknown(t *testing.T) {
+	f := newFixture(t)
+	k := l2.KeysFor("tc", "ns", "k")
+	if err := f.st.Write(t.Context(), k, []byte("v"), time.Minute); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if err := f.rdb.Del(t.Context(), k.Meta).Err(); err != nil {
+		t.Fatalf("DEL meta: %v", err)
+	}
+	r, err := f.st.ReadOrClaim(t.Context(), k, consistency.NewToken(), flagTTL)
+	if err != nil || r.State != l2.Claimed || !r.Stale {
+		t.Fatalf("ReadOrClaim = %+v, %v; want a stale miss, claimed", r, err)
+	}
+	f.mustAbsent(t, k.Value)
+}
+
 // TestReadOrClaim_EmptyValueIsAHit proves an empty stored string is a hit,
 // not a miss (Lua treats "" as true).
 func TestReadOrClaim_EmptyValueIsAHit(t *testing.T) {
@@ -208,6 +230,9 @@ func TestReadOrClaim_EmptyValueIsAHit(t *testing.T) {
 	k := l2.KeysFor("tc", "ns", "k")
 	if err := f.rdb.Set(t.Context(), k.Value, "", time.Minute).Err(); err != nil {
 		t.Fatalf("SET: %v", err)
+	}
+	if err := f.rdb.RPush(t.Context(), k.Meta, "1").Err(); err != nil { // in no group
+		t.Fatalf("RPUSH meta: %v", err)
 	}
 	r, err := f.st.ReadOrClaim(t.Context(), k, consistency.NewToken(), flagTTL)
 	if err != nil || r.State != l2.Hit || len(r.Value) != 0 {
@@ -418,8 +443,8 @@ func TestInvalidate_ZeroOneMany(t *testing.T) {
 			if _, ok := f.get(t, bystander.Value); !ok {
 				t.Fatalf("Invalidate deleted a key it was not given")
 			}
-			if got, err := f.rdb.DBSize(ctx).Result(); err != nil || got != 1 {
-				t.Fatalf("DBSIZE = %d, %v; want 1 (the bystander)", got, err)
+			if got, err := f.rdb.DBSize(ctx).Result(); err != nil || got != 2 {
+				t.Fatalf("DBSIZE = %d, %v; want 2 (the bystander's value and meta)", got, err)
 			}
 		})
 	}
@@ -542,6 +567,9 @@ func runEveryOperation(t *testing.T, f *fixture, around func(op string, scripted
 		}},
 		{"ReadOrClaim/hit", true, func(k l2.Keys, tok string) {
 			set(k.Value, env)
+			if err := f.rdb.RPush(ctx, k.Meta, "1").Err(); err != nil { // no groups
+				t.Fatalf("RPUSH meta: %v", err)
+			}
 			if r, err := f.st.ReadOrClaim(ctx, k, tok, flagTTL); err != nil || r.State != l2.Hit || string(r.Value) != string(env) {
 				t.Fatalf("ReadOrClaim = %+v, %v; want Hit", r, err)
 			}

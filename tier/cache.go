@@ -196,6 +196,11 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 	// The ticket is taken before anything is read: an invalidation this
 	// node learns of from here on refuses the L1 fill (R12, R13).
 	f := fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()}
+	if n.pending.blocks(c.ns, s, nil) {
+		// This node invalidated the key while Redis was unreachable, and
+		// the invalidation has not landed yet: Redis may hold the old value.
+		return c.fetchUncached(ctx, key)
+	}
 	keys := l2.KeysFor(n.cfg.Prefix, c.ns, s)
 	var (
 		waitUntil time.Time
@@ -224,6 +229,10 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 		case l2.Hit:
 			v, size, err := c.decode(s, r.Value)
 			switch {
+			case err == nil && n.pending.blocks(c.ns, s, r.Groups):
+				// One of its groups was invalidated here while Redis was
+				// unreachable, and that has not landed yet.
+				return c.fetchUncached(ctx, key)
 			case err == nil:
 				n.stats.l2Hits.Add(1)
 				ttl := c.l1TTL
@@ -554,7 +563,17 @@ func (c *Cache[K, V]) publish(ctx context.Context, ops []bus.Op, hs []uint64) er
 		c.evictLocal(op.Key, hs[i])
 	}
 	c.node.stats.invalidate.Add(uint64(len(ops)))
-	return err
+	if err != nil {
+		// Deleting is idempotent, so queue whatever may not have reached
+		// Redis: a Set becomes an invalidation, which is safe (R17).
+		queued := make([]bus.Op, len(ops))
+		for i, op := range ops {
+			queued[i] = bus.Op{Namespace: op.Namespace, Key: op.Key}
+		}
+		c.node.pending.add(queued, false)
+		return fmt.Errorf("%w: %w", ErrPending, err)
+	}
+	return nil
 }
 
 // evictLocal applies an invalidation of key s to this node: the L1 entry is

@@ -22,6 +22,11 @@ var (
 	// ErrFetchPanic reports a Fetch that panicked; every caller waiting on
 	// that fetch gets it. The panic value is in the message.
 	ErrFetchPanic = errors.New("tier: fetch panicked")
+	// ErrPending reports a write (Invalidate, Set, InvalidateGroup, Flush)
+	// whose local effect applied but which could not reach Redis: it is
+	// queued and will be replayed, and announced to the fleet, as soon as
+	// Redis answers again. The error also wraps the cause.
+	ErrPending = errors.New("tier: not yet propagated; queued for replay")
 	// ErrClosed reports a call on a closed Node.
 	ErrClosed = errors.New("tier: node closed")
 )

@@ -16,6 +16,7 @@ import (
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
 	"github.com/tiercache/tiercache/groups"
+	"github.com/tiercache/tiercache/internal/breaker"
 	"github.com/tiercache/tiercache/internal/hooks"
 	"github.com/tiercache/tiercache/l1"
 	"github.com/tiercache/tiercache/l2"
@@ -27,6 +28,10 @@ const (
 	DefaultL1MaxBytes    = l1.DefaultMaxBytes
 	DefaultFlagTTL       = 10 * time.Second
 	DefaultLeaseTTL      = 2 * time.Second
+	DefaultRedisTimeout  = 500 * time.Millisecond
+	DefaultBreakerFails  = 5
+	DefaultBreakerPause  = time.Second
+	DefaultMaxPending    = 100_000
 	DefaultMaxKeyBytes   = 1 << 20
 	DefaultMaxValueBytes = 8 << 20
 )
@@ -62,6 +67,27 @@ type NodeConfig struct {
 	// rejected with ErrKeyTooLarge. Default and maximum 1 MiB (a key must
 	// fit in an invalidation message).
 	MaxKeyBytes int
+	// RedisTimeout bounds every operation on Redis (and the caller's
+	// context bounds it too), so that a Get facing a slow or unreachable
+	// Redis falls back to the source after at most this long, not after
+	// the client's read timeout and retries. For this to hold on a stuck
+	// connection, the client must honour context deadlines
+	// (redis.Options.ContextTimeoutEnabled); NewNode warns if it does not.
+	// Default 500ms.
+	RedisTimeout time.Duration
+	// BreakerFails is how many consecutive operations that could not reach
+	// Redis open the node's circuit breaker; while open, operations fail at
+	// once (reads go to the source, writes are queued) instead of each
+	// waiting for RedisTimeout. Default 5.
+	BreakerFails int
+	// BreakerPause is how long the breaker stays open before it lets one
+	// operation probe Redis; a success closes it. Default 1s.
+	BreakerPause time.Duration
+	// MaxPending bounds the invalidations queued while Redis is
+	// unreachable. Past it, the namespaces of the keys that did not fit are
+	// invalidated whole on replay (in constant time), so nothing is lost
+	// silently. Default 100,000.
+	MaxPending int
 	// MaxTrackedGroups bounds how many groups the node tracks for its L1.
 	// An L1 entry in a group the node stopped tracking is not served; the
 	// next read checks Redis. Default 65,536; negative is an error.
@@ -106,6 +132,21 @@ func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
 	case cfg.MaxKeyBytes < 0 || cfg.MaxKeyBytes > bus.MaxKeyBytes:
 		return cfg, fmt.Errorf("%w: MaxKeyBytes %d is outside [1, %d]", ErrConfig, cfg.MaxKeyBytes, bus.MaxKeyBytes)
 	}
+	if cfg.RedisTimeout == 0 {
+		cfg.RedisTimeout = DefaultRedisTimeout
+	}
+	if cfg.BreakerFails == 0 {
+		cfg.BreakerFails = DefaultBreakerFails
+	}
+	if cfg.BreakerPause == 0 {
+		cfg.BreakerPause = DefaultBreakerPause
+	}
+	if cfg.MaxPending == 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.RedisTimeout < 0 || cfg.BreakerFails < 0 || cfg.BreakerPause < 0 || cfg.MaxPending < 0 {
+		return cfg, fmt.Errorf("%w: RedisTimeout, BreakerFails, BreakerPause and MaxPending may not be negative", ErrConfig)
+	}
 	if cfg.MaxTrackedGroups < 0 {
 		return cfg, fmt.Errorf("%w: MaxTrackedGroups %d is negative", ErrConfig, cfg.MaxTrackedGroups)
 	}
@@ -123,16 +164,18 @@ func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
 // process with NewNode, and Close it on shutdown. It is safe for concurrent
 // use.
 type Node struct {
-	cfg    NodeConfig
-	log    *slog.Logger
-	rdb    redis.UniversalClient
-	store  *l2.Store
-	l1     *l1.Cache
-	groups *groups.Table
-	hooks  *hooks.Points
-	stats  counters
-	life   context.Context // cancelled by Close; parent of background work
-	cancel context.CancelFunc
+	cfg     NodeConfig
+	log     *slog.Logger
+	rdb     redis.UniversalClient
+	store   *l2.Store
+	l1      *l1.Cache
+	groups  *groups.Table
+	breaker *breaker.Breaker
+	pending *pending
+	hooks   *hooks.Points
+	stats   counters
+	life    context.Context // cancelled by Close; parent of background work
+	cancel  context.CancelFunc
 
 	id      bus.NodeID
 	pub     *bus.Publisher
@@ -189,20 +232,33 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n := &Node{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		rdb:    rdb,
-		store:  l2.NewStore(rdb, cfg.Prefix),
-		l1:     cache,
-		groups: groups.New(cfg.MaxTrackedGroups),
-		hooks:  hk,
-		caches: make(map[string]evictor),
-		live:   make(chan struct{}),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		rdb:     rdb,
+		pending: newPending(cfg.MaxPending),
+		l1:      cache,
+		groups:  groups.New(cfg.MaxTrackedGroups),
+		hooks:   hk,
+		caches:  make(map[string]evictor),
+		live:    make(chan struct{}),
 		names: busNames{
 			channel: cfg.Prefix + ":bus",
 			seq:     cfg.Prefix + ":seq",
 			epoch:   cfg.Prefix + ":epoch",
 		},
+	}
+	n.breaker = breaker.New(cfg.BreakerFails, cfg.BreakerPause, nil, func(from, to breaker.State) {
+		switch to {
+		case breaker.Open:
+			n.stats.breakerOpens.Add(1)
+		case breaker.Closed:
+			n.pending.kick() // Redis answers again: replay at once
+		}
+		n.log.Warn("tiercache: redis circuit breaker", "from", from.String(), "to", to.String())
+	})
+	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(n.breaker), l2.WithTimeout(cfg.RedisTimeout))
+	if c, ok := rdb.(*redis.Client); ok && !c.Options().ContextTimeoutEnabled {
+		n.log.Warn("tiercache: the Redis client ignores context deadlines (ContextTimeoutEnabled is false): a stuck connection can hold an operation past RedisTimeout")
 	}
 	_, _ = rand.Read(n.id[:])
 	n.life, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -234,6 +290,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		cache.Close()
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	n.spawn(n.replay)
 	wait, cancel := context.WithTimeout(ctx, cfg.LeaseTTL)
 	defer cancel()
 	select {
@@ -275,7 +332,8 @@ func (n *Node) Flush(ctx context.Context) error {
 	err := n.pub.Flush(ctx)
 	n.dropLocal(false)
 	if err != nil {
-		return fmt.Errorf("tier flush: %w", err)
+		n.pending.add(nil, true)
+		return fmt.Errorf("tier flush: %w: %w", ErrPending, err)
 	}
 	return nil
 }
@@ -382,7 +440,11 @@ func (n *Node) invalidateGroups(ctx context.Context, names []string) error {
 	}
 	err := n.pub.Publish(ctx, ops...)
 	n.applyGroups(names) // again: in place before return even if ctx ended first
-	return err
+	if err != nil {
+		n.pending.add(ops, false)
+		return fmt.Errorf("%w: %w", ErrPending, err)
+	}
+	return nil
 }
 
 // applyGroups applies the invalidation of groups to this node: no L1 entry
@@ -562,6 +624,12 @@ type Stats struct {
 	GroupInvalidations uint64
 	// BadGroups counts fetched entries not cached because of their groups.
 	BadGroups uint64
+	// BreakerOpens counts the openings of the node's Redis circuit breaker.
+	BreakerOpens uint64
+	// Pending is the number of invalidations waiting for Redis now;
+	// Replayed counts those replayed so far; PendingOverflow counts those
+	// that did not fit and were escalated to their whole namespace.
+	Pending, Replayed, PendingOverflow uint64
 }
 
 type counters struct {
@@ -570,6 +638,7 @@ type counters struct {
 	waits, uncached, corrupt, oversize, redisErrors, invalidate atomic.Uint64
 	published, drops                                            atomic.Uint64
 	groupStale, groupInvalidations, badGroups                   atomic.Uint64
+	breakerOpens, replayed                                      atomic.Uint64
 }
 
 // Stats returns a snapshot of the node's counters.
@@ -593,6 +662,10 @@ func (n *Node) Stats() Stats {
 		GroupStale:         c.groupStale.Load(),
 		GroupInvalidations: c.groupInvalidations.Load(),
 		BadGroups:          c.badGroups.Load(),
+		BreakerOpens:       c.breakerOpens.Load(),
+		Pending:            uint64(n.pending.size()),
+		Replayed:           c.replayed.Load(),
+		PendingOverflow:    n.pending.overflows(),
 	}
 	bc := n.sub.Counters()
 	st.BusApplied, st.BusGarbage, st.BusGaps = bc.Applied, bc.Garbage, bc.Gaps
@@ -620,10 +693,11 @@ func (s *stripedCounter) load() uint64 {
 	return sum
 }
 
-// redisFailed counts and logs a failed Redis operation.
+// redisFailed counts and logs a failed Redis operation. Operations the
+// breaker refused are counted, not logged: the breaker logs its changes.
 func (n *Node) redisFailed(op string, err error) {
 	n.stats.redisErrors.Add(1)
-	if !errors.Is(err, context.Canceled) {
+	if !errors.Is(err, context.Canceled) && !errors.Is(err, l2.ErrUnavailable) {
 		n.log.Warn("tiercache: redis "+op+" failed", "err", err)
 	}
 }

@@ -32,7 +32,9 @@ func scanStore(t *testing.T, f *fleet, namespace string, keys ...string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pipe.Set(ctx, l2.KeysFor(tier.DefaultPrefix, namespace, k).Value, env, time.Hour)
+		keys := l2.KeysFor(tier.DefaultPrefix, namespace, k)
+		pipe.Set(ctx, keys.Value, env, time.Hour)
+		pipe.RPush(ctx, keys.Meta, "1") // a valid meta, in no group
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		t.Fatalf("storing %d keys: %v", len(keys), err)

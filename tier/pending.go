@@ -1,0 +1,246 @@
+package tier
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tiercache/tiercache/bus"
+	"github.com/tiercache/tiercache/internal/wait"
+)
+
+// pending holds the invalidations that this node applied locally but could
+// not get to Redis (RACES.md R17): deduplicated per key and per group,
+// bounded, and replayed as soon as Redis answers again. It never drops one
+// silently: past its bound it remembers the namespaces whose keys it could
+// not keep (or, for a group, that it lost one), and the replay invalidates
+// those namespaces whole, which covers both tiers on every node.
+type pending struct {
+	n        atomic.Int64 // ops queued: lets reads skip the lock when zero
+	mu       sync.Mutex
+	keys     map[pendingKey]struct{}
+	groups   map[string]struct{}
+	flush    bool
+	lostNS   map[string]struct{} // namespaces with keys dropped past the bound
+	lostAll  bool                // a group was dropped: every namespace of the node
+	max      int
+	overflow uint64 // count of ops that did not fit
+	wake     chan struct{}
+	// replaying holds the ops taken for the replay in flight: until it
+	// succeeds, they still block reads.
+	replaying []bus.Op
+	inflight  atomic.Int64
+}
+
+type pendingKey struct{ ns, key string }
+
+func newPending(max int) *pending {
+	return &pending{
+		keys:   make(map[pendingKey]struct{}),
+		groups: make(map[string]struct{}),
+		lostNS: make(map[string]struct{}),
+		max:    max,
+		wake:   make(chan struct{}, 1),
+	}
+}
+
+// add queues ops (and a flush) for replay.
+func (p *pending) add(ops []bus.Op, flush bool) {
+	p.mu.Lock()
+	for _, op := range ops {
+		full := len(p.keys)+len(p.groups) >= p.max
+		switch {
+		case op.Group != "":
+			if _, ok := p.groups[op.Group]; ok {
+				continue
+			}
+			if full {
+				p.lostAll = true
+				p.overflow++
+				continue
+			}
+			p.groups[op.Group] = struct{}{}
+		default:
+			k := pendingKey{op.Namespace, op.Key}
+			if _, ok := p.keys[k]; ok {
+				continue
+			}
+			if full {
+				p.lostNS[op.Namespace] = struct{}{}
+				p.overflow++
+				continue
+			}
+			p.keys[k] = struct{}{}
+		}
+	}
+	p.flush = p.flush || flush
+	p.n.Store(int64(len(p.keys) + len(p.groups) + len(p.lostNS)))
+	if p.lostAll {
+		p.n.Add(1)
+	}
+	p.mu.Unlock()
+	p.kick()
+}
+
+// kick wakes the replay loop.
+func (p *pending) kick() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take removes up to n ops from the queue, the escalations for what did
+// not fit first, and whether a flush is due. all lists the node's
+// namespaces, for a lost group.
+func (p *pending) take(n int, all func() []string) (ops []bus.Op, flush bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lostAll {
+		for _, ns := range all() {
+			p.lostNS[ns] = struct{}{}
+		}
+		p.lostAll = false
+	}
+	for ns := range p.lostNS {
+		ops = append(ops, bus.Op{Group: namespaceGroup(ns)})
+		delete(p.lostNS, ns)
+	}
+	for g := range p.groups {
+		if len(ops) >= n {
+			break
+		}
+		ops = append(ops, bus.Op{Group: g})
+		delete(p.groups, g)
+	}
+	for k := range p.keys {
+		if len(ops) >= n {
+			break
+		}
+		ops = append(ops, bus.Op{Namespace: k.ns, Key: k.key})
+		delete(p.keys, k)
+	}
+	flush, p.flush = p.flush, false
+	p.n.Store(int64(len(p.keys) + len(p.groups) + len(p.lostNS)))
+	return ops, flush
+}
+
+// blocks reports whether a value of key in namespace, in groups, may be
+// older than an invalidation of this node that has not reached Redis yet:
+// this node must not read it from Redis (read-your-writes, R21), only from
+// the source. Ops being replayed count until their replay succeeded.
+func (p *pending) blocks(namespace, key string, groups []string) bool {
+	if p.n.Load() == 0 && p.inflight.Load() == 0 {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lostAll {
+		return true
+	}
+	if _, ok := p.lostNS[namespace]; ok {
+		return true
+	}
+	if _, ok := p.keys[pendingKey{namespace, key}]; ok {
+		return true
+	}
+	for _, g := range groups {
+		if _, ok := p.groups[g]; ok {
+			return true
+		}
+	}
+	for _, op := range p.replaying {
+		if (op.Group == "" && op.Namespace == namespace && op.Key == key) || op.Group == namespaceGroup(namespace) {
+			return true
+		}
+		for _, g := range groups {
+			if op.Group == g {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// setReplaying records the ops of the replay in flight.
+func (p *pending) setReplaying(ops []bus.Op) {
+	p.mu.Lock()
+	p.replaying = ops
+	p.inflight.Store(int64(len(ops)))
+	p.mu.Unlock()
+}
+
+// overflows returns how many ops did not fit.
+func (p *pending) overflows() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.overflow
+}
+
+// size returns the ops waiting, escalations included.
+func (p *pending) size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.keys) + len(p.groups) + len(p.lostNS)
+	if p.flush || p.lostAll {
+		n++
+	}
+	return n
+}
+
+// replay publishes what is pending until the node closes, backing off while
+// Redis stays unreachable.
+func (n *Node) replay() {
+	const batch = 256
+	backoff := 10 * time.Millisecond
+	for {
+		select {
+		case <-n.life.Done():
+			return
+		case <-n.pending.wake:
+		}
+		for n.pending.size() > 0 {
+			ops, flush := n.pending.take(batch, n.namespaceList)
+			n.pending.setReplaying(ops)
+			err := n.replayBatch(ops, flush)
+			if err == nil {
+				n.pending.setReplaying(nil)
+				n.stats.replayed.Add(uint64(len(ops)))
+				backoff = 10 * time.Millisecond
+				continue
+			}
+			n.pending.add(ops, flush) // back in the queue, deduplicated
+			n.pending.setReplaying(nil)
+			if wait.Sleep(n.life, backoff) != nil {
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+		}
+	}
+}
+
+func (n *Node) replayBatch(ops []bus.Op, flush bool) error {
+	ctx, cancel := context.WithTimeout(n.life, n.cfg.RedisTimeout*4)
+	defer cancel()
+	if flush {
+		if err := n.pub.Flush(ctx); err != nil {
+			return err
+		}
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	return n.pub.Publish(ctx, ops...)
+}
+
+// namespaceList returns the namespaces of the node's caches.
+func (n *Node) namespaceList() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]string, 0, len(n.caches))
+	for ns := range n.caches {
+		out = append(out, ns)
+	}
+	return out
+}
