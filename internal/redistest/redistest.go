@@ -198,7 +198,7 @@ func (s *Server) Port() int {
 
 // Client returns a new go-redis client for this server, closed automatically
 // by t.Cleanup. It uses the go-redis default options except for a 2s dial,
-// read and write timeout. Like any go-redis client it reconnects on its own
+// read and write timeout, and context deadlines honoured on connections. Like any go-redis client it reconnects on its own
 // after [Server.Kill] and [Server.Restart].
 func (s *Server) Client(t testing.TB) *redis.Client {
 	t.Helper()
@@ -207,6 +207,9 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 		DialTimeout:  clientTimeout,
 		ReadTimeout:  clientTimeout,
 		WriteTimeout: clientTimeout,
+		// Honour context deadlines on a stuck connection, as a client given
+		// to tiercache should (see tier.NodeConfig.RedisTimeout).
+		ContextTimeoutEnabled: true,
 	})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
