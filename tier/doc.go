@@ -30,17 +30,29 @@
 // claim was deleted with the value (RACES.md R01, R03, R04, R05), and its L1
 // ticket is stale (R12, R13). A Get that begins after Invalidate or Set
 // returned never returns the old value on that node (R20, R21), nor, from
-// Redis, on any node. Until the invalidation bus exists, other nodes'
-// L1 copies live until their L1TTL; every L1 entry expires no later than the
-// Redis entry it came from (R24).
+// Redis, on any node; other nodes evict their L1 copies when the bus
+// message arrives, and no node serves one longer than NodeConfig.LeaseTTL
+// after the invalidation, whatever is lost (see package bus). Every L1
+// entry expires no later than the Redis entry it came from (R24). Groups
+// (Config.Groups, Node.InvalidateGroup) extend all of this to every member
+// of a group, in constant time.
 //
 // # Errors and bad input
 //
 // Errors wrap the package's sentinels ([ErrNotFound], [ErrConfig],
-// [ErrEmptyKey], [ErrKeyTooLarge], [ErrValueTooLarge], [ErrFetchPanic],
-// [ErrClosed]) so that errors.Is tells them apart. Bytes in Redis that do
-// not decode are a miss: removed, refetched and counted, never a panic. If
-// Redis fails, Get answers from the source without caching.
+// [ErrEmptyKey], [ErrKeyTooLarge], [ErrValueTooLarge], [ErrBadGroup],
+// [ErrFetchPanic], [ErrPending], [ErrClosed]) so that errors.Is tells them
+// apart. Bytes in Redis that do not decode are a miss: removed, refetched
+// and counted, never a panic.
+//
+// # When Redis fails
+//
+// Every Redis operation is bounded by NodeConfig.RedisTimeout and its
+// caller's context; a circuit breaker per node sends reads straight to the
+// source while Redis is unreachable, and probes for its return. A write that
+// cannot reach Redis applies locally, returns an error wrapping [ErrPending],
+// and is queued and replayed to the fleet on recovery; until then the node
+// never reads that key from Redis. L1 follows the bus lease.
 //
 // # Thread-safety
 //

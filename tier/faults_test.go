@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tiercache/tiercache/bus"
+	"github.com/tiercache/tiercache/internal/faultproxy"
 	"github.com/tiercache/tiercache/internal/hooks"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/l2"
@@ -293,5 +297,91 @@ func TestNilPointerValue(t *testing.T) {
 	}
 	if reads != 1 {
 		t.Fatalf("source read %d times", reads)
+	}
+}
+
+// proxiedNode starts a node whose every connection to Redis goes through a
+// fault proxy.
+func (f *fleet) proxiedNode(cfg tier.NodeConfig, hk *hooks.Points) (*tier.Node, *faultproxy.Proxy) {
+	f.t.Helper()
+	p := faultproxy.Start(f.t, f.srv.Addr())
+	rdb := redis.NewClient(&redis.Options{Addr: p.Addr(), ContextTimeoutEnabled: true, DialTimeout: 200 * time.Millisecond})
+	f.t.Cleanup(func() { _ = rdb.Close() })
+	n, err := tier.NewNodeWithHooks(context.Background(), rdb, cfg, hk)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { _ = n.Close() })
+	return n, p
+}
+
+// R27, R15: a node partitioned from Redis (its packets silently lost) gets
+// no invalidations; it stops serving L1 when its lease, granted by a ping
+// sent before the partition, runs out, and answers from the source, with no
+// error, until the partition heals; then it serves L1 again.
+func TestRace_R27_PartitionedNode(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	ea, ha := newBusEvents()
+	var lastGrant time.Time
+	var grantMu sync.Mutex
+	ha.Renewed = func(at time.Time) {
+		grantMu.Lock()
+		lastGrant = at
+		grantMu.Unlock()
+		ea.renewed <- at
+	}
+	na, proxy := f.proxiedNode(faultCfg, &hooks.Points{Bus: ha})
+	nb := f.node(faultCfg, nil)
+	a, b := cache(t, na, src), cache(t, nb, src)
+	warm(t, na, a, "k")
+
+	proxy.Blackhole()
+	cut := time.Now()
+	src.set("k", "v2")
+	if err := b.Invalidate(context.Background(), "k"); err != nil { // A cannot hear this
+		t.Fatal(err)
+	}
+	ea.awaitDropped(t, bus.LeaseLapsed)
+	grantMu.Lock()
+	granted := lastGrant
+	grantMu.Unlock()
+	if !granted.Before(cut) {
+		t.Fatalf("the lease that lapsed was granted by a ping sent at %v, after the partition at %v", granted, cut)
+	}
+	if v := mustGet(t, a, "k"); v != "v2" {
+		t.Fatalf("partitioned A = %q, want v2 from the source", v)
+	}
+	ea.forgetRenewals()
+	proxy.Pass()
+	ea.awaitRenewed(t)
+	mustGet(t, a, "k")
+	if !inL1(t, na, a, "k") {
+		t.Fatal("A does not serve L1 again after the partition healed")
+	}
+}
+
+// A slow network (every packet held longer than RedisTimeout): Get answers
+// from the source without error instead of waiting for Redis, and a
+// caller's deadline shorter than RedisTimeout is honoured too.
+func TestSlowRedis(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	na, proxy := f.proxiedNode(faultCfg, nil)
+	a := cache(t, na, src)
+	proxy.Delay(time.Second) // ten times RedisTimeout
+	if v := mustGet(t, a, "k"); v != "v1" {
+		t.Fatalf("Get on a slow network = %q", v)
+	}
+	if st := na.Stats(); st.RedisErrors == 0 || st.UncachedFetches != 1 {
+		t.Fatalf("stats = %+v; the read should have timed out and gone to the source", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	src.gated.Store(true) // a fetch that outlives the caller
+	if _, err := a.Get(ctx, "j"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get with a short deadline = %v, want DeadlineExceeded", err)
 	}
 }

@@ -1,10 +1,12 @@
 package tier_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/tiercache/tiercache/internal/redistest"
@@ -14,7 +16,14 @@ import (
 // functions use; tests start their own.
 var exampleRedis string
 
+// quiet drops go-redis's own log lines (dial failures while a test has
+// Redis down on purpose); the library reports through its slog.Logger.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
 func TestMain(m *testing.M) {
+	redis.SetLogger(quiet{})
 	addr, stop, err := redistest.StartForMain()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
