@@ -98,7 +98,7 @@ func TestRace_R17_OutageReplay(t *testing.T) {
 // (persistence, or a failover that lost the last writes), resurrecting the
 // old value. The bound is its L2 TTL, which the snapshot keeps: no L1 serves
 // it longer, and once it expires every node reads the new state.
-func TestRace_R24_Resurrection(t *testing.T) {
+func TestRace_R24_R25_Resurrection(t *testing.T) {
 	const ttl = 2 * time.Second
 	srv := redistest.Start(t) // persistence off, but it loads dump.rdb on start
 	f := &fleet{t: t, srv: srv, rdb: srv.Client(t)}
