@@ -362,11 +362,12 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 		_, err = n.store.Apply(ctx, changes, a)
 	}
 	n.applyLocal(b)
-	n.stats.published.Add(1)
 	if err != nil {
 		n.redisFailed("publish", err)
+		return err
 	}
-	return err
+	n.stats.published.Add(1)
+	return nil
 }
 
 // publishBeforeDelete is the broken order that R14 forbids, kept for its
