@@ -25,7 +25,9 @@ type Op struct {
 // ErrInvalidOp reports an op that no message can carry.
 var ErrInvalidOp = errors.New("bus: invalid op")
 
-func (op Op) validate() error {
+// Validate reports whether a message can carry op, or an error wrapping
+// ErrInvalidOp.
+func (op Op) Validate() error {
 	if op.Group != "" || (op.Namespace == "" && op.Key == "") {
 		if op.Namespace != "" || op.Key != "" || len(op.Group) == 0 || len(op.Group) > MaxGroupBytes {
 			return fmt.Errorf("%w: a group op of %d bytes (1 to %d) with no key", ErrInvalidOp, len(op.Group), MaxGroupBytes)
@@ -144,7 +146,7 @@ func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
 	for i, op := range ops {
 		// Checked here, so that one bad op fails its own caller, not every
 		// caller gathered into its batch.
-		if err := op.validate(); err != nil {
+		if err := op.Validate(); err != nil {
 			return fmt.Errorf("bus publish: op %d: %w", i, err)
 		}
 	}

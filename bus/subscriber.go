@@ -219,10 +219,24 @@ func (s *Subscriber) receive() {
 		}
 		var reply redis.Error
 		if errors.As(err, &reply) {
-			// An error reply (say -BUSY to a ping while a script runs): the
-			// connection and the subscription are intact and in order. If
-			// pings keep failing, the lease lapses on its own.
 			s.log.Warn("tiercache bus: error reply on the subscription", "err", err)
+			s.mu.Lock()
+			subscribed := s.confirmed
+			s.mu.Unlock()
+			if subscribed {
+				// Say -BUSY to a ping while a script runs: the connection and
+				// the subscription are intact and in order. If pings keep
+				// failing, the lease lapses on its own.
+				continue
+			}
+			// The subscription itself was refused (SUBSCRIBE answered -BUSY,
+			// or the handshake of a new connection failed): back off, and
+			// ask again, or nothing ever will.
+			if wait.Sleep(s.life, backoff) != nil {
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+			_ = s.ps.Subscribe(s.life, s.cfg.Channel) // a failure shows up in Receive
 			continue
 		}
 		if err != nil {
@@ -386,8 +400,12 @@ func (s *Subscriber) ping() {
 	}
 	s.sent[id] = sentPing{at: now, gen: gen}
 	s.sentMu.Unlock()
+	// Bounded: a reconnect inside Ping (the client's dial and handshake)
+	// must not hold the subscription's lock, and so Close, past the lease.
 	// An error here shows up in Receive, which handles it.
-	_ = ps.Ping(s.life, "tc-lease-"+strconv.FormatUint(id, 10))
+	ctx, cancel := context.WithTimeout(s.life, s.cfg.LeaseTTL)
+	defer cancel()
+	_ = ps.Ping(ctx, "tc-lease-"+strconv.FormatUint(id, 10))
 }
 
 func (s *Subscriber) checkLapse() {

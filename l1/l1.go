@@ -204,14 +204,17 @@ func (c *Cache) EvictAll() {
 // every invalidation published before it has been applied. If the lease had
 // run out (or never ran), everything filled meanwhile is evicted first:
 // fills made while the node could not prove itself fresh never serve.
-func (c *Cache) Renew(sentAt time.Time, ttl time.Duration) {
+// It reports whether it evicted.
+func (c *Cache) Renew(sentAt time.Time, ttl time.Duration) (evicted bool) {
 	until := int64(sentAt.Sub(c.start) + ttl - Tick)
 	if c.now.Load() >= c.lease.Load() {
 		c.EvictAll()
+		evicted = true
 	}
 	if until > c.lease.Load() {
 		c.lease.Store(until)
 	}
+	return evicted
 }
 
 // Revoke ends the lease at once and evicts everything.

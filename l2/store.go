@@ -210,17 +210,28 @@ type Store struct {
 	timeout time.Duration
 }
 
-// Guard decides whether an operation may go to Redis and learns whether it
-// failed for want of Redis: a circuit breaker.
+// Guard decides whether an operation may go to Redis and learns how it
+// ended: a circuit breaker.
 type Guard interface {
-	// Allow returns nil if the operation may go ahead; then Done follows.
-	Allow() error
-	// Done records whether the admitted operation failed because Redis
-	// could not be reached (a refused or dropped connection, a timeout, a
-	// busy or loading server), as opposed to succeeding or failing for
-	// another reason.
-	Done(unreachable bool)
+	// Allow returns nil if the operation may go ahead, and whether it is a
+	// probe; then Done follows with that flag.
+	Allow() (probe bool, err error)
+	// Done records how the admitted operation ended.
+	Done(probe bool, o Outcome)
 }
+
+// Outcome is how an operation on Redis ended, for a Guard.
+type Outcome int
+
+const (
+	// Reached: Redis answered, with a value or an error of its own.
+	Reached Outcome = iota
+	// Unreachable: a refused or dropped connection, a timeout, a busy or
+	// loading server.
+	Unreachable
+	// Abandoned: the caller's context ended first; it says nothing of Redis.
+	Abandoned
+)
 
 // ErrUnavailable reports an operation that the Store's Guard refused:
 // Redis is known to be unreachable, and the operation was not sent.
@@ -249,8 +260,10 @@ func NewStore(rdb redis.UniversalClient, prefix string, opts ...Option) *Store {
 
 // do runs one Redis operation under the guard and the timeout.
 func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
+	probe := false
 	if s.guard != nil {
-		if err := s.guard.Allow(); err != nil {
+		var err error
+		if probe, err = s.guard.Allow(); err != nil {
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 	}
@@ -262,17 +275,27 @@ func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
 	}
 	err := op(opCtx)
 	if s.guard != nil {
-		s.guard.Done(unreachable(ctx, err))
+		s.guard.Done(probe, outcome(ctx, err))
 	}
 	return err
 }
 
-// unreachable reports whether err says that Redis could not be reached, as
-// opposed to an answer, or the caller giving up.
-func unreachable(caller context.Context, err error) bool {
-	if err == nil || errors.Is(err, redis.Nil) || caller.Err() != nil {
-		return false
+// outcome tells an answer from Redis, Redis unreachable, and the caller
+// giving up.
+func outcome(caller context.Context, err error) Outcome {
+	switch {
+	case err == nil || errors.Is(err, redis.Nil):
+		return Reached
+	case caller.Err() != nil:
+		return Abandoned
+	case unreachable(err):
+		return Unreachable
 	}
+	return Reached
+}
+
+// unreachable reports whether err says that Redis could not be reached.
+func unreachable(err error) bool {
 	var reply redis.Error
 	if errors.As(err, &reply) {
 		msg := reply.Error()
@@ -507,5 +530,5 @@ var errNonPositiveTTL = errors.New("l2: a TTL must be positive")
 // ttlMillis rounds a positive duration up to whole milliseconds: PX 0 is an
 // error in Redis, and rounding down would shorten the lifetime.
 func ttlMillis(d time.Duration) int64 {
-	return int64((d + time.Millisecond - 1) / time.Millisecond)
+	return d.Milliseconds() + min(int64(d%time.Millisecond), 1) // no overflow near MaxInt64
 }

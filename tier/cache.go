@@ -20,13 +20,18 @@ const (
 	DefaultL1TTL = time.Minute
 )
 
-// maxNamespaceBytes bounds Config.Namespace.
-const maxNamespaceBytes = 1024
+// maxNamespaceBytes bounds Config.Namespace, so that the namespace's group
+// name ("\x00ns\x00" + namespace) fits in a bus message.
+const maxNamespaceBytes = 1020
+
+// maxTTL bounds Config.TTL: about 146 years, far inside what Redis's PX and
+// a time.Duration can hold.
+const maxTTL = time.Duration(1 << 62)
 
 // Config configures a Cache: one kind of object, with its source of truth.
 type Config[K comparable, V any] struct {
-	// Namespace names this kind of object. Required, at most 1 KiB, any
-	// bytes; keys of different namespaces never collide. A node holds at
+	// Namespace names this kind of object. Required, at most 1020 bytes,
+	// any bytes; keys of different namespaces never collide. A node holds at
 	// most one Cache per namespace; every node of the fleet that caches
 	// this kind of object must use the same namespace, key form and codec.
 	Namespace string
@@ -112,8 +117,8 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 		return nil, fmt.Errorf("%w: Namespace is %d bytes, limit %d", ErrConfig, len(cfg.Namespace), maxNamespaceBytes)
 	case cfg.Fetch == nil:
 		return nil, fmt.Errorf("%w: nil Fetch", ErrConfig)
-	case cfg.TTL < 0:
-		return nil, fmt.Errorf("%w: TTL %v is negative", ErrConfig, cfg.TTL)
+	case cfg.TTL < 0 || cfg.TTL > maxTTL:
+		return nil, fmt.Errorf("%w: TTL %v is negative or over %v", ErrConfig, cfg.TTL, maxTTL)
 	}
 	kr, err := newKeyer(cfg.Namespace, n.cfg.MaxKeyBytes, cfg.Key)
 	if err != nil {
@@ -146,6 +151,11 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 	n.groups.Pin(c.nsGroup)
 	return c, nil
 }
+
+// fleetGroup is the group that every entry of every namespace belongs to:
+// invalidating it is the last resort of a node whose queue of pending
+// group invalidations overflowed (it cannot know their members).
+const fleetGroup = "\x00all"
 
 // namespaceGroup is the group that every entry of a namespace belongs to:
 // InvalidateAll invalidates it. User group names cannot start with NUL, so
@@ -202,6 +212,11 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 		return c.fetchUncached(ctx, key)
 	}
 	keys := l2.KeysFor(n.cfg.Prefix, c.ns, s)
+	// Redis operations outlive the flight's waiters (each is bounded by
+	// RedisTimeout): if callers give up before Redis answers, the outcome
+	// still reaches the breaker, which otherwise would never learn that
+	// Redis is unreachable from callers with short deadlines.
+	rctx := context.WithoutCancel(ctx)
 	var (
 		waitUntil time.Time
 		backoff   = time.Millisecond
@@ -210,7 +225,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 	for {
 		token := n.token()
 		start := time.Now()
-		r, err := n.store.ReadOrClaim(ctx, keys, token, n.cfg.FlagTTL)
+		r, err := n.store.ReadOrClaim(rctx, keys, token, n.cfg.FlagTTL)
 		if n.hooks != nil && n.hooks.AfterRead != nil {
 			n.hooks.AfterRead(s)
 		}
@@ -253,7 +268,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, e
 			corrupt = true
 			n.stats.corrupt.Add(1)
 			n.log.Warn("tiercache: undecodable value in redis; removing it", "namespace", c.ns, "err", err)
-			if err := n.store.DeleteIfEqual(ctx, keys, r.Value); err != nil {
+			if err := n.store.DeleteIfEqual(rctx, keys, r.Value); err != nil {
 				n.redisFailed("delete corrupt", err)
 				return c.fetchUncached(ctx, key)
 			}
@@ -334,10 +349,11 @@ func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint6
 		n.hooks.BeforeFill(s)
 	}
 	start := time.Now()
-	landed, err := n.store.FillInGroups(ctx, keys, token, env, c.ttl, gs, claimSeq)
+	landed, err := n.store.FillInGroups(context.WithoutCancel(ctx), keys, token, env, c.ttl, gs, claimSeq)
 	switch {
 	case err != nil:
 		n.redisFailed("fill", err)
+		c.release(ctx, keys, token) // if the flag is still ours, let others claim now
 		return v, nil
 	case !landed:
 		// Invalidated, expired or taken over since we claimed, or one of
@@ -425,18 +441,18 @@ func groupsValid(refs []groups.Ref) bool {
 	return true
 }
 
-// groupsOf returns the groups of an entry: its namespace's, then those
-// Config.Groups names, checked.
+// groupsOf returns the groups of an entry: the fleet's and its namespace's,
+// then those Config.Groups names, checked.
 func (c *Cache[K, V]) groupsOf(key K, v V) ([]string, error) {
 	if c.groupFn == nil {
-		return []string{c.nsGroup}, nil
+		return []string{fleetGroup, c.nsGroup}, nil
 	}
 	user := c.groupFn(key, v)
 	if len(user) > MaxGroupsPerEntry {
 		return nil, fmt.Errorf("%w: %d groups, limit %d", ErrBadGroup, len(user), MaxGroupsPerEntry)
 	}
-	out := make([]string, 0, 1+len(user))
-	out = append(out, c.nsGroup)
+	out := make([]string, 0, 2+len(user))
+	out = append(out, fleetGroup, c.nsGroup)
 	for _, g := range user {
 		if err := checkGroup(g); err != nil {
 			return nil, err
@@ -559,18 +575,23 @@ func (c *Cache[K, V]) publish(ctx context.Context, ops []bus.Op, hs []uint64) er
 		return nil
 	}
 	err := c.node.pub.Publish(ctx, ops...)
-	for i, op := range ops {
-		c.evictLocal(op.Key, hs[i])
-	}
-	c.node.stats.invalidate.Add(uint64(len(ops)))
 	if err != nil {
 		// Deleting is idempotent, so queue whatever may not have reached
-		// Redis: a Set becomes an invalidation, which is safe (R17).
+		// Redis: a Set becomes an invalidation, which is safe (R17). Queued
+		// before the eviction below: a read that begins after it sees the
+		// key pending and keeps away from Redis, and an L1 fill that read
+		// Redis before it is fenced off by it.
 		queued := make([]bus.Op, len(ops))
 		for i, op := range ops {
 			queued[i] = bus.Op{Namespace: op.Namespace, Key: op.Key}
 		}
 		c.node.pending.add(queued, false)
+	}
+	for i, op := range ops {
+		c.evictLocal(op.Key, hs[i])
+	}
+	c.node.stats.invalidate.Add(uint64(len(ops)))
+	if err != nil {
 		return fmt.Errorf("%w: %w", ErrPending, err)
 	}
 	return nil

@@ -228,8 +228,10 @@ func TestPendingOverflowEscalates(t *testing.T) {
 			t.Fatalf("Invalidate during the outage = %v", err)
 		}
 	}
-	if st := na.Stats(); st.PendingOverflow != 16 {
-		t.Fatalf("stats = %+v, want 16 ops past the bound", st)
+	// The replay keeps trying (and failing) meanwhile, taking ops out and
+	// putting them back, so how many overflowed varies; some must have.
+	if st := na.Stats(); st.PendingOverflow == 0 {
+		t.Fatalf("stats = %+v, want ops past the bound", st)
 	}
 	f.srv.Resume()
 	waitGroupApplied(t, eb, "\x00ns\x00"+ns)

@@ -256,10 +256,16 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		}
 		n.log.Warn("tiercache: redis circuit breaker", "from", from.String(), "to", to.String())
 	})
-	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(n.breaker), l2.WithTimeout(cfg.RedisTimeout))
-	if c, ok := rdb.(*redis.Client); ok && !c.Options().ContextTimeoutEnabled {
-		n.log.Warn("tiercache: the Redis client ignores context deadlines (ContextTimeoutEnabled is false): a stuck connection can hold an operation past RedisTimeout")
+	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(breakerGuard{n.breaker}), l2.WithTimeout(cfg.RedisTimeout))
+	if c, ok := rdb.(*redis.Client); ok {
+		if !c.Options().ContextTimeoutEnabled {
+			n.log.Warn("tiercache: the Redis client ignores context deadlines (ContextTimeoutEnabled is false): a stuck connection can hold an operation past RedisTimeout")
+		}
+		if c.Options().ReadTimeout < 0 {
+			n.log.Warn("tiercache: the Redis client has no read timeout: Close can wait for a reconnect stuck in a partition")
+		}
 	}
+	n.groups.Pin(fleetGroup)
 	_, _ = rand.Read(n.id[:])
 	n.life, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := n.store.LoadScripts(ctx); err != nil {
@@ -330,9 +336,11 @@ func (n *Node) Flush(ctx context.Context) error {
 		return ErrClosed
 	}
 	err := n.pub.Flush(ctx)
-	n.dropLocal(false)
 	if err != nil {
 		n.pending.add(nil, true)
+	}
+	n.dropLocal(false)
+	if err != nil {
 		return fmt.Errorf("tier flush: %w: %w", ErrPending, err)
 	}
 	return nil
@@ -440,9 +448,11 @@ func (n *Node) invalidateGroups(ctx context.Context, names []string) error {
 		ops[i] = bus.Op{Group: g}
 	}
 	err := n.pub.Publish(ctx, ops...)
+	if err != nil {
+		n.pending.add(ops, false) // before the local effect, as in Cache.publish
+	}
 	n.applyGroups(names) // again: in place before return even if ctx ended first
 	if err != nil {
-		n.pending.add(ops, false)
 		return fmt.Errorf("%w: %w", ErrPending, err)
 	}
 	return nil
@@ -495,6 +505,22 @@ func (n *Node) forgetAllFlights() {
 	}
 }
 
+// breakerGuard makes the node's breaker the l2 Store's guard.
+type breakerGuard struct{ b *breaker.Breaker }
+
+func (g breakerGuard) Allow() (bool, error) { return g.b.Allow() }
+
+func (g breakerGuard) Done(probe bool, o l2.Outcome) {
+	switch o {
+	case l2.Unreachable:
+		g.b.Done(probe, breaker.Unreachable)
+	case l2.Abandoned:
+		g.b.Done(probe, breaker.Abandoned)
+	default:
+		g.b.Done(probe, breaker.Reached)
+	}
+}
+
 // busHandler applies what the node's subscriber delivers.
 type busHandler struct{ n *Node }
 
@@ -515,7 +541,12 @@ func (h busHandler) Drop(reason bus.Reason, revoke bool) {
 }
 
 func (h busHandler) Renew(sentAt time.Time) {
-	h.n.l1.Renew(sentAt, h.n.cfg.LeaseTTL)
+	if h.n.l1.Renew(sentAt, h.n.cfg.LeaseTTL) {
+		// The lease had lapsed or been revoked: a flight started meanwhile
+		// may have read what a lost message invalidated; no read from now
+		// on may join it.
+		h.n.forgetAllFlights()
+	}
 	h.n.liveOne.Do(func() { close(h.n.live) })
 }
 
@@ -627,7 +658,8 @@ type Stats struct {
 	BadGroups uint64
 	// BreakerOpens counts the openings of the node's Redis circuit breaker.
 	BreakerOpens uint64
-	// Pending is the number of invalidations waiting for Redis now;
+	// Pending is the number of invalidations not yet in Redis (queued or
+	// being replayed);
 	// Replayed counts those replayed so far; PendingOverflow counts those
 	// that did not fit and were escalated to their whole namespace.
 	Pending, Replayed, PendingOverflow uint64
@@ -664,7 +696,7 @@ func (n *Node) Stats() Stats {
 		GroupInvalidations: c.groupInvalidations.Load(),
 		BadGroups:          c.badGroups.Load(),
 		BreakerOpens:       c.breakerOpens.Load(),
-		Pending:            uint64(n.pending.size()),
+		Pending:            uint64(n.pending.waiting()),
 		Replayed:           c.replayed.Load(),
 		PendingOverflow:    n.pending.overflows(),
 	}

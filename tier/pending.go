@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/bus"
-	"github.com/tiercache/tiercache/internal/wait"
 )
 
 // pending holds the invalidations that this node applied locally but could
@@ -23,7 +22,7 @@ type pending struct {
 	groups   map[string]struct{}
 	flush    bool
 	lostNS   map[string]struct{} // namespaces with keys dropped past the bound
-	lostAll  bool                // a group was dropped: every namespace of the node
+	lostAll  bool                // a group was dropped: every entry, fleet-wide
 	max      int
 	overflow uint64 // count of ops that did not fit
 	wake     chan struct{}
@@ -49,6 +48,9 @@ func newPending(max int) *pending {
 func (p *pending) add(ops []bus.Op, flush bool) {
 	p.mu.Lock()
 	for _, op := range ops {
+		if op.Validate() != nil {
+			continue // no message can carry it: replaying it would wedge the queue
+		}
 		full := len(p.keys)+len(p.groups) >= p.max
 		switch {
 		case op.Group != "":
@@ -92,20 +94,20 @@ func (p *pending) kick() {
 }
 
 // take removes up to n ops from the queue, the escalations for what did
-// not fit first, and whether a flush is due. all lists the node's
-// namespaces, for a lost group.
-func (p *pending) take(n int, all func() []string) (ops []bus.Op, flush bool) {
+// not fit first, and whether a flush is due. Until setReplaying(nil), they
+// still block reads, as if queued.
+func (p *pending) take(n int) (ops []bus.Op, flush bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.lostAll {
-		for _, ns := range all() {
-			p.lostNS[ns] = struct{}{}
-		}
-		p.lostAll = false
-	}
 	for ns := range p.lostNS {
 		ops = append(ops, bus.Op{Group: namespaceGroup(ns)})
 		delete(p.lostNS, ns)
+	}
+	if p.lostAll {
+		// A group invalidation did not fit: its members are unknown, so
+		// every entry of every namespace, fleet-wide, becomes stale.
+		ops = append(ops, bus.Op{Group: fleetGroup})
+		p.lostAll = false
 	}
 	for g := range p.groups {
 		if len(ops) >= n {
@@ -123,6 +125,10 @@ func (p *pending) take(n int, all func() []string) (ops []bus.Op, flush bool) {
 	}
 	flush, p.flush = p.flush, false
 	p.n.Store(int64(len(p.keys) + len(p.groups) + len(p.lostNS)))
+	// Under the same lock: no moment where an op is neither queued nor
+	// replaying, so blocks never misses it.
+	p.replaying = ops
+	p.inflight.Store(int64(len(ops)))
 	return ops, flush
 }
 
@@ -151,7 +157,7 @@ func (p *pending) blocks(namespace, key string, groups []string) bool {
 		}
 	}
 	for _, op := range p.replaying {
-		if (op.Group == "" && op.Namespace == namespace && op.Key == key) || op.Group == namespaceGroup(namespace) {
+		if (op.Group == "" && op.Namespace == namespace && op.Key == key) || op.Group == namespaceGroup(namespace) || op.Group == fleetGroup {
 			return true
 		}
 		for _, g := range groups {
@@ -169,6 +175,11 @@ func (p *pending) setReplaying(ops []bus.Op) {
 	p.replaying = ops
 	p.inflight.Store(int64(len(ops)))
 	p.mu.Unlock()
+}
+
+// waiting returns the ops not yet in Redis: queued, and being replayed.
+func (p *pending) waiting() int {
+	return p.size() + int(p.inflight.Load())
 }
 
 // overflows returns how many ops did not fit.
@@ -201,8 +212,7 @@ func (n *Node) replay() {
 		case <-n.pending.wake:
 		}
 		for n.pending.size() > 0 {
-			ops, flush := n.pending.take(batch, n.namespaceList)
-			n.pending.setReplaying(ops)
+			ops, flush := n.pending.take(batch)
 			err := n.replayBatch(ops, flush)
 			if err == nil {
 				n.pending.setReplaying(nil)
@@ -212,9 +222,16 @@ func (n *Node) replay() {
 			}
 			n.pending.add(ops, flush) // back in the queue, deduplicated
 			n.pending.setReplaying(nil)
-			if wait.Sleep(n.life, backoff) != nil {
+			// Back off, but wake at once when the breaker closes.
+			t := time.NewTimer(backoff)
+			select {
+			case <-n.life.Done():
+				t.Stop()
 				return
+			case <-n.pending.wake:
+			case <-t.C:
 			}
+			t.Stop()
 			backoff = min(2*backoff, time.Second)
 		}
 	}
@@ -232,15 +249,4 @@ func (n *Node) replayBatch(ops []bus.Op, flush bool) error {
 		return nil
 	}
 	return n.pub.Publish(ctx, ops...)
-}
-
-// namespaceList returns the namespaces of the node's caches.
-func (n *Node) namespaceList() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	out := make([]string, 0, len(n.caches))
-	for ns := range n.caches {
-		out = append(out, ns)
-	}
-	return out
 }

@@ -522,7 +522,8 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for name, cfg := range map[string]tier.Config[string, string]{
 		"empty namespace": {Fetch: fetch},
-		"long namespace":  {Namespace: strings.Repeat("n", 1025), Fetch: fetch},
+		"long namespace":  {Namespace: strings.Repeat("n", 1021), Fetch: fetch},
+		"TTL over 146y":   {Namespace: "x", Fetch: fetch, TTL: 1<<63 - 1},
 		"nil fetch":       {Namespace: "x"},
 		"negative TTL":    {Namespace: "x", Fetch: fetch, TTL: -time.Second},
 	} {

@@ -50,47 +50,72 @@ func New(threshold int, openFor time.Duration, now func() time.Time, onChange fu
 	return &Breaker{threshold: max(threshold, 1), openFor: openFor, now: now, onChange: onChange}
 }
 
-// Allow reports whether an operation may go ahead, or ErrOpen. Every
-// admitted operation must be followed by one call of Done.
-func (b *Breaker) Allow() error {
+// Outcome is how an admitted operation ended.
+type Outcome int
+
+const (
+	// Reached: Redis answered (with a value, or an error of its own).
+	Reached Outcome = iota
+	// Unreachable: Redis could not be reached (refused, dropped, timed out,
+	// busy).
+	Unreachable
+	// Abandoned: the caller gave up first; it says nothing about Redis.
+	Abandoned
+)
+
+// Allow reports whether an operation may go ahead, or ErrOpen, and whether
+// it is the half-open breaker's probe. Every admitted operation must be
+// followed by one call of Done with that probe flag.
+func (b *Breaker) Allow() (probe bool, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch b.state {
 	case Closed:
-		return nil
+		return false, nil
 	case Open:
 		if b.now().Sub(b.openedAt) < b.openFor {
-			return ErrOpen
+			return false, ErrOpen
 		}
 		b.setLocked(HalfOpen)
 	}
 	if b.probing {
-		return ErrOpen
+		return false, ErrOpen
 	}
 	b.probing = true
-	return nil
+	return true, nil
 }
 
-// Done records the outcome of an admitted operation: failed is true if it
-// failed because Redis could not be reached.
-func (b *Breaker) Done(failed bool) {
+// Done records the outcome of an admitted operation. Only the probe's
+// outcome moves a half-open breaker; an operation admitted while the
+// breaker was closed and ending after it opened changes nothing. An
+// abandoned operation changes nothing either, beyond freeing the probe.
+func (b *Breaker) Done(probe bool, o Outcome) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	wasProbe := b.state == HalfOpen && b.probing
-	if wasProbe {
+	if probe {
 		b.probing = false
-	}
-	if !failed {
-		b.failures = 0
-		if b.state != Closed {
+		switch o {
+		case Reached:
+			b.failures = 0
 			b.setLocked(Closed)
+		case Unreachable:
+			b.openedAt = b.now()
+			b.setLocked(Open)
 		}
 		return
 	}
-	b.failures++
-	if wasProbe || (b.state == Closed && b.failures >= b.threshold) {
-		b.openedAt = b.now()
-		b.setLocked(Open)
+	if b.state != Closed {
+		return
+	}
+	switch o {
+	case Reached:
+		b.failures = 0
+	case Unreachable:
+		b.failures++
+		if b.failures >= b.threshold {
+			b.openedAt = b.now()
+			b.setLocked(Open)
+		}
 	}
 }
 

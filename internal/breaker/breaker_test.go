@@ -23,10 +23,20 @@ func (c *clock) add(d time.Duration) {
 
 func fail(b *breaker.Breaker, n int) {
 	for range n {
-		if b.Allow() == nil {
-			b.Done(true)
+		if probe, err := b.Allow(); err == nil {
+			b.Done(probe, breaker.Unreachable)
 		}
 	}
+}
+
+// allowed reports whether Allow admits an operation, and ends it with o.
+func allowed(b *breaker.Breaker, o breaker.Outcome) bool {
+	probe, err := b.Allow()
+	if err != nil {
+		return false
+	}
+	b.Done(probe, o)
+	return true
 }
 
 // The breaker opens after the threshold of consecutive failures, refuses
@@ -40,10 +50,9 @@ func TestBreakerCycle(t *testing.T) {
 	if b.State() != breaker.Closed {
 		t.Fatal("opened before the threshold")
 	}
-	if b.Allow() != nil {
+	if !allowed(b, breaker.Reached) { // a success resets the run
 		t.Fatal("refused while closed")
 	}
-	b.Done(false) // a success resets the run
 	fail(b, 2)
 	if b.State() != breaker.Closed {
 		t.Fatal("a success did not reset the count")
@@ -52,21 +61,21 @@ func TestBreakerCycle(t *testing.T) {
 	if b.State() != breaker.Open {
 		t.Fatal("did not open at the threshold")
 	}
-	if err := b.Allow(); !errors.Is(err, breaker.ErrOpen) {
+	if _, err := b.Allow(); !errors.Is(err, breaker.ErrOpen) {
 		t.Fatalf("Allow while open = %v", err)
 	}
 	c.add(time.Second)
-	if b.Allow() != nil {
-		t.Fatal("no probe after OpenFor")
+	probe, err := b.Allow()
+	if err != nil || !probe {
+		t.Fatalf("no probe after OpenFor: %v, %v", probe, err)
 	}
-	if err := b.Allow(); !errors.Is(err, breaker.ErrOpen) {
+	if _, err := b.Allow(); !errors.Is(err, breaker.ErrOpen) {
 		t.Fatal("a second probe went through at once")
 	}
-	b.Done(false)
-	if b.State() != breaker.Closed || b.Allow() != nil {
+	b.Done(true, breaker.Reached)
+	if b.State() != breaker.Closed || !allowed(b, breaker.Reached) {
 		t.Fatal("a successful probe did not close the breaker")
 	}
-	b.Done(false)
 	want := []string{"closed>open", "open>half-open", "half-open>closed"}
 	if len(changes) != len(want) {
 		t.Fatalf("changes = %v, want %v", changes, want)
@@ -84,15 +93,15 @@ func TestFailedProbeReopens(t *testing.T) {
 	b := breaker.New(1, time.Second, c.now, nil)
 	fail(b, 1)
 	c.add(time.Second)
-	if b.Allow() != nil {
+	if probe, err := b.Allow(); err != nil || !probe {
 		t.Fatal("no probe")
 	}
-	b.Done(true)
-	if b.State() != breaker.Open || b.Allow() == nil {
+	b.Done(true, breaker.Unreachable)
+	if _, err := b.Allow(); b.State() != breaker.Open || err == nil {
 		t.Fatal("a failed probe did not reopen the breaker")
 	}
 	c.add(999 * time.Millisecond)
-	if b.Allow() == nil {
+	if _, err := b.Allow(); err == nil {
 		t.Fatal("reopened for less than OpenFor")
 	}
 }
@@ -110,7 +119,7 @@ func TestOneProbeAtATime(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if b.Allow() == nil {
+			if _, err := b.Allow(); err == nil {
 				mu.Lock()
 				admitted++
 				mu.Unlock()
@@ -120,5 +129,53 @@ func TestOneProbeAtATime(t *testing.T) {
 	wg.Wait()
 	if admitted != 1 {
 		t.Fatalf("%d probes admitted at once, want 1", admitted)
+	}
+}
+
+// Callers that give up say nothing about Redis: they neither keep the
+// breaker closed nor close it, and an abandoned probe frees its slot.
+func TestAbandonedIsNeutral(t *testing.T) {
+	c := &clock{t: time.Unix(0, 0)}
+	b := breaker.New(2, time.Second, c.now, nil)
+	fail(b, 1)
+	allowed(b, breaker.Abandoned)
+	fail(b, 1)
+	if b.State() != breaker.Open {
+		t.Fatal("an abandoned operation reset the run of failures")
+	}
+	c.add(time.Second)
+	probe, err := b.Allow()
+	if err != nil || !probe {
+		t.Fatal("no probe")
+	}
+	b.Done(probe, breaker.Abandoned)
+	if b.State() != breaker.HalfOpen {
+		t.Fatalf("an abandoned probe moved the breaker to %v", b.State())
+	}
+	if probe, err := b.Allow(); err != nil || !probe {
+		t.Fatal("an abandoned probe did not free its slot")
+	}
+}
+
+// An operation admitted while closed that fails after the breaker opened
+// does not take the place of the half-open probe.
+func TestLateDoneIsNotTheProbe(t *testing.T) {
+	c := &clock{t: time.Unix(0, 0)}
+	b := breaker.New(1, time.Second, c.now, nil)
+	lateProbe, _ := b.Allow() // admitted while closed
+	fail(b, 1)                // opens
+	c.add(time.Second)
+	probe, err := b.Allow()
+	if err != nil || !probe {
+		t.Fatal("no probe")
+	}
+	b.Done(lateProbe, breaker.Unreachable) // the late one ends
+	c.add(time.Second)
+	if _, err := b.Allow(); err == nil {
+		t.Fatal("a second probe was admitted while the first is in flight")
+	}
+	b.Done(probe, breaker.Reached)
+	if b.State() != breaker.Closed {
+		t.Fatalf("the probe's success left the breaker %v", b.State())
 	}
 }
