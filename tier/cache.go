@@ -488,7 +488,7 @@ func checkGroup(g string) error {
 // wraps ErrValueTooLarge. If Redis fails, the local effect still applies
 // and the error says so.
 func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
-	s, h, err := c.keys.resolve(key)
+	s, _, err := c.keys.resolve(key)
 	if err != nil {
 		return fmt.Errorf("tier set: %w", err)
 	}
@@ -497,7 +497,7 @@ func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
 	}
 	env, err := c.encode(s, value)
 	if errors.Is(err, ErrValueTooLarge) {
-		if ierr := c.publish(ctx, []bus.Op{{Namespace: c.ns, Key: s}}, []uint64{h}); ierr != nil {
+		if ierr := c.publish(ctx, []bus.Op{{Namespace: c.ns, Key: s}}); ierr != nil {
 			return fmt.Errorf("tier set: %w (and invalidating failed: %w)", err, ierr)
 		}
 		return fmt.Errorf("tier set: %w; key invalidated instead", err)
@@ -507,13 +507,13 @@ func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
 	}
 	gs, err := c.groupsOf(key, value)
 	if err != nil {
-		if ierr := c.publish(ctx, []bus.Op{{Namespace: c.ns, Key: s}}, []uint64{h}); ierr != nil {
+		if ierr := c.publish(ctx, []bus.Op{{Namespace: c.ns, Key: s}}); ierr != nil {
 			return fmt.Errorf("tier set: %w (and invalidating failed: %w)", err, ierr)
 		}
 		return fmt.Errorf("tier set: %w; key invalidated instead", err)
 	}
 	op := bus.Op{Namespace: c.ns, Key: s, Payload: write{envelope: env, ttl: c.ttl, groups: gs}}
-	if err := c.publish(ctx, []bus.Op{op}, []uint64{h}); err != nil {
+	if err := c.publish(ctx, []bus.Op{op}); err != nil {
 		return fmt.Errorf("tier set: %w", err)
 	}
 	return nil
@@ -538,18 +538,17 @@ type write struct {
 // so. Invalid keys are reported before anything is done.
 func (c *Cache[K, V]) Invalidate(ctx context.Context, keys ...K) error {
 	ops := make([]bus.Op, len(keys))
-	hs := make([]uint64, len(keys))
 	for i, k := range keys {
-		s, h, err := c.keys.resolve(k)
+		s, _, err := c.keys.resolve(k)
 		if err != nil {
 			return fmt.Errorf("tier invalidate: key %d: %w", i, err)
 		}
-		ops[i], hs[i] = bus.Op{Namespace: c.ns, Key: s}, h
+		ops[i] = bus.Op{Namespace: c.ns, Key: s}
 	}
 	if c.node.isClosed() {
 		return ErrClosed
 	}
-	if err := c.publish(ctx, ops, hs); err != nil {
+	if err := c.publish(ctx, ops); err != nil {
 		return fmt.Errorf("tier invalidate: %w", err)
 	}
 	return nil
@@ -566,35 +565,10 @@ func (c *Cache[K, V]) InvalidateAll(ctx context.Context) error {
 	return nil
 }
 
-// publish hands ops to the node's bus publisher and applies their local
-// effect. The publisher applies it too, after Redis answered; doing it again
-// here covers a ctx that ended while the batch was queued, so that the local
-// effect is in place before the caller gets control back either way.
-func (c *Cache[K, V]) publish(ctx context.Context, ops []bus.Op, hs []uint64) error {
-	if len(ops) == 0 {
-		return nil
-	}
-	err := c.node.pub.Publish(ctx, ops...)
-	if err != nil {
-		// Deleting is idempotent, so queue whatever may not have reached
-		// Redis: a Set becomes an invalidation, which is safe (R17). Queued
-		// before the eviction below: a read that begins after it sees the
-		// key pending and keeps away from Redis, and an L1 fill that read
-		// Redis before it is fenced off by it.
-		queued := make([]bus.Op, len(ops))
-		for i, op := range ops {
-			queued[i] = bus.Op{Namespace: op.Namespace, Key: op.Key}
-		}
-		c.node.pending.add(queued, false)
-	}
-	for i, op := range ops {
-		c.evictLocal(op.Key, hs[i])
-	}
+// publish hands ops to the node (see Node.publish) and counts them.
+func (c *Cache[K, V]) publish(ctx context.Context, ops []bus.Op) error {
 	c.node.stats.invalidate.Add(uint64(len(ops)))
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrPending, err)
-	}
-	return nil
+	return c.node.publish(ctx, ops)
 }
 
 // evictLocal applies an invalidation of key s to this node: the L1 entry is

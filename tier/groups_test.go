@@ -475,3 +475,18 @@ func TestForgottenGroupIsCheckedInRedis(t *testing.T) {
 		t.Fatalf("an entry of a forgotten group was refetched instead of read from Redis: %+v", st)
 	}
 }
+
+// A group invalidation is counted once on the node that made it and once on
+// each node that applied its message.
+func TestGroupInvalidationsCountedOnce(t *testing.T) {
+	f := newFleet(t)
+	eb, hb := newBusEvents()
+	na, nb := f.node(tier.NodeConfig{}, nil), f.node(tier.NodeConfig{}, &hooks.Points{Bus: hb})
+	if err := na.InvalidateGroup(context.Background(), "g1", "g2"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroupApplied(t, eb, "g2")
+	if a, b := na.Stats().GroupInvalidations, nb.Stats().GroupInvalidations; a != 2 || b != 2 {
+		t.Fatalf("GroupInvalidations = %d on the writer, %d on the receiver; want 2 and 2", a, b)
+	}
+}

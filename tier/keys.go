@@ -14,13 +14,12 @@ import (
 type keyer[K comparable] struct {
 	seed    uint64
 	maxKey  int
-	custom  func(K) string // Config.Key, or nil
 	str     func(K) string
 	hashRaw func(seed uint64, k K) uint64 // nil: hash str(k)
 }
 
 func newKeyer[K comparable](namespace string, maxKey int, custom func(K) string) (keyer[K], error) {
-	kr := keyer[K]{seed: l1.Seed(namespace), maxKey: maxKey, custom: custom}
+	kr := keyer[K]{seed: l1.Seed(namespace), maxKey: maxKey}
 	if custom != nil {
 		kr.str = custom
 		return kr, nil

@@ -3,6 +3,7 @@ package tier
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -369,7 +370,9 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 	} else {
 		_, err = n.store.Apply(ctx, changes, a)
 	}
-	n.applyLocal(b)
+	if !b.Flush { // Flush drops locally itself
+		n.applyOps(b.Ops)
+	}
 	if err != nil {
 		n.redisFailed("publish", err)
 		return err
@@ -385,8 +388,7 @@ func (n *Node) publishBeforeDelete(ctx context.Context, changes []l2.Change, a *
 	if err != nil {
 		return err
 	}
-	msg := append(append(append([]byte(nil), a.Head...), byte(seq>>56), byte(seq>>48), byte(seq>>40), byte(seq>>32),
-		byte(seq>>24), byte(seq>>16), byte(seq>>8), byte(seq)), a.Body...)
+	msg := append(binary.BigEndian.AppendUint64(append([]byte(nil), a.Head...), uint64(seq)), a.Body...)
 	if err := n.rdb.Publish(ctx, a.Channel, msg).Err(); err != nil {
 		return err
 	}
@@ -397,13 +399,38 @@ func (n *Node) publishBeforeDelete(ctx context.Context, changes []l2.Change, a *
 	return err
 }
 
-// applyLocal evicts a batch's keys from this node.
-func (n *Node) applyLocal(b *bus.Batch) {
-	if b.Flush {
-		return // Flush drops locally itself
+// publish is every write's way to Redis and the fleet: it hands ops to the
+// bus publisher (one atomic write and announcement per batch), and applies
+// their local effect before it returns, whatever happened. The publisher's
+// exec applies it too, once Redis answered; applying it again here covers a
+// ctx that ended while the batch was queued. If the ops may not have reached
+// Redis, they are queued for replay first, so that a read that begins after
+// the local effect sees them pending and keeps away from Redis, and an L1
+// fill that read Redis before it is fenced off by it (R17, R21). A write is
+// queued as an invalidation, which is always safe.
+func (n *Node) publish(ctx context.Context, ops []bus.Op) error {
+	if len(ops) == 0 {
+		return nil
 	}
+	err := n.pub.Publish(ctx, ops...)
+	if err != nil {
+		queued := make([]bus.Op, len(ops))
+		for i, op := range ops {
+			queued[i] = bus.Op{Namespace: op.Namespace, Key: op.Key, Group: op.Group}
+		}
+		n.pending.add(queued, false)
+	}
+	n.applyOps(ops)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrPending, err)
+	}
+	return nil
+}
+
+// applyOps applies ops to this node: keys evicted, groups invalidated.
+func (n *Node) applyOps(ops []bus.Op) {
 	var invalid []string
-	for _, op := range b.Ops {
+	for _, op := range ops {
 		if op.Group != "" {
 			invalid = append(invalid, op.Group)
 			continue
@@ -447,15 +474,8 @@ func (n *Node) invalidateGroups(ctx context.Context, names []string) error {
 	for i, g := range names {
 		ops[i] = bus.Op{Group: g}
 	}
-	err := n.pub.Publish(ctx, ops...)
-	if err != nil {
-		n.pending.add(ops, false) // before the local effect, as in Cache.publish
-	}
-	n.applyGroups(names) // again: in place before return even if ctx ended first
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrPending, err)
-	}
-	return nil
+	n.stats.groupInvalidations.Add(uint64(len(names)))
+	return n.publish(ctx, ops)
 }
 
 // applyGroups applies the invalidation of groups to this node: no L1 entry
@@ -463,7 +483,6 @@ func (n *Node) invalidateGroups(ctx context.Context, names []string) error {
 // began before (the node does not know which keys the groups hold).
 func (n *Node) applyGroups(names []string) {
 	n.groups.Invalidate(names...)
-	n.stats.groupInvalidations.Add(uint64(len(names)))
 	n.forgetAllFlights()
 }
 
@@ -531,6 +550,7 @@ func (h busHandler) Apply(m *bus.Message) {
 		}
 	}
 	if len(m.InvalidGroups) > 0 {
+		h.n.stats.groupInvalidations.Add(uint64(len(m.InvalidGroups)))
 		h.n.applyGroups(m.InvalidGroups)
 	}
 }

@@ -109,9 +109,9 @@ func (c *Cache[K, V]) Keys(ctx context.Context) iter.Seq2[string, error] {
 // the start of the call to its end is invalidated; one written meanwhile
 // may or may not be. A key that SCAN returns twice is counted once unless
 // it was filled again in between. If ctx ends or Redis fails, the call
-// stops and returns the count of the batches that completed with the
-// error; the keys of the batch in flight may or may not have been
-// invalidated. Returns ErrClosed on a closed node, and an error for an
+// stops and returns the count of the batches that completed, with an error
+// wrapping ErrPending: the batch in flight applied locally and is queued
+// for replay, as any invalidation that cannot reach Redis. Returns ErrClosed on a closed node, and an error for an
 // empty pattern.
 func (n *Node) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
 	if pattern == "" {
@@ -131,15 +131,8 @@ func (n *Node) InvalidatePattern(ctx context.Context, pattern string) (int, erro
 		if len(batch) == 0 {
 			return true
 		}
-		err := n.pub.Publish(ctx, batch...)
-		// The publisher evicts locally once Redis answered; doing it again
-		// here covers a ctx that ended while the batch was queued, as
-		// Cache.publish does.
-		for _, op := range batch {
-			n.evict(op.Namespace, op.Key)
-		}
 		n.stats.invalidate.Add(uint64(len(batch)))
-		if err != nil {
+		if err := n.publish(ctx, batch); err != nil {
 			pubErr = err
 			return false
 		}
