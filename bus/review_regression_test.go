@@ -38,6 +38,19 @@ func (h logTap) Handle(_ context.Context, r slog.Record) error {
 func (h logTap) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h logTap) WithGroup(string) slog.Handler      { return h }
 
+// reportWhen returns an AfterReceiveError hook that sends the error on ch
+// once armed.
+func reportWhen(armed *atomic.Bool, ch chan error) func(error) {
+	return func(err error) {
+		if armed.Load() {
+			select {
+			case ch <- err:
+			default:
+			}
+		}
+	}
+}
+
 // A resubscription refused with an error reply (-BUSY while a script runs)
 // is asked again once Redis answers: the subscriber does not stay
 // unsubscribed, and its lease is renewed.
@@ -54,14 +67,7 @@ func TestRefusedSubscribeIsRetried(t *testing.T) {
 	sub, err := bus.NewSubscriber(t.Context(), bus.SubscriberConfig{
 		Client: rdb, Channel: channel, EpochKey: epochKey, Self: self, LeaseTTL: lease,
 		Handler: rec, Logger: slog.New(tap),
-		Hooks: &bus.Hooks{AfterReceiveError: func(err error) {
-			if armed.Load() {
-				select {
-				case cut <- err:
-				default:
-				}
-			}
-		}},
+		Hooks: &bus.Hooks{AfterReceiveError: reportWhen(&armed, cut)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -119,14 +125,7 @@ func TestHandshakeErrorBacksOff(t *testing.T) {
 	var armed atomic.Bool
 	sub, err := bus.NewSubscriber(t.Context(), bus.SubscriberConfig{
 		Client: rdb, Channel: channel, EpochKey: epochKey, Self: self, LeaseTTL: time.Second, Handler: rec,
-		Hooks: &bus.Hooks{AfterReceiveError: func(err error) {
-			if armed.Load() {
-				select {
-				case cut <- err:
-				default:
-				}
-			}
-		}},
+		Hooks: &bus.Hooks{AfterReceiveError: reportWhen(&armed, cut)},
 	})
 	if err != nil {
 		t.Fatal(err)

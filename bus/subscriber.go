@@ -87,6 +87,10 @@ type Hooks struct {
 	Dropped func(reason Reason)
 	// Renewed runs after the lease was renewed.
 	Renewed func(sentAt time.Time)
+	// Ticked runs after each round of the lease loop (a lapse check and a
+	// ping, every LeaseTTL/4), so that a test can wait for rounds to pass
+	// instead of for time to pass.
+	Ticked func()
 }
 
 // SubscriberConfig configures a Subscriber.
@@ -375,6 +379,9 @@ func (s *Subscriber) keepLease() {
 		case <-t.C:
 			s.checkLapse()
 			s.ping()
+			if h := s.cfg.Hooks.Ticked; h != nil {
+				h()
+			}
 		case <-s.pingNow:
 			s.ping()
 		case p := <-s.pongs:

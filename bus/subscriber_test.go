@@ -139,27 +139,22 @@ func (r *recorder) waitFor(t *testing.T, from int, what string, match func(event
 	}
 }
 
-// quiet asserts that no event matching match is recorded for window.
-func (r *recorder) quiet(t *testing.T, window time.Duration, what string, match func(event) bool) {
+// quietFor waits until the lease loop has run rounds more rounds, then
+// fails if a matching handler call happened meanwhile: an absence checked
+// against the subscriber's own progress, not against the wall clock.
+func (f *fixture) quietFor(t *testing.T, rounds int, what string, match func(event) bool) {
 	t.Helper()
-	from := r.mark()
-	timer := time.NewTimer(window)
-	defer timer.Stop()
-	for {
-		r.mu.Lock()
-		for _, e := range r.evs[from:] {
-			if match(e) {
-				r.mu.Unlock()
-				t.Fatalf("unexpected %s: %v; events: %v", what, e, r.since(0))
-			}
-		}
-		from = len(r.evs)
-		ch := r.changed
-		r.mu.Unlock()
+	from := f.rec.mark()
+	for range rounds {
 		select {
-		case <-ch:
-		case <-timer.C:
-			return
+		case <-f.ticks:
+		case <-time.After(guard):
+			t.Fatalf("the lease loop did not run within %v", guard)
+		}
+	}
+	for _, e := range f.rec.since(from) {
+		if match(e) {
+			t.Fatalf("unexpected %s: %v; events: %v", what, e, f.rec.since(0))
 		}
 	}
 }
@@ -222,6 +217,7 @@ type fixture struct {
 	rec   *recorder
 	sub   *bus.Subscriber
 	lease time.Duration
+	ticks chan struct{} // one per round of the lease loop
 }
 
 // subOpts configures startSub; zero values are the defaults.
@@ -247,6 +243,17 @@ func startSub(t *testing.T, o subOpts) *fixture {
 	hooks := bus.Hooks{}
 	if o.hooks != nil {
 		hooks = *o.hooks
+	}
+	f.ticks = make(chan struct{}, 4096)
+	ticked := hooks.Ticked
+	hooks.Ticked = func() {
+		select {
+		case f.ticks <- struct{}{}:
+		default:
+		}
+		if ticked != nil {
+			ticked()
+		}
 	}
 	applied := hooks.Applied
 	hooks.Applied = func(m *bus.Message) {
@@ -402,9 +409,9 @@ func TestRace_R18_NoRenewBeforeSubscribeConfirmed(t *testing.T) {
 	}
 	// An invalidation while the node is not yet subscribed: lost to it.
 	lost := f.publishKeys(t, other, "ns", "before-subscribe")
-	// Four ping periods with the subscription held back: a lease granted
+	// Four ping rounds with the subscription held back: a lease granted
 	// now would be a lease on a subscription that does not exist.
-	f.rec.quiet(t, f.lease, "call before the subscription is confirmed", anyEvent)
+	f.quietFor(t, 4, "call before the subscription is confirmed", anyEvent)
 	if c := f.sub.Counters(); c.Renewals != 0 || c.Messages != 0 {
 		t.Fatalf("counters before subscribing: %+v", c)
 	}
@@ -845,8 +852,9 @@ func TestRace_R27_UnansweredPingsLapseTheLease(t *testing.T) {
 	if e.at.Before(last.Add(lease)) {
 		t.Fatalf("lease lapsed at %v, before the last renewal's end %v", e.at, last.Add(lease))
 	}
-	// Two more leases of lost pongs: no Renew, no second lapse.
-	f.rec.quiet(t, 2*lease, "Renew or second lapse while pongs are lost", func(e event) bool {
+	// Two more leases of lost pongs (eight ping rounds): no Renew, no
+	// second lapse.
+	f.quietFor(t, 8, "Renew or second lapse while pongs are lost", func(e event) bool {
 		return e.kind == evRenew || (e.kind == evDrop && e.reason == bus.LeaseLapsed)
 	})
 	back := time.Now()
@@ -928,8 +936,12 @@ func TestSubscriberCloseWhileRedisDown(t *testing.T) {
 	case <-time.After(guard):
 		t.Fatalf("Close did not return within %v while Redis is down", guard)
 	}
+	closedAt := f.rec.mark()
 	// Every goroutine started since the test began is gone (the dead
-	// server's reaper too), and nothing calls the handler any more.
+	// server's reaper too; goleak retries while it waits), and none of them
+	// called the handler after Close returned.
 	goleak.VerifyNone(t, before)
-	f.rec.quiet(t, f.lease/2, "handler call after Close", anyEvent)
+	for _, e := range f.rec.since(closedAt) {
+		t.Fatalf("handler call after Close: %v", e)
+	}
 }
