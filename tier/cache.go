@@ -177,15 +177,34 @@ func namespaceGroup(namespace string) string {
 // ErrFetchPanic, ErrEmptyKey, ErrKeyTooLarge, ErrClosed. An L1 hit does
 // not consult ctx and allocates nothing.
 func (c *Cache[K, V]) Get(ctx context.Context, key K) (V, error) {
-	if h, ok := c.keys.hash(key); ok && c.l1TTL > 0 {
-		if v, found := c.node.l1.Get(h); found {
-			if e, ok := v.(*entry[K, V]); ok && e.owner == c && e.key == key && groupsValid(e.groups) {
-				c.node.stats.l1Hits.add(h)
-				return e.val, nil
-			}
-		}
+	if v, ok := c.fromL1(key); ok {
+		return v, nil
 	}
 	return c.getSlow(ctx, key)
+}
+
+// fromL1 returns key's value if this node's L1 holds a valid copy: present,
+// unexpired, leased, fenced, of this cache, of this key, in groups none of
+// which was invalidated since.
+func (c *Cache[K, V]) fromL1(key K) (V, bool) {
+	var zero V
+	if c.l1TTL <= 0 {
+		return zero, false
+	}
+	h, ok := c.keys.hash(key)
+	if !ok {
+		return zero, false
+	}
+	v, found := c.node.l1.Get(h)
+	if !found {
+		return zero, false
+	}
+	e, ok := v.(*entry[K, V])
+	if !ok || e.owner != c || e.key != key || !groupsValid(e.groups) {
+		return zero, false
+	}
+	c.node.stats.l1Hits.add(h)
+	return e.val, true
 }
 
 func (c *Cache[K, V]) getSlow(ctx context.Context, key K) (V, error) {

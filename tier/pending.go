@@ -13,10 +13,13 @@ import (
 // not get to Redis (RACES.md R17): deduplicated per key and per group,
 // bounded, and replayed as soon as Redis answers again. It never drops one
 // silently: past its bound it remembers the namespaces whose keys it could
-// not keep (or, for a group, that it lost one), and the replay invalidates
-// those namespaces whole, which covers both tiers on every node.
+// not keep, and whether it lost a group, and the replay invalidates those
+// namespaces whole, or for a lost group every entry of the fleet, which
+// covers both tiers on every node.
 type pending struct {
-	n        atomic.Int64 // ops queued: lets reads skip the lock when zero
+	// busy counts the ops queued or being replayed, so that a read skips
+	// the lock when there are none; recountLocked keeps it.
+	busy     atomic.Int64
 	mu       sync.Mutex
 	keys     map[pendingKey]struct{}
 	groups   map[string]struct{}
@@ -29,7 +32,6 @@ type pending struct {
 	// replaying holds the ops taken for the replay in flight: until it
 	// succeeds, they still block reads.
 	replaying []bus.Op
-	inflight  atomic.Int64
 }
 
 type pendingKey struct{ ns, key string }
@@ -77,10 +79,7 @@ func (p *pending) add(ops []bus.Op, flush bool) {
 		}
 	}
 	p.flush = p.flush || flush
-	p.n.Store(int64(len(p.keys) + len(p.groups) + len(p.lostNS)))
-	if p.lostAll {
-		p.n.Add(1)
-	}
+	p.recountLocked()
 	p.mu.Unlock()
 	p.kick()
 }
@@ -124,11 +123,10 @@ func (p *pending) take(n int) (ops []bus.Op, flush bool) {
 		delete(p.keys, k)
 	}
 	flush, p.flush = p.flush, false
-	p.n.Store(int64(len(p.keys) + len(p.groups) + len(p.lostNS)))
 	// Under the same lock: no moment where an op is neither queued nor
 	// replaying, so blocks never misses it.
 	p.replaying = ops
-	p.inflight.Store(int64(len(ops)))
+	p.recountLocked()
 	return ops, flush
 }
 
@@ -137,7 +135,7 @@ func (p *pending) take(n int) (ops []bus.Op, flush bool) {
 // this node must not read it from Redis (read-your-writes, R21), only from
 // the source. Ops being replayed count until their replay succeeded.
 func (p *pending) blocks(namespace, key string, groups []string) bool {
-	if p.n.Load() == 0 && p.inflight.Load() == 0 {
+	if p.busy.Load() == 0 {
 		return false
 	}
 	p.mu.Lock()
@@ -173,13 +171,18 @@ func (p *pending) blocks(namespace, key string, groups []string) bool {
 func (p *pending) setReplaying(ops []bus.Op) {
 	p.mu.Lock()
 	p.replaying = ops
-	p.inflight.Store(int64(len(ops)))
+	p.recountLocked()
 	p.mu.Unlock()
 }
 
 // waiting returns the ops not yet in Redis: queued, and being replayed.
 func (p *pending) waiting() int {
-	return p.size() + int(p.inflight.Load())
+	return int(p.busy.Load())
+}
+
+// recountLocked derives busy from the queue and the replay in flight.
+func (p *pending) recountLocked() {
+	p.busy.Store(int64(p.sizeLocked() + len(p.replaying)))
 }
 
 // overflows returns how many ops did not fit.
@@ -193,6 +196,10 @@ func (p *pending) overflows() uint64 {
 func (p *pending) size() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.sizeLocked()
+}
+
+func (p *pending) sizeLocked() int {
 	n := len(p.keys) + len(p.groups) + len(p.lostNS)
 	if p.flush || p.lostAll {
 		n++
