@@ -504,6 +504,7 @@ func TestSubscriberAppliesMessagesInOrder(t *testing.T) {
 	if d := count(f.rec.since(0), isMessageDrop); d != 0 {
 		t.Fatalf("%d drops in an orderly stream: %v", d, f.rec.since(0))
 	}
+	awaitApplied(f.sub, n)
 	if c := f.sub.Counters(); c.Messages != n || c.Applied != n || c.Gaps != 0 || c.Garbage != 0 || c.Renewals == 0 {
 		t.Fatalf("counters %+v, want %d messages and applied, no gaps or garbage, some renewals", c, n)
 	}
@@ -576,6 +577,7 @@ func TestRace_R15_LostMessageDropsOnGap(t *testing.T) {
 	if count(evs, isApply(2)) != 0 || count(evs, isApply(1)) != 1 {
 		t.Fatalf("applied the lost message or missed the first: %v", evs)
 	}
+	awaitApplied(f.sub, 2)
 	if c := f.sub.Counters(); c.Gaps != 1 || c.Messages != 2 || c.Applied != 2 {
 		t.Fatalf("counters %+v, want 1 gap, 2 messages, 2 applied", c)
 	}
@@ -642,6 +644,7 @@ func TestSubscriberIgnoresGarbage(t *testing.T) {
 		t.Fatalf("%d Apply calls, want 2: %v", n, evs)
 	}
 	want := uint64(len(garbage))
+	awaitApplied(f.sub, 2)
 	if c := f.sub.Counters(); c.Garbage != want || c.Messages != want+2 || c.Applied != 2 || c.Gaps != 0 {
 		t.Fatalf("counters %+v, want %d garbage, %d messages, 2 applied, no gaps", c, want, want+2)
 	}
@@ -943,5 +946,15 @@ func TestSubscriberCloseWhileRedisDown(t *testing.T) {
 	goleak.VerifyNone(t, before)
 	for _, e := range f.rec.since(closedAt) {
 		t.Fatalf("handler call after Close: %v", e)
+	}
+}
+
+// awaitApplied waits, within the guard, until sub counts n messages applied:
+// it counts one after its handler returns, so a test that saw the handler's
+// call must wait for the count to catch up. The caller then checks it.
+func awaitApplied(sub *bus.Subscriber, n uint64) {
+	deadline := time.Now().Add(guard)
+	for sub.Counters().Applied < n && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -1,6 +1,8 @@
 // Package faultproxy is a TCP proxy for tests that injects network faults
-// between a client and a real server. It is for tests only: nothing outside
-// _test.go files may import it, and [Start] takes the test's testing.TB.
+// between a client and a real server. It is for tests and the race
+// simulation only: nothing else may import it. [Start] takes the test's
+// testing.TB; [New] is the same proxy for the simulation's command, which
+// has no test.
 //
 // A test puts a [Proxy] between a go-redis client and a private
 // redis-server (started by internal/redistest), points the client at

@@ -3,6 +3,7 @@ package faultproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -82,9 +83,20 @@ type link struct {
 // proxy, and fails the test with t.Fatalf if it can not listen.
 func Start(t testing.TB, target string) *Proxy {
 	t.Helper()
+	p, err := New(target)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// New is Start outside a test, for the simulation's command: it returns
+// the error instead of failing a test, and the caller must Close the proxy.
+func New(target string) (*Proxy, error) {
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
-		t.Fatalf("faultproxy: listen: %v", err)
+		return nil, fmt.Errorf("faultproxy: listen: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
@@ -95,10 +107,9 @@ func Start(t testing.TB, target string) *Proxy {
 		changed: make(chan struct{}),
 		conns:   make(map[*link]struct{}),
 	}
-	t.Cleanup(func() { _ = p.Close() })
 	p.wg.Add(1)
 	go p.acceptLoop()
-	return p
+	return p, nil
 }
 
 // Addr returns the address clients should dial, "127.0.0.1:PORT".

@@ -1,6 +1,8 @@
 package hooks
 
 import (
+	"time"
+
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/l1"
 )
@@ -19,12 +21,23 @@ type Points struct {
 	// OnBusy runs each time a flight finds the key's flag held by another
 	// claimant, before it waits.
 	OnBusy func(key string)
+	// NoPoll makes a load waiting for another claimant's value wait only
+	// for the wake message (or the flag TTL), never poll: it shows that the
+	// message alone wakes waiters.
+	NoPoll bool
 	// AfterRead runs after a flight's L2 read returned, before it decodes
 	// or fills anything.
 	AfterRead func(key string)
 	// BeforeFill runs after a claimant's fetch returned and before it fills
 	// L2.
 	BeforeFill func(key string)
+	// Now, when set, replaces the node's clock for freshness decisions in
+	// L1 (FreshFor, early refresh, the fail-safe throttle); lifetimes in L1
+	// and Redis keep their own clocks.
+	Now func() time.Duration
+	// Rand, when set, replaces the uniform [0,1) draws of TTL jitter and
+	// early refresh.
+	Rand func() float64
 	// L1 are the hooks of the node's L1 (R13, and its negative control).
 	L1 *l1.Hooks
 	// Bus are the hooks of the node's bus subscriber.

@@ -144,13 +144,26 @@ func Start(t testing.TB, args ...string) *Server {
 // removes its directory; the caller must call stop before the process
 // exits. Errors name the install command when redis-server is missing.
 func StartForMain(args ...string) (addr string, stop func(), err error) {
+	s, err := Launch(args...)
+	if err != nil {
+		return "", nil, err
+	}
+	return s.Addr(), s.Stop, nil
+}
+
+// Launch is Start outside any test, for the simulation's command: it
+// returns errors instead of failing a test, and the caller must call
+// [Server.Stop] before the process exits. Use [Server.Relaunch], not
+// Restart, Pause, Resume, Flush or Do, on such a Server: those report
+// through a test.
+func Launch(args ...string) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		return "", nil, fmt.Errorf("redistest: redis-server not found on PATH (%w); install it with: %s", err, installHint)
+		return nil, fmt.Errorf("redistest: redis-server not found on PATH (%w); install it with: %s", err, installHint)
 	}
 	dir, err := os.MkdirTemp("", "redistest-main-")
 	if err != nil {
-		return "", nil, fmt.Errorf("redistest: %w", err)
+		return nil, fmt.Errorf("redistest: %w", err)
 	}
 	s := &Server{
 		bin:     bin,
@@ -159,30 +172,33 @@ func StartForMain(args ...string) (addr string, stop func(), err error) {
 		logPath: filepath.Join(dir, logName),
 		ioPath:  filepath.Join(dir, stdioName),
 	}
-	stop = func() {
-		s.cleanup()
-		_ = os.RemoveAll(dir)
-	}
 	for attempt := 1; attempt <= startAttempts; attempt++ {
 		port, perr := freePort()
 		if perr != nil {
-			stop()
-			return "", nil, fmt.Errorf("redistest: finding a free port: %w", perr)
+			s.Stop()
+			return nil, fmt.Errorf("redistest: finding a free port: %w", perr)
 		}
 		s.mu.Lock()
 		exited, lerr := s.launchLocked(port)
 		s.mu.Unlock()
 		if lerr == nil {
 			s.port = port
-			return s.Addr(), stop, nil
+			return s, nil
 		}
 		err = fmt.Errorf("attempt %d on port %d: %w", attempt, port, lerr)
 		if !exited {
 			break
 		}
 	}
-	stop()
-	return "", nil, fmt.Errorf("redistest: starting redis-server failed: %w", err)
+	s.Stop()
+	return nil, fmt.Errorf("redistest: starting redis-server failed: %w", err)
+}
+
+// Stop kills a server started by [Launch] for good and removes its
+// directory. It is idempotent.
+func (s *Server) Stop() {
+	s.cleanup()
+	_ = os.RemoveAll(s.dir)
 }
 
 // Addr returns the server address, "127.0.0.1:PORT".
@@ -231,18 +247,23 @@ func (s *Server) Kill() {
 // first command after the restart may fail).
 func (s *Server) Restart() {
 	s.t.Helper()
+	if err := s.Relaunch(); err != nil {
+		s.t.Fatalf("%v", err)
+	}
+}
+
+// Relaunch is Restart returning its error instead of failing a test.
+func (s *Server) Relaunch() error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
-		s.t.Fatalf("redistest: Restart called after the test finished")
-		return
+		return errors.New("redistest: restart after the server was stopped")
 	}
 	s.killLocked()
-	_, err := s.launchLocked(s.port)
-	s.mu.Unlock()
-	if err != nil {
-		s.t.Fatalf("redistest: restarting redis-server on port %d failed: %v", s.port, err)
+	if _, err := s.launchLocked(s.port); err != nil {
+		return fmt.Errorf("redistest: restarting redis-server on port %d failed: %w", s.port, err)
 	}
+	return nil
 }
 
 // Pause stops the server process with SIGSTOP. The kernel still accepts
