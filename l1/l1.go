@@ -49,6 +49,10 @@ type Hooks struct {
 	BeforeSet func(h uint64)
 	// AfterSet runs after the Set and before the second ticket check.
 	AfterSet func(h uint64)
+	// BeforePutBack runs on ristretto's goroutine when a fill of h that
+	// ristretto refused is about to be put back, after the check that it is
+	// later than the value held.
+	BeforePutBack func(h uint64)
 	// NoFence disables every ticket check: the negative control of R13.
 	NoFence bool
 }
@@ -59,6 +63,8 @@ type Hooks struct {
 type item struct {
 	ticket   consistency.Ticket
 	deadline int64
+	seq      uint64 // order of the Fill that made it, on this Cache
+	cost     int64
 	value    any
 }
 
@@ -68,9 +74,10 @@ type Cache struct {
 	epochs *consistency.Epochs
 	hooks  *Hooks
 
-	start time.Time    // origin of the coarse clock; monotonic
-	now   atomic.Int64 // coarse clock: nanoseconds since start, at most Tick behind
-	lease atomic.Int64 // coarse-clock time until which the cache may serve
+	start time.Time     // origin of the coarse clock; monotonic
+	now   atomic.Int64  // coarse clock: nanoseconds since start, at most Tick behind
+	lease atomic.Int64  // coarse-clock time until which the cache may serve
+	seq   atomic.Uint64 // numbers fills, so that the last of a key wins
 	stop  chan struct{}
 	done  sync.WaitGroup
 
@@ -90,6 +97,7 @@ func New(cfg Config) (*Cache, error) {
 	// entries of 1 KiB on average, and keep the table between 16 Ki and
 	// 16 Mi counters (a counter costs about 4 bits).
 	counters := min(max(maxBytes/1024*10, 1<<14), 1<<24)
+	c := &Cache{hooks: cfg.Hooks, start: time.Now(), stop: make(chan struct{})}
 	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *item]{
 		NumCounters: counters,
 		MaxCost:     maxBytes,
@@ -97,15 +105,20 @@ func New(cfg Config) (*Cache, error) {
 		// Keys are already 64-bit hashes; collisions are resolved by the
 		// caller, which keeps the full key in the value.
 		KeyToHash: func(k uint64) (uint64, uint64) { return k, 0 },
+		// An entry is replaced only by a later fill, so that a fill put
+		// back by onReject never undoes a newer one.
+		ShouldUpdate: func(cur, prev *item) bool { return cur.seq > prev.seq },
+		OnReject:     c.onReject,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	c.rc = rc
 	epochs := cfg.Epochs
 	if epochs == nil {
 		epochs = consistency.NewEpochs(0)
 	}
-	c := &Cache{rc: rc, epochs: epochs, hooks: cfg.Hooks, start: time.Now(), stop: make(chan struct{})}
+	c.epochs = epochs
 	if !cfg.Leased {
 		c.lease.Store(math.MaxInt64)
 	}
@@ -168,7 +181,7 @@ func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consisten
 	}
 	// No ristretto TTL: its Get would read the system clock on every hit.
 	// An expired entry is refused by Get and replaced by the next fill.
-	c.rc.Set(h, &item{ticket: t, deadline: deadline, value: v}, cost)
+	c.rc.Set(h, &item{ticket: t, deadline: deadline, seq: c.seq.Add(1), cost: cost, value: v}, cost)
 	if c.hooks != nil && c.hooks.AfterSet != nil {
 		c.hooks.AfterSet(h)
 	}
@@ -180,6 +193,24 @@ func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consisten
 		return false
 	}
 	return true
+}
+
+// onReject runs on ristretto's goroutine for each Set its policy refused.
+// ristretto applies the Set of a key it does not hold later, from a buffer,
+// and refuses a second such Set of the key made before it applied the
+// first, which would leave the older value in place. Such a refused fill is
+// put back here as a replacement of the value now held; ShouldUpdate keeps
+// it from replacing a later fill. A fill refused for want of room finds
+// nothing held and stays refused.
+func (c *Cache) onReject(it *ristretto.Item[*item]) {
+	cur, held := c.rc.Get(it.Key)
+	if !held || it.Value == nil || cur.seq >= it.Value.seq {
+		return
+	}
+	if c.hooks != nil && c.hooks.BeforePutBack != nil {
+		c.hooks.BeforePutBack(it.Key)
+	}
+	c.rc.Set(it.Key, it.Value, it.Value.cost)
 }
 
 // Evict makes every value filled under a ticket of h's stripe taken so far
@@ -222,6 +253,10 @@ func (c *Cache) Revoke() {
 	c.lease.Store(0)
 	c.EvictAll()
 }
+
+// Now reads the coarse clock: the time since the cache started, at most a
+// Tick behind the monotonic clock. Reading it costs one atomic load.
+func (c *Cache) Now() time.Duration { return time.Duration(c.now.Load()) }
 
 // TTL returns the remaining lifetime of the entry at h, whether or not its
 // ticket is still valid, and false if there is none or it has expired.

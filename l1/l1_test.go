@@ -97,6 +97,74 @@ func TestFill_ReplacesValue(t *testing.T) {
 	mustGet(t, c, 7, "v2")
 }
 
+// TestFill_ReplacesBufferedFill proves the last of two fills wins when the
+// first is still in ristretto's buffer as the second is made: ristretto
+// alone refuses a second Set of a key it has not applied yet, keeping the
+// older value. Each round fills a fresh hash twice without waiting; the
+// BeforeSet hook counts the second fills that found the first pending.
+func TestFill_ReplacesBufferedFill(t *testing.T) {
+	var (
+		c       *l1.Cache
+		second  bool
+		pending int
+	)
+	c = raceCache(t, &l1.Hooks{BeforeSet: func(h uint64) {
+		if _, held := c.TTL(h); second && !held {
+			pending++
+		}
+	}})
+	const rounds = 1000
+	for h := uint64(1); h <= rounds; h++ {
+		second = false
+		c.Fill(h, "v1", 1, time.Hour, c.Ticket(h))
+		second = true
+		c.Fill(h, "v2", 1, time.Hour, c.Ticket(h))
+	}
+	c.Wait()
+	if pending == 0 {
+		t.Fatalf("no second fill found the first still buffered: the test did not drive the interleaving")
+	}
+	for h := uint64(1); h <= rounds; h++ {
+		mustGet(t, c, h, "v2")
+	}
+	t.Logf("%d of %d second fills found the first still buffered", pending, rounds)
+}
+
+// TestFill_OlderFillNeverReplacesNewer proves a fill put back after
+// ristretto refused it cannot undo a later fill that lands between the
+// put-back's check and its Set: v1 and v2 are buffered, v1 is applied, v2 is
+// refused and passes the check against v1, then v3 replaces v1 in place;
+// v2 must not replace v3. A round whose v1 was applied before v2 was made
+// has nothing to put back and must end at v2.
+func TestFill_OlderFillNeverReplacesNewer(t *testing.T) {
+	var (
+		c     *l1.Cache
+		raced = map[uint64]bool{} // written on ristretto's goroutine, read after Wait
+	)
+	c = raceCache(t, &l1.Hooks{BeforePutBack: func(h uint64) {
+		if !raced[h] {
+			raced[h] = true
+			c.Fill(h, "v3", 1, time.Hour, c.Ticket(h))
+		}
+	}})
+	const rounds = 100
+	for h := uint64(1); h <= rounds; h++ {
+		c.Fill(h, "v1", 1, time.Hour, c.Ticket(h))
+		c.Fill(h, "v2", 1, time.Hour, c.Ticket(h))
+	}
+	c.Wait()
+	if len(raced) == 0 {
+		t.Fatalf("no v2 was put back: the test did not drive the interleaving")
+	}
+	for h := uint64(1); h <= rounds; h++ {
+		want := "v2"
+		if raced[h] {
+			want = "v3"
+		}
+		mustGet(t, c, h, want)
+	}
+}
+
 // TestFill_RefusedWhenTicketStale proves Fill refuses, and stores nothing,
 // when the ticket was invalidated before the fill (by Evict, by a Bump of the
 // shared table, or by EvictAll).
