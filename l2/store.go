@@ -27,6 +27,12 @@ const (
 	Claimed
 	// Busy: the value was absent and another claimant holds the flag.
 	Busy
+	// StaleClaimed: the value was present but due for a refresh (see
+	// Claim), and the caller now holds the flag.
+	StaleClaimed
+	// StaleBusy: the value was present but due for a refresh, and another
+	// claimant holds the flag.
+	StaleBusy
 )
 
 func (s State) String() string {
@@ -37,6 +43,10 @@ func (s State) String() string {
 		return "claimed"
 	case Busy:
 		return "busy"
+	case StaleClaimed:
+		return "stale-claimed"
+	case StaleBusy:
+		return "stale-busy"
 	}
 	return fmt.Sprintf("State(%d)", int(s))
 }
@@ -44,15 +54,21 @@ func (s State) String() string {
 // Read is the result of [Store.ReadOrClaim].
 type Read struct {
 	State State
-	// Value is the stored envelope, for Hit.
+	// Value is the stored envelope, for Hit, StaleClaimed and StaleBusy.
 	Value []byte
-	// TTL is the value's remaining lifetime for Hit, or the flag's for Busy;
-	// negative when the key has no expiry.
+	// TTL is the value's remaining lifetime when there is a value, or the
+	// flag's for Busy; negative when the key has no expiry.
 	TTL time.Duration
-	// Groups are the groups the value was filled in, for Hit.
+	// Groups are the groups the value was filled in, when there is a value.
 	Groups []string
+	// Negative reports a stored "not found" (see Entry.Negative); Value is
+	// then meaningless.
+	Negative bool
+	// Failing reports, for Busy and StaleBusy, that the flag is a failure
+	// mark (see MarkFailing) rather than a claim in progress.
+	Failing bool
 	// Seq is the group sequence number when the claim was made, for
-	// Claimed: pass it to Fill.
+	// Claimed and StaleClaimed: pass it to Fill.
 	Seq uint64
 	// Stale reports that a value was present but one of its groups had been
 	// invalidated (or its stamp had vanished) since it was filled: the value
@@ -61,16 +77,30 @@ type Read struct {
 }
 
 var (
-	// KEYS: value, flag, meta. ARGV: token, flag TTL in ms, prefix.
+	// KEYS: value, flag, meta. ARGV: token, flag TTL in ms, prefix, the
+	// remaining lifetime in ms at or below which a present value is claimed
+	// for a refresh (-1: never), '1' to claim a present value regardless.
+	// Reply: state, value, TTL, group names, group sequence, removed-stale,
+	// failing, negative.
 	readOrClaimScript = redis.NewScript(`
+-- A reader that finds the flag held may wait: the flag's holder, when it
+-- fills, releases or fails, announces it on the wake channel (see wakeLua).
+local function waiting()
+  redis.call('SET', KEYS[2] .. 'w', '1', 'PX', ARGV[2])
+end
+local function failing(f)
+  if f and string.sub(f, 1, 1) == '!' then return 1 end
+  return 0
+end
 local v = redis.call('GET', KEYS[1])
 local stale = 0
 if v then
   local m = redis.call('LRANGE', KEYS[3], 0, -1)
   -- Every value is written with its meta, which starts with the marker
-  -- '1': a value without it lost its meta (evicted under maxmemory), so
-  -- its groups are unknown, never assumed fresh (R26).
-  local ok = m[1] == '1'
+  -- '1' ('n' for a stored "not found"): a value without it lost its meta
+  -- (evicted under maxmemory), so its groups are unknown, never assumed
+  -- fresh (R26).
+  local ok = m[1] == '1' or m[1] == 'n'
   for i = 2, #m, 2 do
     local g = m[i]
     if redis.call('GET', ARGV[3] .. ':g:{' .. #g .. ':' .. g .. '}') ~= m[i+1] then
@@ -81,37 +111,67 @@ if v then
   if ok then
     local names = {}
     for i = 2, #m, 2 do names[#names + 1] = m[i] end
-    return {1, v, redis.call('PTTL', KEYS[1]), names, '0', 0}
+    local neg = 0
+    if m[1] == 'n' then neg = 1 end
+    local left = redis.call('PTTL', KEYS[1])
+    local below = tonumber(ARGV[4])
+    -- A stored "not found" has no refresh zone: it lives its short TTL.
+    if ARGV[5] ~= '1' and (neg == 1 or below < 0 or left < 0 or left > below) then
+      return {1, v, left, names, '0', 0, 0, neg}
+    end
+    if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+      return {4, v, left, names, redis.call('GET', ARGV[3] .. ':gseq') or '0', 0, 0, neg}
+    end
+    waiting()
+    return {5, v, left, names, '0', 0, failing(redis.call('GET', KEYS[2])), neg}
   end
   redis.call('UNLINK', KEYS[1], KEYS[3])
   stale = 1
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {2, '', 0, {}, redis.call('GET', ARGV[3] .. ':gseq') or '0', stale}
+  return {2, '', 0, {}, redis.call('GET', ARGV[3] .. ':gseq') or '0', stale, 0, 0}
 end
-return {3, '', redis.call('PTTL', KEYS[2]), {}, '0', stale}
+waiting()
+return {3, '', redis.call('PTTL', KEYS[2]), {}, '0', stale, failing(redis.call('GET', KEYS[2])), 0}
 `)
 	// KEYS: value, flag, meta. ARGV: token, envelope, TTL in ms, claim
-	// sequence, prefix, group count n, n names, n fresh tokens.
-	fillScript = redis.NewScript(stampLua + `
+	// sequence, prefix, meta marker ('1', or 'n' for "not found"), group
+	// count n, n names, n fresh tokens.
+	fillScript = redis.NewScript(stampLua + wakeLua + `
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local ttl = tonumber(ARGV[3])
-local meta = stamps(ARGV[5], ARGV, 6, tonumber(ARGV[4]), ttl)
+local meta = stamps(ARGV[5], ARGV, 7, tonumber(ARGV[4]), ttl)
 if not meta then
   -- The flag is ours (checked above): give it up, so that the next reader
   -- claims at once instead of waiting for it to expire.
   redis.call('DEL', KEYS[2])
+  wake(KEYS[2], ARGV[5], KEYS[1])
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 redis.call('DEL', KEYS[2], KEYS[3])
+meta[1] = ARGV[6]
 redis.call('RPUSH', KEYS[3], unpack(meta))
 redis.call('PEXPIRE', KEYS[3], ttl)
+wake(KEYS[2], ARGV[5], KEYS[1])
 return 1
 `)
-	// KEYS: flag. ARGV: token.
-	releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+	// KEYS: flag, value. ARGV: token, prefix.
+	releaseScript = redis.NewScript(wakeLua + `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  wake(KEYS[1], ARGV[2], KEYS[2])
+  return 1
+end
+return 0
+`)
+	// KEYS: flag, value. ARGV: token, mark TTL in ms, prefix.
+	markFailingScript = redis.NewScript(wakeLua + `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], '!' .. ARGV[1], 'PX', ARGV[2])
+  wake(KEYS[1], ARGV[3], KEYS[2])
+  return 1
+end
 return 0
 `)
 	// KEYS: value. ARGV: bytes.
@@ -141,23 +201,30 @@ while a <= #ARGV do
     local n = tonumber(ARGV[a+3])
     local meta = stamps(prefix, ARGV, a + 3, nil, ttl)
     redis.call('SET', KEYS[k], ARGV[a+1], 'PX', ttl)
-    redis.call('UNLINK', KEYS[k+1], KEYS[k+2])
+    redis.call('UNLINK', KEYS[k+1], KEYS[k+2], KEYS[k+1] .. 'w')
     redis.call('RPUSH', KEYS[k+2], unpack(meta))
     redis.call('PEXPIRE', KEYS[k+2], ttl)
     a = a + 4 + 2 * n
     k = k + 3
   else
-    redis.call('UNLINK', KEYS[k], KEYS[k+1], KEYS[k+2])
+    redis.call('UNLINK', KEYS[k], KEYS[k+1], KEYS[k+2], KEYS[k+1] .. 'w')
     a = a + 1
     k = k + 3
   end
 end
 if not announce then return 0 end
 local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. struct.pack('>I8', seq) .. ARGV[3])
+-- Big-endian, 8 bytes; by hand rather than struct.pack, which not every
+-- server that speaks the protocol provides. Exact below 2^53.
+local b, n = {}, seq
+for i = 8, 1, -1 do
+  b[i] = string.char(n % 256)
+  n = math.floor(n / 256)
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. table.concat(b) .. ARGV[3])
 return seq
 `)
-	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, deleteIfEqualScript, applyScript}
+	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript}
 )
 
 // stampLua defines stamps(prefix, argv, at, claim, ttl): for the group count
@@ -195,6 +262,23 @@ local function stamps(prefix, argv, at, claim, ttl)
   return meta
 end
 `
+
+// wakeLua defines wake(flag, prefix, value): if readers marked flag as
+// waited on, it clears the mark and publishes value's key name on the wake
+// channel (WakeChannel), so that they read again at once instead of at their
+// next poll. A change by Apply wakes them through its announcement instead.
+const wakeLua = `
+local function wake(flag, prefix, value)
+  if redis.call('DEL', flag .. 'w') == 1 then
+    redis.call('PUBLISH', prefix .. ':wake', value)
+  end
+end
+`
+
+// WakeChannel is the channel on which the holder of a flag announces that
+// it filled, released or failed the key, when readers wait for it: the
+// message is the key's Keys.Value.
+func WakeChannel(prefix string) string { return prefix + ":wake" }
 
 // GroupStampTTL is the lifetime of the stamp that a group invalidation
 // writes. Fills keep a stamp alive for as long as their value; a stamp that
@@ -325,18 +409,56 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 // ReadOrClaim reads k's value; if it is absent, it claims k's flag with
 // token for flagTTL, all in one round trip.
 func (s *Store) ReadOrClaim(ctx context.Context, k Keys, token string, flagTTL time.Duration) (Read, error) {
+	return s.ReadOrClaimWith(ctx, k, token, flagTTL, Claim{})
+}
+
+// Claim says when ReadOrClaimWith claims a key whose value is present, for
+// a refresh that serves the old value meanwhile.
+type Claim struct {
+	// Below: claim a present value whose remaining lifetime in Redis is at
+	// most Below (its refresh zone). Zero: never. A stored "not found" is
+	// never claimed for this.
+	Below time.Duration
+	// Always: claim a present value whatever its lifetime (an early or a
+	// forced refresh).
+	Always bool
+}
+
+// readArgs returns the read script's ARGV for a claim with token under c.
+func (s *Store) readArgs(token string, flagTTL time.Duration, c Claim) []any {
+	below := int64(-1)
+	if c.Below > 0 {
+		below = ttlMillis(c.Below)
+	}
+	always := "0"
+	if c.Always {
+		always = "1"
+	}
+	return []any{token, ttlMillis(flagTTL), s.prefix, below, always}
+}
+
+// ReadOrClaimWith is ReadOrClaim that also claims a present value when c
+// says it is due for a refresh: the reply is then StaleClaimed or StaleBusy,
+// with the value. The lifetime is Redis's own (PTTL), so no clock of any
+// node is compared with another's (RACES.md R29).
+func (s *Store) ReadOrClaimWith(ctx context.Context, k Keys, token string, flagTTL time.Duration, c Claim) (Read, error) {
 	if flagTTL <= 0 {
 		return Read{}, fmt.Errorf("l2 read: %w", errNonPositiveTTL)
 	}
 	var reply []any
 	err := s.do(ctx, func(ctx context.Context) (err error) {
-		reply, err = readOrClaimScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, token, ttlMillis(flagTTL), s.prefix).Slice()
+		reply, err = readOrClaimScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, s.readArgs(token, flagTTL, c)...).Slice()
 		return err
 	})
 	if err != nil {
 		return Read{}, fmt.Errorf("l2 read: %w", err)
 	}
-	if len(reply) != 6 {
+	return parseRead(reply)
+}
+
+// parseRead checks and decodes the read script's reply.
+func parseRead(reply []any) (Read, error) {
+	if len(reply) != 8 {
 		return Read{}, fmt.Errorf("l2 read: %w: %d elements", ErrUnexpectedReply, len(reply))
 	}
 	state, ok1 := reply[0].(int64)
@@ -345,14 +467,23 @@ func (s *Store) ReadOrClaim(ctx context.Context, k Keys, token string, flagTTL t
 	names, ok4 := reply[3].([]any)
 	seq, ok5 := reply[4].(string)
 	stale, ok6 := reply[5].(int64)
-	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 || state < int64(Hit) || state > int64(Busy) {
+	failing, ok7 := reply[6].(int64)
+	neg, ok8 := reply[7].(int64)
+	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 || !ok7 || !ok8 || state < int64(Hit) || state > int64(StaleBusy) {
 		return Read{}, fmt.Errorf("l2 read: %w: %v", ErrUnexpectedReply, reply)
 	}
-	r := Read{State: State(state), TTL: time.Duration(ttl) * time.Millisecond, Stale: stale == 1}
+	r := Read{
+		State:    State(state),
+		TTL:      time.Duration(ttl) * time.Millisecond,
+		Stale:    stale == 1,
+		Failing:  failing == 1,
+		Negative: neg == 1,
+	}
+	var err error
 	if r.Seq, err = strconv.ParseUint(seq, 10, 64); err != nil {
 		return Read{}, fmt.Errorf("l2 read: %w: group sequence %q", ErrUnexpectedReply, seq)
 	}
-	if r.State == Hit {
+	if r.State == Hit || r.State == StaleClaimed || r.State == StaleBusy {
 		r.Value = []byte(value)
 		for _, n := range names {
 			name, ok := n.(string)
@@ -379,12 +510,34 @@ func (s *Store) Fill(ctx context.Context, k Keys, token string, envelope []byte,
 // group was invalidated since (R31, R26); otherwise the value is stored with
 // the groups' current stamps, missing ones created.
 func (s *Store) FillInGroups(ctx context.Context, k Keys, token string, envelope []byte, ttl time.Duration, groups []string, claimSeq uint64) (bool, error) {
-	if ttl <= 0 {
+	return s.FillEntry(ctx, k, token, Entry{Envelope: envelope, TTL: ttl, Groups: groups}, claimSeq)
+}
+
+// Entry is what FillEntry stores.
+type Entry struct {
+	// Envelope is the stored value; empty for a Negative entry.
+	Envelope []byte
+	// TTL is the entry's lifetime in Redis; positive.
+	TTL time.Duration
+	// Groups are the groups the entry belongs to.
+	Groups []string
+	// Negative stores "not found": a read reports Read.Negative, and the
+	// entry is never claimed for a refresh by Claim.Below.
+	Negative bool
+}
+
+// FillEntry is FillInGroups for any Entry, a "not found" included.
+func (s *Store) FillEntry(ctx context.Context, k Keys, token string, e Entry, claimSeq uint64) (bool, error) {
+	if e.TTL <= 0 {
 		return false, fmt.Errorf("l2 fill: %w", errNonPositiveTTL)
 	}
-	args := make([]any, 0, 6+2*len(groups))
-	args = append(args, token, envelope, ttlMillis(ttl), claimSeq, s.prefix)
-	args = appendGroups(args, groups)
+	marker := "1"
+	if e.Negative {
+		marker = "n"
+	}
+	args := make([]any, 0, 7+2*len(e.Groups))
+	args = append(args, token, e.Envelope, ttlMillis(e.TTL), claimSeq, s.prefix, marker)
+	args = appendGroups(args, e.Groups)
 	var n int64
 	err := s.do(ctx, func(ctx context.Context) (err error) {
 		n, err = fillScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, args...).Int64()
@@ -413,9 +566,26 @@ func appendGroups(args []any, groups []string) []any {
 // wait for it to expire. A claimant whose fetch failed calls it.
 func (s *Store) Release(ctx context.Context, k Keys, token string) error {
 	if err := s.do(ctx, func(ctx context.Context) error {
-		return releaseScript.Run(ctx, s.rdb, []string{k.Flag}, token).Err()
+		return releaseScript.Run(ctx, s.rdb, []string{k.Flag, k.Value}, token, s.prefix).Err()
 	}); err != nil {
 		return fmt.Errorf("l2 release: %w", err)
+	}
+	return nil
+}
+
+// MarkFailing turns k's flag, if it still holds token, into a failure mark
+// for d: until it expires or k is invalidated, nobody can claim k, and
+// readers see Read.Failing. A claimant whose fetch failed while an old value
+// could still be served calls it, so that the fleet serves that value
+// instead of retrying the failing source at once.
+func (s *Store) MarkFailing(ctx context.Context, k Keys, token string, d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("l2 mark failing: %w", errNonPositiveTTL)
+	}
+	if err := s.do(ctx, func(ctx context.Context) error {
+		return markFailingScript.Run(ctx, s.rdb, []string{k.Flag, k.Value}, token, ttlMillis(d), s.prefix).Err()
+	}); err != nil {
+		return fmt.Errorf("l2 mark failing: %w", err)
 	}
 	return nil
 }

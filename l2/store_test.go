@@ -108,7 +108,8 @@ func envelope(t *testing.T, key, data string) []byte {
 func TestState_String(t *testing.T) {
 	for s, want := range map[l2.State]string{
 		l2.Hit: "hit", l2.Claimed: "claimed", l2.Busy: "busy",
-		0: "State(0)", 4: "State(4)", -1: "State(-1)",
+		l2.StaleClaimed: "stale-claimed", l2.StaleBusy: "stale-busy",
+		0: "State(0)", 6: "State(6)", -1: "State(-1)",
 	} {
 		if got := s.String(); got != want {
 			t.Errorf("State(%d).String() = %q; want %q", int(s), got, want)
@@ -597,6 +598,13 @@ func runEveryOperation(t *testing.T, f *fixture, around func(op string, scripted
 			f.mustHold(t, k.Value, string(env))
 			f.mustAbsent(t, k.Flag)
 		}},
+		{"MarkFailing", true, func(k l2.Keys, tok string) {
+			set(k.Flag, []byte(tok))
+			if err := f.st.MarkFailing(ctx, k, tok, time.Minute); err != nil {
+				t.Fatalf("MarkFailing: %v", err)
+			}
+			f.mustHold(t, k.Flag, "!"+tok)
+		}},
 		{"DeleteIfEqual", true, func(k l2.Keys, _ string) {
 			set(k.Value, env)
 			if err := f.st.DeleteIfEqual(ctx, k, env); err != nil {
@@ -658,8 +666,8 @@ func TestRace_R23_NoScriptRecovery(t *testing.T) {
 		}
 		ran++
 	})
-	if ran != 8 {
-		t.Fatalf("ran %d operations; want 8", ran)
+	if ran != 9 {
+		t.Fatalf("ran %d operations; want 9", ran)
 	}
 }
 
