@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
 	"github.com/tiercache/tiercache/groups"
-	"github.com/tiercache/tiercache/internal/wait"
-	"github.com/tiercache/tiercache/l2"
 )
 
 // Defaults of Config's zero fields.
@@ -58,6 +57,60 @@ type Config[K comparable, V any] struct {
 	Key func(K) string
 	// Codec encodes values for Redis. Default CBOR[V].
 	Codec Codec[V]
+	// FreshFor is how long after its fill a value is fresh, at most TTL.
+	// Between FreshFor and TTL a value is stale but servable: Get returns it
+	// at once, with ReadInfo.Stale set, while one fetch for the whole fleet
+	// refreshes it in the background, a claimed and fenced fill like any
+	// other (stale-while-revalidate, RACES.md R34). Default TTL: no stale
+	// serving.
+	FreshFor time.Duration
+	// MaxStale keeps a value in Redis this long past its TTL, for
+	// fail-safe: when Fetch fails (other than with ErrNotFound) or outlasts
+	// FetchTimeout and such a value exists, Get returns it with an error
+	// wrapping ErrStale and the cause, and the key is marked failing in
+	// Redis for FailSafeThrottle, during which every node serves that value
+	// with ErrStale instead of calling Fetch again. Default 0: off.
+	MaxStale time.Duration
+	// FetchTimeout bounds a Fetch that has a stale value to fall back to
+	// (fail-safe or a background refresh). Default 0: only ctx bounds it.
+	FetchTimeout time.Duration
+	// FailSafeThrottle is how long a key whose Fetch failed is left alone
+	// while its stale value is served. Default 1s; at least 1ms.
+	FailSafeThrottle time.Duration
+	// EarlyRefresh turns on probabilistic early refresh (Vattani,
+	// Chierichetti and Lowenstein, VLDB 2015, "XFetch"): a fresh hit whose
+	// remaining freshness is t refreshes in the background with probability
+	// exp(-t / (EarlyRefresh × the node's recent Fetch time)), so hot keys
+	// are refreshed before they expire, by one caller, without a herd. The
+	// refresh is a claimed, fenced fill like any other (R35). 0: off; 1 is
+	// the paper's choice; larger refreshes earlier.
+	EarlyRefresh float64
+	// NotFoundTTL caches "not found" (a Fetch error wrapping ErrNotFound)
+	// in both tiers for this long: Get returns an error wrapping
+	// ErrNotFound with ReadInfo.Negative set, without calling Fetch. A Set
+	// or Invalidate of the key removes it like any value (R11), and so does
+	// invalidating a group that Groups gives for the key and the zero value
+	// (value-derived groups cannot apply to an absent object; if Groups
+	// panics on the zero value, "not found" is not cached). Default 0: not
+	// cached.
+	NotFoundTTL time.Duration
+	// TTLJitter shortens each filled or Set value's TTL by a random
+	// fraction of it, up to TTLJitter, so that keys filled together do not
+	// expire together. In [0, 1); default 0.
+	TTLJitter float64
+	// Losers says what a Get does when another claimant in the fleet is
+	// fetching the key and no fresh value exists. Default LoserWait.
+	Losers LoserPolicy
+	// OnHit, if set, is called on the caller's goroutine for every Get
+	// answered from L1 or L2 (with the tier), and OnMiss for every Get that
+	// had to fetch. They cost nothing when unset. They must be fast and
+	// must not call the Cache.
+	OnHit  func(key K, src Source)
+	OnMiss func(key K)
+	// FetchMany, if set, reads many objects from the source at once for
+	// GetMany: it returns what it found (a key missing from the map is not
+	// found). Without it, GetMany fetches each missing key through Fetch.
+	FetchMany func(ctx context.Context, keys []K) (map[K]V, error)
 	// Groups returns the groups an entry belongs to, from its key, its
 	// value, or both; it is called when the entry is filled or Set.
 	// Node.InvalidateGroup of any of them makes the entry stale on every
@@ -78,16 +131,30 @@ const MaxGroupsPerEntry = 64
 // concurrent use. Values returned by Get may be shared with other callers
 // and with L1: treat them as immutable.
 type Cache[K comparable, V any] struct {
-	node    *Node
-	ns      string
-	fetch   func(context.Context, K) (V, error)
-	ttl     time.Duration
-	l1TTL   time.Duration // <0: no L1
-	codec   Codec[V]
-	keys    keyer[K]
-	flights flights[V]
-	groupFn func(K, V) []string
-	nsGroup string // the group of every entry of the namespace
+	node      *Node
+	ns        string
+	fetch     func(context.Context, K) (V, error)
+	fetchMany func(context.Context, []K) (map[K]V, error)
+	ttl       time.Duration
+	l1TTL     time.Duration // <0: no L1
+	codec     Codec[V]
+	keys      keyer[K]
+	flights   flights[loaded[V]]
+	groupFn   func(K, V) []string
+	nsGroup   string // the group of every entry of the namespace
+	z         zones
+	onHit     func(K, Source)
+	onMiss    func(K)
+	fetchTime atomic.Int64 // recent Fetch duration (ns), for early refresh
+
+	bgMu sync.Mutex
+	bg   map[string]struct{} // keys with an early refresh from L2 running
+}
+
+// loaded is the result of one load: the value and how it was found.
+type loaded[V any] struct {
+	v  V
+	ri ReadInfo
 }
 
 // entry is what a Cache keeps in L1.
@@ -96,6 +163,15 @@ type entry[K comparable, V any] struct {
 	key    K
 	val    V
 	groups []groups.Ref
+	// fresh is the node clock's reading (Node.now) at which the value stops
+	// being fresh and a hit serves it as stale while it is refreshed; 0 if
+	// it is fresh for as long as L1 keeps it.
+	fresh time.Duration
+	// negative marks a cached "not found".
+	negative bool
+	// refreshing is set while a background refresh started from this entry
+	// runs, so that hits start one at a time.
+	refreshing atomic.Bool
 }
 
 // fence is what a fill took before it read Redis: the key's fill-epoch
@@ -120,23 +196,28 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 	case cfg.TTL < 0 || cfg.TTL > maxTTL:
 		return nil, fmt.Errorf("%w: TTL %v is negative or over %v", ErrConfig, cfg.TTL, maxTTL)
 	}
+	z, err := newZones(cfg.TTL, cfg.FreshFor, cfg.MaxStale, cfg.FetchTimeout, cfg.FailSafeThrottle, cfg.EarlyRefresh, cfg.NotFoundTTL, cfg.TTLJitter, cfg.Losers)
+	if err != nil {
+		return nil, err
+	}
 	kr, err := newKeyer(cfg.Namespace, n.cfg.MaxKeyBytes, cfg.Key)
 	if err != nil {
 		return nil, err
 	}
 	c := &Cache[K, V]{
-		node:    n,
-		ns:      cfg.Namespace,
-		fetch:   cfg.Fetch,
-		ttl:     cfg.TTL,
-		l1TTL:   cfg.L1TTL,
-		codec:   cfg.Codec,
-		keys:    kr,
-		groupFn: cfg.Groups,
-		nsGroup: namespaceGroup(cfg.Namespace),
-	}
-	if c.ttl == 0 {
-		c.ttl = DefaultTTL
+		node:      n,
+		ns:        cfg.Namespace,
+		fetch:     cfg.Fetch,
+		fetchMany: cfg.FetchMany,
+		ttl:       z.ttl,
+		l1TTL:     cfg.L1TTL,
+		codec:     cfg.Codec,
+		keys:      kr,
+		groupFn:   cfg.Groups,
+		nsGroup:   namespaceGroup(cfg.Namespace),
+		z:         z,
+		onHit:     cfg.OnHit,
+		onMiss:    cfg.OnMiss,
 	}
 	if c.l1TTL == 0 {
 		c.l1TTL = DefaultL1TTL
@@ -169,284 +250,159 @@ func namespaceGroup(namespace string) string {
 //
 // Concurrent Gets of one key on a node share one load; across the fleet,
 // one fetch fills the cache while the others wait for its value (bounded by
-// NodeConfig.FlagTTL and ctx) and then, if it has not come, fetch without
-// caching. A fetch that began before an invalidation never fills either
-// tier. If Redis fails, Get answers from Fetch without caching.
+// NodeConfig.FlagTTL and ctx, and as Config.Losers says) and then, if it
+// has not come, fetch without caching. A fetch that began before an
+// invalidation never fills either tier. If Redis fails, Get answers from
+// Fetch without caching.
 //
-// Errors: those of Fetch (wrapping ErrNotFound when it says so), ctx's,
-// ErrFetchPanic, ErrEmptyKey, ErrKeyTooLarge, ErrClosed. An L1 hit does
-// not consult ctx and allocates nothing.
-func (c *Cache[K, V]) Get(ctx context.Context, key K) (V, error) {
-	if v, ok := c.fromL1(key); ok {
-		return v, nil
+// With Config.FreshFor, MaxStale or Losers set, Get may answer with a
+// permitted-stale value: ReadInfo.Stale says so, and a value past its TTL
+// comes with an error wrapping ErrStale. Every other error comes with the
+// zero value.
+//
+// Errors: those of Fetch (wrapping ErrNotFound when it says so, or when a
+// cached "not found" answers), ErrStale, ctx's, ErrFetchPanic, ErrEmptyKey,
+// ErrKeyTooLarge, ErrClosed. An L1 hit does not consult ctx and allocates
+// nothing. Options change one call; see GetOption.
+func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, error) {
+	var o getOptions
+	if len(opts) == 0 {
+		v, st := c.fromL1(key)
+		if st == l1Fresh {
+			if c.onHit != nil {
+				c.onHit(key, SourceL1)
+			}
+			return v, nil
+		}
+		return c.getMissed(ctx, key, v, st, o)
 	}
-	return c.getSlow(ctx, key)
+	for _, opt := range opts {
+		if opt != nil {
+			o = opt.applyGet(o)
+		}
+	}
+	if o.bypass {
+		r, err := c.bypass(ctx, key)
+		c.account(key, r.ri)
+		if o.info != nil {
+			*o.info = r.ri
+		}
+		return r.v, err
+	}
+	var (
+		v  V
+		st = l1Miss
+	)
+	if !o.refresh {
+		v, st = c.fromL1(key)
+	}
+	return c.getMissed(ctx, key, v, st, o)
 }
 
-// fromL1 returns key's value if this node's L1 holds a valid copy: present,
-// unexpired, leased, fenced, of this cache, of this key, in groups none of
-// which was invalidated since.
-func (c *Cache[K, V]) fromL1(key K) (V, bool) {
+// getMissed finishes a Get that L1 did not answer with a fresh value.
+func (c *Cache[K, V]) getMissed(ctx context.Context, key K, v V, st l1State, o getOptions) (V, error) {
+	var (
+		ri  ReadInfo
+		err error
+	)
+	switch st {
+	case l1Fresh:
+		ri.Source = SourceL1
+	case l1Stale:
+		ri = ReadInfo{Source: SourceL1, Stale: true}
+	case l1Negative:
+		ri = ReadInfo{Source: SourceL1, Negative: true}
+		err = errCachedNotFound
+	default:
+		mode := modeGet
+		if o.refresh {
+			mode = modeRefresh
+		}
+		v, ri, err = c.getSlow(ctx, key, mode)
+	}
+	c.account(key, ri)
+	if o.info != nil {
+		*o.info = ri
+	}
+	return v, err
+}
+
+// account counts a Get's answer and calls the hit and miss hooks.
+func (c *Cache[K, V]) account(key K, ri ReadInfo) {
+	n := c.node
+	if ri.Stale {
+		n.stats.staleServed.Add(1)
+	}
+	if ri.Negative {
+		n.stats.negativeHits.Add(1)
+	}
+	switch ri.Source {
+	case SourceL1, SourceL2:
+		if c.onHit != nil {
+			c.onHit(key, ri.Source)
+		}
+	case SourceFetch, SourceUncached:
+		if c.onMiss != nil {
+			c.onMiss(key)
+		}
+	}
+}
+
+// errCachedNotFound answers a Get from a cached "not found".
+var errCachedNotFound = fmt.Errorf("tier get: %w (cached)", ErrNotFound)
+
+// l1State is what L1 holds for a key.
+type l1State uint8
+
+const (
+	l1Miss     l1State = iota
+	l1Fresh            // a fresh value
+	l1Stale            // a value past FreshFor, being refreshed
+	l1Negative         // a cached "not found"
+)
+
+// fromL1 returns what this node's L1 holds for key, if its copy is valid:
+// present, unexpired, leased, fenced, of this cache, of this key, in groups
+// none of which was invalidated since.
+func (c *Cache[K, V]) fromL1(key K) (V, l1State) {
 	var zero V
 	if c.l1TTL <= 0 {
-		return zero, false
+		return zero, l1Miss
 	}
 	h, ok := c.keys.hash(key)
 	if !ok {
-		return zero, false
+		return zero, l1Miss
 	}
 	v, found := c.node.l1.Get(h)
 	if !found {
-		return zero, false
+		return zero, l1Miss
 	}
 	e, ok := v.(*entry[K, V])
 	if !ok || e.owner != c || e.key != key || !groupsValid(e.groups) {
-		return zero, false
+		return zero, l1Miss
 	}
 	c.node.stats.l1Hits.add(h)
-	return e.val, true
-}
-
-func (c *Cache[K, V]) getSlow(ctx context.Context, key K) (V, error) {
-	var zero V
-	s, h, err := c.keys.resolve(key)
-	if err != nil {
-		return zero, fmt.Errorf("tier get: %w", err)
-	}
-	return c.flights.do(ctx, c.node, s, func(ctx context.Context) (V, error) {
-		return c.load(ctx, key, s, h)
-	})
-}
-
-// load is the body of one flight: read L2 or claim, then fetch and fill, or
-// wait for another claimant.
-func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64) (V, error) {
-	n := c.node
-	// The ticket is taken before anything is read: an invalidation this
-	// node learns of from here on refuses the L1 fill (R12, R13).
-	f := fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()}
-	if n.pending.blocks(c.ns, s, nil) {
-		// This node invalidated the key while Redis was unreachable, and
-		// the invalidation has not landed yet: Redis may hold the old value.
-		return c.fetchUncached(ctx, key)
-	}
-	keys := l2.KeysFor(n.cfg.Prefix, c.ns, s)
-	// Redis operations outlive the flight's waiters (each is bounded by
-	// RedisTimeout): if callers give up before Redis answers, the outcome
-	// still reaches the breaker, which otherwise would never learn that
-	// Redis is unreachable from callers with short deadlines.
-	rctx := context.WithoutCancel(ctx)
-	var (
-		waitUntil time.Time
-		backoff   = time.Millisecond
-		corrupt   bool
-	)
-	for {
-		token := n.token()
-		start := time.Now()
-		r, err := n.store.ReadOrClaim(rctx, keys, token, n.cfg.FlagTTL)
-		if n.hooks != nil && n.hooks.AfterRead != nil {
-			n.hooks.AfterRead(s)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				var zero V
-				return zero, ctx.Err()
-			}
-			n.redisFailed("read", err)
-			return c.fetchUncached(ctx, key)
-		}
-		if r.Stale {
-			n.stats.groupStale.Add(1)
-		}
-		switch r.State {
-		case l2.Hit:
-			v, size, err := c.decode(s, r.Value)
-			switch {
-			case err == nil && n.pending.blocks(c.ns, s, r.Groups):
-				// One of its groups was invalidated here while Redis was
-				// unreachable, and that has not landed yet.
-				return c.fetchUncached(ctx, key)
-			case err == nil:
-				n.stats.l2Hits.Add(1)
-				ttl := c.l1TTL
-				if r.TTL >= 0 {
-					// Measured from before the request, so that L1 never
-					// outlives the L2 entry it came from (R24).
-					ttl = min(ttl, r.TTL-time.Since(start))
-				}
-				c.fillL1(h, key, v, size, ttl, f, r.Groups)
-				return v, nil
-			case errors.Is(err, errKeyMismatch):
-				// Another long key with the same 128-bit hash owns the slot.
-				return c.fetchUncached(ctx, key)
-			case corrupt:
-				// Corrupt again after one removal: do not loop.
-				return c.fetchUncached(ctx, key)
-			}
-			corrupt = true
-			n.stats.corrupt.Add(1)
-			n.log.Warn("tiercache: undecodable value in redis; removing it", "namespace", c.ns, "err", err)
-			if err := n.store.DeleteIfEqual(rctx, keys, r.Value); err != nil {
-				n.redisFailed("delete corrupt", err)
-				return c.fetchUncached(ctx, key)
-			}
-			continue
-		case l2.Claimed:
-			return c.fetchAndFill(ctx, key, s, h, keys, token, r.Seq, f)
-		}
-		// Busy: another claimant is fetching. Wait for its value, bounded
-		// by our flag TTL (if its flag expires we claim on the next round:
-		// R08) and by ctx; then fetch without caching. Never a second fill.
-		if waitUntil.IsZero() {
-			n.stats.waits.Add(1)
-			waitUntil = start.Add(n.cfg.FlagTTL)
-		}
-		if n.hooks != nil && n.hooks.OnBusy != nil {
-			n.hooks.OnBusy(s)
-		}
-		if !time.Now().Before(waitUntil) {
-			return c.fetchUncached(ctx, key)
-		}
-		if err := wait.Sleep(ctx, min(backoff, time.Until(waitUntil))); err != nil {
-			var zero V
-			return zero, err
-		}
-		backoff = min(2*backoff, 32*time.Millisecond)
-	}
-}
-
-var errKeyMismatch = errors.New("tier: stored value belongs to another key")
-
-// decode returns the value stored in envelope b for key s, with the size
-// that L1 accounts for it.
-func (c *Cache[K, V]) decode(s string, b []byte) (V, int, error) {
-	var zero V
-	env, err := l2.DecodeEnvelope(b)
-	if err != nil {
-		return zero, 0, err
-	}
-	if env.Key != s {
-		return zero, 0, errKeyMismatch
-	}
-	v, err := c.codec.Decode(env.Data)
-	if err != nil {
-		return zero, 0, err
-	}
-	return v, len(b), nil
-}
-
-// fetchAndFill runs Fetch under our claim and fills both tiers if the claim
-// still holds.
-func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, claimSeq uint64, f fence) (V, error) {
-	n := c.node
-	v, err := c.callFetch(ctx, key)
-	if err != nil {
-		c.release(ctx, keys, token)
-		var zero V
-		return zero, err
-	}
-	gs, err := c.groupsOf(key, v)
-	if err != nil {
-		c.release(ctx, keys, token)
-		n.stats.badGroups.Add(1)
-		n.log.Warn("tiercache: not caching an entry with bad groups", "namespace", c.ns, "err", err)
-		return v, nil
-	}
-	env, err := c.encode(s, v)
-	if err != nil {
-		c.release(ctx, keys, token)
-		if errors.Is(err, ErrValueTooLarge) {
-			n.stats.oversize.Add(1)
-			n.log.Warn("tiercache: value too large to cache", "namespace", c.ns, "err", err)
-			return v, nil
-		}
-		var zero V
-		return zero, fmt.Errorf("tier get: %w", err)
-	}
-	if n.hooks != nil && n.hooks.BeforeFill != nil {
-		n.hooks.BeforeFill(s)
-	}
-	start := time.Now()
-	landed, err := n.store.FillInGroups(context.WithoutCancel(ctx), keys, token, env, c.ttl, gs, claimSeq)
 	switch {
-	case err != nil:
-		n.redisFailed("fill", err)
-		c.release(ctx, keys, token) // if the flag is still ours, let others claim now
-		return v, nil
-	case !landed:
-		// Invalidated, expired or taken over since we claimed, or one of
-		// its groups was invalidated meanwhile (R01, R03, R04, R05, R31).
-		// Our caller may still have v: its read overlapped the write.
-		// Neither tier keeps it.
-		n.stats.fillsRefused.Add(1)
-		return v, nil
+	case e.negative:
+		return zero, l1Negative
+	case e.fresh != 0:
+		return e.val, c.freshness(e, h)
 	}
-	n.stats.fillsLanded.Add(1)
-	c.fillL1(h, key, v, len(env), c.ttl-time.Since(start), f, gs)
-	return v, nil
+	return e.val, l1Fresh
 }
 
-// fetchUncached answers from the source and caches nothing.
-func (c *Cache[K, V]) fetchUncached(ctx context.Context, key K) (V, error) {
-	c.node.stats.uncached.Add(1)
-	return c.callFetch(ctx, key)
-}
-
-// callFetch calls Fetch, turning a panic into ErrFetchPanic.
-func (c *Cache[K, V]) callFetch(ctx context.Context, key K) (v V, err error) {
-	c.node.stats.fetches.Add(1)
-	defer func() {
-		if r := recover(); r != nil {
-			c.node.log.Error("tiercache: fetch panicked", "namespace", c.ns, "panic", r, "stack", string(debug.Stack()))
-			err = fmt.Errorf("%w: %v", ErrFetchPanic, r)
-		}
-	}()
-	return c.fetch(ctx, key)
-}
-
-// release gives up our claim so that waiters elsewhere need not wait for it
-// to expire. It runs even if ctx was cancelled.
-func (c *Cache[K, V]) release(ctx context.Context, keys l2.Keys, token string) {
-	rctx, cancel := c.node.cleanupContext(ctx)
-	defer cancel()
-	if err := c.node.store.Release(rctx, keys, token); err != nil {
-		c.node.redisFailed("release", err)
+// freshness tells a fresh entry from a stale one, and starts a background
+// refresh of a stale one, or of a fresh one that early refresh picks.
+func (c *Cache[K, V]) freshness(e *entry[K, V], h uint64) l1State {
+	left := e.fresh - c.node.now()
+	if left <= 0 {
+		c.refreshFrom(e, h, modeRevalidate)
+		return l1Stale
 	}
-}
-
-// encode returns the envelope of v under key s, or ErrValueTooLarge.
-func (c *Cache[K, V]) encode(s string, v V) ([]byte, error) {
-	data, err := c.codec.Encode(v)
-	if err != nil {
-		return nil, err
+	if c.z.beta > 0 && c.earlyRefresh(left) {
+		c.refreshFrom(e, h, modeRefresh)
 	}
-	limit := c.node.cfg.MaxValueBytes
-	if len(data)+len(s) > limit {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(data)+len(s), limit)
-	}
-	env, err := l2.EncodeEnvelope(s, data)
-	if err != nil {
-		return nil, err
-	}
-	if len(env) > limit {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(env), limit)
-	}
-	return env, nil
-}
-
-// fillL1 stores v, in groups, in L1 if nothing the node learnt since the
-// fence was taken invalidates it.
-func (c *Cache[K, V]) fillL1(h uint64, key K, v V, size int, ttl time.Duration, f fence, groupNames []string) {
-	if c.l1TTL <= 0 || ttl <= 0 {
-		return
-	}
-	e := &entry[K, V]{owner: c, key: key, val: v, groups: c.node.groups.Refs(groupNames)}
-	// After taking the refs: a group invalidation applied before this check
-	// moved the generation; one applied after it invalidates the refs.
-	if c.node.groups.Gen() != f.gen || !c.node.l1.Fill(h, e, int64(size), min(ttl, c.l1TTL), f.ticket) {
-		c.node.stats.l1FillsRefused.Add(1)
-	}
+	return l1Fresh
 }
 
 // groupsValid reports whether no group of an entry was invalidated since it
@@ -531,7 +487,7 @@ func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
 		}
 		return fmt.Errorf("tier set: %w; key invalidated instead", err)
 	}
-	op := bus.Op{Namespace: c.ns, Key: s, Payload: write{envelope: env, ttl: c.ttl, groups: gs}}
+	op := bus.Op{Namespace: c.ns, Key: s, Payload: write{envelope: env, ttl: c.lifetime(), groups: gs}}
 	if err := c.publish(ctx, []bus.Op{op}); err != nil {
 		return fmt.Errorf("tier set: %w", err)
 	}
@@ -595,6 +551,7 @@ func (c *Cache[K, V]) publish(ctx context.Context, ops []bus.Op) error {
 // flight forgotten.
 func (c *Cache[K, V]) evictLocal(s string, h uint64) {
 	c.node.l1.Evict(h)
+	c.node.wakeKey(c.ns, s)
 	if c.node.hooks == nil || !c.node.hooks.NoForget {
 		c.flights.forget(s)
 	}

@@ -17,6 +17,22 @@
 // losers, on any node, wait for its value. L1 is filled under a fill-epoch
 // ticket taken before Redis was read.
 //
+// # Stampedes and freshness
+//
+// Losers of a claim, on any node, wait for the claimant's value and are
+// woken by a message when it fills, gives up or fails (or when the key is
+// invalidated); Config.Losers can make them serve a kept stale value or
+// fetch without caching instead. Config.FreshFor, MaxStale, EarlyRefresh,
+// NotFoundTTL and TTLJitter add stale-while-revalidate, fail-safe
+// (ErrStale), probabilistic early refresh, negative caching and jitter.
+// Every freshness decision about a value in Redis is made from its
+// remaining lifetime there (PTTL), never by comparing two machines' clocks.
+// Every refresh is a claimed, fenced fill like any other, so an
+// invalidation during a refresh wins (RACES.md R34, R35). A stale value is
+// only ever served within the window its Config allows, and is reported
+// (ReadInfo.Stale, Stats.StaleServed). [Cache.GetMany] reads many keys with
+// one Redis round trip for all that L1 does not hold.
+//
 // # Writing
 //
 // After writing the source, call [Cache.Invalidate] (or [Cache.Set] to write
@@ -30,9 +46,11 @@
 // claim was deleted with the value (RACES.md R01, R03, R04, R05), and its L1
 // ticket is stale (R12, R13). A Get that begins after Invalidate or Set
 // returned never returns the old value on that node (R20, R21), nor, from
-// Redis, on any node; other nodes evict their L1 copies when the bus
-// message arrives, and no node serves one longer than NodeConfig.LeaseTTL
-// after the invalidation, whatever is lost (see package bus). Every L1
+// Redis, on any node; other nodes evict their L1 copies, and stop letting
+// new Gets join loads of the key that began before (which may have read
+// the old value), when the bus message arrives, and no node serves the old
+// value longer than NodeConfig.LeaseTTL after the invalidation, whatever is
+// lost (see package bus). Every L1
 // entry expires no later than the Redis entry it came from (R24). Groups
 // (Config.Groups, Node.InvalidateGroup) extend all of this to every member
 // of a group, in constant time.
@@ -41,8 +59,8 @@
 //
 // Errors wrap the package's sentinels ([ErrNotFound], [ErrConfig],
 // [ErrEmptyKey], [ErrKeyTooLarge], [ErrValueTooLarge], [ErrBadGroup],
-// [ErrFetchPanic], [ErrPending], [ErrClosed]) so that errors.Is tells them
-// apart. Bytes in Redis that do not decode are a miss: removed, refetched
+// [ErrFetchPanic], [ErrPending], [ErrStale], [ErrClosed]) so that errors.Is
+// tells them apart. Bytes in Redis that do not decode are a miss: removed, refetched
 // and counted, never a panic.
 //
 // # When Redis fails

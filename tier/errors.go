@@ -27,6 +27,11 @@ var (
 	// queued and will be replayed, and announced to the fleet, as soon as
 	// Redis answers again. The error also wraps the cause.
 	ErrPending = errors.New("tier: not yet propagated; queued for replay")
+	// ErrStale comes with a value that is past its TTL but within
+	// Config.MaxStale, served because Fetch failed or timed out (fail-safe),
+	// or because the loser policy said so: the value is usable, and the
+	// error also wraps the cause when there is one.
+	ErrStale = errors.New("tier: stale value served")
 	// ErrClosed reports a call on a closed Node.
 	ErrClosed = errors.New("tier: node closed")
 )

@@ -149,3 +149,61 @@ func ExampleCache_Set() {
 	fmt.Println(v, err)
 	// Output: all systems go <nil>
 }
+
+// GetMany reads many keys with one Redis round trip for all that L1 does
+// not hold; FetchMany reads what neither tier holds in one call. A key the
+// source does not have is absent from the result.
+func ExampleCache_GetMany() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+	users, _ := tier.New(node, tier.Config[int64, User]{
+		Namespace: "example-many-users",
+		Fetch: func(ctx context.Context, id int64) (User, error) {
+			return User{}, tier.ErrNotFound // FetchMany answers for GetMany
+		},
+		FetchMany: func(ctx context.Context, ids []int64) (map[int64]User, error) {
+			found := map[int64]User{}
+			for _, id := range ids {
+				if u, ok := db[id]; ok {
+					found[id] = u
+				}
+			}
+			return found, nil
+		},
+	})
+	got, err := users.GetMany(ctx, []int64{1, 2, 3})
+	fmt.Println(len(got), got[1].Name, got[2].Name, err)
+	// Output: 2 Ada Grace <nil>
+}
+
+// With FreshFor, a value past it is served at once while one fetch for the
+// whole fleet refreshes it; with MaxStale, a value whose refresh fails is
+// served with ErrStale rather than an error alone.
+func ExampleConfig_freshness() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+	users, _ := tier.New(node, tier.Config[int64, User]{
+		Namespace: "example-fresh-users",
+		Fetch: func(ctx context.Context, id int64) (User, error) {
+			return db[id], nil
+		},
+		FreshFor:     time.Minute,      // fresh for a minute,
+		TTL:          10 * time.Minute, // then served while refreshed, up to 10 minutes,
+		MaxStale:     time.Hour,        // then served only if the source fails, up to an hour more
+		FetchTimeout: time.Second,
+		NotFoundTTL:  30 * time.Second,
+	})
+	var ri tier.ReadInfo
+	u, err := users.Get(ctx, 1, tier.Info(&ri))
+	if errors.Is(err, tier.ErrStale) {
+		fmt.Println("the source is failing; serving the kept value")
+	}
+	fmt.Println(u.Name, ri.Source, ri.Stale)
+	// Output: Ada fetch false
+}

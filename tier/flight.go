@@ -17,14 +17,14 @@ import (
 // that Node.Close waits for; and forget ends a flight's membership so that a
 // read that began after an invalidation never joins a flight that began
 // before it (R20).
-type flights[V any] struct {
+type flights[T any] struct {
 	mu sync.Mutex
-	m  map[string]*flight[V]
+	m  map[string]*flight[T]
 }
 
-type flight[V any] struct {
+type flight[T any] struct {
 	done    chan struct{}
-	val     V
+	val     T
 	err     error
 	waiters int // callers still waiting; guarded by flights.mu
 	cancel  context.CancelFunc
@@ -33,17 +33,17 @@ type flight[V any] struct {
 // do returns the result of load for key, joining the flight in progress if
 // there is one. The flight's context keeps ctx's values, not its
 // cancellation; it is cancelled when every caller has gone or the node
-// closes.
-func (g *flights[V]) do(ctx context.Context, n *Node, key string, load func(context.Context) (V, error)) (V, error) {
-	var zero V
+// closes. shared reports that the caller joined a flight another began.
+func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(context.Context) (T, error)) (val T, shared bool, err error) {
+	var zero T
 	if err := ctx.Err(); err != nil {
-		return zero, err
+		return zero, false, err
 	}
 	g.mu.Lock()
 	f, ok := g.m[key]
 	if !ok {
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight[V]{done: make(chan struct{}), cancel: cancel}
+		f = &flight[T]{done: make(chan struct{}), cancel: cancel}
 		started := n.spawn(func() {
 			stop := context.AfterFunc(n.life, cancel)
 			defer func() {
@@ -65,10 +65,10 @@ func (g *flights[V]) do(ctx context.Context, n *Node, key string, load func(cont
 		if !started {
 			g.mu.Unlock()
 			cancel()
-			return zero, ErrClosed
+			return zero, false, ErrClosed
 		}
 		if g.m == nil {
-			g.m = make(map[string]*flight[V])
+			g.m = make(map[string]*flight[T])
 		}
 		g.m[key] = f
 	}
@@ -80,7 +80,7 @@ func (g *flights[V]) do(ctx context.Context, n *Node, key string, load func(cont
 
 	select {
 	case <-f.done:
-		return f.val, f.err
+		return f.val, ok, f.err
 	case <-ctx.Done():
 		g.mu.Lock()
 		f.waiters--
@@ -93,13 +93,13 @@ func (g *flights[V]) do(ctx context.Context, n *Node, key string, load func(cont
 			}
 		}
 		g.mu.Unlock()
-		return zero, ctx.Err()
+		return zero, ok, ctx.Err()
 	}
 }
 
 // forget ends the membership of key's flight: later calls start a new one.
 // The old flight runs on for the callers it already has.
-func (g *flights[V]) forget(key string) {
+func (g *flights[T]) forget(key string) {
 	g.mu.Lock()
 	delete(g.m, key)
 	g.mu.Unlock()
@@ -107,7 +107,7 @@ func (g *flights[V]) forget(key string) {
 
 // forgetAll ends the membership of every flight: the node lost track of
 // which keys were invalidated.
-func (g *flights[V]) forgetAll() {
+func (g *flights[T]) forgetAll() {
 	g.mu.Lock()
 	clear(g.m)
 	g.mu.Unlock()

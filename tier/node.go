@@ -2,11 +2,12 @@ package tier
 
 import (
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -184,6 +185,8 @@ type Node struct {
 	names   busNames
 	live    chan struct{} // closed at the first lease
 	liveOne sync.Once
+	wake    *redis.PubSub
+	wakers  wakers
 
 	mu     sync.Mutex
 	closed bool
@@ -267,7 +270,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		}
 	}
 	n.groups.Pin(fleetGroup)
-	_, _ = rand.Read(n.id[:])
+	_, _ = crand.Read(n.id[:])
 	n.life, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := n.store.LoadScripts(ctx); err != nil {
 		n.log.Warn("tiercache: cannot load scripts; they will load on first use", "err", err)
@@ -298,6 +301,8 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.spawn(n.replay)
+	n.wake = rdb.Subscribe(n.life, l2.WakeChannel(cfg.Prefix))
+	n.spawn(func() { n.listenWake(n.wake) })
 	wait, cancel := context.WithTimeout(ctx, cfg.LeaseTTL)
 	defer cancel()
 	select {
@@ -323,6 +328,7 @@ func (n *Node) Close() error {
 	n.cancel()
 	n.sub.Close()
 	n.pub.Close()
+	_ = n.wake.Close()
 	n.wg.Wait()
 	n.l1.Close()
 	return nil
@@ -683,6 +689,23 @@ type Stats struct {
 	// Replayed counts those replayed so far; PendingOverflow counts those
 	// that did not fit and were escalated to their whole namespace.
 	Pending, Replayed, PendingOverflow uint64
+	// StaleServed counts Gets answered with a permitted-stale value
+	// (ReadInfo.Stale): stale-while-revalidate, fail-safe, or the loser
+	// policy. They are not fresh hits, and not violations: each was served
+	// within the window its Config allows.
+	StaleServed uint64
+	// NegativeHits counts Gets answered by a cached "not found".
+	NegativeHits uint64
+	// Refreshes counts refreshes started in the background:
+	// stale-while-revalidate and early refresh.
+	Refreshes uint64
+	// FailSafe counts fetches that failed or timed out while a stale value
+	// could be served instead, and was.
+	FailSafe uint64
+	// Wakeups counts waits for another claimant's value that a message
+	// ended (the claimant finished, or the key was invalidated) rather than
+	// the next poll.
+	Wakeups uint64
 }
 
 type counters struct {
@@ -691,6 +714,7 @@ type counters struct {
 	waits, uncached, corrupt, oversize, redisErrors, invalidate atomic.Uint64
 	published, drops                                            atomic.Uint64
 	groupStale, groupInvalidations, badGroups                   atomic.Uint64
+	staleServed, negativeHits, refreshes, failSafe, wakeups     atomic.Uint64
 	breakerOpens, replayed                                      atomic.Uint64
 }
 
@@ -719,6 +743,11 @@ func (n *Node) Stats() Stats {
 		Pending:            uint64(n.pending.waiting()),
 		Replayed:           c.replayed.Load(),
 		PendingOverflow:    n.pending.overflows(),
+		StaleServed:        c.staleServed.Load(),
+		NegativeHits:       c.negativeHits.Load(),
+		Refreshes:          c.refreshes.Load(),
+		FailSafe:           c.failSafe.Load(),
+		Wakeups:            c.wakeups.Load(),
 	}
 	bc := n.sub.Counters()
 	st.BusApplied, st.BusGarbage, st.BusGaps = bc.Applied, bc.Garbage, bc.Gaps
@@ -753,4 +782,35 @@ func (n *Node) redisFailed(op string, err error) {
 	if !errors.Is(err, context.Canceled) && !errors.Is(err, l2.ErrUnavailable) {
 		n.log.Warn("tiercache: redis "+op+" failed", "err", err)
 	}
+}
+
+func init() {
+	hooks.NewNode = func(ctx context.Context, rdb redis.UniversalClient, cfg any, p *hooks.Points) (any, error) {
+		c, ok := cfg.(NodeConfig)
+		if !ok {
+			return nil, fmt.Errorf("%w: hooks.NewNode wants a tier.NodeConfig, got %T", ErrConfig, cfg)
+		}
+		n, err := newNode(ctx, rdb, c, p)
+		if err != nil {
+			return nil, err
+		}
+		return n, nil
+	}
+}
+
+// now reads the node's clock for freshness decisions in L1: the L1's
+// coarse monotonic clock, or a test's.
+func (n *Node) now() time.Duration {
+	if n.hooks != nil && n.hooks.Now != nil {
+		return n.hooks.Now()
+	}
+	return n.l1.Now()
+}
+
+// rand01 draws uniformly from [0,1): for TTL jitter and early refresh.
+func (n *Node) rand01() float64 {
+	if n.hooks != nil && n.hooks.Rand != nil {
+		return n.hooks.Rand()
+	}
+	return rand.Float64()
 }

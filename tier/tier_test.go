@@ -69,7 +69,7 @@ func (c *rtCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 // warmPools opens a connection in each of the client's pools (go-redis
 // keeps one for pipelines), so that round trips counted by a hook added
 // afterwards are the operations' own, not a new connection's handshake.
-func warmPools(t *testing.T, rdb *redis.Client) {
+func warmPools(t testing.TB, rdb *redis.Client) {
 	t.Helper()
 	ctx := context.Background()
 	if err := rdb.Ping(ctx).Err(); err != nil {

@@ -1,0 +1,630 @@
+package tier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/tiercache/tiercache/l2"
+)
+
+// loadMode says what a load is for.
+type loadMode uint8
+
+const (
+	// modeGet: a caller waits; stale values are served as Config allows.
+	modeGet loadMode = iota
+	// modeRevalidate: in the background, after a stale L1 hit. It never
+	// settles for a stale value: it refreshes, or waits for whoever does,
+	// so that L1 gets the new value.
+	modeRevalidate
+	// modeRefresh: the Refresh option. It claims even a fresh value, and
+	// waits for the claimant's value if someone else is fetching.
+	modeRefresh
+	// modeEarly: an early refresh in the background. It claims even a
+	// fresh value, and gives up if someone else is fetching.
+	modeEarly
+)
+
+// maxPoll bounds the interval between a waiting load's reads of a key that
+// another claimant holds. Waiters are woken by a message when the claimant
+// finishes (see wakers); polling covers a lost message and an expired flag.
+const maxPoll = 64 * time.Millisecond
+
+// staleValue is a value found in Redis that a load may serve as stale.
+type staleValue[V any] struct {
+	v      V
+	size   int
+	left   time.Duration // its remaining lifetime in Redis; <0: none
+	groups []string
+}
+
+// errThrottled ends a background refresh of a key marked failing.
+var errThrottled = errors.New("tier: key is failing; refresh throttled")
+
+func (c *Cache[K, V]) getSlow(ctx context.Context, key K, mode loadMode) (V, ReadInfo, error) {
+	var zero V
+	s, h, err := c.keys.resolve(key)
+	if err != nil {
+		return zero, ReadInfo{}, fmt.Errorf("tier get: %w", err)
+	}
+	if mode == modeRefresh {
+		// Never join a flight that began earlier: it may answer with the
+		// very value being refreshed.
+		if err := ctx.Err(); err != nil {
+			return zero, ReadInfo{}, err
+		}
+		if c.node.isClosed() {
+			return zero, ReadInfo{}, ErrClosed
+		}
+		r, err := c.load(ctx, key, s, h, mode)
+		return r.v, r.ri, err
+	}
+	r, shared, err := c.flights.do(ctx, c.node, s, func(ctx context.Context) (loaded[V], error) {
+		return c.load(ctx, key, s, h, mode)
+	})
+	r.ri.Shared = shared
+	return r.v, r.ri, err
+}
+
+// load reads L2 or claims, then fetches and fills, or waits for another
+// claimant; with the freshness settings, it serves or refreshes stale
+// values as mode allows.
+func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode loadMode) (loaded[V], error) {
+	n := c.node
+	// The ticket is taken before anything is read: an invalidation this
+	// node learns of from here on refuses the L1 fill (R12, R13).
+	f := fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()}
+	if n.pending.blocks(c.ns, s, nil) {
+		// This node invalidated the key while Redis was unreachable, and
+		// the invalidation has not landed yet: Redis may hold the old value.
+		return c.fetchUncached(ctx, key, nil)
+	}
+	keys := l2.KeysFor(n.cfg.Prefix, c.ns, s)
+	// Redis operations outlive the flight's waiters (each is bounded by
+	// RedisTimeout): if callers give up before Redis answers, the outcome
+	// still reaches the breaker, which otherwise would never learn that
+	// Redis is unreachable from callers with short deadlines.
+	rctx := context.WithoutCancel(ctx)
+	claim := l2.Claim{Below: c.z.below, Always: mode == modeRefresh || mode == modeEarly}
+	var (
+		waitUntil time.Time
+		backoff   = time.Millisecond
+		st        readState[V]
+	)
+	for {
+		token := n.token()
+		start := time.Now()
+		r, err := n.store.ReadOrClaimWith(rctx, keys, token, n.cfg.FlagTTL, claim)
+		if n.hooks != nil && n.hooks.AfterRead != nil {
+			n.hooks.AfterRead(s)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return loaded[V]{}, ctx.Err()
+			}
+			n.redisFailed("read", err)
+			return c.fetchUncached(ctx, key, st.old)
+		}
+		next, out, err := c.settle(ctx, key, s, h, keys, token, f, r, start, mode, &st)
+		switch next {
+		case stepDone:
+			return out, err
+		case stepFetch:
+			return c.fetchAndFill(ctx, key, s, h, keys, token, r.Seq, f, st.fallback)
+		case stepUncached:
+			return c.fetchUncached(ctx, key, st.fallback)
+		case stepAgain:
+			continue
+		}
+		// Another claimant is fetching. Wait for its value (not for a
+		// claim of our own: a Refresh takes the value it is fetching),
+		// bounded by our flag TTL (if its flag expires we claim on the
+		// next round: R08) and by ctx; then fetch without caching. Never a
+		// second fill.
+		claim.Always = false
+		if waitUntil.IsZero() {
+			n.stats.waits.Add(1)
+			waitUntil = start.Add(n.cfg.FlagTTL)
+		}
+		if !time.Now().Before(waitUntil) {
+			return c.fetchUncached(ctx, key, st.old)
+		}
+		// Registered before the hook, so that a test holding the claimant
+		// until the hook runs knows this wait will see the wake.
+		woken := n.wakers.add(keys.Value)
+		if n.hooks != nil && n.hooks.OnBusy != nil {
+			n.hooks.OnBusy(s)
+		}
+		d := min(backoff, time.Until(waitUntil))
+		if n.hooks != nil && n.hooks.NoPoll {
+			d = time.Until(waitUntil)
+		}
+		ok, err := n.wakers.wait(ctx, keys.Value, woken, d)
+		if err != nil {
+			return loaded[V]{}, err
+		}
+		if ok {
+			n.stats.wakeups.Add(1)
+		}
+		backoff = min(2*backoff, maxPoll)
+	}
+}
+
+// step is what one read of Redis leaves a load to do.
+type step uint8
+
+const (
+	// stepDone: answered (a value, a cached "not found", or an error).
+	stepDone step = iota
+	// stepFetch: the key is claimed: fetch and fill, falling back on
+	// readState.fallback if the fetch fails.
+	stepFetch
+	// stepUncached: fetch without caching, falling back on
+	// readState.fallback if the fetch fails.
+	stepUncached
+	// stepWait: another claimant is fetching: wait, then read again.
+	stepWait
+	// stepAgain: a corrupt value was removed: read again at once.
+	stepAgain
+)
+
+// readState is what a load carries from one read of Redis to the next.
+type readState[V any] struct {
+	corrupt  bool           // a corrupt value was removed once already
+	old      *staleValue[V] // a value seen while waiting, for fail-safe
+	fallback *staleValue[V] // for stepFetch and stepUncached
+}
+
+// settle decides what one read of Redis, r, means for key: a value to
+// return (fresh, stale as mode and Config allow, or a cached "not found"),
+// a claim to fetch under, a fetch without caching, a wait, or a read again.
+// It fills L1 from a fresh value and starts background refreshes, but never
+// calls the source itself, so that GetMany can batch what it leaves.
+func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, f fence, r l2.Read, start time.Time, mode loadMode, st *readState[V]) (step, loaded[V], error) {
+	n := c.node
+	st.fallback = nil
+	if r.Stale {
+		n.stats.groupStale.Add(1)
+	}
+	claimed := r.State == l2.Claimed || r.State == l2.StaleClaimed
+	var cur *staleValue[V] // the value Redis holds, if any
+	if r.State == l2.Hit || r.State == l2.StaleClaimed || r.State == l2.StaleBusy {
+		if n.pending.blocks(c.ns, s, r.Groups) {
+			// One of its groups was invalidated here while Redis was
+			// unreachable, and that has not landed yet.
+			if claimed {
+				c.release(ctx, keys, token)
+			}
+			return stepUncached, loaded[V]{}, nil
+		}
+		left := r.TTL
+		if left >= 0 {
+			// Measured from before the request, so that L1 never outlives
+			// the L2 entry it came from (R24).
+			left = max(left-time.Since(start), 0)
+		}
+		switch {
+		case r.Negative && r.State == l2.Hit:
+			c.fillNegativeL1(h, key, left, f, r.Groups)
+			return stepDone, loaded[V]{ri: ReadInfo{Source: SourceL2, Negative: true}}, errCachedNotFound
+		case r.Negative:
+			// A refresh claimed a cached "not found": fetch as for a miss.
+		default:
+			v, size, err := c.decode(s, r.Value)
+			switch {
+			case err == nil:
+				cur = &staleValue[V]{v: v, size: size, left: left, groups: r.Groups}
+			case errors.Is(err, errKeyMismatch):
+				// Another long key with the same 128-bit hash owns the slot.
+				if claimed {
+					c.release(ctx, keys, token)
+				}
+				return stepUncached, loaded[V]{}, nil
+			case claimed:
+				// Ours to overwrite: fetch and fill as for a miss.
+			case st.corrupt:
+				// Corrupt again after one removal: do not loop.
+				return stepUncached, loaded[V]{}, nil
+			default:
+				st.corrupt = true
+				n.stats.corrupt.Add(1)
+				n.log.Warn("tiercache: undecodable value in redis; removing it", "namespace", c.ns, "err", err)
+				if err := n.store.DeleteIfEqual(context.WithoutCancel(ctx), keys, r.Value); err != nil {
+					n.redisFailed("delete corrupt", err)
+					return stepUncached, loaded[V]{}, nil
+				}
+				return stepAgain, loaded[V]{}, nil
+			}
+		}
+	}
+	switch r.State {
+	case l2.Hit:
+		n.stats.l2Hits.Add(1)
+		keep, fresh := c.l1Window(cur.left)
+		c.fillL1(h, key, cur.v, cur.size, keep, fresh, f, cur.groups)
+		if c.z.beta > 0 && mode == modeGet && c.earlyRefresh(cur.left-c.z.below) {
+			c.refreshKey(key, s, h)
+		}
+		return stepDone, loaded[V]{v: cur.v, ri: ReadInfo{Source: SourceL2}}, nil
+	case l2.Claimed, l2.StaleClaimed:
+		if r.State == l2.StaleClaimed && cur != nil && mode == modeGet && c.z.servable(cur.left) {
+			// Stale-while-revalidate (R34): answer now; refresh under our
+			// claim in the background, a fill like any other.
+			c.refreshClaimed(key, s, h, keys, token, r.Seq, f, cur)
+			out, err := c.serveStale(cur, nil)
+			return stepDone, out, err
+		}
+		st.fallback = cur
+		return stepFetch, loaded[V]{}, nil
+	case l2.StaleBusy:
+		if cur != nil {
+			st.old = cur
+			switch {
+			case mode == modeEarly:
+				return stepDone, loaded[V]{}, nil // someone else refreshes it
+			case mode != modeGet:
+			case c.z.servable(cur.left):
+				out, err := c.serveStale(cur, nil) // stale-while-revalidate
+				return stepDone, out, err
+			case r.Failing || c.z.losers == LoserServeStale:
+				out, err := c.serveStale(cur, nil) // fail-safe, throttled
+				return stepDone, out, err
+			case c.z.losers == LoserFetch:
+				st.fallback = cur
+				return stepUncached, loaded[V]{}, nil
+			}
+		}
+		if r.Failing {
+			if mode != modeGet {
+				return stepDone, loaded[V]{}, errThrottled
+			}
+			return stepUncached, loaded[V]{}, nil
+		}
+	case l2.Busy:
+		switch {
+		case mode == modeEarly:
+			return stepDone, loaded[V]{}, nil
+		case r.Failing && mode != modeGet:
+			return stepDone, loaded[V]{}, errThrottled
+		case r.Failing || c.z.losers == LoserFetch && mode == modeGet:
+			st.fallback = st.old
+			return stepUncached, loaded[V]{}, nil
+		}
+	}
+	return stepWait, loaded[V]{}, nil
+}
+
+// serveStale answers with a value past its freshness: without an error
+// within its servable window (stale-while-revalidate), with ErrStale past
+// it or when cause (a failed fetch) says the refresh failed.
+func (c *Cache[K, V]) serveStale(sv *staleValue[V], cause error) (loaded[V], error) {
+	r := loaded[V]{v: sv.v, ri: ReadInfo{Source: SourceL2, Stale: true}}
+	switch {
+	case cause != nil:
+		return r, fmt.Errorf("%w: %w", ErrStale, cause)
+	case c.z.servable(sv.left):
+		return r, nil
+	}
+	return r, ErrStale
+}
+
+// refreshClaimed refreshes key in the background under the claim token
+// that a stale read took.
+func (c *Cache[K, V]) refreshClaimed(key K, s string, h uint64, keys l2.Keys, token string, seq uint64, f fence, cur *staleValue[V]) {
+	n := c.node
+	n.stats.refreshes.Add(1)
+	if !n.spawn(func() { _, _ = c.fetchAndFill(n.life, key, s, h, keys, token, seq, f, cur) }) {
+		c.release(context.Background(), keys, token)
+	}
+}
+
+// refreshFrom refreshes e's key in the background, one refresh per entry at
+// a time: after a stale hit (modeRevalidate) or an early-refresh draw
+// (modeEarly).
+func (c *Cache[K, V]) refreshFrom(e *entry[K, V], h uint64, mode loadMode) {
+	if !e.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	s, _, err := c.keys.resolve(e.key)
+	if err != nil {
+		return // cannot happen: the entry was filled under this key
+	}
+	n := c.node
+	n.stats.refreshes.Add(1)
+	if !n.spawn(func() {
+		defer e.refreshing.Store(false)
+		_, _ = c.load(n.life, e.key, s, h, mode)
+	}) {
+		e.refreshing.Store(false)
+	}
+}
+
+// refreshKey refreshes key early in the background after an L2 hit, one
+// refresh per key on this node at a time.
+func (c *Cache[K, V]) refreshKey(key K, s string, h uint64) {
+	c.bgMu.Lock()
+	if _, ok := c.bg[s]; ok {
+		c.bgMu.Unlock()
+		return
+	}
+	if c.bg == nil {
+		c.bg = make(map[string]struct{})
+	}
+	c.bg[s] = struct{}{}
+	c.bgMu.Unlock()
+	done := func() {
+		c.bgMu.Lock()
+		delete(c.bg, s)
+		c.bgMu.Unlock()
+	}
+	n := c.node
+	n.stats.refreshes.Add(1)
+	if !n.spawn(func() {
+		defer done()
+		_, _ = c.load(n.life, key, s, h, modeEarly)
+	}) {
+		done()
+	}
+}
+
+// fetchAndFill runs Fetch under our claim and settles its result (see
+// fetched).
+func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, claimSeq uint64, f fence, fallback *staleValue[V]) (loaded[V], error) {
+	fctx, cancel := c.fetchContext(ctx, fallback != nil)
+	defer cancel()
+	v, err := c.callFetch(fctx, key)
+	return c.fetched(ctx, key, s, h, keys, token, claimSeq, f, fallback, v, err)
+}
+
+// fetched settles what a fetch under our claim returned: a value fills both
+// tiers if the claim still holds; "not found" is cached (NotFoundTTL) or
+// the claim released; and with a fallback (the value being refreshed), any
+// other failure serves the fallback with ErrStale and marks the key failing
+// for FailSafeThrottle (fail-safe, R34).
+func (c *Cache[K, V]) fetched(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, claimSeq uint64, f fence, fallback *staleValue[V], v V, err error) (loaded[V], error) {
+	if err == nil {
+		return c.fill(ctx, key, s, h, keys, token, claimSeq, f, v)
+	}
+	switch {
+	case errors.Is(err, ErrNotFound) && c.z.notFound > 0:
+		c.fillNegative(ctx, h, key, keys, token, claimSeq, f)
+	case errors.Is(err, ErrNotFound) || fallback == nil || ctx.Err() != nil:
+		c.release(ctx, keys, token)
+	default:
+		// The old value, and the fleet leaves the source alone a while.
+		c.node.stats.failSafe.Add(1)
+		c.markFailing(ctx, keys, token)
+		return c.serveStale(fallback, err)
+	}
+	return loaded[V]{ri: ReadInfo{Source: SourceFetch}}, err
+}
+
+// fill offers v, fetched under our claim, to both tiers: L2 takes it if the
+// claim still holds and none of its groups changed since; L1 if the fence
+// still holds.
+func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, claimSeq uint64, f fence, v V) (loaded[V], error) {
+	n := c.node
+	out := loaded[V]{v: v, ri: ReadInfo{Source: SourceFetch}}
+	gs, err := c.groupsOf(key, v)
+	if err != nil {
+		c.release(ctx, keys, token)
+		n.stats.badGroups.Add(1)
+		n.log.Warn("tiercache: not caching an entry with bad groups", "namespace", c.ns, "err", err)
+		return out, nil
+	}
+	env, err := c.encode(s, v)
+	if err != nil {
+		c.release(ctx, keys, token)
+		if errors.Is(err, ErrValueTooLarge) {
+			n.stats.oversize.Add(1)
+			n.log.Warn("tiercache: value too large to cache", "namespace", c.ns, "err", err)
+			return out, nil
+		}
+		return loaded[V]{}, fmt.Errorf("tier get: %w", err)
+	}
+	if n.hooks != nil && n.hooks.BeforeFill != nil {
+		n.hooks.BeforeFill(s)
+	}
+	life := c.lifetime()
+	start := time.Now()
+	landed, err := n.store.FillInGroups(context.WithoutCancel(ctx), keys, token, env, life, gs, claimSeq)
+	switch {
+	case err != nil:
+		n.redisFailed("fill", err)
+		c.release(ctx, keys, token) // if the flag is still ours, let others claim now
+		return out, nil
+	case !landed:
+		// Invalidated, expired or taken over since we claimed, or one of
+		// its groups was invalidated meanwhile (R01, R03, R04, R05, R31).
+		// Our caller may still have v: its read overlapped the write.
+		// Neither tier keeps it.
+		n.stats.fillsRefused.Add(1)
+		return out, nil
+	}
+	n.stats.fillsLanded.Add(1)
+	keep, fresh := c.l1Window(life - time.Since(start))
+	c.fillL1(h, key, v, len(env), keep, fresh, f, gs)
+	return out, nil
+}
+
+// fillNegative caches "not found" for key under our claim, for NotFoundTTL,
+// in the groups Config.Groups gives for the key and the zero value, so that
+// invalidating a group the key would be in clears it (R11). If Groups fails
+// or panics on the zero value, nothing is cached.
+func (c *Cache[K, V]) fillNegative(ctx context.Context, h uint64, key K, keys l2.Keys, token string, claimSeq uint64, f fence) {
+	n := c.node
+	gs, err := c.negativeGroups(key)
+	if err != nil {
+		c.release(ctx, keys, token)
+		n.stats.badGroups.Add(1)
+		n.log.Warn("tiercache: not caching a \"not found\" whose groups cannot be known", "namespace", c.ns, "err", err)
+		return
+	}
+	start := time.Now()
+	landed, err := n.store.FillEntry(context.WithoutCancel(ctx), keys, token, l2.Entry{TTL: c.z.notFound, Groups: gs, Negative: true}, claimSeq)
+	switch {
+	case err != nil:
+		n.redisFailed("fill", err)
+		c.release(ctx, keys, token)
+	case !landed:
+		n.stats.fillsRefused.Add(1)
+	default:
+		n.stats.fillsLanded.Add(1)
+		c.fillNegativeL1(h, key, c.z.notFound-time.Since(start), f, gs)
+	}
+}
+
+// negativeGroups returns the groups of a cached "not found" of key: those of
+// the key with the zero value, a panic in Config.Groups being an error.
+func (c *Cache[K, V]) negativeGroups(key K) (gs []string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: Groups panicked on the zero value: %v", ErrBadGroup, r)
+		}
+	}()
+	var zero V
+	return c.groupsOf(key, zero)
+}
+
+// markFailing turns our claim into a failure mark for FailSafeThrottle.
+func (c *Cache[K, V]) markFailing(ctx context.Context, keys l2.Keys, token string) {
+	rctx, cancel := c.node.cleanupContext(ctx)
+	defer cancel()
+	if err := c.node.store.MarkFailing(rctx, keys, token, c.z.throttle); err != nil {
+		c.node.redisFailed("mark failing", err)
+	}
+}
+
+// bypass answers from the source without reading or filling either tier.
+func (c *Cache[K, V]) bypass(ctx context.Context, key K) (loaded[V], error) {
+	if _, _, err := c.keys.resolve(key); err != nil {
+		return loaded[V]{}, fmt.Errorf("tier get: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return loaded[V]{}, err
+	}
+	return c.fetchUncached(ctx, key, nil)
+}
+
+// fetchUncached answers from the source and caches nothing. With old (a
+// value seen in Redis), a failed Fetch serves it with ErrStale instead.
+func (c *Cache[K, V]) fetchUncached(ctx context.Context, key K, old *staleValue[V]) (loaded[V], error) {
+	c.node.stats.uncached.Add(1)
+	fctx, cancel := c.fetchContext(ctx, old != nil)
+	defer cancel()
+	v, err := c.callFetch(fctx, key)
+	if err != nil && old != nil && ctx.Err() == nil && !errors.Is(err, ErrNotFound) {
+		c.node.stats.failSafe.Add(1)
+		return c.serveStale(old, err)
+	}
+	return loaded[V]{v: v, ri: ReadInfo{Source: SourceUncached}}, err
+}
+
+// fetchContext bounds a Fetch by FetchTimeout when it has a stale value to
+// fall back to.
+func (c *Cache[K, V]) fetchContext(ctx context.Context, fallback bool) (context.Context, context.CancelFunc) {
+	if fallback && c.z.fetchTimeout > 0 {
+		return context.WithTimeout(ctx, c.z.fetchTimeout)
+	}
+	return ctx, func() {}
+}
+
+// callFetch calls Fetch, turning a panic into ErrFetchPanic, and notes how
+// long it took.
+func (c *Cache[K, V]) callFetch(ctx context.Context, key K) (v V, err error) {
+	c.node.stats.fetches.Add(1)
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			c.node.log.Error("tiercache: fetch panicked", "namespace", c.ns, "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", ErrFetchPanic, r)
+		}
+		c.noteFetchTime(time.Since(start))
+	}()
+	return c.fetch(ctx, key)
+}
+
+// fillL1 stores v, in groups, in L1 for keep, fresh for the first fresh of
+// it (0: all of it), if nothing the node learnt since the fence was taken
+// invalidates it.
+func (c *Cache[K, V]) fillL1(h uint64, key K, v V, size int, keep, fresh time.Duration, f fence, groupNames []string) {
+	if c.l1TTL <= 0 || keep <= 0 {
+		return
+	}
+	e := &entry[K, V]{owner: c, key: key, val: v, groups: c.node.groups.Refs(groupNames)}
+	if fresh > 0 {
+		e.fresh = max(c.node.now()+fresh, 1)
+	}
+	c.storeL1(h, e, size, keep, f)
+}
+
+// fillNegativeL1 stores a cached "not found" in L1 for at most left.
+func (c *Cache[K, V]) fillNegativeL1(h uint64, key K, left time.Duration, f fence, groupNames []string) {
+	if c.l1TTL <= 0 || left <= 0 {
+		return
+	}
+	e := &entry[K, V]{owner: c, key: key, negative: true, groups: c.node.groups.Refs(groupNames)}
+	c.storeL1(h, e, 64, left, f)
+}
+
+// storeL1 stores e in L1 unless the fence says an invalidation came since.
+func (c *Cache[K, V]) storeL1(h uint64, e *entry[K, V], size int, keep time.Duration, f fence) {
+	// After taking the refs: a group invalidation applied before this check
+	// moved the generation; one applied after it invalidates the refs.
+	if c.node.groups.Gen() != f.gen || !c.node.l1.Fill(h, e, int64(size), min(keep, c.l1TTL), f.ticket) {
+		c.node.stats.l1FillsRefused.Add(1)
+	}
+}
+
+var errKeyMismatch = errors.New("tier: stored value belongs to another key")
+
+// decode returns the value stored in envelope b for key s, with the size
+// that L1 accounts for it.
+func (c *Cache[K, V]) decode(s string, b []byte) (V, int, error) {
+	var zero V
+	env, err := l2.DecodeEnvelope(b)
+	if err != nil {
+		return zero, 0, err
+	}
+	if env.Key != s {
+		return zero, 0, errKeyMismatch
+	}
+	v, err := c.codec.Decode(env.Data)
+	if err != nil {
+		return zero, 0, err
+	}
+	return v, len(b), nil
+}
+
+// release gives up our claim so that waiters elsewhere need not wait for it
+// to expire. It runs even if ctx was cancelled.
+func (c *Cache[K, V]) release(ctx context.Context, keys l2.Keys, token string) {
+	rctx, cancel := c.node.cleanupContext(ctx)
+	defer cancel()
+	if err := c.node.store.Release(rctx, keys, token); err != nil {
+		c.node.redisFailed("release", err)
+	}
+}
+
+// encode returns the envelope of v under key s, or ErrValueTooLarge.
+func (c *Cache[K, V]) encode(s string, v V) ([]byte, error) {
+	data, err := c.codec.Encode(v)
+	if err != nil {
+		return nil, err
+	}
+	limit := c.node.cfg.MaxValueBytes
+	if len(data)+len(s) > limit {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(data)+len(s), limit)
+	}
+	env, err := l2.EncodeEnvelope(s, data)
+	if err != nil {
+		return nil, err
+	}
+	if len(env) > limit {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(env), limit)
+	}
+	return env, nil
+}

@@ -1,0 +1,275 @@
+package tier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tiercache/tiercache/l2"
+)
+
+// KeyErrors reports the keys of a GetMany that failed, each with its error.
+// errors.Is and errors.As see every one of them.
+type KeyErrors[K comparable] struct {
+	// Errs holds the error of each failed key.
+	Errs map[K]error
+}
+
+func (e *KeyErrors[K]) Error() string {
+	msgs := make([]string, 0, len(e.Errs))
+	for k, err := range e.Errs {
+		msgs = append(msgs, fmt.Sprintf("%v: %v", k, err))
+	}
+	sort.Strings(msgs)
+	const show = 3
+	more := ""
+	if len(msgs) > show {
+		more = fmt.Sprintf("; and %d more", len(msgs)-show)
+		msgs = msgs[:show]
+	}
+	return fmt.Sprintf("tier get many: %d keys failed: %s%s", len(e.Errs), strings.Join(msgs, "; "), more)
+}
+
+// Unwrap returns every key's error.
+func (e *KeyErrors[K]) Unwrap() []error {
+	out := make([]error, 0, len(e.Errs))
+	for _, err := range e.Errs {
+		out = append(out, err)
+	}
+	return out
+}
+
+// miss is a key of a GetMany that L1 did not answer: its names, and, if it
+// is read from Redis, its claim token and its fence.
+type miss[K comparable] struct {
+	key  K
+	s    string
+	h    uint64
+	keys l2.Keys
+	tok  string // "": read it through Get
+	f    fence
+}
+
+// GetMany returns the values of keys: first from this node's L1, then from
+// Redis in one pipelined round trip for all the rest, then from the source:
+// through Config.FetchMany in one call if it is set, else through Fetch,
+// concurrently, one load per key. Every key is claimed, fenced and filled
+// as by Get, with the same guarantees; a key that another claimant is
+// fetching is waited for as by Get. Duplicate keys are read once.
+//
+// A key the source does not have is absent from the map, without an error.
+// If some keys fail, GetMany returns the values of the others and a
+// *KeyErrors naming each failed key (a permitted-stale value is returned
+// and also reported there with ErrStale, as by Get).
+func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
+	out := make(map[K]V, len(keys))
+	var (
+		mu   sync.Mutex
+		errs map[K]error
+	)
+	record := func(key K, v V, ri ReadInfo, err error) {
+		c.account(key, ri)
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil || errors.Is(err, ErrStale) {
+			out[key] = v
+		}
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			if errs == nil {
+				errs = make(map[K]error)
+			}
+			errs[key] = err
+		}
+	}
+
+	// L1, and the keys' names.
+	n := c.node
+	var misses []miss[K]
+	seen := make(map[K]struct{}, len(keys))
+	for _, key := range keys {
+		if _, dup := seen[key]; dup {
+			continue
+		}
+		seen[key] = struct{}{}
+		switch v, st := c.fromL1(key); st {
+		case l1Fresh, l1Stale, l1Negative:
+			var err error
+			if st == l1Negative {
+				err = errCachedNotFound
+			}
+			record(key, v, ReadInfo{Source: SourceL1, Stale: st == l1Stale, Negative: st == l1Negative}, err)
+			continue
+		}
+		s, h, err := c.keys.resolve(key)
+		if err != nil {
+			var zero V
+			record(key, zero, ReadInfo{}, fmt.Errorf("tier get: %w", err))
+			continue
+		}
+		if n.pending.blocks(c.ns, s, nil) {
+			misses = append(misses, miss[K]{key: key, s: s, h: h}) // read through Get below
+			continue
+		}
+		misses = append(misses, miss[K]{
+			key: key, s: s, h: h,
+			keys: l2.KeysFor(n.cfg.Prefix, c.ns, s),
+			tok:  n.token(),
+			// Taken before the read, as by Get (R12, R13).
+			f: fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()},
+		})
+	}
+	if len(misses) == 0 {
+		return c.manyResult(out, errs)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if n.isClosed() {
+		return nil, ErrClosed
+	}
+
+	// Redis, in one round trip.
+	var toRead []miss[K]
+	for _, m := range misses {
+		if m.tok != "" {
+			toRead = append(toRead, m)
+		}
+	}
+	ks := make([]l2.Keys, len(toRead))
+	toks := make([]string, len(toRead))
+	for i, m := range toRead {
+		ks[i], toks[i] = m.keys, m.tok
+	}
+	start := time.Now()
+	reads, readErrs, err := n.store.ReadOrClaimMany(context.WithoutCancel(ctx), ks, toks, n.cfg.FlagTTL, l2.Claim{Below: c.z.below})
+	if err != nil {
+		n.redisFailed("read many", err)
+		reads, readErrs = nil, nil
+	}
+
+	// What each read leaves to do, decided as by Get.
+	var (
+		claimed  []claim[K, V] // ours to fetch and fill
+		uncached []claim[K, V] // to fetch without caching
+		slow     []miss[K]     // for Get: busy, corrupt, blocked, or Redis failed
+	)
+	for _, m := range misses {
+		if m.tok == "" {
+			slow = append(slow, m)
+		}
+	}
+	for i, m := range toRead {
+		if reads == nil || readErrs[i] != nil {
+			slow = append(slow, m)
+			continue
+		}
+		var st readState[V]
+		next, l, err := c.settle(ctx, m.key, m.s, m.h, m.keys, m.tok, m.f, reads[i], start, modeGet, &st)
+		switch next {
+		case stepDone:
+			record(m.key, l.v, l.ri, err)
+		case stepFetch:
+			claimed = append(claimed, claim[K, V]{m, reads[i].Seq, st.fallback})
+		case stepUncached:
+			uncached = append(uncached, claim[K, V]{miss: m, fallback: st.fallback})
+		default:
+			slow = append(slow, m) // Get waits, or reads again
+		}
+	}
+
+	// The source.
+	var wg sync.WaitGroup
+	if len(claimed) > 0 && c.fetchMany != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.fetchBatch(ctx, claimed, record)
+		}()
+	} else {
+		for _, cl := range claimed {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l, err := c.fetchAndFill(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.seq, cl.f, cl.fallback)
+				record(cl.key, l.v, l.ri, err)
+			}()
+		}
+	}
+	for _, cl := range uncached {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := c.fetchUncached(ctx, cl.key, cl.fallback)
+			record(cl.key, l.v, l.ri, err)
+		}()
+	}
+	for _, m := range slow {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, ri, err := c.getSlow(ctx, m.key, modeGet)
+			record(m.key, v, ri, err)
+		}()
+	}
+	wg.Wait()
+	return c.manyResult(out, errs)
+}
+
+// claim is a key of a GetMany to fetch: claimed under seq, or uncached,
+// with the value Redis held as the fail-safe fallback, if any.
+type claim[K comparable, V any] struct {
+	miss[K]
+	seq      uint64
+	fallback *staleValue[V]
+}
+
+func (c *Cache[K, V]) manyResult(out map[K]V, errs map[K]error) (map[K]V, error) {
+	if len(errs) > 0 {
+		return out, &KeyErrors[K]{Errs: errs}
+	}
+	return out, nil
+}
+
+// fetchBatch reads the claimed keys through Config.FetchMany in one call,
+// then settles each key's result as Get settles a fetch's; a key missing
+// from the result is not found.
+func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], record func(K, V, ReadInfo, error)) {
+	keys := make([]K, len(claimed))
+	fallback := false
+	for i, cl := range claimed {
+		keys[i] = cl.key
+		fallback = fallback || cl.fallback != nil
+	}
+	fctx, cancel := c.fetchContext(ctx, fallback)
+	defer cancel()
+	found, err := c.callFetchMany(fctx, keys)
+	for _, cl := range claimed {
+		var v V
+		kerr := err
+		if kerr == nil {
+			var ok bool
+			if v, ok = found[cl.key]; !ok {
+				kerr = fmt.Errorf("tier get: %w", ErrNotFound)
+			}
+		}
+		l, ferr := c.fetched(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.seq, cl.f, cl.fallback, v, kerr)
+		record(cl.key, l.v, l.ri, ferr)
+	}
+}
+
+// callFetchMany calls FetchMany, turning a panic into ErrFetchPanic.
+func (c *Cache[K, V]) callFetchMany(ctx context.Context, keys []K) (m map[K]V, err error) {
+	c.node.stats.fetches.Add(1)
+	defer func() {
+		if r := recover(); r != nil {
+			c.node.log.Error("tiercache: fetch many panicked", "namespace", c.ns, "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", ErrFetchPanic, r)
+		}
+	}()
+	return c.fetchMany(ctx, keys)
+}

@@ -1,0 +1,224 @@
+package tier_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/tiercache/tiercache/tier"
+)
+
+func manyKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%03d", i)
+	}
+	return keys
+}
+
+// GetMany of 100 keys held in Redis costs one round trip, fills L1, and a
+// second GetMany costs none.
+func TestGetManyOneRoundTrip(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	keys := manyKeys(100)
+	want := map[string]string{}
+	for _, k := range keys {
+		src.set(k, "v-"+k)
+		want[k] = "v-" + k
+	}
+	filler := cache(t, f.node(tier.NodeConfig{}, nil), src)
+	if _, err := filler.GetMany(context.Background(), keys); err != nil {
+		t.Fatal(err)
+	}
+	reads := src.reads.Load()
+
+	rdb := f.srv.Client(t)
+	warmPools(t, rdb)
+	rt := &rtCounter{}
+	rdb.AddHook(rt)
+	n, err := tier.NewNode(context.Background(), rdb, tier.NodeConfig{L1MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	c := cache(t, n, src)
+	before := rt.n.Load()
+	got, err := c.GetMany(context.Background(), append(keys, keys[:10]...)) // duplicates too
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rts := rt.n.Load() - before; rts != 1 {
+		t.Errorf("GetMany of 100 keys in Redis: %d round trips; want 1", rts)
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Fatalf("GetMany (-want +got):\n%s", d)
+	}
+	tier.WaitL1(n)
+	before = rt.n.Load()
+	if got, err := c.GetMany(context.Background(), keys); err != nil || len(got) != 100 {
+		t.Fatalf("second GetMany: %d values, %v", len(got), err)
+	}
+	if rts := rt.n.Load() - before; rts != 0 {
+		t.Errorf("GetMany of 100 keys in L1: %d round trips; want 0", rts)
+	}
+	if r := src.reads.Load(); r != reads {
+		t.Errorf("source read %d more times", r-reads)
+	}
+	if st := n.Stats(); st.L2Hits != 100 || st.L1Hits != 100 {
+		t.Errorf("stats: %d L2 hits, %d L1 hits; want 100, 100", st.L2Hits, st.L1Hits)
+	}
+}
+
+// GetMany reports each failure apart: values for the keys that worked, a
+// *KeyErrors for the others (a failing fetch, an empty key), and a key the
+// source does not have is simply absent. Every fetched key is cached.
+func TestGetManyPartialFailure(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("in-redis", "r")
+	src.set("fetched", "f")
+	errBoom := errors.New("boom")
+	inner := src.fetch
+	fetch := func(ctx context.Context, k string) (string, error) {
+		if k == "failing" {
+			return "", errBoom
+		}
+		return inner(ctx, k)
+	}
+	cfg := tier.Config[string, string]{Fetch: fetch}
+	mustGet(t, newCache(t, f.node(tier.NodeConfig{}, nil), cfg), "in-redis")
+	n := f.node(tier.NodeConfig{}, nil)
+	c := newCache(t, n, cfg)
+	got, err := c.GetMany(context.Background(), []string{"in-redis", "fetched", "failing", "absent", ""})
+	if d := cmp.Diff(map[string]string{"in-redis": "r", "fetched": "f"}, got); d != "" {
+		t.Fatalf("values (-want +got):\n%s", d)
+	}
+	var ke *tier.KeyErrors[string]
+	if !errors.As(err, &ke) {
+		t.Fatalf("error %v; want *KeyErrors", err)
+	}
+	if len(ke.Errs) != 2 || !errors.Is(ke.Errs["failing"], errBoom) || !errors.Is(ke.Errs[""], tier.ErrEmptyKey) {
+		t.Fatalf("key errors %v; want failing and the empty key", ke.Errs)
+	}
+	if !errors.Is(err, errBoom) || !errors.Is(err, tier.ErrEmptyKey) || errors.Is(err, tier.ErrNotFound) {
+		t.Fatalf("errors.Is on %v", err)
+	}
+	if s := f.stored("fetched"); s != "f" {
+		t.Fatalf("fetched key not filled: L2 = %q", s)
+	}
+	if fl := f.flag("failing"); fl != "" {
+		t.Fatalf("the failing key's claim was not released: %q", fl)
+	}
+	if got, err := c.GetMany(context.Background(), nil); err != nil || len(got) != 0 {
+		t.Fatalf("GetMany of nothing = %v, %v", got, err)
+	}
+}
+
+// With FetchMany, the keys missing from both tiers are read from the source
+// in one call, and each is filled under its own claim; keys it does not
+// return are not found (and cached as such with NotFoundTTL).
+func TestGetManyFetchMany(t *testing.T) {
+	f := newFleet(t)
+	var calls, keysAsked atomic.Int64
+	cfg := tier.Config[string, string]{
+		Fetch: func(context.Context, string) (string, error) {
+			t.Error("Fetch called; want FetchMany")
+			return "", tier.ErrNotFound
+		},
+		FetchMany: func(_ context.Context, keys []string) (map[string]string, error) {
+			calls.Add(1)
+			keysAsked.Add(int64(len(keys)))
+			out := map[string]string{}
+			for _, k := range keys {
+				if k != "gone" {
+					out[k] = "v-" + k
+				}
+			}
+			return out, nil
+		},
+		NotFoundTTL: time.Minute,
+	}
+	n := f.node(tier.NodeConfig{}, nil)
+	c := newCache(t, n, cfg)
+	keys := append(manyKeys(50), "gone")
+	got, err := c.GetMany(context.Background(), keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 50 || got["k007"] != "v-k007" {
+		t.Fatalf("got %d values", len(got))
+	}
+	if calls.Load() != 1 || keysAsked.Load() != 51 {
+		t.Fatalf("FetchMany: %d calls for %d keys; want 1 for 51", calls.Load(), keysAsked.Load())
+	}
+	for _, k := range keys[:50] {
+		if s := f.stored(k); s != "v-"+k {
+			t.Fatalf("L2 %q = %q", k, s)
+		}
+	}
+	// The second time everything is cached, the "not found" included.
+	other := newCache(t, f.node(tier.NodeConfig{}, nil), cfg)
+	if got, err := other.GetMany(context.Background(), keys); err != nil || len(got) != 50 {
+		t.Fatalf("second GetMany: %d values, %v", len(got), err)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("FetchMany called %d times; want 1", calls.Load())
+	}
+}
+
+// A panicking FetchMany fails its keys with ErrFetchPanic and releases
+// their claims; the others are unaffected.
+func TestGetManyFetchManyPanics(t *testing.T) {
+	f := newFleet(t)
+	cfg := tier.Config[string, string]{
+		Fetch:     func(context.Context, string) (string, error) { return "", tier.ErrNotFound },
+		FetchMany: func(context.Context, []string) (map[string]string, error) { panic("bad batch") },
+	}
+	c := newCache(t, f.node(tier.NodeConfig{}, nil), cfg)
+	got, err := c.GetMany(context.Background(), []string{"a", "b"})
+	if len(got) != 0 || !errors.Is(err, tier.ErrFetchPanic) {
+		t.Fatalf("GetMany = %v, %v; want ErrFetchPanic", got, err)
+	}
+	if f.flag("a") != "" || f.flag("b") != "" {
+		t.Fatal("claims not released")
+	}
+}
+
+// GetMany keeps fail-safe: keys past their TTL whose refresh fails are
+// returned with their kept values, each reported with ErrStale wrapping the
+// cause, whether the refresh goes through Fetch or FetchMany.
+func TestGetManyFailSafe(t *testing.T) {
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprint("FetchMany=", batch), func(t *testing.T) {
+			f := newFleet(t)
+			src := &failing{source: newSource()}
+			keys := []string{"a", "b"}
+			cfg := tier.Config[string, string]{Fetch: src.fetch, TTL: time.Hour, MaxStale: time.Hour, L1TTL: -1}
+			filler := newCache(t, f.node(tier.NodeConfig{}, nil), cfg)
+			for _, k := range keys {
+				src.set(k, "old-"+k)
+				mustGet(t, filler, k)
+				f.pexpire(k, 30*time.Minute) // past its TTL, kept for fail-safe
+			}
+			if batch {
+				cfg.FetchMany = func(context.Context, []string) (map[string]string, error) { return nil, errSourceDown }
+			}
+			c := newCache(t, f.node(tier.NodeConfig{}, nil), cfg)
+			src.fail.Store(true)
+			got, err := c.GetMany(context.Background(), keys)
+			if d := cmp.Diff(map[string]string{"a": "old-a", "b": "old-b"}, got); d != "" {
+				t.Fatalf("values (-want +got):\n%s", d)
+			}
+			var ke *tier.KeyErrors[string]
+			if !errors.As(err, &ke) || len(ke.Errs) != 2 || !errors.Is(ke.Errs["a"], tier.ErrStale) || !errors.Is(ke.Errs["b"], errSourceDown) {
+				t.Fatalf("error %v; want ErrStale wrapping the cause for both keys", err)
+			}
+		})
+	}
+}
