@@ -1,0 +1,364 @@
+// Command tiersim runs the race simulation: a fleet of tiercache nodes
+// against one Redis and a versioned source of truth, with faults injected
+// on a seeded schedule, and every read judged.
+//
+//	go run ./sim/cmd/tiersim                      # 3 nodes, 10s, every fault class
+//	go run ./sim/cmd/tiersim -scenario R15        # one RACES.md scenario
+//	go run ./sim/cmd/tiersim -nodes 8 -ops 1000000 -faults all
+//
+// It needs nothing installed: it starts a private redis-server when one is
+// on PATH, and otherwise an embedded in-process Redis (miniredis), and says
+// which; -redis ADDR uses a server you give it (never flushed nor
+// restarted: those faults are then skipped). Faults a backend cannot inject
+// are reported as skipped by the backend, never silently left out.
+//
+// What it guarantees to measure: every event of every node is stamped with
+// one monotonic clock in one process. A read's required version is the
+// highest version of its key whose write's Invalidate, Set or
+// InvalidateGroup had returned (nil) before the read began; on the writing
+// node, writes that returned ErrPending count too. A read returning less is
+// stale. A stale read on another node from its own state (its L1, or a load
+// another of its Gets began) within the bound, LeaseTTL plus a slack, is
+// counted as stale within bound; a permitted-stale value is counted apart;
+// every other stale read is a violation: from Redis, from a fill, from L1
+// or a shared load beyond the bound, or on the writing node after its own
+// write (read-your-writes).
+//
+// Output: a progress line on stderr, a table on stdout (or JSON with
+// -json), plots with -report DIR, and exit status 1 if any read was a
+// violation (2 if the run could not be set up).
+//
+// -break NAME breaks the protocol on purpose, through test-only hooks, to
+// show that the checker sees the bug: it is a negative control, not a mode
+// to run anything with.
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tiercache/tiercache/sim"
+	"github.com/tiercache/tiercache/tier"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// flags are the command's workload flags.
+type flags struct {
+	nodes, workers, keys, groups    *int
+	zipf                            *float64
+	mix, fetch, faults, scenario    *string
+	brk                             *string
+	ops, seed                       *int64
+	duration, lease, flagTTL, slack *time.Duration
+
+	ttl, l1TTL, freshFor, maxStale, fetchTimeout *time.Duration
+	throttle, notFoundTTL                        *time.Duration
+	earlyRefresh                                 *float64
+	losers                                       *string
+	absent                                       *bool
+	many, manyKeys                               *int
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tiersim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fl := flags{
+		nodes:    fs.Int("nodes", 3, "nodes in the fleet, each with its own Redis connections, L1 and subscription"),
+		workers:  fs.Int("goroutines", 4, "workers per node"),
+		keys:     fs.Int("keys", 100, "number of keys"),
+		zipf:     fs.Float64("zipf", 0, "key popularity: 0 uniform, or a Zipf s above 1"),
+		groups:   fs.Int("groups", 10, "groups per family (every key is in two groups)"),
+		mix:      fs.String("mix", "90/6/3/1", "weights of read/invalidate/set/group-invalidate"),
+		ops:      fs.Int64("ops", 0, "total operations (0: run for -duration)"),
+		duration: fs.Duration("duration", 10*time.Second, "length of the run when -ops is 0"),
+		fetch:    fs.String("fetch-latency", "0", "fetch latency, uniform: `MIN[-MAX]`, e.g. 1ms-5ms"),
+		faults:   fs.String("faults", "all", "fault classes, comma-separated, spread over the run: "+strings.Join(kindNames(), ",")+", all or none"),
+		seed:     fs.Int64("seed", 1, "seed of the operations and the fault schedule"),
+		scenario: fs.String("scenario", "", "run a named RACES.md scenario (R01..R35; \"list\" lists them); other flags given override it"),
+		brk:      fs.String("break", "", "TEST-ONLY negative control: break the protocol on purpose to show the checker sees it: constant-flag, publish-before-delete, no-l1-fence, no-forget"),
+		lease:    fs.Duration("lease", sim.DefaultLeaseTTL, "NodeConfig.LeaseTTL: the staleness bound when messages are lost"),
+		flagTTL:  fs.Duration("flag-ttl", sim.DefaultFlagTTL, "NodeConfig.FlagTTL (slow-fetch makes fetches outlast it)"),
+		slack:    fs.Duration("slack", sim.DefaultSlack, "added to -lease to make the bound for stale L1 reads"),
+
+		ttl:          fs.Duration("ttl", sim.DefaultTTL, "Config.TTL: a value's lifetime in Redis"),
+		l1TTL:        fs.Duration("l1-ttl", sim.DefaultL1TTL, "Config.L1TTL: a value's lifetime in L1"),
+		freshFor:     fs.Duration("fresh-for", 0, "Config.FreshFor: stale-while-revalidate between it and -ttl (0: off)"),
+		maxStale:     fs.Duration("max-stale", 0, "Config.MaxStale: fail-safe keeps a value this long past -ttl (0: off)"),
+		fetchTimeout: fs.Duration("fetch-timeout", 0, "Config.FetchTimeout: bound on a fetch with a stale value to fall back to"),
+		throttle:     fs.Duration("fail-safe-throttle", 0, "Config.FailSafeThrottle (0: tier's default, 1s)"),
+		notFoundTTL:  fs.Duration("not-found-ttl", 0, "Config.NotFoundTTL: negative caching (0: off); see -absent"),
+		earlyRefresh: fs.Float64("early-refresh", 0, "Config.EarlyRefresh: XFetch's beta (0: off)"),
+		losers:       fs.String("losers", "wait", "Config.Losers: wait, serve-stale or fetch"),
+		absent:       fs.Bool("absent", false, "every key is absent from the source (not found) until its first write inserts it"),
+		many:         fs.Int("many", 0, "percentage of reads done as one GetMany of -many-keys keys"),
+		manyKeys:     fs.Int("many-keys", 4, "keys per GetMany"),
+	}
+	var (
+		redisAddr = fs.String("redis", "", "use the Redis at `ADDR` (it is neither flushed nor restarted); default: a private redis-server if on PATH, else embedded miniredis")
+		embedded  = fs.Bool("embedded", false, "use the embedded miniredis even if redis-server is on PATH")
+		asJSON    = fs.Bool("json", false, "write the result as JSON instead of a table")
+		report    = fs.String("report", "", "write plots (PNG) to `DIR`")
+		quiet     = fs.Bool("q", false, "no progress line")
+	)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: tiersim [flags]\n\nRuns a fleet of tiercache nodes against one Redis with faults injected, judges every read, and exits 1 on any violation.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *fl.scenario == "list" {
+		for _, s := range sim.Scenarios {
+			fmt.Fprintf(stdout, "%s  %s\n", s.Name, s.About)
+		}
+		return 0
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	cfg, redisArgs, err := configure(fl, given, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "tiersim:", err)
+		return 2
+	}
+
+	backend, stop, err := pickBackend(*redisAddr, *embedded, redisArgs, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "tiersim:", err)
+		return 2
+	}
+	defer stop()
+	fmt.Fprintf(stderr, "tiersim: using %s\n", backend.Name())
+
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer cancel()
+	if !*quiet {
+		cfg.Progress = func(p sim.Progress) {
+			total := ""
+			if p.Total > 0 {
+				total = "/" + strconv.FormatInt(p.Total, 10)
+			}
+			fmt.Fprintf(stderr, "\r%6.1fs  %d%s ops  %3.0f%%  phase %-12s", p.Elapsed.Seconds(), p.Done, total, 100*p.Fraction, p.Phase)
+		}
+	}
+	res, err := sim.Run(ctx, cfg, backend)
+	if !*quiet {
+		fmt.Fprintln(stderr)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "tiersim:", err)
+		return 2
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			fmt.Fprintln(stderr, "tiersim:", err)
+			return 2
+		}
+	} else if err := res.WriteTable(stdout); err != nil {
+		fmt.Fprintln(stderr, "tiersim:", err)
+		return 2
+	}
+	if *report != "" {
+		files, err := res.Plot(*report)
+		if err != nil {
+			fmt.Fprintln(stderr, "tiersim: report:", err)
+			return 2
+		}
+		fmt.Fprintf(stderr, "tiersim: wrote %s\n", strings.Join(files, ", "))
+	}
+	if res.Violations() > 0 {
+		return 1
+	}
+	return 0
+}
+
+// configure builds the run from the flags: a scenario's or the command's
+// defaults, overridden by the flags given; -break alone (with no workload
+// flag) takes the workload that shows its bug.
+func configure(fl flags, given map[string]bool, stderr io.Writer) (cfg sim.Config, redisArgs []string, err error) {
+	set := maps.Clone(given)
+	if *fl.scenario != "" {
+		s, ok := sim.ScenarioNamed(*fl.scenario)
+		if !ok {
+			return cfg, nil, fmt.Errorf("no scenario %q (try -scenario list)", *fl.scenario)
+		}
+		cfg, redisArgs = s.Build(*fl.seed), s.RedisArgs
+		fmt.Fprintf(stderr, "tiersim: scenario %s: %s\n", s.Name, s.About)
+	} else {
+		for _, name := range []string{"nodes", "goroutines", "keys", "groups", "mix", "duration", "faults"} {
+			set[name] = true // the command's defaults apply
+		}
+	}
+	ints := []struct {
+		name string
+		dst  *int
+		src  *int
+	}{{"nodes", &cfg.Nodes, fl.nodes}, {"goroutines", &cfg.Goroutines, fl.workers}, {"keys", &cfg.Keys, fl.keys}, {"groups", &cfg.Groups, fl.groups}}
+	for _, f := range ints {
+		if set[f.name] {
+			*f.dst = *f.src
+		}
+	}
+	durs := []struct {
+		name string
+		dst  *time.Duration
+		src  *time.Duration
+	}{{"lease", &cfg.LeaseTTL, fl.lease}, {"flag-ttl", &cfg.FlagTTL, fl.flagTTL}, {"slack", &cfg.Slack, fl.slack},
+		{"ttl", &cfg.TTL, fl.ttl}, {"l1-ttl", &cfg.L1TTL, fl.l1TTL}, {"fresh-for", &cfg.FreshFor, fl.freshFor},
+		{"max-stale", &cfg.MaxStale, fl.maxStale}, {"fetch-timeout", &cfg.FetchTimeout, fl.fetchTimeout},
+		{"fail-safe-throttle", &cfg.FailSafeThrottle, fl.throttle}, {"not-found-ttl", &cfg.NotFoundTTL, fl.notFoundTTL}}
+	for _, f := range durs {
+		if set[f.name] {
+			*f.dst = *f.src
+		}
+	}
+	if set["zipf"] {
+		cfg.Zipf = *fl.zipf
+	}
+	if set["early-refresh"] {
+		cfg.EarlyRefresh = *fl.earlyRefresh
+	}
+	if set["losers"] {
+		if cfg.Losers, err = parseLosers(*fl.losers); err != nil {
+			return cfg, nil, err
+		}
+	}
+	if set["absent"] {
+		cfg.Absent = *fl.absent
+	}
+	if set["many"] {
+		cfg.Many = *fl.many
+	}
+	if set["many-keys"] {
+		cfg.ManyKeys = *fl.manyKeys
+	}
+	if set["ops"] {
+		cfg.Ops, cfg.Duration = *fl.ops, 0
+	}
+	if set["duration"] && cfg.Ops == 0 {
+		cfg.Duration = *fl.duration
+	}
+	if set["mix"] {
+		if cfg.Mix, err = parseMix(*fl.mix); err != nil {
+			return cfg, nil, err
+		}
+	}
+	if set["fetch-latency"] {
+		if cfg.FetchLatency, err = parseLatency(*fl.fetch); err != nil {
+			return cfg, nil, err
+		}
+	}
+	if set["faults"] {
+		kinds, err := sim.ParseFaults(*fl.faults)
+		if err != nil {
+			return cfg, nil, err
+		}
+		cfg.Faults = sim.Schedule(kinds, cmp.Or(cfg.Nodes, sim.DefaultNodes), *fl.seed)
+	}
+	cfg.Seed = *fl.seed
+	if *fl.brk != "" {
+		b, err := sim.ParseBreak(*fl.brk)
+		if err != nil {
+			return cfg, nil, err
+		}
+		fmt.Fprintf(stderr, "tiersim: NEGATIVE CONTROL %q: the protocol is broken on purpose; violations are expected\n", b)
+		workload := false
+		for name := range given {
+			switch name {
+			case "break", "seed", "q", "json", "report", "redis", "embedded":
+			default:
+				workload = true
+			}
+		}
+		if !workload {
+			cfg = sim.NegativeControl(b, *fl.seed)
+		}
+		cfg.Break = b
+	}
+	return cfg, redisArgs, nil
+}
+
+// pickBackend chooses the Redis: the given address, else a private
+// redis-server if one is on PATH, else the embedded miniredis.
+func pickBackend(addr string, embedded bool, redisArgs []string, stderr io.Writer) (sim.Backend, func(), error) {
+	if addr != "" {
+		return sim.External(addr), func() {}, nil
+	}
+	if !embedded {
+		if _, err := exec.LookPath("redis-server"); err == nil {
+			return sim.LaunchRedis(redisArgs...)
+		}
+		fmt.Fprintln(stderr, "tiersim: redis-server is not on PATH; using the embedded miniredis (install redis-server for the real thing)")
+	}
+	if len(redisArgs) > 0 {
+		fmt.Fprintf(stderr, "tiersim: the embedded Redis ignores the scenario's server arguments %v\n", redisArgs)
+	}
+	return sim.StartEmbedded()
+}
+
+func kindNames() []string {
+	var out []string
+	for _, k := range sim.AllFaults {
+		out = append(out, string(k))
+	}
+	return out
+}
+
+func parseLosers(s string) (tier.LoserPolicy, error) {
+	for _, p := range []tier.LoserPolicy{tier.LoserWait, tier.LoserServeStale, tier.LoserFetch} {
+		if p.String() == s {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("-losers %q: want wait, serve-stale or fetch", s)
+}
+
+func parseMix(s string) (sim.Mix, error) {
+	parts := strings.Split(s, "/")
+	if len(parts) != 4 {
+		return sim.Mix{}, fmt.Errorf("-mix %q: want read/invalidate/set/group, e.g. 90/6/3/1", s)
+	}
+	var n [4]int
+	for i, p := range parts {
+		v, err := strconv.Atoi(p)
+		if err != nil || v < 0 {
+			return sim.Mix{}, fmt.Errorf("-mix %q: %q is not a weight", s, p)
+		}
+		n[i] = v
+	}
+	return sim.Mix{Read: n[0], Invalidate: n[1], Set: n[2], Group: n[3]}, nil
+}
+
+func parseLatency(s string) (sim.Latency, error) {
+	lo, hi, found := strings.Cut(s, "-")
+	min, err := time.ParseDuration(lo)
+	if err != nil && lo != "0" {
+		return sim.Latency{}, fmt.Errorf("-fetch-latency %q: %w", s, err)
+	}
+	max := min
+	if found {
+		if max, err = time.ParseDuration(hi); err != nil {
+			return sim.Latency{}, fmt.Errorf("-fetch-latency %q: %w", s, err)
+		}
+	}
+	if max < min {
+		return sim.Latency{}, errors.New("-fetch-latency: MAX below MIN")
+	}
+	return sim.Latency{Min: min, Max: max}, nil
+}

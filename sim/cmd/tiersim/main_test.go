@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// On the embedded Redis, every fault class runs or is reported as skipped
+// by the backend, the table ends with the verdict, the plots are written,
+// and the exit status is 0.
+func TestEmbeddedAllFaults(t *testing.T) {
+	dir := t.TempDir()
+	var out, errs bytes.Buffer
+	code := run([]string{"-embedded", "-q", "-duration", "1500ms", "-keys", "32", "-report", dir}, &out, &errs)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, &out, &errs)
+	}
+	if !strings.Contains(errs.String(), "embedded miniredis") || !strings.Contains(out.String(), "RESULT   0 violations") {
+		t.Fatalf("stdout:\n%s\nstderr:\n%s", &out, &errs)
+	}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.Contains(line, "sub-cut") && strings.Contains(line, "..") {
+			t.Fatalf("the embedded Redis cannot kill subscriptions, yet the fault reads as injected: %q", line)
+		}
+	}
+	for _, f := range []string{"staleness.png", "latency.png", "source_reads.png"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
+			t.Fatalf("plot %s: %v", f, err)
+		}
+	}
+}
+
+// A negative control exits 1 and says why, in JSON too.
+func TestBreakExitsNonZero(t *testing.T) {
+	var out, errs bytes.Buffer
+	code := run([]string{"-embedded", "-q", "-json", "-break", "no-forget"}, &out, &errs)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\nstderr:\n%s", code, &errs)
+	}
+	var res struct {
+		Total struct {
+			Violations int64 `json:"violations"`
+		} `json:"total"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil || res.Total.Violations == 0 {
+		t.Fatalf("JSON %v: %s", err, &out)
+	}
+}
+
+// The freshness flags reach the run: the table names them, and stale
+// serving, negative caching and GetMany happen without a violation.
+func TestFreshnessFlags(t *testing.T) {
+	var out, errs bytes.Buffer
+	code := run([]string{"-embedded", "-q", "-duration", "700ms", "-keys", "16", "-faults", "none", "-mix", "90/6/4/0",
+		"-ttl", "40ms", "-fresh-for", "20ms", "-max-stale", "300ms", "-fetch-timeout", "30ms", "-fail-safe-throttle", "20ms",
+		"-losers", "serve-stale", "-early-refresh", "2", "-absent", "-not-found-ttl", "1m", "-many", "20", "-many-keys", "3"}, &out, &errs)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, &out, &errs)
+	}
+	for _, want := range []string{"fresh for 20ms of TTL 40ms", "max stale 300ms", "losers serve-stale", "early refresh 2",
+		"not-found TTL 1m0s", "keys absent until inserted", "20% of reads GetMany of 3 keys", "RESULT   0 violations"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("no %q in the table:\n%s", want, &out)
+		}
+	}
+	if code := run([]string{"-embedded", "-q", "-losers", "never"}, &out, &errs); code != 2 {
+		t.Fatalf("-losers never: exit %d, want 2", code)
+	}
+}

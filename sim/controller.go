@@ -1,0 +1,119 @@
+package sim
+
+import (
+	"context"
+	"time"
+)
+
+// tick is how often the fault controller and the progress report look at
+// the run's progress.
+const tick = 5 * time.Millisecond
+
+// subCutEvery is how often a SubCut window kills the subscriptions again.
+const subCutEvery = 200 * time.Millisecond
+
+// controller opens and closes the fault windows of the schedule as the run
+// progresses, and records when each actually began and ended.
+type controller struct {
+	r       *run
+	skips   map[FaultKind]string
+	windows []window
+	active  map[int]int64 // schedule index -> clock reading of its last action
+}
+
+func newController(r *run, skips map[FaultKind]string) *controller {
+	return &controller{r: r, skips: skips, active: map[int]int64{}}
+}
+
+// loop runs until the workers stop, then closes any open window.
+func (c *controller) loop(ctx context.Context) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	next := make([]int, len(c.r.cfg.Faults)) // 0 pending, 1 open, 2 closed
+	winOf := map[int]int{}
+	var lastProgress int64
+	for {
+		stopped := c.r.stopped.Load() || ctx.Err() != nil
+		f := c.r.fraction()
+		now := c.r.clock.now()
+		for i, fl := range c.r.cfg.Faults {
+			switch {
+			case next[i] == 0 && f >= fl.Start && !stopped:
+				next[i] = 1
+				winOf[i] = len(c.windows)
+				w := window{Kind: fl.Kind, Node: fl.Node % c.r.cfg.Nodes, Start: now, Skipped: c.skips[fl.Kind]}
+				c.windows = append(c.windows, w)
+				if w.Skipped == "" {
+					if err := c.begin(ctx, w); err != nil {
+						c.windows[winOf[i]].Skipped = err.Error()
+					}
+				}
+				c.active[i] = now
+			case next[i] == 1 && (f >= fl.End || stopped || now-c.windows[winOf[i]].Start >= int64(c.r.cfg.MaxWindow)):
+				next[i] = 2
+				w := &c.windows[winOf[i]]
+				w.End = c.r.clock.now()
+				if w.Skipped == "" {
+					c.end(*w)
+				}
+				delete(c.active, i)
+			case next[i] == 1 && fl.Kind == SubCut && now-c.active[i] >= int64(subCutEvery):
+				if c.windows[winOf[i]].Skipped == "" {
+					c.r.admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub")
+				}
+				c.active[i] = now
+			}
+		}
+		if p := c.r.cfg.Progress; p != nil && now-lastProgress >= int64(200*time.Millisecond) {
+			lastProgress = now
+			p(c.progress(f))
+		}
+		if stopped {
+			return
+		}
+		<-t.C
+	}
+}
+
+func (c *controller) progress(f float64) Progress {
+	p := Progress{Elapsed: time.Duration(c.r.clock.now()), Done: c.r.done.Load(), Total: c.r.cfg.Ops, Fraction: min(f, 1), Phase: Steady}
+	for i := range c.active {
+		p.Phase = string(c.r.cfg.Faults[i].Kind)
+	}
+	return p
+}
+
+// begin injects a fault; an error means the backend could not.
+func (c *controller) begin(ctx context.Context, w window) error {
+	r := c.r
+	switch w.Kind {
+	case SubCut:
+		return r.admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err()
+	case Partition:
+		r.fleet[w.Node].proxy.Blackhole()
+	case RedisLatency:
+		r.fleet[w.Node].proxy.Delay(r.cfg.FaultDelay)
+	case Restart:
+		return r.backend.Restart()
+	case Flush:
+		return r.admin.FlushAll(ctx).Err()
+	case SlowFetch:
+		r.src.slow.Store(true)
+	case FetchError:
+		r.src.fail.Store(true)
+	}
+	return nil
+}
+
+// end lifts a fault.
+func (c *controller) end(w window) {
+	r := c.r
+	switch w.Kind {
+	case Partition, RedisLatency:
+		r.fleet[w.Node].proxy.Pass()
+	case SlowFetch:
+		r.src.slow.Store(false)
+	case FetchError:
+		r.src.fail.Store(false)
+	}
+}

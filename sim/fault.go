@@ -1,0 +1,105 @@
+package sim
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+)
+
+// FaultKind names a class of fault.
+type FaultKind string
+
+// The fault classes. Each is one phase of a run's report.
+const (
+	// SubCut kills every subscription connection (CLIENT KILL TYPE pubsub)
+	// at the start of the window and again every 200ms within it (R15, R16).
+	SubCut FaultKind = "sub-cut"
+	// Partition blackholes one node's traffic to Redis for the window, both
+	// its commands and its subscription (R17, R27).
+	Partition FaultKind = "partition"
+	// Restart restarts Redis without persistence at the start of the
+	// window (R23).
+	Restart FaultKind = "restart"
+	// Flush runs FLUSHALL at the start of the window (R23, R26).
+	Flush FaultKind = "flush"
+	// SlowFetch makes one fetch in four outlast the flag TTL during the
+	// window (R04, R05, R08).
+	SlowFetch FaultKind = "slow-fetch"
+	// FetchError makes one fetch in three fail during the window.
+	FetchError FaultKind = "fetch-error"
+	// RedisLatency delays one node's Redis traffic by Config.FaultDelay each
+	// way during the window.
+	RedisLatency FaultKind = "latency"
+)
+
+// Steady is the phase of reads that begin outside every fault window.
+const Steady = "steady"
+
+var faultKinds = map[FaultKind]bool{
+	SubCut: false, Partition: true, Restart: false, Flush: false,
+	SlowFetch: false, FetchError: false, RedisLatency: true,
+}
+
+// AllFaults lists every fault class, in the order of a full schedule.
+var AllFaults = []FaultKind{SubCut, Partition, Restart, Flush, SlowFetch, FetchError, RedisLatency}
+
+// ParseFaults reads a comma-separated list of fault classes; "all" is
+// every class and "" or "none" is none.
+func ParseFaults(s string) ([]FaultKind, error) {
+	switch s {
+	case "", "none":
+		return nil, nil
+	case "all":
+		return slices.Clone(AllFaults), nil
+	}
+	var out []FaultKind
+	for _, f := range strings.Split(s, ",") {
+		k := FaultKind(strings.TrimSpace(f))
+		if _, ok := faultKinds[k]; !ok {
+			return nil, fmt.Errorf("sim: unknown fault %q (want %s or all)", k, joinKinds(AllFaults))
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+func joinKinds(ks []FaultKind) string {
+	s := make([]string, len(ks))
+	for i, k := range ks {
+		s[i] = string(k)
+	}
+	return strings.Join(s, ",")
+}
+
+// Fault is one fault window of a run, in fractions of the run's progress
+// (operations done over Ops, or time over Duration).
+type Fault struct {
+	// Kind is the fault class.
+	Kind FaultKind
+	// Node is the node a Partition or Latency fault cuts off or slows;
+	// ignored by the others.
+	Node int
+	// Start and End bound the window: 0 <= Start < End <= 1.
+	Start, End float64
+}
+
+// Schedule spreads one window of each kind over a run: the run is cut in
+// 2*len(kinds)+1 equal slots, faults in the odd ones with steady slots
+// between them so that each fault's recovery is seen, and the seed picks
+// the node of each node fault and jitters each window by up to a tenth of
+// a slot.
+func Schedule(kinds []FaultKind, nodes int, seed int64) []Fault {
+	rng := rand.New(rand.NewPCG(uint64(seed), 0x5eed))
+	slot := 1 / float64(2*len(kinds)+1)
+	out := make([]Fault, 0, len(kinds))
+	for i, k := range kinds {
+		j := (rng.Float64() - 0.5) * slot / 5
+		f := Fault{Kind: k, Start: float64(2*i+1)*slot + j, End: float64(2*i+2)*slot + j}
+		if faultKinds[k] {
+			f.Node = rng.IntN(nodes)
+		}
+		out = append(out, f)
+	}
+	return out
+}
