@@ -94,16 +94,14 @@ func NegativeControl(b Break, seed int64) Config {
 		c.FetchLatency = Latency{Max: 4 * time.Millisecond}
 	case PublishBeforeDelete:
 		// A stale L1 entry shows as a violation once it outlives the bound,
-		// so writes of a key are rare (seconds apart) against many reads,
-		// the lease is short, and the hook delays the racing step. Two
-		// nodes: the broken publish draws its sequence number apart from
-		// the publish, so concurrent writers on several nodes reorder
-		// messages, which the subscribers detect as gaps and answer by
-		// dropping L1, stale entries with it.
+		// so writes of a key are rare against many reads, the lease is
+		// short, and the hook holds the delete back long enough for the
+		// other node to apply the message and re-read the old value, even
+		// on a loaded machine. Two nodes: each reads what the other wrote.
 		c.Nodes, c.Goroutines, c.Keys, c.Groups = 2, 6, 32, 4
 		c.Mix = Mix{Read: 997, Invalidate: 3}
 		c.LeaseTTL, c.Slack = 100*time.Millisecond, 50*time.Millisecond
-		c.BreakDelay = 5 * time.Millisecond
+		c.BreakDelay = 20 * time.Millisecond
 	case NoL1Fence:
 		// The window is between a node's Redis read (after its L1
 		// missed, so after a write) and its L1 fill: a second write of

@@ -3,7 +3,6 @@ package tier
 import (
 	"context"
 	crand "crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -388,20 +387,17 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 }
 
 // publishBeforeDelete is the broken order that R14 forbids, kept for its
-// negative control: the message can overtake the delete.
+// negative control: the message overtakes the delete. The message itself is
+// announced as usual (its sequence number drawn with its publish), so that
+// the only fault is the order.
 func (n *Node) publishBeforeDelete(ctx context.Context, changes []l2.Change, a *l2.Announcement) error {
-	seq, err := n.rdb.Incr(ctx, a.SeqKey).Result()
-	if err != nil {
-		return err
-	}
-	msg := append(binary.BigEndian.AppendUint64(append([]byte(nil), a.Head...), uint64(seq)), a.Body...)
-	if err := n.rdb.Publish(ctx, a.Channel, msg).Err(); err != nil {
+	if _, err := n.store.Apply(ctx, nil, a); err != nil {
 		return err
 	}
 	if n.hooks.BetweenPublishAndDelete != nil {
 		n.hooks.BetweenPublishAndDelete()
 	}
-	_, err = n.store.Apply(ctx, changes, nil)
+	_, err := n.store.Apply(ctx, changes, nil)
 	return err
 }
 
