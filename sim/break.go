@@ -1,11 +1,15 @@
 package sim
 
 import (
+	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/internal/hooks"
 	"github.com/tiercache/tiercache/l1"
 )
@@ -25,8 +29,9 @@ const (
 	// another fetcher lands (R03).
 	ConstantFlag Break = "constant-flag"
 	// PublishBeforeDelete publishes an invalidation before it deletes the
-	// value in Redis, with BreakDelay between, so a node can refill its L1
-	// from the old value after it evicted it (R14).
+	// value in Redis. Between the two, each other node is let apply the
+	// message and then reads the key, refilling its L1 from the old value
+	// after it evicted it (R14).
 	PublishBeforeDelete Break = "publish-before-delete"
 	// NoL1Fence fills L1 without checking the fill epoch, and delays every
 	// fill by BreakDelay after its Redis read, so a value read before an
@@ -59,18 +64,22 @@ func ParseBreak(s string) (Break, error) {
 	return "", fmt.Errorf("sim: unknown break %q (want one of %s)", s, strings.Join(names, ", "))
 }
 
-// points returns the hooks that make a node break the protocol as b says,
-// or nil for BreakNone.
-func (b Break) points(delay time.Duration) *hooks.Points {
-	switch b {
+// breakPoints returns the hooks that make node i break the protocol as the
+// run's Break says, or nil for BreakNone.
+func (r *run) breakPoints(i int) *hooks.Points {
+	switch r.cfg.Break {
 	case ConstantFlag:
 		return &hooks.Points{Token: func() string { return "constant" }}
 	case PublishBeforeDelete:
 		return &hooks.Points{
-			PublishBeforeDelete:     true,
-			BetweenPublishAndDelete: func() { time.Sleep(delay) },
+			PublishBeforeDelete: true,
+			BetweenPublishAndDelete: func(seq uint64, keys []string) {
+				r.refillStale(i, seq, keys)
+			},
+			Bus: &bus.Hooks{Applied: func(m *bus.Message) { r.applied[i].set(m.Seq) }},
 		}
 	case NoL1Fence:
+		delay := r.cfg.BreakDelay
 		return &hooks.Points{
 			L1:        &l1.Hooks{NoFence: true},
 			AfterRead: func(string) { time.Sleep(delay) },
@@ -79,6 +88,68 @@ func (b Break) points(delay time.Duration) *hooks.Points {
 		return &hooks.Points{NoForget: true}
 	}
 	return nil
+}
+
+// refillStale is R14's race, driven: node w has published the message seq
+// naming keys and not yet deleted them. Each other node, once it has
+// applied the message (evicting the keys from its L1), reads them: its L1
+// misses, Redis still holds the old values, and they go back into its L1,
+// where they outlive the bound. A node that has not applied the message
+// within a lease has dropped its L1 anyway, and is skipped.
+func (r *run) refillStale(w int, seq uint64, keys []string) {
+	for j, m := range r.fleet {
+		if j == w || !r.applied[j].await(seq, r.cfg.LeaseTTL) {
+			continue
+		}
+		for _, s := range keys {
+			k, err := strconv.Atoi(s)
+			if err != nil {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.LeaseTTL)
+			_, _ = m.cache.Get(ctx, k)
+			cancel()
+		}
+	}
+}
+
+// seqWatch is the highest bus sequence number a node has applied, for a
+// hook to wait on.
+type seqWatch struct {
+	mu      sync.Mutex
+	seq     uint64
+	changed chan struct{} // closed and replaced when seq grows
+}
+
+func newSeqWatch() *seqWatch { return &seqWatch{changed: make(chan struct{})} }
+
+func (w *seqWatch) set(seq uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if seq > w.seq {
+		w.seq = seq
+		close(w.changed)
+		w.changed = make(chan struct{})
+	}
+}
+
+// await reports whether seq was applied within timeout.
+func (w *seqWatch) await(seq uint64, timeout time.Duration) bool {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		w.mu.Lock()
+		done, changed := w.seq >= seq, w.changed
+		w.mu.Unlock()
+		if done {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return false
+		}
+	}
 }
 
 // NegativeControl returns the run that shows b's bug quickly and reliably:
@@ -93,15 +164,14 @@ func NegativeControl(b Break, seed int64) Config {
 		c.Mix = Mix{Read: 60, Invalidate: 40}
 		c.FetchLatency = Latency{Max: 4 * time.Millisecond}
 	case PublishBeforeDelete:
-		// A stale L1 entry shows as a violation once it outlives the bound,
-		// so writes of a key are rare against many reads, the lease is
-		// short, and the hook holds the delete back long enough for the
-		// other node to apply the message and re-read the old value, even
-		// on a loaded machine. Two nodes: each reads what the other wrote.
-		c.Nodes, c.Goroutines, c.Keys, c.Groups = 2, 6, 32, 4
-		c.Mix = Mix{Read: 997, Invalidate: 3}
+		// The hook refills the other node's L1 with the old value after
+		// each write; it shows as a violation once it outlives the bound,
+		// so the lease is short and writes of a key are rare (about one
+		// a second per key without the race detector, slower with it)
+		// against many reads. Two nodes: each reads what the other wrote.
+		c.Nodes, c.Goroutines, c.Keys, c.Groups = 2, 6, 256, 4
+		c.Mix = Mix{Read: 9995, Invalidate: 5}
 		c.LeaseTTL, c.Slack = 100*time.Millisecond, 50*time.Millisecond
-		c.BreakDelay = 20 * time.Millisecond
 	case NoL1Fence:
 		// The window is between a node's Redis read (after its L1
 		// missed, so after a write) and its L1 fill: a second write of

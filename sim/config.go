@@ -140,8 +140,9 @@ type Config struct {
 	// Break breaks the protocol on purpose: a negative control, for tests
 	// of the checker only. Default BreakNone.
 	Break Break
-	// BreakDelay is the delay a negative control injects through the
-	// node's hooks to widen its race window. Default 2ms.
+	// BreakDelay is the delay the no-l1-fence negative control injects
+	// between a node's Redis read and its L1 fill, to widen its race
+	// window. Default 2ms.
 	BreakDelay time.Duration
 	// Progress, if set, is called about every 200ms with a snapshot.
 	Progress func(Progress)

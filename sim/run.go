@@ -55,6 +55,7 @@ type run struct {
 	admin   *redis.Client
 	prefix  string
 	locks   []sync.Mutex // one per key: writes of a key are serialized
+	applied []*seqWatch  // per node, for the publish-before-delete control
 	done    atomic.Int64 // operations finished
 	stopped atomic.Bool
 }
@@ -76,6 +77,10 @@ func Run(ctx context.Context, cfg Config, backend Backend) (*Result, error) {
 		admin:   newClient(backend.Addr(), cfg),
 		prefix:  "tcsim" + hex.EncodeToString(tag[:]),
 		locks:   make([]sync.Mutex, cfg.Keys),
+		applied: make([]*seqWatch, cfg.Nodes),
+	}
+	for i := range r.applied {
+		r.applied[i] = newSeqWatch()
 	}
 	defer r.admin.Close()
 	r.src = newSource(cfg, r.clock)
@@ -205,7 +210,7 @@ func (r *run) startFleet(ctx context.Context) error {
 		}
 		m.rdb = newClient(addr, r.cfg)
 		r.fleet = append(r.fleet, m)
-		n, err := r.newNode(ctx, m.rdb, ncfg)
+		n, err := r.newNode(ctx, i, m.rdb, ncfg)
 		if err != nil {
 			return fmt.Errorf("sim: node %d: %w", i, err)
 		}
@@ -236,9 +241,9 @@ func (r *run) startFleet(ctx context.Context) error {
 	return nil
 }
 
-// newNode builds a node, with the negative control's hooks if there is one.
-func (r *run) newNode(ctx context.Context, rdb *redis.Client, ncfg tier.NodeConfig) (*tier.Node, error) {
-	p := r.cfg.Break.points(r.cfg.BreakDelay)
+// newNode builds node i, with the negative control's hooks if there is one.
+func (r *run) newNode(ctx context.Context, i int, rdb *redis.Client, ncfg tier.NodeConfig) (*tier.Node, error) {
+	p := r.breakPoints(i)
 	if p == nil {
 		return tier.NewNode(ctx, rdb, ncfg)
 	}

@@ -192,7 +192,7 @@ func r14(t *testing.T, broken bool) string {
 	nb := f.node(tier.NodeConfig{}, &hooks.Points{Bus: hb})
 	b := cache(t, nb, src)
 	ha := &hooks.Points{PublishBeforeDelete: broken}
-	ha.BetweenPublishAndDelete = func() {
+	ha.BetweenPublishAndDelete = func(uint64, []string) {
 		eb.awaitApplied(t, "k")
 		mustGet(t, b, "k") // B refills from L2 before the delete
 		tier.WaitL1(nb)

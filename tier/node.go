@@ -371,7 +371,7 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 	a := &l2.Announcement{SeqKey: n.names.seq, Channel: n.names.channel, Head: b.Head, Body: b.Body}
 	var err error
 	if n.hooks != nil && n.hooks.PublishBeforeDelete {
-		err = n.publishBeforeDelete(ctx, changes, a)
+		err = n.publishBeforeDelete(ctx, changes, a, b.Ops)
 	} else {
 		_, err = n.store.Apply(ctx, changes, a)
 	}
@@ -390,14 +390,21 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 // negative control: the message overtakes the delete. The message itself is
 // announced as usual (its sequence number drawn with its publish), so that
 // the only fault is the order.
-func (n *Node) publishBeforeDelete(ctx context.Context, changes []l2.Change, a *l2.Announcement) error {
-	if _, err := n.store.Apply(ctx, nil, a); err != nil {
+func (n *Node) publishBeforeDelete(ctx context.Context, changes []l2.Change, a *l2.Announcement, ops []bus.Op) error {
+	seq, err := n.store.Apply(ctx, nil, a)
+	if err != nil {
 		return err
 	}
 	if n.hooks.BetweenPublishAndDelete != nil {
-		n.hooks.BetweenPublishAndDelete()
+		var keys []string
+		for _, op := range ops {
+			if op.Group == "" {
+				keys = append(keys, op.Key)
+			}
+		}
+		n.hooks.BetweenPublishAndDelete(seq, keys)
 	}
-	_, err := n.store.Apply(ctx, changes, nil)
+	_, err = n.store.Apply(ctx, changes, nil)
 	return err
 }
 

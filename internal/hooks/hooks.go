@@ -44,7 +44,8 @@ type Points struct {
 	Bus *bus.Hooks
 	// PublishBeforeDelete publishes a batch's message before, and apart
 	// from, its writes to Redis: the negative control of R14.
-	// BetweenPublishAndDelete runs in the gap.
+	// BetweenPublishAndDelete runs in the gap, with the message's sequence
+	// number and the keys it names.
 	PublishBeforeDelete     bool
-	BetweenPublishAndDelete func()
+	BetweenPublishAndDelete func(seq uint64, keys []string)
 }
