@@ -55,6 +55,11 @@ type Hooks struct {
 	BeforePutBack func(h uint64)
 	// NoFence disables every ticket check: the negative control of R13.
 	NoFence bool
+	// CoarseLease checks the lease against the coarse clock, as the cache
+	// once did: a process resumed after a pause serves entries under a
+	// lease that ran out while it slept, until the ticker catches up. The
+	// negative control of R40; also the baseline of the hit benchmark.
+	CoarseLease bool
 }
 
 // item is what ristretto stores, by pointer (ristretto copies values on
@@ -151,12 +156,17 @@ func (c *Cache) Ticket(h uint64) consistency.Ticket {
 // Get returns the value stored under h if the cache's lease runs, and the
 // entry is present, unexpired, and was filled under a ticket that is still
 // valid.
+//
+// The lease is checked against the monotonic clock read now, not the coarse
+// clock: after the process was paused (SIGSTOP, a stalled VM), readers run
+// before the ticker does, and a coarse reading from before the pause would
+// let them serve entries invalidated while the process slept (R40).
 func (c *Cache) Get(h uint64) (any, bool) {
 	it, ok := c.rc.Get(h)
 	if !ok {
 		return nil, false
 	}
-	if now := c.now.Load(); now >= it.deadline || now >= c.lease.Load() {
+	if now := c.clock(); now >= it.deadline || now >= c.lease.Load() {
 		return nil, false
 	}
 	if c.epochs.Ticket(h) != it.ticket && !c.noFence() {
@@ -238,7 +248,7 @@ func (c *Cache) EvictAll() {
 // It reports whether it evicted.
 func (c *Cache) Renew(sentAt time.Time, ttl time.Duration) (evicted bool) {
 	until := int64(sentAt.Sub(c.start) + ttl - Tick)
-	if c.now.Load() >= c.lease.Load() {
+	if c.clock() >= c.lease.Load() {
 		c.EvictAll()
 		evicted = true
 	}
@@ -281,6 +291,15 @@ func (c *Cache) Close() {
 	close(c.stop)
 	c.done.Wait()
 	c.rc.Close()
+}
+
+// clock reads the clock that lifetimes and the lease are checked against:
+// the monotonic clock, in nanoseconds since the cache started.
+func (c *Cache) clock() int64 {
+	if c.hooks != nil && c.hooks.CoarseLease {
+		return c.now.Load()
+	}
+	return int64(time.Since(c.start))
 }
 
 func (c *Cache) valid(h uint64, t consistency.Ticket) bool {
