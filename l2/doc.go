@@ -11,8 +11,9 @@
 //	<prefix>:f:{<len(ns)>:<ns>:=<key>}     its flag
 //	<prefix>:v:{<len(ns)>:<ns>:#<hash>}    value of a longer key (128-bit xxhash, hex)
 //	<prefix>:m:{...}                        "1", then the groups the value was filled in, with their stamps
-//	<prefix>:g:{<len(group)>:<group>}       a group's stamp: "<gseq>:<random token>"
-//	<prefix>:gseq                           the group sequence, bumped by every group invalidation
+//	<prefix>:g:{<len(group)>:<group>}       a group's stamp: "<clock>:<random token>"
+//	<prefix>:gseq                           the group clock, "<seq>/<id>": seq is bumped by every group
+//	                                        invalidation; id names the clock's incarnation (R36)
 //
 // The namespace's length prefix and the '=' / '#' marker make the mapping
 // from (namespace, key) to Redis key injective whatever bytes either holds
@@ -42,19 +43,26 @@
 //
 // # Groups
 //
-// A group invalidation gives the group a new stamp, "<seq>:<token>" with seq
-// drawn from the group sequence: a random token, so that no restart or
-// flush can make an old stamp valid again. A value's meta list records the
-// stamps its groups had when it was filled; [Store.ReadOrClaim] compares
-// them with the current stamps in the same script that reads the value, and
-// removes a value whose stamps changed or vanished (a vanished stamp is
-// unknown, never fresh: R26), so the cost of a read does not depend on
-// whether groups come from the key or the value. The claim returns the
-// group sequence, and [Store.FillInGroups] refuses a fill if any of its
-// groups was invalidated after that (R31): a fetch that began before a
-// group invalidation never lands as fresh. Invalidating a group writes one
-// key, whatever its size (R33).
+// A group invalidation gives the group a new stamp, "<clock>:<token>" with
+// the clock advanced by one and a random token, so that no restart or flush
+// can make an old stamp valid again. A value's meta list records the stamps
+// its groups had when it was filled; [Store.ReadOrClaim] compares them with
+// the current stamps in the same script that reads the value, and removes a
+// value whose stamps changed or vanished (a vanished stamp is unknown, never
+// fresh: R26), so the cost of a read does not depend on whether groups come
+// from the key or the value. The claim returns the group clock, and
+// [Store.FillInGroups] refuses a fill if any of its groups was invalidated
+// after that (R31): a fetch that began before a group invalidation never
+// lands as fresh. Invalidating a group writes one key, whatever its size
+// (R33).
 //
+// The clock, "<seq>/<id>", is the one key of the protocol without a TTL, so
+// an allkeys eviction policy may evict it. Its id names its incarnation: a
+// clock created afresh (after an eviction, a flush or a restart) gets a new
+// random id, and a fill whose claim saw another incarnation is refused,
+// since which groups changed meanwhile cannot be known (R36). Sequence
+// numbers of two incarnations are never compared.
+
 // Group stamps and the sequence keys are named inside the scripts, not
 // declared: like the bus's sequence counter, this needs a single server
 // (or Sentinel), not Redis Cluster.

@@ -48,7 +48,7 @@ func TestReadOrClaimWith_RefreshZone(t *testing.T) {
 	}
 	// The refresh lands like any fill, under the claim.
 	env2 := envelope(t, "k", "v2")
-	if ok, err := f.st.FillInGroups(t.Context(), k, tok, env2, valueTTL, nil, r.Seq); err != nil || !ok {
+	if ok, err := f.st.FillInGroups(t.Context(), k, tok, env2, valueTTL, nil, r.Clock); err != nil || !ok {
 		t.Fatalf("refresh fill = %v, %v; want landed", ok, err)
 	}
 	r, err = f.st.ReadOrClaimWith(t.Context(), k, consistency.NewToken(), flagTTL, zone)
@@ -73,7 +73,7 @@ func TestRace_R34_RefreshRefusedByInvalidation(t *testing.T) {
 	if err := f.st.Invalidate(t.Context(), k); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := f.st.FillInGroups(t.Context(), k, tok, envelope(t, "k", "v1-refetched"), time.Minute, nil, r.Seq); err != nil || ok {
+	if ok, err := f.st.FillInGroups(t.Context(), k, tok, envelope(t, "k", "v1-refetched"), time.Minute, nil, r.Clock); err != nil || ok {
 		t.Fatalf("refresh after invalidation = %v, %v; want refused", ok, err)
 	}
 	f.mustAbsent(t, k.Value)
@@ -121,8 +121,8 @@ func TestMarkFailing(t *testing.T) {
 func TestFillEntry_Negative(t *testing.T) {
 	f := newFixture(t)
 	k := l2.KeysFor("tc", "ns", "k")
-	tok := f.claim(t, k)
-	ok, err := f.st.FillEntry(t.Context(), k, tok, l2.Entry{TTL: 2 * time.Second, Negative: true, Groups: []string{"g"}}, 0)
+	tok, clock := f.claimClock(t, k)
+	ok, err := f.st.FillEntry(t.Context(), k, tok, l2.Entry{TTL: 2 * time.Second, Negative: true, Groups: []string{"g"}}, clock)
 	if err != nil || !ok {
 		t.Fatalf("FillEntry negative = %v, %v", ok, err)
 	}

@@ -71,23 +71,26 @@ func TestLargeGroupSequences(t *testing.T) {
 		t.Run(strconv.FormatUint(start, 10), func(t *testing.T) {
 			f := newFixture(t)
 			ctx := t.Context()
-			if err := f.rdb.Set(ctx, "tc:gseq", start, 0).Err(); err != nil {
+			if err := f.rdb.Set(ctx, "tc:gseq", fmt.Sprintf("%d/c0ffee", start), 0).Err(); err != nil {
 				t.Fatal(err)
 			}
 			k := l2.KeysFor("tc", "ns", "k")
-			tok := f.claim(t, k)
+			tok, clock := f.claimClock(t, k)
+			if want := fmt.Sprintf("%d/c0ffee", start); clock != want {
+				t.Fatalf("claim clock = %q; want %q", clock, want)
+			}
 			if _, err := f.st.Apply(ctx, []l2.Change{{Group: "g"}}, nil); err != nil {
 				t.Fatal(err)
 			}
-			if s, _ := f.get(t, l2.GroupKey("tc", "g")); !strings.HasPrefix(s, fmt.Sprintf("%d:", start+1)) {
+			if s, _ := f.get(t, l2.GroupKey("tc", "g")); !strings.HasPrefix(s, fmt.Sprintf("%d/c0ffee:", start+1)) {
 				t.Fatalf("stamp = %q", s)
 			}
-			if ok, err := f.st.FillInGroups(ctx, k, tok, envelope(t, "k", "v"), time.Hour, []string{"g"}, start); err != nil || ok {
+			if ok, err := f.st.FillInGroups(ctx, k, tok, envelope(t, "k", "v"), time.Hour, []string{"g"}, clock); err != nil || ok {
 				t.Fatalf("fill after the group changed = %v, %v; want refused", ok, err)
 			}
 			k2 := l2.KeysFor("tc", "ns", "k2")
-			tok2 := f.claim(t, k2)
-			if ok, err := f.st.FillInGroups(ctx, k2, tok2, envelope(t, "k2", "v"), time.Hour, []string{"h"}, start+1); err != nil || !ok {
+			tok2, clock2 := f.claimClock(t, k2)
+			if ok, err := f.st.FillInGroups(ctx, k2, tok2, envelope(t, "k2", "v"), time.Hour, []string{"h"}, clock2); err != nil || !ok {
 				t.Fatalf("fill = %v, %v", ok, err)
 			}
 		})
@@ -100,7 +103,7 @@ func TestHugeTTL(t *testing.T) {
 	f := newFixture(t)
 	k := l2.KeysFor("tc", "ns", "k")
 	tok := f.claim(t, k)
-	if ok, err := f.st.FillInGroups(t.Context(), k, tok, envelope(t, "k", "v"), time.Duration(1<<63-1), nil, 0); err != nil || !ok {
+	if ok, err := f.st.FillInGroups(t.Context(), k, tok, envelope(t, "k", "v"), time.Duration(1<<63-1), nil, ""); err != nil || !ok {
 		t.Fatalf("fill with the largest TTL = %v, %v", ok, err)
 	}
 }

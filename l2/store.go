@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -67,9 +66,11 @@ type Read struct {
 	// Failing reports, for Busy and StaleBusy, that the flag is a failure
 	// mark (see MarkFailing) rather than a claim in progress.
 	Failing bool
-	// Seq is the group sequence number when the claim was made, for
-	// Claimed and StaleClaimed: pass it to Fill.
-	Seq uint64
+	// Clock is the group clock when the claim was made, for Claimed and
+	// StaleClaimed: pass it to FillInGroups or FillEntry, which refuse the
+	// fill if any of its groups changed since (R31) or the clock itself was
+	// lost (R36). Opaque.
+	Clock string
 	// Stale reports that a value was present but one of its groups had been
 	// invalidated (or its stamp had vanished) since it was filled: the value
 	// was removed, and the read went on as a miss (RACES.md R31, R26).
@@ -80,9 +81,9 @@ var (
 	// KEYS: value, flag, meta. ARGV: token, flag TTL in ms, prefix, the
 	// remaining lifetime in ms at or below which a present value is claimed
 	// for a refresh (-1: never), '1' to claim a present value regardless.
-	// Reply: state, value, TTL, group names, group sequence, removed-stale,
-	// failing, negative.
-	readOrClaimScript = redis.NewScript(`
+	// Reply: state, value, TTL, group names, group clock (for a claim),
+	// removed-stale, failing, negative.
+	readOrClaimScript = redis.NewScript(gclockLua + `
 -- A reader that finds the flag held may wait: the flag's holder, when it
 -- fills, releases or fails, announces it on the wake channel (see wakeLua).
 local function waiting()
@@ -117,30 +118,30 @@ if v then
     local below = tonumber(ARGV[4])
     -- A stored "not found" has no refresh zone: it lives its short TTL.
     if ARGV[5] ~= '1' and (neg == 1 or below < 0 or left < 0 or left > below) then
-      return {1, v, left, names, '0', 0, 0, neg}
+      return {1, v, left, names, '', 0, 0, neg}
     end
     if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-      return {4, v, left, names, redis.call('GET', ARGV[3] .. ':gseq') or '0', 0, 0, neg}
+      return {4, v, left, names, gclock(ARGV[3], ARGV[1]), 0, 0, neg}
     end
     waiting()
-    return {5, v, left, names, '0', 0, failing(redis.call('GET', KEYS[2])), neg}
+    return {5, v, left, names, '', 0, failing(redis.call('GET', KEYS[2])), neg}
   end
   redis.call('UNLINK', KEYS[1], KEYS[3])
   stale = 1
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {2, '', 0, {}, redis.call('GET', ARGV[3] .. ':gseq') or '0', stale, 0, 0}
+  return {2, '', 0, {}, gclock(ARGV[3], ARGV[1]), stale, 0, 0}
 end
 waiting()
-return {3, '', redis.call('PTTL', KEYS[2]), {}, '0', stale, failing(redis.call('GET', KEYS[2])), 0}
+return {3, '', redis.call('PTTL', KEYS[2]), {}, '', stale, failing(redis.call('GET', KEYS[2])), 0}
 `)
-	// KEYS: value, flag, meta. ARGV: token, envelope, TTL in ms, claim
-	// sequence, prefix, meta marker ('1', or 'n' for "not found"), group
+	// KEYS: value, flag, meta. ARGV: token, envelope, TTL in ms, the group
+	// clock of the claim, prefix, meta marker ('1', or 'n' for "not found"), group
 	// count n, n names, n fresh tokens.
 	fillScript = redis.NewScript(stampLua + wakeLua + `
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local ttl = tonumber(ARGV[3])
-local meta = stamps(ARGV[5], ARGV, 7, tonumber(ARGV[4]), ttl)
+local meta = stamps(ARGV[5], ARGV, 7, ARGV[4], ttl)
 if not meta then
   -- The flag is ours (checked above): give it up, so that the next reader
   -- claims at once instead of waiting for it to expire.
@@ -193,8 +194,8 @@ while a <= #ARGV do
   local op = ARGV[a]
   if op == 'g' then
     local g = ARGV[a+1]
-    local seq = redis.call('INCR', prefix .. ':gseq')
-    redis.call('SET', prefix .. ':g:{' .. #g .. ':' .. g .. '}', string.format('%d', seq) .. ':' .. ARGV[a+2], 'PX', ARGV[a+3])
+    local clock = tick(prefix, ARGV[a+2])
+    redis.call('SET', prefix .. ':g:{' .. #g .. ':' .. g .. '}', clock .. ':' .. ARGV[a+2], 'PX', ARGV[a+3])
     a = a + 4
   elseif op == 's' then
     local ttl = tonumber(ARGV[a+2])
@@ -227,31 +228,82 @@ return seq
 	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript}
 )
 
+// gclockLua defines the group clock, kept in <prefix>:gseq as
+// "<seq>/<id>": seq counts group invalidations, id names the clock's
+// incarnation. The key has no TTL, so maxmemory's allkeys policies may evict
+// it; a clock created afresh gets a new id, so that no sequence number of
+// the lost clock is ever compared with one of the new (RACES.md R36):
+//
+//   - gparse(s) reads "<seq>/<id>" at the start of s (a clock, or a stamp
+//     "<clock>:<token>"), or nil for anything else;
+//   - gclock(prefix, id) returns the clock, creating it as "0/<id>" if it
+//     is missing or not of this form: a claim's reference point;
+//   - tick(prefix, id) advances the clock and returns it, starting a new
+//     incarnation named id if it was missing.
+const gclockLua = `
+local function gparse(s)
+  local seq, id = string.match(s, '^(%d+)/([^:/]+)')
+  if not seq then return nil end
+  return tonumber(seq), id
+end
+local function gclock(prefix, id)
+  local c = redis.call('GET', prefix .. ':gseq')
+  if c and gparse(c) then return c end
+  c = '0/' .. id
+  redis.call('SET', prefix .. ':gseq', c)
+  return c
+end
+local function tick(prefix, id)
+  local c = redis.call('GET', prefix .. ':gseq')
+  local seq, cid
+  if c then seq, cid = gparse(c) end
+  if not seq then seq, cid = 0, id end
+  c = string.format('%d', seq + 1) .. '/' .. cid
+  redis.call('SET', prefix .. ':gseq', c)
+  return c
+end
+`
+
 // stampLua defines stamps(prefix, argv, at, claim, ttl): for the group count
 // n at argv[at], the names at argv[at+1..at+n] and fresh tokens at
 // argv[at+n+1..at+2n], it returns the meta list {'1', name, stamp, ...} of the
-// groups' current stamps, creating a missing stamp as "<gseq>:<token>" and
-// keeping every stamp alive for at least ttl ms. With a claim sequence, it
-// returns nil if any group was invalidated after that claim, or if a stamp
-// is missing while any group was invalidated since (R31, R26): a fill must
-// not land as fresh in a group that changed while it fetched.
-const stampLua = `
+// groups' current stamps, creating a missing stamp as "<clock>:<token>" and
+// keeping every stamp alive for at least ttl ms. With a claim (the group
+// clock the claim saw), it returns nil if any group was invalidated after
+// that claim, if a stamp is missing while any group was invalidated since
+// (R31, R26), or if the group clock was lost or replaced since the claim,
+// so that which groups changed cannot be known (R36): a fill must not land
+// as fresh in a group that changed while it fetched. A stamp of an earlier
+// incarnation of the clock was written before the claim's incarnation
+// began, hence before the claim.
+const stampLua = gclockLua + `
 local function stamps(prefix, argv, at, claim, ttl)
   local n = tonumber(argv[at])
   local meta = {'1'}
+  if n == 0 then return meta end
+  local cur = redis.call('GET', prefix .. ':gseq')
+  local cseq, cid
+  if claim then
+    cseq, cid = gparse(claim)
+    if not cseq or not cur then return nil end
+    local _, id = gparse(cur)
+    if id ~= cid then return nil end
+  elseif not (cur and gparse(cur)) then
+    cur = gclock(prefix, argv[at + n + 1])
+  end
+  local curseq = gparse(cur)
   for i = 1, n do
     local g = argv[at + i]
     local sk = prefix .. ':g:{' .. #g .. ':' .. g .. '}'
     local s = redis.call('GET', sk)
     if not s then
-      local cur = redis.call('GET', prefix .. ':gseq') or '0'
-      if claim and tonumber(cur) > claim then return nil end
+      if claim and curseq > cseq then return nil end
       s = cur .. ':' .. argv[at + n + i]
       redis.call('SET', sk, s, 'PX', ttl)
     else
       if claim then
-        local changed = tonumber(string.match(s, '^(%d+):'))
-        if changed == nil or changed > claim then return nil end
+        local seq, id = gparse(s)
+        if id == cid and seq > cseq then return nil end
       end
       local left = redis.call('PTTL', sk)
       if left >= 0 and left < ttl then redis.call('PEXPIRE', sk, ttl) end
@@ -465,7 +517,7 @@ func parseRead(reply []any) (Read, error) {
 	value, ok2 := reply[1].(string)
 	ttl, ok3 := reply[2].(int64)
 	names, ok4 := reply[3].([]any)
-	seq, ok5 := reply[4].(string)
+	clock, ok5 := reply[4].(string)
 	stale, ok6 := reply[5].(int64)
 	failing, ok7 := reply[6].(int64)
 	neg, ok8 := reply[7].(int64)
@@ -479,9 +531,9 @@ func parseRead(reply []any) (Read, error) {
 		Failing:  failing == 1,
 		Negative: neg == 1,
 	}
-	var err error
-	if r.Seq, err = strconv.ParseUint(seq, 10, 64); err != nil {
-		return Read{}, fmt.Errorf("l2 read: %w: group sequence %q", ErrUnexpectedReply, seq)
+	r.Clock = clock
+	if (r.State == Claimed || r.State == StaleClaimed) && clock == "" {
+		return Read{}, fmt.Errorf("l2 read: %w: a claim without a group clock", ErrUnexpectedReply)
 	}
 	if r.State == Hit || r.State == StaleClaimed || r.State == StaleBusy {
 		r.Value = []byte(value)
@@ -501,16 +553,18 @@ func parseRead(reply []any) (Read, error) {
 // false means an invalidation, an expiry of the flag, or another claim came
 // first (R01, R03, R04, R05).
 func (s *Store) Fill(ctx context.Context, k Keys, token string, envelope []byte, ttl time.Duration) (bool, error) {
-	return s.FillInGroups(ctx, k, token, envelope, ttl, nil, 0)
+	return s.FillInGroups(ctx, k, token, envelope, ttl, nil, "")
 }
 
-// FillInGroups is Fill for a value that belongs to groups. claimSeq is the
-// Read.Seq of the claim. The fill is also refused if any of the groups was
-// invalidated after the claim, or if a group's stamp is missing and any
-// group was invalidated since (R31, R26); otherwise the value is stored with
-// the groups' current stamps, missing ones created.
-func (s *Store) FillInGroups(ctx context.Context, k Keys, token string, envelope []byte, ttl time.Duration, groups []string, claimSeq uint64) (bool, error) {
-	return s.FillEntry(ctx, k, token, Entry{Envelope: envelope, TTL: ttl, Groups: groups}, claimSeq)
+// FillInGroups is Fill for a value that belongs to groups. clock is the
+// Read.Clock of the claim. The fill is also refused if any of the groups was
+// invalidated after the claim, if a group's stamp is missing and any group
+// was invalidated since (R31, R26), or if the group clock was lost since
+// (R36); otherwise the value is stored with the groups' current stamps,
+// missing ones created. With groups, a clock that no claim returned ("")
+// refuses the fill.
+func (s *Store) FillInGroups(ctx context.Context, k Keys, token string, envelope []byte, ttl time.Duration, groups []string, clock string) (bool, error) {
+	return s.FillEntry(ctx, k, token, Entry{Envelope: envelope, TTL: ttl, Groups: groups}, clock)
 }
 
 // Entry is what FillEntry stores.
@@ -527,7 +581,7 @@ type Entry struct {
 }
 
 // FillEntry is FillInGroups for any Entry, a "not found" included.
-func (s *Store) FillEntry(ctx context.Context, k Keys, token string, e Entry, claimSeq uint64) (bool, error) {
+func (s *Store) FillEntry(ctx context.Context, k Keys, token string, e Entry, clock string) (bool, error) {
 	if e.TTL <= 0 {
 		return false, fmt.Errorf("l2 fill: %w", errNonPositiveTTL)
 	}
@@ -536,7 +590,7 @@ func (s *Store) FillEntry(ctx context.Context, k Keys, token string, e Entry, cl
 		marker = "n"
 	}
 	args := make([]any, 0, 7+2*len(e.Groups))
-	args = append(args, token, e.Envelope, ttlMillis(e.TTL), claimSeq, s.prefix, marker)
+	args = append(args, token, e.Envelope, ttlMillis(e.TTL), clock, s.prefix, marker)
 	args = appendGroups(args, e.Groups)
 	var n int64
 	err := s.do(ctx, func(ctx context.Context) (err error) {

@@ -85,12 +85,20 @@ func (f *fixture) pttl(t *testing.T, key string) time.Duration {
 // claim claims k with a fresh token and fails unless it got the flag.
 func (f *fixture) claim(t *testing.T, k l2.Keys) string {
 	t.Helper()
+	tok, _ := f.claimClock(t, k)
+	return tok
+}
+
+// claimClock claims k with a fresh token and returns it with the group
+// clock the claim saw.
+func (f *fixture) claimClock(t *testing.T, k l2.Keys) (token, clock string) {
+	t.Helper()
 	tok := consistency.NewToken()
 	r, err := f.st.ReadOrClaim(t.Context(), k, tok, flagTTL)
 	if err != nil || r.State != l2.Claimed {
 		t.Fatalf("ReadOrClaim(%q) = %+v, %v; want Claimed", k.Value, r, err)
 	}
-	return tok
+	return tok, r.Clock
 }
 
 // envelope encodes data under key.
@@ -127,7 +135,8 @@ func TestReadOrClaim_ClaimedSetsFlag(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ReadOrClaim: %v", err)
 	}
-	if diff := cmp.Diff(l2.Read{State: l2.Claimed}, r); diff != "" {
+	// The first claim starts the group clock, named by its token (R36).
+	if diff := cmp.Diff(l2.Read{State: l2.Claimed, Clock: "0/" + tok}, r); diff != "" {
 		t.Errorf("ReadOrClaim on a miss (-want +got):\n%s", diff)
 	}
 	f.mustHold(t, k.Flag, tok)

@@ -113,7 +113,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 		case stepDone:
 			return out, err
 		case stepFetch:
-			return c.fetchAndFill(ctx, key, s, h, keys, token, r.Seq, f, st.fallback)
+			return c.fetchAndFill(ctx, key, s, h, keys, token, r.Clock, f, st.fallback)
 		case stepUncached:
 			return c.fetchUncached(ctx, key, st.fallback)
 		case stepAgain:
@@ -253,7 +253,7 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 		if r.State == l2.StaleClaimed && cur != nil && mode == modeGet && c.z.servable(cur.left) {
 			// Stale-while-revalidate (R34): answer now; refresh under our
 			// claim in the background, a fill like any other.
-			c.refreshClaimed(key, s, h, keys, token, r.Seq, f, cur)
+			c.refreshClaimed(key, s, h, keys, token, r.Clock, f, cur)
 			out, err := c.serveStale(cur, nil)
 			return stepDone, out, err
 		}
@@ -313,10 +313,10 @@ func (c *Cache[K, V]) serveStale(sv *staleValue[V], cause error) (loaded[V], err
 
 // refreshClaimed refreshes key in the background under the claim token
 // that a stale read took.
-func (c *Cache[K, V]) refreshClaimed(key K, s string, h uint64, keys l2.Keys, token string, seq uint64, f fence, cur *staleValue[V]) {
+func (c *Cache[K, V]) refreshClaimed(key K, s string, h uint64, keys l2.Keys, token string, clock string, f fence, cur *staleValue[V]) {
 	n := c.node
 	n.stats.refreshes.Add(1)
-	if !n.spawn(func() { _, _ = c.fetchAndFill(n.life, key, s, h, keys, token, seq, f, cur) }) {
+	if !n.spawn(func() { _, _ = c.fetchAndFill(n.life, key, s, h, keys, token, clock, f, cur) }) {
 		c.release(context.Background(), keys, token)
 	}
 }
@@ -372,11 +372,11 @@ func (c *Cache[K, V]) refreshKey(key K, s string, h uint64) {
 
 // fetchAndFill runs Fetch under our claim and settles its result (see
 // fetched).
-func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, claimSeq uint64, f fence, fallback *staleValue[V]) (loaded[V], error) {
+func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, clock string, f fence, fallback *staleValue[V]) (loaded[V], error) {
 	fctx, cancel := c.fetchContext(ctx, fallback != nil)
 	defer cancel()
 	v, err := c.callFetch(fctx, key)
-	return c.fetched(ctx, key, s, h, keys, token, claimSeq, f, fallback, v, err)
+	return c.fetched(ctx, key, s, h, keys, token, clock, f, fallback, v, err)
 }
 
 // fetched settles what a fetch under our claim returned: a value fills both
@@ -384,13 +384,13 @@ func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint6
 // the claim released; and with a fallback (the value being refreshed), any
 // other failure serves the fallback with ErrStale and marks the key failing
 // for FailSafeThrottle (fail-safe, R34).
-func (c *Cache[K, V]) fetched(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, claimSeq uint64, f fence, fallback *staleValue[V], v V, err error) (loaded[V], error) {
+func (c *Cache[K, V]) fetched(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, clock string, f fence, fallback *staleValue[V], v V, err error) (loaded[V], error) {
 	if err == nil {
-		return c.fill(ctx, key, s, h, keys, token, claimSeq, f, v)
+		return c.fill(ctx, key, s, h, keys, token, clock, f, v)
 	}
 	switch {
 	case errors.Is(err, ErrNotFound) && c.z.notFound > 0:
-		c.fillNegative(ctx, h, key, keys, token, claimSeq, f)
+		c.fillNegative(ctx, h, key, keys, token, clock, f)
 	case errors.Is(err, ErrNotFound) || fallback == nil || ctx.Err() != nil:
 		c.release(ctx, keys, token)
 	default:
@@ -405,7 +405,7 @@ func (c *Cache[K, V]) fetched(ctx context.Context, key K, s string, h uint64, ke
 // fill offers v, fetched under our claim, to both tiers: L2 takes it if the
 // claim still holds and none of its groups changed since; L1 if the fence
 // still holds.
-func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, claimSeq uint64, f fence, v V) (loaded[V], error) {
+func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, clock string, f fence, v V) (loaded[V], error) {
 	n := c.node
 	out := loaded[V]{v: v, ri: ReadInfo{Source: SourceFetch}}
 	gs, err := c.groupsOf(key, v)
@@ -430,7 +430,7 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 	}
 	life := c.lifetime()
 	start := time.Now()
-	landed, err := n.store.FillInGroups(context.WithoutCancel(ctx), keys, token, env, life, gs, claimSeq)
+	landed, err := n.store.FillInGroups(context.WithoutCancel(ctx), keys, token, env, life, gs, clock)
 	switch {
 	case err != nil:
 		n.redisFailed("fill", err)
@@ -454,7 +454,7 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 // in the groups Config.Groups gives for the key and the zero value, so that
 // invalidating a group the key would be in clears it (R11). If Groups fails
 // or panics on the zero value, nothing is cached.
-func (c *Cache[K, V]) fillNegative(ctx context.Context, h uint64, key K, keys l2.Keys, token string, claimSeq uint64, f fence) {
+func (c *Cache[K, V]) fillNegative(ctx context.Context, h uint64, key K, keys l2.Keys, token string, clock string, f fence) {
 	n := c.node
 	gs, err := c.negativeGroups(key)
 	if err != nil {
@@ -464,7 +464,7 @@ func (c *Cache[K, V]) fillNegative(ctx context.Context, h uint64, key K, keys l2
 		return
 	}
 	start := time.Now()
-	landed, err := n.store.FillEntry(context.WithoutCancel(ctx), keys, token, l2.Entry{TTL: c.z.notFound, Groups: gs, Negative: true}, claimSeq)
+	landed, err := n.store.FillEntry(context.WithoutCancel(ctx), keys, token, l2.Entry{TTL: c.z.notFound, Groups: gs, Negative: true}, clock)
 	switch {
 	case err != nil:
 		n.redisFailed("fill", err)

@@ -174,7 +174,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
 		case stepDone:
 			record(m.key, l.v, l.ri, err)
 		case stepFetch:
-			claimed = append(claimed, claim[K, V]{m, reads[i].Seq, st.fallback})
+			claimed = append(claimed, claim[K, V]{m, reads[i].Clock, st.fallback})
 		case stepUncached:
 			uncached = append(uncached, claim[K, V]{miss: m, fallback: st.fallback})
 		default:
@@ -195,7 +195,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				l, err := c.fetchAndFill(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.seq, cl.f, cl.fallback)
+				l, err := c.fetchAndFill(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.clock, cl.f, cl.fallback)
 				record(cl.key, l.v, l.ri, err)
 			}()
 		}
@@ -220,11 +220,11 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
 	return c.manyResult(out, errs)
 }
 
-// claim is a key of a GetMany to fetch: claimed under seq, or uncached,
+// claim is a key of a GetMany to fetch: claimed under clock, or uncached,
 // with the value Redis held as the fail-safe fallback, if any.
 type claim[K comparable, V any] struct {
 	miss[K]
-	seq      uint64
+	clock    string
 	fallback *staleValue[V]
 }
 
@@ -257,7 +257,7 @@ func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], rec
 				kerr = fmt.Errorf("tier get: %w", ErrNotFound)
 			}
 		}
-		l, ferr := c.fetched(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.seq, cl.f, cl.fallback, v, kerr)
+		l, ferr := c.fetched(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.clock, cl.f, cl.fallback, v, kerr)
 		record(cl.key, l.v, l.ri, ferr)
 	}
 }
