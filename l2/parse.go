@@ -23,14 +23,35 @@ const hashHexLen = 32
 // length, not by a separator. It allocates nothing: the strings returned
 // share name's memory.
 func ParseValueKey(prefix, name string) (namespace, key string, hashed bool, ok bool) {
-	// name = prefix ":v:{" len(ns) ":" ns ":" ("=" key | "#" 32 hex) "}"
+	kind, namespace, key, hashed, ok := ParseKey(prefix, name)
+	if !ok || kind != 'v' {
+		return "", "", false, false
+	}
+	return namespace, key, hashed, true
+}
+
+// ParseKey is ParseValueKey for the value, flag and meta names of
+// KeysFor: kind is 'v', 'f' or 'm'.
+func ParseKey(prefix, name string) (kind byte, namespace, key string, hashed bool, ok bool) {
+	// name = prefix ":" kind ":{" len(ns) ":" ns ":" ("=" key | "#" 32 hex) "}"
 	rest, found := strings.CutPrefix(name, prefix)
-	if !found {
-		return "", "", false, false
+	if !found || len(rest) < 4 || rest[0] != ':' || rest[2] != ':' || rest[3] != '{' {
+		return 0, "", "", false, false
 	}
-	if rest, found = strings.CutPrefix(rest, ":v:{"); !found {
-		return "", "", false, false
+	switch kind = rest[1]; kind {
+	case 'v', 'f', 'm':
+	default:
+		return 0, "", "", false, false
 	}
+	namespace, key, hashed, ok = parseBody(rest[4:])
+	if !ok {
+		return 0, "", "", false, false
+	}
+	return kind, namespace, key, hashed, true
+}
+
+// parseBody parses what follows "<prefix>:<kind>:{" in a name of KeysFor.
+func parseBody(rest string) (namespace, key string, hashed bool, ok bool) {
 	// The length, in the form strconv.AppendInt writes: decimal digits, no
 	// sign, no leading zero unless it is "0". Any other spelling is not a
 	// name KeysFor returns, so accepting it would make two names parse to
@@ -123,9 +144,19 @@ func appendGlobEscaped(b *strings.Builder, s string) {
 // ValuePrefixPattern returns a Redis glob (for SCAN's MATCH) that matches
 // the value names of every namespace under prefix.
 func ValuePrefixPattern(prefix string) string {
+	return prefixPattern(prefix, "v")
+}
+
+// ValueOrFlagPrefixPattern returns a Redis glob (for SCAN's MATCH) that
+// matches the value and flag names of every namespace under prefix.
+func ValueOrFlagPrefixPattern(prefix string) string {
+	return prefixPattern(prefix, "[vf]")
+}
+
+func prefixPattern(prefix, kind string) string {
 	var b strings.Builder
-	b.Grow(len(prefix) + 8)
+	b.Grow(len(prefix) + 12)
 	appendGlobEscaped(&b, prefix)
-	b.WriteString(":v:{*}")
+	b.WriteString(":" + kind + ":{*}")
 	return b.String()
 }

@@ -70,7 +70,7 @@ func (c *Cache[K, V]) Keys(ctx context.Context) iter.Seq2[string, error] {
 					}
 				}
 				return true
-			})
+			}, nil)
 		switch {
 		case stopped:
 		case ctx.Err() != nil:
@@ -88,9 +88,12 @@ func (c *Cache[K, V]) Keys(ctx context.Context) iter.Seq2[string, error] {
 // this process, and invalidates the matches in batches of up to 256 keys,
 // each one atomic delete and announcement as Cache.Invalidate makes it, so
 // that every node evicts its L1 copies and no call holds Redis for long. It
-// matches what Redis holds; a key cached only in some node's L1 (its Redis
-// entry evicted under memory pressure) is not seen, and lives there until
-// its L1TTL. Keys longer than 128 bytes are named by their hash in Redis:
+// matches what Redis holds, values and claims alike, so that no fill in
+// flight when it returns can land afterwards (a long key's claim, which
+// names only the key's hash, is dropped if its namespace can match); a key
+// cached only in some node's L1 (its Redis entry evicted under memory
+// pressure) is not seen, and lives there until its L1TTL. A key whose value
+// and claim fall in different SCAN pages is counted twice. Keys longer than 128 bytes are named by their hash in Redis:
 // one whose namespace the pattern can match is read (one GET) for its full
 // form.
 //
@@ -141,7 +144,21 @@ func (n *Node) InvalidatePattern(ctx context.Context, pattern string) (int, erro
 		clear(queued)
 		return true
 	}
-	scanErr := n.scanValues(ctx, l2.ValuePrefixPattern(n.cfg.Prefix),
+	// Claims too, not only values: a fill in flight when the call returns
+	// must not land (R38). A long key's claim names only the key's hash, so
+	// whether the key matches cannot be told; such a claim in a namespace
+	// the pattern can match is deleted, which refuses its fill and costs at
+	// most a fetch.
+	dropClaims := func(names []string) error {
+		if err := n.rdb.Del(ctx, names...).Err(); err != nil {
+			if ctx.Err() == nil {
+				n.redisFailed("delete claims", err)
+			}
+			return err
+		}
+		return nil
+	}
+	scanErr := n.scanValues(ctx, l2.ValueOrFlagPrefixPattern(n.cfg.Prefix),
 		func(ns string) bool { return invalidableNamespace(ns) && nsCanMatch(lit, ns) },
 		func(keys []scannedKey) bool {
 			for _, k := range keys {
@@ -160,7 +177,7 @@ func (n *Node) InvalidatePattern(ctx context.Context, pattern string) (int, erro
 				}
 			}
 			return true
-		})
+		}, dropClaims)
 	if scanErr == nil && pubErr == nil {
 		flush()
 	}
@@ -192,11 +209,16 @@ type scannedKey struct {
 // resolveBatch GETs; a vanished, corrupt or foreign envelope is skipped.
 // It stops when page returns false (returning nil), when the scan is
 // complete (nil), or with the first error (ctx's or Redis's).
-func (n *Node) scanValues(ctx context.Context, match string, want func(ns string) bool, page func([]scannedKey) bool) error {
+//
+// With claims set, flag names are parsed too: the key of a raw one goes to
+// page like a value's; a hashed one (its key cannot be read back, since a
+// claim has no envelope) goes to claims, by name.
+func (n *Node) scanValues(ctx context.Context, match string, want func(ns string) bool, page func([]scannedKey) bool, claims func(names []string) error) error {
 	var (
-		cursor uint64
-		keys   []scannedKey
-		hashed []scannedKey // key holds the name until resolved
+		cursor  uint64
+		keys    []scannedKey
+		hashed  []scannedKey // key holds the name until resolved
+		flagged []string     // hashed flag names
 	)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -209,11 +231,13 @@ func (n *Node) scanValues(ctx context.Context, match string, want func(ns string
 			}
 			return err
 		}
-		keys, hashed = keys[:0], hashed[:0]
+		keys, hashed, flagged = keys[:0], hashed[:0], flagged[:0]
 		for _, name := range names {
-			ns, key, isHashed, ok := l2.ParseValueKey(n.cfg.Prefix, name)
+			kind, ns, key, isHashed, ok := l2.ParseKey(n.cfg.Prefix, name)
 			switch {
-			case !ok || !want(ns):
+			case !ok || !want(ns) || kind == 'm' || kind == 'f' && claims == nil:
+			case kind == 'f' && isHashed:
+				flagged = append(flagged, name)
 			case isHashed:
 				hashed = append(hashed, scannedKey{ns: ns, key: name})
 			default:
@@ -222,6 +246,11 @@ func (n *Node) scanValues(ctx context.Context, match string, want func(ns string
 		}
 		if keys, err = n.resolveHashed(ctx, keys, hashed); err != nil {
 			return err
+		}
+		if len(flagged) > 0 {
+			if err := claims(flagged); err != nil {
+				return err
+			}
 		}
 		if len(keys) > 0 && !page(keys) {
 			return nil
