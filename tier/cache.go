@@ -116,16 +116,19 @@ type Config[K comparable, V any] struct {
 	// Node.InvalidateGroup of any of them makes the entry stale on every
 	// node, in time independent of the group's size. A name is 1 to 1024
 	// bytes and does not start with NUL; an entry has at most
-	// MaxGroupsPerEntry. An entry whose groups break these rules is returned
-	// by Get but not cached, and Set of it fails with ErrBadGroup. Reading
+	// MaxGroupsPerEntry. An entry whose groups break these rules, or whose
+	// Groups call panics, is not cached: Get returns it with an error
+	// wrapping ErrBadGroup (or ErrPanic), and Set of it fails so. Reading
 	// an entry's groups back costs nothing extra: Redis checks their stamps
 	// in the same round trip as the value, whether they come from the key
 	// or the value. Optional.
 	Groups func(key K, value V) []string
 }
 
-// MaxGroupsPerEntry bounds the groups of one entry.
-const MaxGroupsPerEntry = 64
+// MaxGroupsPerEntry bounds the groups of one entry: enough for a list page
+// of a thousand items, each item a group. An entry's groups cost one stamp
+// read each when Redis answers, and one atomic load each on an L1 hit.
+const MaxGroupsPerEntry = 1024
 
 // Cache caches one kind of object in both tiers of a Node. It is safe for
 // concurrent use. Values returned by Get may be shared with other callers
@@ -143,8 +146,8 @@ type Cache[K comparable, V any] struct {
 	groupFn   func(K, V) []string
 	nsGroup   string // the group of every entry of the namespace
 	z         zones
-	onHit     func(K, Source)
-	onMiss    func(K)
+	onHit     func(K, Source) error // Config.OnHit, a panic an error
+	onMiss    func(K) error
 	fetchTime atomic.Int64 // recent Fetch duration (ns), for early refresh
 
 	bgMu sync.Mutex
@@ -216,8 +219,8 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 		groupFn:   cfg.Groups,
 		nsGroup:   namespaceGroup(cfg.Namespace),
 		z:         z,
-		onHit:     cfg.OnHit,
-		onMiss:    cfg.OnMiss,
+		onHit:     hitHook(n, cfg.Namespace, cfg.OnHit),
+		onMiss:    missHook(n, cfg.Namespace, cfg.OnMiss),
 	}
 	if c.l1TTL == 0 {
 		c.l1TTL = DefaultL1TTL
@@ -270,7 +273,10 @@ func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, err
 		v, st := c.fromL1(key)
 		if st == l1Fresh {
 			if c.onHit != nil {
-				c.onHit(key, SourceL1)
+				if err := c.onHit(key, SourceL1); err != nil {
+					var zero V
+					return zero, err
+				}
 			}
 			return v, nil
 		}
@@ -283,7 +289,9 @@ func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, err
 	}
 	if o.bypass {
 		r, err := c.bypass(ctx, key)
-		c.account(key, r.ri)
+		if herr := c.account(key, r.ri); herr != nil {
+			r.v, err = *new(V), herr
+		}
 		if o.info != nil {
 			*o.info = r.ri
 		}
@@ -320,15 +328,19 @@ func (c *Cache[K, V]) getMissed(ctx context.Context, key K, v V, st l1State, o g
 		}
 		v, ri, err = c.getSlow(ctx, key, mode)
 	}
-	c.account(key, ri)
+	if herr := c.account(key, ri); herr != nil {
+		var zero V
+		v, err = zero, herr
+	}
 	if o.info != nil {
 		*o.info = ri
 	}
 	return v, err
 }
 
-// account counts a Get's answer and calls the hit and miss hooks.
-func (c *Cache[K, V]) account(key K, ri ReadInfo) {
+// account counts a Get's answer and calls the hit and miss hooks; it
+// returns the error of a hook that panicked.
+func (c *Cache[K, V]) account(key K, ri ReadInfo) error {
 	n := c.node
 	if ri.Stale {
 		n.stats.staleServed.Add(1)
@@ -339,13 +351,14 @@ func (c *Cache[K, V]) account(key K, ri ReadInfo) {
 	switch ri.Source {
 	case SourceL1, SourceL2:
 		if c.onHit != nil {
-			c.onHit(key, ri.Source)
+			return c.onHit(key, ri.Source)
 		}
 	case SourceFetch, SourceUncached:
 		if c.onMiss != nil {
-			c.onMiss(key)
+			return c.onMiss(key)
 		}
 	}
+	return nil
 }
 
 // errCachedNotFound answers a Get from a cached "not found".
@@ -417,11 +430,17 @@ func groupsValid(refs []groups.Ref) bool {
 }
 
 // groupsOf returns the groups of an entry: the fleet's and its namespace's,
-// then those Config.Groups names, checked.
-func (c *Cache[K, V]) groupsOf(key K, v V) ([]string, error) {
+// then those Config.Groups names, checked. A panic in Groups is an error
+// wrapping ErrPanic.
+func (c *Cache[K, V]) groupsOf(key K, v V) (_ []string, err error) {
 	if c.groupFn == nil {
 		return []string{fleetGroup, c.nsGroup}, nil
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = c.node.panicked("Groups", c.ns, r)
+		}
+	}()
 	user := c.groupFn(key, v)
 	if len(user) > MaxGroupsPerEntry {
 		return nil, fmt.Errorf("%w: %d groups, limit %d", ErrBadGroup, len(user), MaxGroupsPerEntry)
@@ -470,7 +489,7 @@ func (c *Cache[K, V]) Set(ctx context.Context, key K, value V) error {
 	if c.node.isClosed() {
 		return ErrClosed
 	}
-	env, err := c.encode(s, value)
+	env, _, err := c.encode(s, value)
 	if errors.Is(err, ErrValueTooLarge) {
 		if ierr := c.publish(ctx, []bus.Op{{Namespace: c.ns, Key: s}}); ierr != nil {
 			return fmt.Errorf("tier set: %w (and invalidating failed: %w)", err, ierr)

@@ -19,9 +19,18 @@ var (
 	// ErrBadGroup reports a group name that is empty, longer than 1 KiB or
 	// starts with NUL, or an entry in more than MaxGroupsPerEntry groups.
 	ErrBadGroup = errors.New("tier: bad group")
-	// ErrFetchPanic reports a Fetch that panicked; every caller waiting on
-	// that fetch gets it. The panic value is in the message.
+	// ErrFetchPanic reports a Fetch or FetchMany that panicked; every caller
+	// waiting on that fetch gets it. The panic value is in the message; the
+	// error also wraps ErrPanic.
 	ErrFetchPanic = errors.New("tier: fetch panicked")
+	// ErrPanic reports a callback of the caller's that panicked: Fetch,
+	// FetchMany, Config.Key, Config.Groups, the Codec, OnHit or OnMiss. The
+	// call that ran it returns an error wrapping ErrPanic, with the panic
+	// value in the message; a claim it held in Redis is released at once, so
+	// that no other node waits for it, and the panic is logged with its
+	// stack. A panic never crashes the process, whichever goroutine ran the
+	// callback.
+	ErrPanic = errors.New("tier: callback panicked")
 	// ErrPending reports a write (Invalidate, Set, InvalidateGroup, Flush)
 	// whose local effect applied but which could not reach Redis: it is
 	// queued and will be replayed, and announced to the fleet, as soon as

@@ -376,8 +376,8 @@ func TestBadGroups(t *testing.T) {
 			t.Errorf("InvalidateGroup(%s) = %v, want ErrBadGroup", name, err)
 		}
 	}
-	if v := mustGet(t, c, "many"); v != "v" {
-		t.Fatalf("Get = %q", v)
+	if v, err := c.Get(ctx, "many"); v != "v" || !errors.Is(err, tier.ErrBadGroup) {
+		t.Fatalf("Get = %q, %v; want the value and ErrBadGroup (not cached)", v, err)
 	}
 	if st := n.Stats(); st.BadGroups != 1 || st.FillsLanded != 0 {
 		t.Fatalf("an entry in too many groups was cached: %+v", st)

@@ -14,6 +14,7 @@ import (
 type keyer[K comparable] struct {
 	seed    uint64
 	maxKey  int
+	custom  bool // str is Config.Key, which may panic
 	str     func(K) string
 	hashRaw func(seed uint64, k K) uint64 // nil: hash str(k)
 }
@@ -21,7 +22,7 @@ type keyer[K comparable] struct {
 func newKeyer[K comparable](namespace string, maxKey int, custom func(K) string) (keyer[K], error) {
 	kr := keyer[K]{seed: l1.Seed(namespace), maxKey: maxKey}
 	if custom != nil {
-		kr.str = custom
+		kr.str, kr.custom = custom, true
 		return kr, nil
 	}
 	// The unsafe conversions below are sound: each is chosen by K's kind, so
@@ -80,8 +81,8 @@ func (kr *keyer[K]) hash(k K) (uint64, bool) {
 	if kr.hashRaw != nil {
 		return kr.hashRaw(kr.seed, k), true // an integer's form is never empty or long
 	}
-	s := kr.str(k)
-	if len(s) == 0 || len(s) > kr.maxKey {
+	s, err := kr.form(k)
+	if err != nil || len(s) == 0 || len(s) > kr.maxKey {
 		return 0, false
 	}
 	return l1.Hash(kr.seed, s), true
@@ -90,12 +91,28 @@ func (kr *keyer[K]) hash(k K) (uint64, bool) {
 // resolve returns k's string form and hash, or the error that makes k
 // invalid.
 func (kr *keyer[K]) resolve(k K) (string, uint64, error) {
-	s := kr.str(k)
+	s, err := kr.form(k)
 	switch {
+	case err != nil:
+		return "", 0, err
 	case len(s) == 0:
 		return "", 0, ErrEmptyKey
 	case len(s) > kr.maxKey:
 		return "", 0, fmt.Errorf("%w: %d bytes, limit %d", ErrKeyTooLarge, len(s), kr.maxKey)
 	}
 	return s, l1.Hash(kr.seed, s), nil
+}
+
+// form returns k's string form; a panic in Config.Key is an error wrapping
+// ErrPanic.
+func (kr *keyer[K]) form(k K) (s string, err error) {
+	if !kr.custom {
+		return kr.str(k), nil
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: Key: %v", ErrPanic, r)
+		}
+	}()
+	return kr.str(k), nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"time"
 
 	"github.com/tiercache/tiercache/l2"
@@ -404,7 +403,12 @@ func (c *Cache[K, V]) fetched(ctx context.Context, key K, s string, h uint64, ke
 
 // fill offers v, fetched under our claim, to both tiers: L2 takes it if the
 // claim still holds and none of its groups changed since; L1 if the fence
-// still holds.
+// still holds. What it returns, and keeps in L1, is v as the codec decodes
+// it from the bytes that go to Redis, the very value every other node
+// serves (R39). If v cannot be cached (its groups break the rules, Groups
+// or the Codec fails or panics), the claim is released at once and v comes
+// back with an error that says why; a value too large to cache comes back
+// without one (it is counted and logged).
 func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, clock string, f fence, v V) (loaded[V], error) {
 	n := c.node
 	out := loaded[V]{v: v, ri: ReadInfo{Source: SourceFetch}}
@@ -412,18 +416,22 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 	if err != nil {
 		c.release(ctx, keys, token)
 		n.stats.badGroups.Add(1)
-		n.log.Warn("tiercache: not caching an entry with bad groups", "namespace", c.ns, "err", err)
-		return out, nil
+		n.log.Warn("tiercache: not caching an entry whose groups cannot be known", "namespace", c.ns, "key_hash", h, "reason", err)
+		return out, fmt.Errorf("tier get: value not cached: %w", err)
 	}
-	env, err := c.encode(s, v)
+	env, data, err := c.encode(s, v)
+	if err == nil {
+		out.v, err = c.decodeData(data)
+	}
 	if err != nil {
 		c.release(ctx, keys, token)
+		out.v = v
 		if errors.Is(err, ErrValueTooLarge) {
 			n.stats.oversize.Add(1)
-			n.log.Warn("tiercache: value too large to cache", "namespace", c.ns, "err", err)
+			n.log.Warn("tiercache: value too large to cache", "namespace", c.ns, "key_hash", h, "reason", err)
 			return out, nil
 		}
-		return loaded[V]{}, fmt.Errorf("tier get: %w", err)
+		return out, fmt.Errorf("tier get: value not cached: %w", err)
 	}
 	if n.hooks != nil && n.hooks.BeforeFill != nil {
 		n.hooks.BeforeFill(s)
@@ -446,7 +454,7 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 	}
 	n.stats.fillsLanded.Add(1)
 	keep, fresh := c.l1Window(life - time.Since(start))
-	c.fillL1(h, key, v, len(env), keep, fresh, f, gs)
+	c.fillL1(h, key, out.v, len(env), keep, fresh, f, gs)
 	return out, nil
 }
 
@@ -460,7 +468,7 @@ func (c *Cache[K, V]) fillNegative(ctx context.Context, h uint64, key K, keys l2
 	if err != nil {
 		c.release(ctx, keys, token)
 		n.stats.badGroups.Add(1)
-		n.log.Warn("tiercache: not caching a \"not found\" whose groups cannot be known", "namespace", c.ns, "err", err)
+		n.log.Warn("tiercache: not caching a \"not found\" whose groups cannot be known", "namespace", c.ns, "key_hash", h, "reason", err)
 		return
 	}
 	start := time.Now()
@@ -478,13 +486,8 @@ func (c *Cache[K, V]) fillNegative(ctx context.Context, h uint64, key K, keys l2
 }
 
 // negativeGroups returns the groups of a cached "not found" of key: those of
-// the key with the zero value, a panic in Config.Groups being an error.
-func (c *Cache[K, V]) negativeGroups(key K) (gs []string, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: Groups panicked on the zero value: %v", ErrBadGroup, r)
-		}
-	}()
+// the key with the zero value.
+func (c *Cache[K, V]) negativeGroups(key K) ([]string, error) {
 	var zero V
 	return c.groupsOf(key, zero)
 }
@@ -539,8 +542,7 @@ func (c *Cache[K, V]) callFetch(ctx context.Context, key K) (v V, err error) {
 	start := time.Now()
 	defer func() {
 		if r := recover(); r != nil {
-			c.node.log.Error("tiercache: fetch panicked", "namespace", c.ns, "panic", r, "stack", string(debug.Stack()))
-			err = fmt.Errorf("%w: %v", ErrFetchPanic, r)
+			err = fmt.Errorf("%w (%w)", ErrFetchPanic, c.node.panicked("Fetch", c.ns, r))
 		}
 		c.noteFetchTime(time.Since(start))
 	}()
@@ -592,11 +594,31 @@ func (c *Cache[K, V]) decode(s string, b []byte) (V, int, error) {
 	if env.Key != s {
 		return zero, 0, errKeyMismatch
 	}
-	v, err := c.codec.Decode(env.Data)
+	v, err := c.decodeData(env.Data)
 	if err != nil {
 		return zero, 0, err
 	}
 	return v, len(b), nil
+}
+
+// decodeData calls Codec.Decode, a panic being an error wrapping ErrPanic.
+func (c *Cache[K, V]) decodeData(data []byte) (v V, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = c.node.panicked("Codec.Decode", c.ns, r)
+		}
+	}()
+	return c.codec.Decode(data)
+}
+
+// encodeData calls Codec.Encode, a panic being an error wrapping ErrPanic.
+func (c *Cache[K, V]) encodeData(v V) (b []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = c.node.panicked("Codec.Encode", c.ns, r)
+		}
+	}()
+	return c.codec.Encode(v)
 }
 
 // release gives up our claim so that waiters elsewhere need not wait for it
@@ -609,22 +631,23 @@ func (c *Cache[K, V]) release(ctx context.Context, keys l2.Keys, token string) {
 	}
 }
 
-// encode returns the envelope of v under key s, or ErrValueTooLarge.
-func (c *Cache[K, V]) encode(s string, v V) ([]byte, error) {
-	data, err := c.codec.Encode(v)
+// encode returns the envelope of v under key s and the codec's bytes of v
+// in it, or ErrValueTooLarge.
+func (c *Cache[K, V]) encode(s string, v V) (env, data []byte, err error) {
+	data, err = c.encodeData(v)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	limit := c.node.cfg.MaxValueBytes
 	if len(data)+len(s) > limit {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(data)+len(s), limit)
+		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(data)+len(s), limit)
 	}
-	env, err := l2.EncodeEnvelope(s, data)
+	env, err = l2.EncodeEnvelope(s, data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(env) > limit {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(env), limit)
+		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(env), limit)
 	}
-	return env, nil
+	return env, data, nil
 }

@@ -3,6 +3,7 @@ package tier_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"testing"
 
@@ -24,6 +25,9 @@ func (quiet) Printf(context.Context, string, ...any) {}
 
 func TestMain(m *testing.M) {
 	redis.SetLogger(quiet{})
+	// Nodes log to slog.Default() unless told otherwise; tests that look at
+	// what they log give them a logger of their own.
+	slog.SetDefault(slog.New(slog.DiscardHandler))
 	addr, stop, err := redistest.StartForMain()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

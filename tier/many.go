@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -73,7 +72,9 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
 		errs map[K]error
 	)
 	record := func(key K, v V, ri ReadInfo, err error) {
-		c.account(key, ri)
+		if herr := c.account(key, ri); herr != nil {
+			err = herr
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if err == nil || errors.Is(err, ErrStale) {
@@ -182,39 +183,51 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
 		}
 	}
 
-	// The source.
+	// The source. The fetches are the node's work: Close cancels them and
+	// waits for them, as it does a Get's.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(n.life, cancel)()
 	var wg sync.WaitGroup
-	if len(claimed) > 0 && c.fetchMany != nil {
+	run := func(f func(), closed func()) {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.fetchBatch(ctx, claimed, record)
-		}()
+		if !n.spawn(func() { defer wg.Done(); f() }) {
+			wg.Done()
+			closed()
+		}
+	}
+	refuse := func(cls []claim[K, V]) func() {
+		return func() {
+			var zero V
+			for _, cl := range cls {
+				if cl.tok != "" && cl.clock != "" {
+					c.release(ctx, cl.keys, cl.tok)
+				}
+				record(cl.key, zero, ReadInfo{}, ErrClosed)
+			}
+		}
+	}
+	if len(claimed) > 0 && c.fetchMany != nil {
+		run(func() { c.fetchBatch(ctx, claimed, record) }, refuse(claimed))
 	} else {
 		for _, cl := range claimed {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			run(func() {
 				l, err := c.fetchAndFill(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.clock, cl.f, cl.fallback)
 				record(cl.key, l.v, l.ri, err)
-			}()
+			}, refuse([]claim[K, V]{cl}))
 		}
 	}
 	for _, cl := range uncached {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		run(func() {
 			l, err := c.fetchUncached(ctx, cl.key, cl.fallback)
 			record(cl.key, l.v, l.ri, err)
-		}()
+		}, refuse([]claim[K, V]{cl}))
 	}
 	for _, m := range slow {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		run(func() {
 			v, ri, err := c.getSlow(ctx, m.key, modeGet)
 			record(m.key, v, ri, err)
-		}()
+		}, refuse([]claim[K, V]{{miss: m}}))
 	}
 	wg.Wait()
 	return c.manyResult(out, errs)
@@ -267,8 +280,7 @@ func (c *Cache[K, V]) callFetchMany(ctx context.Context, keys []K) (m map[K]V, e
 	c.node.stats.fetches.Add(1)
 	defer func() {
 		if r := recover(); r != nil {
-			c.node.log.Error("tiercache: fetch many panicked", "namespace", c.ns, "panic", r, "stack", string(debug.Stack()))
-			err = fmt.Errorf("%w: %v", ErrFetchPanic, r)
+			err = fmt.Errorf("%w (%w)", ErrFetchPanic, c.node.panicked("FetchMany", c.ns, r))
 		}
 	}()
 	return c.fetchMany(ctx, keys)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,7 +50,11 @@ type NodeConfig struct {
 	// Caches, in bytes (values' encoded size plus keys plus per-entry
 	// overhead). Default 64 MiB; negative is an error.
 	L1MaxBytes int64
-	// Logger receives the node's warnings and errors. Default: discard.
+	// Logger receives the node's warnings and errors as structured records
+	// with stable keys ("namespace", "key_hash", "reason", "err"); nothing
+	// is logged per request at Info or below. Default slog.Default(), so
+	// that warnings are seen; pass a logger with slog.DiscardHandler to
+	// silence them.
 	Logger *slog.Logger
 	// FlagTTL is how long a claim of a missing key lasts in Redis: it must
 	// be longer than your slowest Fetch, since a fetch that outlives its
@@ -113,7 +118,7 @@ func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
 		cfg.L1MaxBytes = DefaultL1MaxBytes
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.Logger = slog.Default()
 	}
 	switch {
 	case cfg.FlagTTL == 0:
@@ -580,7 +585,10 @@ func (h busHandler) Renew(sentAt time.Time) {
 }
 
 // spawn runs f in a goroutine that Close waits for, unless the node is
-// closed.
+// closed. It is the node's one way to start work in the background
+// (flights, batches, refreshes, the replay): a panic that escapes f is
+// logged, never a crash. User callbacks are guarded where they are called,
+// so that what they held is released; this is the last line.
 func (n *Node) spawn(f func()) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -590,6 +598,11 @@ func (n *Node) spawn(f func()) bool {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		defer func() {
+			if r := recover(); r != nil {
+				n.log.Error("tiercache: panic in background work", "panic", r, "stack", string(debug.Stack()))
+			}
+		}()
 		f()
 	}()
 	return true
