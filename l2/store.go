@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -344,6 +345,10 @@ type Store struct {
 	prefix  string
 	guard   Guard
 	timeout time.Duration
+
+	abortMu sync.Mutex
+	abort   context.Context // cancelled by Abort; then replaced
+	aborted context.CancelFunc
 }
 
 // Guard decides whether an operation may go to Redis and learns how it
@@ -388,6 +393,7 @@ func WithTimeout(d time.Duration) Option { return func(s *Store) { s.timeout = d
 // stamps and the group sequence are named in the scripts from it).
 func NewStore(rdb redis.UniversalClient, prefix string, opts ...Option) *Store {
 	s := &Store{rdb: rdb, prefix: prefix}
+	s.abort, s.aborted = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(s)
 	}
@@ -403,17 +409,36 @@ func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 	}
-	opCtx := ctx
+	var (
+		opCtx  context.Context
+		cancel context.CancelFunc
+	)
 	if s.timeout > 0 {
-		var cancel context.CancelFunc
 		opCtx, cancel = context.WithTimeout(ctx, s.timeout)
-		defer cancel()
+	} else {
+		opCtx, cancel = context.WithCancel(ctx)
 	}
+	defer cancel()
+	s.abortMu.Lock()
+	abort := s.abort
+	s.abortMu.Unlock()
+	defer context.AfterFunc(abort, cancel)()
 	err := op(opCtx)
 	if s.guard != nil {
 		s.guard.Done(probe, outcome(ctx, err))
 	}
 	return err
+}
+
+// Abort ends every operation in flight at once, as if Redis had not
+// answered in time: for a caller that has proof that Redis is down (a
+// refused connection), so that nobody waits for the timeout. Operations
+// that start afterwards are not affected.
+func (s *Store) Abort() {
+	s.abortMu.Lock()
+	defer s.abortMu.Unlock()
+	s.aborted()
+	s.abort, s.aborted = context.WithCancel(context.Background())
 }
 
 // outcome tells an answer from Redis, Redis unreachable, and the caller

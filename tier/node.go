@@ -265,6 +265,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		n.log.Warn("tiercache: redis circuit breaker", "from", from.String(), "to", to.String())
 	})
 	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(breakerGuard{n.breaker}), l2.WithTimeout(cfg.RedisTimeout))
+	rdb.AddHook(outageHook{n})
 	if c, ok := rdb.(*redis.Client); ok {
 		if !c.Options().ContextTimeoutEnabled {
 			n.log.Warn("tiercache: the Redis client ignores context deadlines (ContextTimeoutEnabled is false): a stuck connection can hold an operation past RedisTimeout")

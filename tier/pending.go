@@ -46,8 +46,16 @@ func newPending(max int) *pending {
 	}
 }
 
-// add queues ops (and a flush) for replay.
+// add queues ops (and a flush) for replay, and wakes the replay loop.
 func (p *pending) add(ops []bus.Op, flush bool) {
+	p.requeue(ops, flush)
+	p.kick()
+}
+
+// requeue queues ops (and a flush) for replay without waking the replay
+// loop: for a batch that failed, which the loop retries after its backoff,
+// not at once (that would spin while Redis is unreachable).
+func (p *pending) requeue(ops []bus.Op, flush bool) {
 	p.mu.Lock()
 	for _, op := range ops {
 		if op.Validate() != nil {
@@ -81,7 +89,6 @@ func (p *pending) add(ops []bus.Op, flush bool) {
 	p.flush = p.flush || flush
 	p.recountLocked()
 	p.mu.Unlock()
-	p.kick()
 }
 
 // kick wakes the replay loop.
@@ -227,9 +234,10 @@ func (n *Node) replay() {
 				backoff = 10 * time.Millisecond
 				continue
 			}
-			n.pending.add(ops, flush) // back in the queue, deduplicated
+			n.pending.requeue(ops, flush) // back in the queue, deduplicated
 			n.pending.setReplaying(nil)
-			// Back off, but wake at once when the breaker closes.
+			// Back off, but wake at once when the breaker closes or a new
+			// write is queued.
 			t := time.NewTimer(backoff)
 			select {
 			case <-n.life.Done():

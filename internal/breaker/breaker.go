@@ -119,6 +119,22 @@ func (b *Breaker) Done(probe bool, o Outcome) {
 	}
 }
 
+// Trip opens a closed breaker at once, without waiting for threshold
+// failures: the caller saw proof that the other side is down (a refused
+// connection). It reports whether it opened the breaker. An open or
+// half-open breaker is left as it is, so that repeated proof does not
+// postpone its probes.
+func (b *Breaker) Trip() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != Closed {
+		return false
+	}
+	b.openedAt = b.now()
+	b.setLocked(Open)
+	return true
+}
+
 // State returns the breaker's state.
 func (b *Breaker) State() State {
 	b.mu.Lock()
