@@ -2,11 +2,13 @@ package tier_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/big"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 	_ "time/tzdata" // Europe/Paris and friends on machines without a zoneinfo
@@ -942,4 +944,70 @@ func hasNaNKey(v any) bool {
 		}
 	}
 	return false
+}
+
+// codecBenchUser is a typical cached API object: ten fields, two of them
+// times.
+type codecBenchUser struct {
+	ID        int64             `json:"id"`
+	Email     string            `json:"email"`
+	Name      string            `json:"name"`
+	Active    bool              `json:"active"`
+	Score     float64           `json:"score"`
+	Roles     []string          `json:"roles"`
+	Attrs     map[string]string `json:"attrs"`
+	Avatar    []byte            `json:"avatar"`
+	CreatedAt time.Time         `json:"created_at"`
+	UpdatedAt time.Time         `json:"updated_at"`
+}
+
+// BenchmarkCBOR measures an encode and a decode of a typical object by the
+// default codec, beside encoding/json's Marshal and Unmarshal of the same
+// object in the same run (json carries this object as exactly, but would
+// refuse NaN and infinities and replace invalid UTF-8).
+func BenchmarkCBOR(b *testing.B) {
+	u := codecBenchUser{
+		ID:        1234567,
+		Email:     "ada@example.com",
+		Name:      "Ada Lovelace",
+		Active:    true,
+		Score:     98.6,
+		Roles:     []string{"admin", "editor"},
+		Attrs:     map[string]string{"locale": "en-GB", "plan": "pro"},
+		Avatar:    []byte(strings.Repeat("\x89PNG", 8)),
+		CreatedAt: time.Date(2021, 3, 4, 5, 6, 7, 890123000, time.UTC),
+		UpdatedAt: time.Date(2024, 5, 9, 21, 49, 2, 630577000, time.FixedZone("", 2*3600)),
+	}
+	b.Run("tiercache-cbor", func(b *testing.B) {
+		var c tier.CBOR[codecBenchUser]
+		b.ReportAllocs()
+		var size int
+		for b.Loop() {
+			data, err := c.Encode(u)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Decode(data); err != nil {
+				b.Fatal(err)
+			}
+			size = len(data)
+		}
+		b.ReportMetric(float64(size), "bytes/value")
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		var size int
+		for b.Loop() {
+			data, err := json.Marshal(u)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var got codecBenchUser
+			if err := json.Unmarshal(data, &got); err != nil {
+				b.Fatal(err)
+			}
+			size = len(data)
+		}
+		b.ReportMetric(float64(size), "bytes/value")
+	})
 }
