@@ -10,7 +10,7 @@
 // timer. Each batch is one call of the caller's [ExecFunc], which must apply
 // the batch's writes to Redis, draw the next sequence number from a Redis
 // counter and publish the message, in one atomic step (one Lua script): a
-// message can never overtake the writes it announces (RACES.md R14), and
+// message can never overtake the writes it announces (docs/RACES.md R14), and
 // sequence numbers are published in order.
 //
 // # Wire format

@@ -8,7 +8,7 @@
 // constant: a fill is accepted only while the flag still holds the token of
 // the claim that started it. With a constant flag (the original cachecow
 // design) a fetcher whose claim was invalidated and re-claimed by another can
-// still fill its old value (RACES.md R03); with unique tokens it cannot.
+// still fill its old value (docs/RACES.md R03); with unique tokens it cannot.
 //
 // # Fill epochs
 //

@@ -11,7 +11,7 @@
 // table's generation; a fill takes [Table.Gen] before it reads Redis and
 // stores its entry only if the generation is unchanged after it took its
 // refs, so an invalidation that arrives while it fills cannot be missed
-// (RACES.md R31).
+// (docs/RACES.md R31).
 //
 // The table is bounded: when full, it forgets a group, and every entry that
 // refers to a forgotten group is invalid from then on ("unknown", never

@@ -4,7 +4,7 @@
 // # Mechanism
 //
 // ristretto applies the Set of a new key asynchronously, through a buffer, so
-// a Set issued before a concurrent Del can become visible after it (RACES.md
+// a Set issued before a concurrent Del can become visible after it (docs/RACES.md
 // R13). l1 therefore never trusts what ristretto holds: [Cache.Get] serves an
 // entry only while the ticket it was stored with is still valid in the
 // node's [consistency.Epochs]. [Cache.Evict] bumps the key's epoch before it
@@ -17,12 +17,14 @@
 // Once Evict(h) (or EvictAll) has returned, Get(h) returns no value that was
 // filled with a ticket taken before that Evict began, whatever the order in
 // which ristretto applies its buffered writes. The hit path takes no lock of
-// its own, reads no clock and allocates nothing beyond what ristretto's Get
-// does (nothing, in steady state). Lifetimes are kept on a coarse monotonic
-// clock advanced every [Tick] and rounded down by one Tick, so a wall-clock
-// step changes nothing (RACES.md R30) and no entry outlives the lifetime it was
-// given (R24), as long as the ticker runs on time: a process starved of CPU
-// for longer than a Tick can serve an entry that much past its lifetime.
+// its own and allocates nothing beyond what ristretto's Get does (nothing,
+// in steady state); it reads the monotonic clock once, and checks both the
+// entry's lifetime and the cache's lease against it, so a wall-clock step
+// changes nothing (docs/RACES.md R30), no entry outlives the lifetime it was
+// given (R24), and a process resumed after a pause serves nothing under a
+// lease that ran out while it was stopped (R40). A coarse clock advanced
+// every [Tick] ([Cache.Now]) serves callers' freshness hints, never a
+// bound.
 //
 // # Thread-safety
 //

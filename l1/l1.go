@@ -16,10 +16,10 @@ import (
 // DefaultMaxBytes is the budget a [Config] with MaxBytes zero gets: 64 MiB.
 const DefaultMaxBytes = 64 << 20
 
-// Tick is the resolution of L1 lifetimes. Entries expire on a coarse
-// monotonic clock that a ticker advances every Tick, so that a hit reads an
-// atomic instead of the system clock; every lifetime is rounded down by one
-// Tick, so an entry never lives longer than asked.
+// Tick is the resolution of the coarse clock (Cache.Now), which a ticker
+// advances for callers' freshness hints. Lifetimes and the lease are checked
+// against the monotonic clock at every hit; every lifetime is still rounded
+// down by one Tick.
 const Tick = 10 * time.Millisecond
 
 // ErrConfig reports an invalid [Config].
@@ -63,8 +63,8 @@ type Hooks struct {
 }
 
 // item is what ristretto stores, by pointer (ristretto copies values on
-// every Get): the caller's value, its fill ticket, and the coarse-clock
-// reading at which it expires.
+// every Get): the caller's value, its fill ticket, and the clock reading
+// (nanoseconds since the cache started) at which it expires.
 type item struct {
 	ticket   consistency.Ticket
 	deadline int64
@@ -81,7 +81,7 @@ type Cache struct {
 
 	start time.Time     // origin of the coarse clock; monotonic
 	now   atomic.Int64  // coarse clock: nanoseconds since start, at most Tick behind
-	lease atomic.Int64  // coarse-clock time until which the cache may serve
+	lease atomic.Int64  // clock reading until which the cache may serve
 	seq   atomic.Uint64 // numbers fills, so that the last of a key wins
 	stop  chan struct{}
 	done  sync.WaitGroup

@@ -21,7 +21,7 @@
 // ends. Long keys are hashed; the envelope keeps the full key, so a hash
 // collision reads as a miss, never as another key's value. A value and its
 // flag have the same text after the first '{', hence the same hash tag and
-// the same cluster slot (RACES.md R28).
+// the same cluster slot (docs/RACES.md R28).
 //
 // # Envelope
 //

@@ -74,7 +74,7 @@ type Read struct {
 	Clock string
 	// Stale reports that a value was present but one of its groups had been
 	// invalidated (or its stamp had vanished) since it was filled: the value
-	// was removed, and the read went on as a miss (RACES.md R31, R26).
+	// was removed, and the read went on as a miss (docs/RACES.md R31, R26).
 	Stale bool
 }
 
@@ -233,7 +233,7 @@ return seq
 // "<seq>/<id>": seq counts group invalidations, id names the clock's
 // incarnation. The key has no TTL, so maxmemory's allkeys policies may evict
 // it; a clock created afresh gets a new id, so that no sequence number of
-// the lost clock is ever compared with one of the new (RACES.md R36):
+// the lost clock is ever compared with one of the new (docs/RACES.md R36):
 //
 //   - gparse(s) reads "<seq>/<id>" at the start of s (a clock, or a stamp
 //     "<clock>:<token>"), or nil for anything else;
@@ -473,7 +473,7 @@ func unreachable(err error) bool {
 // LoadScripts loads the protocol's scripts into the server's script cache so
 // that the first operations cost one round trip each. Scripts evicted later
 // (SCRIPT FLUSH, a restart) are reloaded on demand: every script call falls
-// back from EVALSHA to EVAL on NOSCRIPT (RACES.md R23).
+// back from EVALSHA to EVAL on NOSCRIPT (docs/RACES.md R23).
 func (s *Store) LoadScripts(ctx context.Context) error {
 	for _, sc := range scripts {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
@@ -517,7 +517,7 @@ func (s *Store) readArgs(token string, flagTTL time.Duration, c Claim) []any {
 // ReadOrClaimWith is ReadOrClaim that also claims a present value when c
 // says it is due for a refresh: the reply is then StaleClaimed or StaleBusy,
 // with the value. The lifetime is Redis's own (PTTL), so no clock of any
-// node is compared with another's (RACES.md R29).
+// node is compared with another's (docs/RACES.md R29).
 func (s *Store) ReadOrClaimWith(ctx context.Context, k Keys, token string, flagTTL time.Duration, c Claim) (Read, error) {
 	if flagTTL <= 0 {
 		return Read{}, fmt.Errorf("l2 read: %w", errNonPositiveTTL)
@@ -718,7 +718,7 @@ type Announcement struct {
 // Apply makes every change and, if a is not nil, draws the next sequence
 // number and publishes the announcement, in one atomic step and one round
 // trip: a receiver of the message can never read a value that the message
-// says is gone (RACES.md R14). Deleting a key's flag with its value refuses
+// says is gone (docs/RACES.md R14). Deleting a key's flag with its value refuses
 // any fill in progress (R01). It returns the sequence number (0 without an
 // announcement). All keys must live on one server: SeqKey is not
 // hash-tagged with the changes.

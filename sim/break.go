@@ -20,7 +20,7 @@ import (
 // sees nothing then proves nothing.
 type Break string
 
-// The negative controls of RACES.md.
+// The negative controls of docs/RACES.md.
 const (
 	// BreakNone runs the protocol as built.
 	BreakNone Break = ""

@@ -8,11 +8,11 @@ import (
 )
 
 // Scenario is a named run: the workload and faults that exercise one entry
-// of RACES.md in the randomized simulation, beside the deterministic test
+// of docs/RACES.md in the randomized simulation, beside the deterministic test
 // that drives its exact interleaving. Scenarios are short (about a second)
 // so that the test suite runs every one.
 type Scenario struct {
-	// Name is the RACES.md number, "R15"; a suffix names one variant of
+	// Name is the docs/RACES.md number, "R15"; a suffix names one variant of
 	// an entry, "R10-fetch".
 	Name string
 	// About says what the run does to provoke the race.
@@ -67,7 +67,7 @@ func losers(p tier.LoserPolicy) Config {
 		FetchLatency: Latency{3 * ms, 8 * ms}, TTL: 10 * ms, MaxStale: 300 * ms, Losers: p}
 }
 
-// Scenarios are the named runs, one per RACES.md entry that a deterministic
+// Scenarios are the named runs, one per docs/RACES.md entry that a deterministic
 // test covers.
 var Scenarios = []Scenario{
 	{Name: "R01", About: "invalidations land while fetches of the same hot keys run; their fills must be refused",

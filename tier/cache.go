@@ -46,7 +46,7 @@ type Config[K comparable, V any] struct {
 	// Default 1h; negative is an error.
 	TTL time.Duration
 	// L1TTL is the lifetime of a value in this node's L1, never beyond the
-	// remaining lifetime of the L2 entry it came from (RACES.md R24).
+	// remaining lifetime of the L2 entry it came from (docs/RACES.md R24).
 	// Default 1m; negative disables L1 for this Cache.
 	L1TTL time.Duration
 	// Key returns the string form of a key: its name in Redis and in
@@ -61,7 +61,7 @@ type Config[K comparable, V any] struct {
 	// Between FreshFor and TTL a value is stale but servable: Get returns it
 	// at once, with ReadInfo.Stale set, while one fetch for the whole fleet
 	// refreshes it in the background, a claimed and fenced fill like any
-	// other (stale-while-revalidate, RACES.md R34). Default TTL: no stale
+	// other (stale-while-revalidate, docs/RACES.md R34). Default TTL: no stale
 	// serving.
 	FreshFor time.Duration
 	// MaxStale keeps a value in Redis this long past its TTL, for

@@ -28,7 +28,7 @@
 // Every freshness decision about a value in Redis is made from its
 // remaining lifetime there (PTTL), never by comparing two machines' clocks.
 // Every refresh is a claimed, fenced fill like any other, so an
-// invalidation during a refresh wins (RACES.md R34, R35). A stale value is
+// invalidation during a refresh wins (docs/RACES.md R34, R35). A stale value is
 // only ever served within the window its Config allows, and is reported
 // (ReadInfo.Stale, Stats.StaleServed). [Cache.GetMany] reads many keys with
 // one Redis round trip for all that L1 does not hold.
@@ -43,7 +43,7 @@
 // # Guarantee
 //
 // A fetch that began before an invalidation never fills either tier: its
-// claim was deleted with the value (RACES.md R01, R03, R04, R05), and its L1
+// claim was deleted with the value (docs/RACES.md R01, R03, R04, R05), and its L1
 // ticket is stale (R12, R13). A Get that begins after Invalidate or Set
 // returned never returns the old value on that node (R20, R21), nor, from
 // Redis, on any node; other nodes evict their L1 copies, and stop letting

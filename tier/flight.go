@@ -8,7 +8,7 @@ import (
 )
 
 // flights runs at most one load per key at a time on this node and shares
-// its result with every caller that joined it (RACES.md R02 within a node).
+// its result with every caller that joined it (docs/RACES.md R02 within a node).
 //
 // It differs from x/sync/singleflight where the cache needs it to: a
 // caller's cancelled ctx returns that caller only, and the shared load is

@@ -7,7 +7,7 @@ import (
 )
 
 // LoserPolicy says what a Get does when another claimant in the fleet is
-// fetching a key that has no fresh value (RACES.md R10). Every policy
+// fetching a key that has no fresh value (docs/RACES.md R10). Every policy
 // leaves L2 correct: only the claimant fills.
 type LoserPolicy uint8
 

@@ -58,7 +58,7 @@ type NodeConfig struct {
 	Logger *slog.Logger
 	// FlagTTL is how long a claim of a missing key lasts in Redis: it must
 	// be longer than your slowest Fetch, since a fetch that outlives its
-	// flag cannot fill the cache (RACES.md R04). It also bounds how long a
+	// flag cannot fill the cache (docs/RACES.md R04). It also bounds how long a
 	// Get waits for another claimant's fetch before fetching without caching.
 	// Default 10s; at least 1ms.
 	FlagTTL time.Duration
@@ -84,7 +84,8 @@ type NodeConfig struct {
 	// BreakerFails is how many consecutive operations that could not reach
 	// Redis open the node's circuit breaker; while open, operations fail at
 	// once (reads go to the source, writes are queued) instead of each
-	// waiting for RedisTimeout. Default 5.
+	// waiting for RedisTimeout. A refused connection opens it at once, and
+	// ends the operations in flight (see NewNode). Default 5.
 	BreakerFails int
 	// BreakerPause is how long the breaker stays open before it lets one
 	// operation probe Redis; a success closes it. Default 1s.
@@ -214,7 +215,10 @@ type busNames struct {
 // counter shares scripts with every key); the Node does not close it.
 //
 // NewNode loads the protocol's scripts and subscribes to the invalidation
-// bus on a connection of its own. It returns once the subscription has
+// bus on a connection of its own. It adds a dial hook to rdb, which stays
+// after Close (doing nothing then): a dial that Redis refuses opens the
+// node's circuit breaker at once, so that no caller waits for RedisTimeout
+// or the client's retries when Redis is down. It returns once the subscription has
 // answered its first ping, so that L1 serves at once; or, if ctx is done or
 // LeaseTTL passes first (Redis unreachable), with L1 off until it does:
 // reads then go to Redis or the source, and a fleet can start while Redis

@@ -10,7 +10,7 @@ import (
 )
 
 // pending holds the invalidations that this node applied locally but could
-// not get to Redis (RACES.md R17): deduplicated per key and per group,
+// not get to Redis (docs/RACES.md R17): deduplicated per key and per group,
 // bounded, and replayed as soon as Redis answers again. It never drops one
 // silently: past its bound it remembers the namespaces whose keys it could
 // not keep, and whether it lost a group, and the replay invalidates those

@@ -14,7 +14,7 @@ import (
 	"github.com/tiercache/tiercache/tier"
 )
 
-// Each test below drives one interleaving of RACES.md through held fetches
+// Each test below drives one interleaving of docs/RACES.md through held fetches
 // and hooks; none sleeps. Nodes share one private Redis and have no bus, so
 // a node learns only of its own invalidations.
 

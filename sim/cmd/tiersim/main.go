@@ -3,7 +3,7 @@
 // on a seeded schedule, and every read judged.
 //
 //	go run ./sim/cmd/tiersim                      # 3 nodes, 10s, every fault class
-//	go run ./sim/cmd/tiersim -scenario R15        # one RACES.md scenario
+//	go run ./sim/cmd/tiersim -scenario R15        # one docs/RACES.md scenario
 //	go run ./sim/cmd/tiersim -nodes 8 -ops 1000000 -faults all
 //
 // It needs nothing installed: it starts a private redis-server when one is
@@ -89,7 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fetch:    fs.String("fetch-latency", "0", "fetch latency, uniform: `MIN[-MAX]`, e.g. 1ms-5ms"),
 		faults:   fs.String("faults", "all", "fault classes, comma-separated, spread over the run: "+strings.Join(kindNames(), ",")+", all or none"),
 		seed:     fs.Int64("seed", 1, "seed of the operations and the fault schedule"),
-		scenario: fs.String("scenario", "", "run a named RACES.md scenario (R01..R35; \"list\" lists them); other flags given override it"),
+		scenario: fs.String("scenario", "", "run a named docs/RACES.md scenario (R01..R35; \"list\" lists them); other flags given override it"),
 		brk:      fs.String("break", "", "TEST-ONLY negative control: break the protocol on purpose to show the checker sees it: constant-flag, publish-before-delete, no-l1-fence, no-forget"),
 		lease:    fs.Duration("lease", sim.DefaultLeaseTTL, "NodeConfig.LeaseTTL: the staleness bound when messages are lost"),
 		flagTTL:  fs.Duration("flag-ttl", sim.DefaultFlagTTL, "NodeConfig.FlagTTL (slow-fetch makes fetches outlast it)"),
