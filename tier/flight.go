@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"time"
 )
 
 // flights runs at most one load per key at a time on this node and shares
@@ -17,12 +18,22 @@ import (
 // that Node.Close waits for; and forget ends a flight's membership so that a
 // read that began after an invalidation never joins a flight that began
 // before it (R20).
+//
+// A flight is also closed to new members once it is LeaseTTL old: a read
+// that begins then may follow an invalidation that this node missed (its
+// bus lost a message, or its lease lapsed) after the flight began, and
+// serving the flight's value would break the staleness bound, as serving
+// L1 would (R42). So the node need not forget every flight when it loses
+// track of its bus (a disconnect, a gap, a lapse), only when it has seen
+// every message again (the renewal of a lapsed lease): concurrent reads
+// keep sharing one fetch through a Redis outage.
 type flights[T any] struct {
 	mu sync.Mutex
 	m  map[string]*flight[T]
 }
 
 type flight[T any] struct {
+	start   time.Time // monotonic: when the flight began
 	done    chan struct{}
 	val     T
 	err     error
@@ -41,9 +52,12 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 	}
 	g.mu.Lock()
 	f, ok := g.m[key]
+	if ok && time.Since(f.start) >= n.cfg.LeaseTTL {
+		ok = false // too old to join (R42); it runs on for its members
+	}
 	if !ok {
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight[T]{done: make(chan struct{}), cancel: cancel}
+		f = &flight[T]{start: time.Now(), done: make(chan struct{}), cancel: cancel}
 		started := n.spawn(func() {
 			stop := context.AfterFunc(n.life, cancel)
 			defer func() {

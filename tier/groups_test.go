@@ -262,7 +262,8 @@ func TestRace_R26_StampLost(t *testing.T) {
 			src := newSource()
 			src.set("book:7", "v1")
 			eb, hb := newBusEvents()
-			na, nb := f.node(tier.NodeConfig{}, nil), f.node(tier.NodeConfig{}, &hooks.Points{Bus: hb})
+			ea, ha := newBusEvents()
+			na, nb := f.node(tier.NodeConfig{}, &hooks.Points{Bus: ha}), f.node(tier.NodeConfig{}, &hooks.Points{Bus: hb})
 			a, b := grouped(t, na, src, byKey), grouped(t, nb, src, byKey)
 			warm(t, nb, b, "book:7")
 			switch fault {
@@ -274,9 +275,13 @@ func TestRace_R26_StampLost(t *testing.T) {
 				f.srv.Flush()
 			case "restart":
 				f.srv.Restart()
-				eb.awaitDropped(t, bus.Disconnected)
-				eb.forgetRenewals()
-				eb.awaitRenewed(t)
+				// Both nodes are subscribed again: A's reconnect also tells
+				// its breaker, which the restart opened, that Redis is back.
+				for _, e := range []*busEvents{ea, eb} {
+					e.awaitDropped(t, bus.Disconnected)
+					e.forgetRenewals()
+					e.awaitRenewed(t)
+				}
 			}
 			src.set("book:7", "v2")
 			if err := na.InvalidateGroup(context.Background(), "author:7"); err != nil {

@@ -522,12 +522,18 @@ func (n *Node) evict(namespace, key string) {
 // dropLocal evicts everything from this node's L1 and forgets every flight;
 // with revoke, L1 also stops serving until the bus renews its lease.
 func (n *Node) dropLocal(revoke bool) {
+	n.dropL1(revoke)
+	n.forgetAllFlights()
+}
+
+// dropL1 evicts everything from this node's L1; with revoke, L1 also stops
+// serving until the bus renews its lease.
+func (n *Node) dropL1(revoke bool) {
 	if revoke {
 		n.l1.Revoke()
 	} else {
 		n.l1.EvictAll()
 	}
-	n.forgetAllFlights()
 }
 
 // forgetAllFlights ends the membership of every flight of every cache.
@@ -576,14 +582,24 @@ func (h busHandler) Apply(m *bus.Message) {
 
 func (h busHandler) Drop(reason bus.Reason, revoke bool) {
 	h.n.stats.drops.Add(1)
-	h.n.dropLocal(revoke)
+	h.n.dropL1(revoke)
+	if reason == bus.Flushed {
+		// Another node flushed the fleet's L1: an invalidation of
+		// everything, which no flight that began before may answer.
+		h.n.forgetAllFlights()
+	}
+	// Otherwise the node lost track of its bus (a disconnect, a gap, a
+	// lapse, a new fleet epoch): flights stay joinable for what is left of
+	// their LeaseTTL (R42), so that losing the bus, or Redis, does not
+	// multiply the source's load.
 }
 
 func (h busHandler) Renew(sentAt time.Time) {
 	if h.n.l1.Renew(sentAt, h.n.cfg.LeaseTTL) {
 		// The lease had lapsed or been revoked: a flight started meanwhile
-		// may have read what a lost message invalidated; no read from now
-		// on may join it.
+		// may have read what a lost message invalidated. Now that the node
+		// has seen every message again, no read from now on may join it.
+		// (While the bus stays lost, the flight's age bounds joining: R42.)
 		h.n.forgetAllFlights()
 	}
 	h.n.liveOne.Do(func() { close(h.n.live) })

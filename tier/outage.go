@@ -13,14 +13,23 @@ import (
 // Redis refuses (or a host or network that cannot be reached) is proof of
 // an outage, not a slow server, so the node's breaker opens at once and
 // every operation in flight gives up, instead of each caller waiting for
-// RedisTimeout while the client retries. It stays on the client after
-// Close, where it does nothing.
+// RedisTimeout while the client retries; a dial that succeeds while the
+// breaker is open makes its probe due at once, so that a restart of Redis
+// costs the time it takes, not a BreakerPause. It stays on the client
+// after Close, where it does nothing.
 type outageHook struct{ n *Node }
 
 func (h outageHook) DialHook(next redis.DialHook) redis.DialHook {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := next(ctx, network, addr)
-		if err != nil && refused(err) && !h.n.isClosed() {
+		switch {
+		case h.n.isClosed():
+		case err == nil:
+			// Redis accepts connections again (the subscription's
+			// reconnect, typically): probe now, not a BreakerPause after
+			// the breaker opened.
+			h.n.breaker.Expedite()
+		case refused(err):
 			h.n.outage()
 		}
 		return conn, err

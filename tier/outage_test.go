@@ -4,30 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/tiercache/tiercache/bus"
+	"github.com/tiercache/tiercache/internal/hooks"
 	"github.com/tiercache/tiercache/tier"
 )
 
 // A refused connection is an outage, not a slow server: with Redis killed,
-// Gets, Invalidates and fills give up at once, not after RedisTimeout
-// (here an hour) nor after the client's retries (here a thousand, with
-// backoff): either would outlast the test's guard.
+// the first Get opens the breaker (not the fifth failure) and gives up at
+// once, not after RedisTimeout (here an hour, which the test's guard would
+// catch); so do the Gets, fills and Invalidates after it.
 func TestRefusedConnectionFailsFast(t *testing.T) {
 	f := newFleet(t)
 	src := newSource()
 	src.set("k", "v1")
 	cfg := tier.NodeConfig{RedisTimeout: time.Hour, BreakerPause: time.Hour, LeaseTTL: time.Hour}
-	rdb := redis.NewClient(&redis.Options{Addr: f.srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: 1000})
-	t.Cleanup(func() { _ = rdb.Close() })
-	n, err := tier.NewNode(context.Background(), rdb, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
+	n := f.node(cfg, nil)
 	c := cache(t, n, src)
 	mustGet(t, c, "k")
 	f.srv.Kill()
@@ -39,12 +34,12 @@ func TestRefusedConnectionFailsFast(t *testing.T) {
 		if v, err := c.Get(ctx, key); err != nil || v != "v1" {
 			t.Fatalf("Get %s with Redis down = %q, %v; want v1 from the source", key, v, err)
 		}
+		if st := n.Stats(); st.BreakerOpens != 1 {
+			t.Fatalf("after Get %d with Redis down the breaker opened %d times; want once, at the first refused dial", i, st.BreakerOpens)
+		}
 	}
 	if err := c.Invalidate(ctx, "k"); !errors.Is(err, tier.ErrPending) {
 		t.Fatalf("Invalidate with Redis down = %v; want ErrPending", err)
-	}
-	if st := n.Stats(); st.BreakerOpens != 1 {
-		t.Fatalf("breaker opened %d times; want once, at the first refused dial", st.BreakerOpens)
 	}
 }
 
@@ -73,5 +68,96 @@ func TestOutageDoesNotSpin(t *testing.T) {
 	}
 	if after.Pending != 3 {
 		t.Fatalf("pending = %d; want 3", after.Pending)
+	}
+}
+
+// R42: a flight is closed to new members once it is LeaseTTL old. A node
+// whose bus silently stopped delivering (messages and pongs lost) misses
+// an invalidation while a flight that read the old value is held; a Get
+// that begins once the flight is older than the lease starts a flight of
+// its own and reads the new value, though the node never learnt of the
+// invalidation.
+func TestRace_R42_FlightJoinBoundedByLease(t *testing.T) {
+	const lease = 100 * time.Millisecond
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	var lost atomic.Bool
+	eb, hb := newBusEvents()
+	hb.DropMessage = func([]byte) bool { return lost.Load() }
+	hb.DropPong = func() bool { return lost.Load() }
+	ticks := make(chan struct{}, 1024)
+	hb.Ticked = func() { ticks <- struct{}{} }
+	flights := make(chan bool, 64)
+	na := f.node(tier.NodeConfig{LeaseTTL: lease}, &hooks.Points{Bus: hb, Flight: func(_ string, started bool) { flights <- started }})
+	nb := f.node(tier.NodeConfig{}, nil)
+	a, b := cache(t, na, src), cache(t, nb, src)
+	ctx := context.Background()
+	src.gated.Store(true)
+	began := time.Now()
+	first := goGet(ctx, a, "k")
+	if !wait(t, flights, "A's flight") {
+		t.Fatal("the first Get joined a flight")
+	}
+	held := src.next(t) // it read v1
+	src.gated.Store(false)
+	lost.Store(true)
+	src.set("k", "v2")
+	if err := b.Invalidate(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	// A's lease lapses (no pong comes back), and the flight grows older
+	// than the lease: both are the bound under test, waited for as events.
+	eb.awaitDropped(t, bus.LeaseLapsed)
+	for time.Since(began) < lease {
+		wait(t, ticks, "a round of A's lease loop")
+	}
+	second := goGet(ctx, a, "k")
+	if !wait(t, flights, "the second Get's flight") {
+		t.Fatal("a Get that began more than LeaseTTL after the flight joined it")
+	}
+	if r := await(t, second); r.err != nil || r.v != "v2" {
+		t.Fatalf("second Get = %q, %v; want v2", r.v, r.err)
+	}
+	close(held.release)
+	await(t, first)
+}
+
+// An outage does not multiply the source's load: concurrent Gets of one key
+// on a node keep sharing one fetch after the node's bus dropped (Redis
+// killed), where they used to start a flight each after every drop.
+func TestOutageKeepsSharingFetches(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	eb, hb := newBusEvents()
+	flights := make(chan bool, 256)
+	n := f.node(tier.NodeConfig{LeaseTTL: time.Minute}, &hooks.Points{Bus: hb, Flight: func(_ string, started bool) { flights <- started }})
+	c := cache(t, n, src)
+	ctx := context.Background()
+	f.srv.Kill()
+	eb.awaitDropped(t, bus.Disconnected)
+	src.gated.Store(true)
+	first := goGet(ctx, c, "k")
+	if !wait(t, flights, "the first flight") {
+		t.Fatal("the first Get joined a flight")
+	}
+	held := src.next(t)
+	eb.awaitDropped(t, bus.Disconnected) // a failed reconnect, during the fetch
+	var rest []<-chan result
+	for range 50 {
+		rest = append(rest, goGet(ctx, c, "k"))
+		if wait(t, flights, "a Get's flight") {
+			t.Fatal("a Get during the outage started a second fetch")
+		}
+	}
+	close(held.release)
+	for _, ch := range append(rest, first) {
+		if r := await(t, ch); r.err != nil || r.v != "v1" {
+			t.Fatalf("Get = %q, %v", r.v, r.err)
+		}
+	}
+	if reads := src.reads.Load(); reads != 1 {
+		t.Fatalf("source reads = %d; want 1", reads)
 	}
 }

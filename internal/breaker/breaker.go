@@ -135,6 +135,17 @@ func (b *Breaker) Trip() bool {
 	return true
 }
 
+// Expedite makes an open breaker's probe due now rather than openFor after
+// it opened: the caller has a sign that the other side is back (it accepted
+// a connection). A closed or half-open breaker is left as it is.
+func (b *Breaker) Expedite() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == Open {
+		b.openedAt = b.now().Add(-b.openFor)
+	}
+}
+
 // State returns the breaker's state.
 func (b *Breaker) State() State {
 	b.mu.Lock()
