@@ -67,6 +67,7 @@ type Hooks struct {
 // (nanoseconds since the cache started) at which it expires.
 type item struct {
 	ticket   consistency.Ticket
+	filled   int64 // clock reading at the fill
 	deadline int64
 	seq      uint64 // order of the Fill that made it, on this Cache
 	cost     int64
@@ -175,6 +176,23 @@ func (c *Cache) Get(h uint64) (any, bool) {
 	return it.value, true
 }
 
+// GetHeld returns the value stored under h, whatever the lease and the
+// entry's lifetime, if it was filled at most maxAge ago under a ticket that
+// is still valid: no invalidation this node learnt of has touched it since.
+// It serves a node that cannot reach Redis and chose to answer from what it
+// holds rather than from the source (a degraded mode): the caller must
+// report the value as stale.
+func (c *Cache) GetHeld(h uint64, maxAge time.Duration) (any, bool) {
+	it, ok := c.rc.Get(h)
+	if !ok || c.clock()-it.filled > int64(maxAge) {
+		return nil, false
+	}
+	if c.epochs.Ticket(h) != it.ticket && !c.noFence() {
+		return nil, false
+	}
+	return it.value, true
+}
+
 // Fill stores v under h for at most ttl, with the given cost in bytes, if t
 // is still valid. It reports whether the value was stored and still valid
 // after the Set; ristretto's admission policy may still drop it later. A ttl
@@ -185,13 +203,14 @@ func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consisten
 	if ttl <= Tick || !c.valid(h, t) {
 		return false
 	}
-	deadline := int64(time.Since(c.start) + ttl - Tick)
+	now := int64(time.Since(c.start))
+	deadline := now + int64(ttl-Tick)
 	if c.hooks != nil && c.hooks.BeforeSet != nil {
 		c.hooks.BeforeSet(h)
 	}
 	// No ristretto TTL: its Get would read the system clock on every hit.
 	// An expired entry is refused by Get and replaced by the next fill.
-	c.rc.Set(h, &item{ticket: t, deadline: deadline, seq: c.seq.Add(1), cost: cost, value: v}, cost)
+	c.rc.Set(h, &item{ticket: t, filled: now, deadline: deadline, seq: c.seq.Add(1), cost: cost, value: v}, cost)
 	if c.hooks != nil && c.hooks.AfterSet != nil {
 		c.hooks.AfterSet(h)
 	}
@@ -258,10 +277,11 @@ func (c *Cache) Renew(sentAt time.Time, ttl time.Duration) (evicted bool) {
 	return evicted
 }
 
-// Revoke ends the lease at once and evicts everything.
+// Revoke ends the lease at once: Get serves nothing until Renew, which
+// first evicts everything filled so far. The entries stay valid for
+// GetHeld, which a node may serve from while it cannot reach Redis.
 func (c *Cache) Revoke() {
 	c.lease.Store(0)
-	c.EvictAll()
 }
 
 // Now reads the coarse clock: the time since the cache started, at most a

@@ -45,9 +45,10 @@ func TestLeased_RenewNeverShortens(t *testing.T) {
 	mustGet(t, c, 3, "v")
 }
 
-// TestRevoke proves Revoke stops serving and evicts at once, refuses fills
-// under tickets taken before it, and that a later Renew serves new fills
-// only.
+// TestRevoke proves Revoke stops serving at once, that nothing filled
+// before the next Renew ever serves through Get (the Renew evicts it), and
+// that GetHeld still serves what was held, within its age, until an
+// invalidation touches it.
 func TestRevoke(t *testing.T) {
 	c := leasedCache(t)
 	c.Renew(time.Now(), time.Hour)
@@ -56,13 +57,25 @@ func TestRevoke(t *testing.T) {
 	old := c.Ticket(4)
 	c.Revoke()
 	mustMiss(t, c, 4)
-	if c.Fill(4, "stale", 1, time.Hour, old) {
-		t.Fatalf("Fill with a ticket from before Revoke = true")
+	if v, ok := c.GetHeld(4, time.Hour); !ok || v != "before" {
+		t.Fatalf("GetHeld after Revoke = %v, %v; want the held value", v, ok)
 	}
-	fill(t, c, 4, "unproven") // filled while no lease runs
+	if _, ok := c.GetHeld(4, 0); ok {
+		t.Fatal("GetHeld served an entry older than its maxAge")
+	}
+	c.Fill(4, "late", 1, time.Hour, old) // its read began before the Revoke
+	fill(t, c, 4, "unproven")            // filled while no lease runs
 	mustMiss(t, c, 4)
+	c.Evict(4)
+	if _, ok := c.GetHeld(4, time.Hour); ok {
+		t.Fatal("GetHeld served an evicted entry")
+	}
+	fill(t, c, 4, "unproven")
 	c.Renew(time.Now(), time.Hour)
 	mustMiss(t, c, 4) // the lapse's fills were evicted by the Renew
+	if _, ok := c.GetHeld(4, time.Hour); ok {
+		t.Fatal("GetHeld served a fill from the lapse after the Renew")
+	}
 	fill(t, c, 4, "after")
 	mustGet(t, c, 4, "after")
 }

@@ -260,8 +260,12 @@ func namespaceGroup(namespace string) string {
 //
 // With Config.FreshFor, MaxStale or Losers set, Get may answer with a
 // permitted-stale value: ReadInfo.Stale says so, and a value past its TTL
-// comes with an error wrapping ErrStale. Every other error comes with the
-// zero value.
+// comes with an error wrapping ErrStale; so does a value served from L1
+// while Redis is unreachable, in the degraded mode of
+// NodeConfig.OutageMaxAge (the error also wraps ErrUnreachable). A fetched
+// value that could not be cached (Groups or the Codec failed or panicked)
+// comes with an error that says why. Every other error comes with the zero
+// value.
 //
 // Errors: those of Fetch (wrapping ErrNotFound when it says so, or when a
 // cached "not found" answers), ErrStale, ctx's, ErrFetchPanic, ErrEmptyKey,

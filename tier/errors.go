@@ -41,6 +41,10 @@ var (
 	// or because the loser policy said so: the value is usable, and the
 	// error also wraps the cause when there is one.
 	ErrStale = errors.New("tier: stale value served")
+	// ErrUnreachable comes with ErrStale with a value served from L1 in the
+	// degraded mode of NodeConfig.OutageMaxAge: Redis could not be reached,
+	// so the value could not be checked. The error also wraps the cause.
+	ErrUnreachable = errors.New("tier: redis unreachable; value served from L1 unchecked")
 	// ErrClosed reports a call on a closed Node.
 	ErrClosed = errors.New("tier: node closed")
 )

@@ -105,6 +105,9 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 				return loaded[V]{}, ctx.Err()
 			}
 			n.redisFailed("read", err)
+			if out, ok := c.fromHeld(key, h, mode); ok {
+				return out, fmt.Errorf("%w: %w: %w", ErrStale, ErrUnreachable, err)
+			}
 			return c.fetchUncached(ctx, key, st.old)
 		}
 		next, out, err := c.settle(ctx, key, s, h, keys, token, f, r, start, mode, &st)
@@ -150,6 +153,27 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 		}
 		backoff = min(2*backoff, maxPoll)
 	}
+}
+
+// fromHeld answers a Get that cannot reach Redis from the entry this
+// node's L1 holds for key, in the degraded mode of NodeConfig.OutageMaxAge:
+// an entry filled at most that long ago, which no invalidation this node
+// learnt of has touched. Background refreshes never take it.
+func (c *Cache[K, V]) fromHeld(key K, h uint64, mode loadMode) (loaded[V], bool) {
+	n := c.node
+	if n.cfg.OutageMaxAge <= 0 || mode != modeGet || c.l1TTL <= 0 {
+		return loaded[V]{}, false
+	}
+	v, ok := n.l1.GetHeld(h, n.cfg.OutageMaxAge)
+	if !ok {
+		return loaded[V]{}, false
+	}
+	e, ok := v.(*entry[K, V])
+	if !ok || e.owner != c || e.key != key || e.negative || !groupsValid(e.groups) {
+		return loaded[V]{}, false
+	}
+	n.stats.outageServed.Add(1)
+	return loaded[V]{v: e.val, ri: ReadInfo{Source: SourceL1, Stale: true}}, true
 }
 
 // step is what one read of Redis leaves a load to do.

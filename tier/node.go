@@ -99,6 +99,18 @@ type NodeConfig struct {
 	// An L1 entry in a group the node stopped tracking is not served; the
 	// next read checks Redis. Default 65,536; negative is an error.
 	MaxTrackedGroups int
+	// OutageMaxAge turns on a degraded mode for Redis outages, and suspends
+	// the staleness bound while it serves: when a Get cannot reach Redis
+	// (the breaker is open, or the read failed), it answers from the entry
+	// this node's L1 already holds for the key, if that entry was filled at
+	// most OutageMaxAge ago and no invalidation this node learnt of (its
+	// own writes included) has touched it since, instead of calling the
+	// source. Such a value comes with ReadInfo.Stale set and an error
+	// wrapping ErrStale and ErrUnreachable: another node may have
+	// invalidated it, unseen, since the bus went quiet. It keeps a fleet's
+	// source from taking every read at the moment Redis fails. Default 0:
+	// off, and the bound of the guarantee holds; negative is an error.
+	OutageMaxAge time.Duration
 	// MaxValueBytes bounds the stored form of a value (its encoding plus the
 	// envelope and the key), in bytes. A larger value is returned by Get but
 	// not cached; Set rejects it with ErrValueTooLarge. Default 8 MiB.
@@ -153,6 +165,9 @@ func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
 	}
 	if cfg.RedisTimeout < 0 || cfg.BreakerFails < 0 || cfg.BreakerPause < 0 || cfg.MaxPending < 0 {
 		return cfg, fmt.Errorf("%w: RedisTimeout, BreakerFails, BreakerPause and MaxPending may not be negative", ErrConfig)
+	}
+	if cfg.OutageMaxAge < 0 {
+		return cfg, fmt.Errorf("%w: OutageMaxAge %v is negative", ErrConfig, cfg.OutageMaxAge)
 	}
 	if cfg.MaxTrackedGroups < 0 {
 		return cfg, fmt.Errorf("%w: MaxTrackedGroups %d is negative", ErrConfig, cfg.MaxTrackedGroups)
@@ -743,6 +758,10 @@ type Stats struct {
 	// ended (the claimant finished, or the key was invalidated) rather than
 	// the next poll.
 	Wakeups uint64
+	// OutageServed counts Gets answered from L1 in the degraded mode of
+	// NodeConfig.OutageMaxAge while Redis was unreachable (also counted in
+	// StaleServed).
+	OutageServed uint64
 }
 
 type counters struct {
@@ -752,7 +771,7 @@ type counters struct {
 	published, drops                                            atomic.Uint64
 	groupStale, groupInvalidations, badGroups                   atomic.Uint64
 	staleServed, negativeHits, refreshes, failSafe, wakeups     atomic.Uint64
-	breakerOpens, replayed                                      atomic.Uint64
+	breakerOpens, replayed, outageServed                        atomic.Uint64
 }
 
 // Stats returns a snapshot of the node's counters.
@@ -785,6 +804,7 @@ func (n *Node) Stats() Stats {
 		Refreshes:          c.refreshes.Load(),
 		FailSafe:           c.failSafe.Load(),
 		Wakeups:            c.wakeups.Load(),
+		OutageServed:       c.outageServed.Load(),
 	}
 	bc := n.sub.Counters()
 	st.BusApplied, st.BusGarbage, st.BusGaps = bc.Applied, bc.Garbage, bc.Gaps

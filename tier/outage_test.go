@@ -161,3 +161,55 @@ func TestOutageKeepsSharingFetches(t *testing.T) {
 		t.Fatalf("source reads = %d; want 1", reads)
 	}
 }
+
+// The degraded mode of NodeConfig.OutageMaxAge: with Redis unreachable, a
+// Get answers from what L1 holds, as stale, with ErrStale and
+// ErrUnreachable, without calling the source; a local write still evicts
+// it; an entry older than OutageMaxAge is not served; with the mode off,
+// the source answers.
+func TestDegradedModeServesHeldL1(t *testing.T) {
+	for _, maxAge := range []time.Duration{time.Hour, 0, time.Nanosecond} {
+		on := maxAge == time.Hour
+		t.Run(fmt.Sprint("OutageMaxAge=", maxAge), func(t *testing.T) {
+			f := newFleet(t)
+			src := newSource()
+			for _, k := range []string{"k", "w"} {
+				src.set(k, "v1")
+			}
+			cfg := faultCfg
+			cfg.OutageMaxAge = maxAge
+			eb, hb := newBusEvents()
+			n := f.node(cfg, &hooks.Points{Bus: hb})
+			c := cache(t, n, src)
+			warm(t, n, c, "k")
+			warm(t, n, c, "w")
+			f.srv.Kill()
+			eb.awaitDropped(t, bus.Disconnected)
+			src.set("k", "v2")
+			reads := src.reads.Load()
+			v, ri, err := getInfo(t, c, "k")
+			if !on {
+				if err != nil || v != "v2" || ri.Stale {
+					t.Fatalf("mode off, or the entry too old: Get = %q, %+v, %v; want v2 from the source", v, ri, err)
+				}
+				return
+			}
+			if v != "v1" || !ri.Stale || ri.Source != tier.SourceL1 || !errors.Is(err, tier.ErrStale) || !errors.Is(err, tier.ErrUnreachable) {
+				t.Fatalf("mode on: Get = %q, %+v, %v; want v1 from L1, stale, ErrStale and ErrUnreachable", v, ri, err)
+			}
+			if src.reads.Load() != reads {
+				t.Fatal("the degraded mode called the source")
+			}
+			if err := c.Invalidate(context.Background(), "w"); !errors.Is(err, tier.ErrPending) {
+				t.Fatalf("Invalidate = %v; want ErrPending", err)
+			}
+			src.set("w", "v2")
+			if v, ri, err := getInfo(t, c, "w"); err != nil || v != "v2" || ri.Stale {
+				t.Fatalf("after a local write: Get = %q, %+v, %v; want v2 from the source", v, ri, err)
+			}
+			if st := n.Stats(); st.OutageServed != 1 || st.StaleServed != 1 {
+				t.Fatalf("stats: %d outage served, %d stale served; want 1, 1", st.OutageServed, st.StaleServed)
+			}
+		})
+	}
+}
