@@ -16,6 +16,7 @@ import (
 func BenchmarkGetRedisDown(b *testing.B) {
 	ctx := context.Background()
 	cfg := tier.NodeConfig{RedisTimeout: 100 * time.Millisecond, LeaseTTL: time.Minute}
+	fetch := func(context.Context, string) (string, error) { return benchValue, nil }
 	newCache := func(srv *redistest.Server) (*tier.Node, *tier.Cache[string, string]) {
 		n, err := tier.NewNode(ctx, srv.Client(b), cfg)
 		if err != nil {
@@ -24,7 +25,7 @@ func BenchmarkGetRedisDown(b *testing.B) {
 		b.Cleanup(func() { _ = n.Close() })
 		c, err := tier.New(n, tier.Config[string, string]{
 			Namespace: "bench-down",
-			Fetch:     func(context.Context, string) (string, error) { return benchValue, nil },
+			Fetch:     fetch,
 			L1TTL:     -1, // every Get goes past L1
 		})
 		if err != nil {
@@ -59,6 +60,16 @@ func BenchmarkGetRedisDown(b *testing.B) {
 			}
 		})
 	}
+	// No cache at all: the source alone. What the breaker-open Get costs
+	// above it is the whole price of the outage.
+	b.Run("no-cache-source-only", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := fetch(ctx, "k"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	if st := downNode.Stats(); st.BreakerOpens == 0 {
 		b.Fatalf("the breaker never opened: %+v", st)
 	}

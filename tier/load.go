@@ -79,7 +79,11 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 	if n.pending.blocks(c.ns, s, nil) {
 		// This node invalidated the key while Redis was unreachable, and
 		// the invalidation has not landed yet: Redis may hold the old value.
-		return c.fetchUncached(ctx, key, nil)
+		// What the degraded mode holds was fetched after the invalidation.
+		if out, ok := c.fromHeld(key, h, mode); ok {
+			return out, fmt.Errorf("%w: %w: a write of this node's is not in Redis yet", ErrStale, ErrUnreachable)
+		}
+		return c.fetchHeld(ctx, key, s, h, f, nil, mode)
 	}
 	keys := l2.KeysFor(n.cfg.Prefix, c.ns, s)
 	// Redis operations outlive the flight's waiters (each is bounded by
@@ -108,7 +112,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 			if out, ok := c.fromHeld(key, h, mode); ok {
 				return out, fmt.Errorf("%w: %w: %w", ErrStale, ErrUnreachable, err)
 			}
-			return c.fetchUncached(ctx, key, st.old)
+			return c.fetchHeld(ctx, key, s, h, f, st.old, mode)
 		}
 		next, out, err := c.settle(ctx, key, s, h, keys, token, f, r, start, mode, &st)
 		switch next {
@@ -174,6 +178,44 @@ func (c *Cache[K, V]) fromHeld(key K, h uint64, mode loadMode) (loaded[V], bool)
 	}
 	n.stats.outageServed.Add(1)
 	return loaded[V]{v: e.val, ri: ReadInfo{Source: SourceL1, Stale: true}}, true
+}
+
+// fetchHeld answers from the source without Redis, as fetchUncached, and
+// in the degraded mode of NodeConfig.OutageMaxAge keeps what it fetched
+// for fromHeld (see hold).
+func (c *Cache[K, V]) fetchHeld(ctx context.Context, key K, s string, h uint64, f fence, old *staleValue[V], mode loadMode) (loaded[V], error) {
+	out, err := c.fetchUncached(ctx, key, old)
+	if err == nil && c.node.cfg.OutageMaxAge > 0 && mode == modeGet {
+		out.v = c.hold(key, s, h, out.v, f)
+	}
+	return out, err
+}
+
+// hold keeps v, fetched from the source while Redis is unreachable, in L1
+// for the degraded mode of NodeConfig.OutageMaxAge: Get does not serve it
+// (the lease is off while Redis is unreachable, and its renewal evicts
+// whatever was filled meanwhile), only fromHeld, so that an outage does
+// not send every read of a key to the source. It returns v as the codec
+// gives it back, the value every node serves (R39).
+func (c *Cache[K, V]) hold(key K, s string, h uint64, v V, f fence) V {
+	gs, err := c.groupsOf(key, v)
+	if err != nil {
+		return v
+	}
+	env, data, err := c.encode(s, v)
+	if err != nil {
+		return v
+	}
+	d, err := c.decodeData(data)
+	if err != nil {
+		return v
+	}
+	c.fillL1(h, key, d, len(env), c.l1TTL, 0, f, gs)
+	// ristretto applies a new key's Set later, from a buffer; until then,
+	// every read of the key would go to the source again. During an
+	// outage, waiting for it costs far less than a fetch.
+	c.node.l1.Wait()
+	return d
 }
 
 // step is what one read of Redis leaves a load to do.

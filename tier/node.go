@@ -461,10 +461,14 @@ func (n *Node) publish(ctx context.Context, ops []bus.Op) error {
 	return nil
 }
 
-// applyOps applies ops to this node: keys evicted, groups invalidated.
+// applyOps applies ops to this node: keys evicted, groups invalidated. The
+// ops of a replay applied when they were queued, and are skipped.
 func (n *Node) applyOps(ops []bus.Op) {
 	var invalid []string
 	for _, op := range ops {
+		if _, ok := op.Payload.(replayed); ok {
+			continue
+		}
 		if op.Group != "" {
 			invalid = append(invalid, op.Group)
 			continue

@@ -252,6 +252,12 @@ func (n *Node) replay() {
 	}
 }
 
+// replayed marks the ops of a replay: their local effect applied when they
+// were queued, and applying it again at each attempt would evict, over and
+// over, what this node fetched since (while Redis stays down, the replay
+// tries at every new write).
+type replayed struct{}
+
 func (n *Node) replayBatch(ops []bus.Op, flush bool) error {
 	ctx, cancel := context.WithTimeout(n.life, n.cfg.RedisTimeout*4)
 	defer cancel()
@@ -262,6 +268,9 @@ func (n *Node) replayBatch(ops []bus.Op, flush bool) error {
 	}
 	if len(ops) == 0 {
 		return nil
+	}
+	for i := range ops {
+		ops[i].Payload = replayed{}
 	}
 	return n.pub.Publish(ctx, ops...)
 }

@@ -1,0 +1,124 @@
+package tier_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/tier"
+)
+
+// BenchmarkOutageSourceLoad measures what a Redis outage does to the
+// source: the source reads per second during a 5 s outage divided by those
+// of the steady state before it (2 s), with the degraded mode of
+// NodeConfig.OutageMaxAge off (the default) and on, in the same run. The
+// fleet: 3 nodes, 4 workers each, reading 1,000 keys of Zipf popularity
+// (s = 1.1) and writing 1% of the time (update the source, then
+// Invalidate), against a source that takes 200 µs. Each iteration is one
+// steady phase and one outage; metrics: "outage/steady", the ratio of
+// source reads per second, and "outage/steady-per-op", the ratio of source
+// reads per operation (the same traffic; an outage also changes how many
+// operations the fleet completes).
+func BenchmarkOutageSourceLoad(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		maxAge time.Duration
+	}{{"degraded-off", 0}, {"degraded-on", time.Minute}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var ratio float64
+			for b.Loop() {
+				ratio = outageLoad(b, tc.maxAge)
+			}
+			b.ReportMetric(ratio, "outage/steady")
+		})
+	}
+}
+
+// outageLoad runs one steady phase and one outage and returns the ratio of
+// their source read rates.
+func outageLoad(b *testing.B, maxAge time.Duration) float64 {
+	const (
+		nodes, workers, keys = 3, 4, 1000
+		steady, outage       = 2 * time.Second, 5 * time.Second
+		fetchCost            = 200 * time.Microsecond
+	)
+	srv := redistest.Start(b)
+	var reads atomic.Int64
+	fetch := func(ctx context.Context, key string) (string, error) {
+		reads.Add(1)
+		t := time.NewTimer(fetchCost)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return key, nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	cfg := tier.NodeConfig{LeaseTTL: 500 * time.Millisecond, RedisTimeout: 100 * time.Millisecond, OutageMaxAge: maxAge}
+	var caches []*tier.Cache[string, string]
+	for range nodes {
+		n, err := tier.NewNode(context.Background(), srv.Client(b), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := tier.New(n, tier.Config[string, string]{Namespace: "outage", Fetch: fetch})
+		if err != nil {
+			b.Fatal(err)
+		}
+		caches = append(caches, c)
+		defer func() { _ = n.Close() }()
+	}
+	var ops atomic.Int64 // reads and writes begun
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for i, c := range caches {
+		for w := range workers {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(i), uint64(w)))
+				zipf := rand.NewZipf(r, 1.1, 1, keys-1)
+				for ctx.Err() == nil {
+					ops.Add(1)
+					key := fmt.Sprint("k", zipf.Uint64())
+					if r.IntN(100) == 0 {
+						if err := c.Invalidate(ctx, key); err != nil && !errors.Is(err, tier.ErrPending) && ctx.Err() == nil {
+							failed.Store(err)
+						}
+						continue
+					}
+					if _, err := c.Get(ctx, key); err != nil && !errors.Is(err, tier.ErrStale) && ctx.Err() == nil {
+						failed.Store(err)
+					}
+				}
+			})
+		}
+	}
+	// phase returns the source reads per second and per operation over d.
+	phase := func(d time.Duration) (perSec, perOp float64) {
+		r0, o0 := reads.Load(), ops.Load()
+		start := time.Now()
+		time.Sleep(d) // the phase's length: the workers run meanwhile
+		r, o := float64(reads.Load()-r0), float64(ops.Load()-o0)
+		return r / time.Since(start).Seconds(), r / o
+	}
+	phase(time.Second) // warm up: fill both tiers
+	steadyRate, steadyPerOp := phase(steady)
+	srv.Kill()
+	outageRate, outagePerOp := phase(outage)
+	stop()
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatalf("a read or write failed: %v", err)
+	}
+	b.ReportMetric(steadyRate, "steady-reads/s")
+	b.ReportMetric(outageRate, "outage-reads/s")
+	b.ReportMetric(outagePerOp/steadyPerOp, "outage/steady-per-op")
+	return outageRate / steadyRate
+}
