@@ -117,6 +117,8 @@ type SubscriberConfig struct {
 // Counters are a Subscriber's event counts.
 type Counters struct {
 	Messages, Applied, Garbage, Gaps, Disconnects, Lapses, EpochChanges, Renewals uint64
+	// Replacements counts subscription connections replaced for silence.
+	Replacements uint64
 }
 
 // Subscriber keeps one node's subscription to the bus and its L1 lease.
@@ -138,13 +140,20 @@ type Subscriber struct {
 	leased    bool       // a lease was granted and has not been revoked
 	leaseEnd  time.Time
 	epoch     string
+	// retired is a subscription connection being replaced: it went silent
+	// (no message, pong or error) while no lease ran; replaced is when the
+	// current one was made.
+	retired  *redis.PubSub
+	replaced time.Time
+	heard    atomic.Int64 // when Receive last returned: nanoseconds since born
+	born     time.Time    // monotonic origin of heard
 
 	pingID atomic.Uint64
 	sentMu sync.Mutex
 	sent   map[uint64]sentPing
 
 	n struct {
-		messages, applied, garbage, gaps, disconnects, lapses, epochs, renewals atomic.Uint64
+		messages, applied, garbage, gaps, disconnects, lapses, epochs, renewals, replaced atomic.Uint64
 	}
 }
 
@@ -169,6 +178,7 @@ func NewSubscriber(life context.Context, cfg SubscriberConfig) (*Subscriber, err
 		pingNow: make(chan struct{}, 1),
 		pongs:   make(chan pong, 16),
 		sent:    make(map[uint64]sentPing),
+		born:    time.Now(),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -199,7 +209,7 @@ func (s *Subscriber) Counters() Counters {
 	return Counters{
 		Messages: s.n.messages.Load(), Applied: s.n.applied.Load(), Garbage: s.n.garbage.Load(),
 		Gaps: s.n.gaps.Load(), Disconnects: s.n.disconnects.Load(), Lapses: s.n.lapses.Load(),
-		EpochChanges: s.n.epochs.Load(), Renewals: s.n.renewals.Load(),
+		EpochChanges: s.n.epochs.Load(), Renewals: s.n.renewals.Load(), Replacements: s.n.replaced.Load(),
 	}
 }
 
@@ -214,12 +224,30 @@ func (s *Subscriber) receive() {
 		return
 	}
 	s.ps = s.cfg.Client.Subscribe(s.life, s.cfg.Channel)
+	s.replaced = time.Now()
+	ps := s.ps
 	s.mu.Unlock()
+	s.hear()
 	backoff := 10 * time.Millisecond
 	for {
-		msg, err := s.ps.Receive(s.life)
+		msg, err := ps.Receive(s.life)
 		if s.life.Err() != nil {
 			return
+		}
+		s.hear()
+		if err != nil {
+			// A connection retired for silence: subscribe on a new one at
+			// once (the old one's Close unblocked this Receive).
+			s.mu.Lock()
+			if s.retired == ps {
+				s.ps = s.cfg.Client.Subscribe(s.life, s.cfg.Channel)
+				s.replaced, s.retired = time.Now(), nil
+				ps = s.ps
+				s.mu.Unlock()
+				s.disconnected(err)
+				continue
+			}
+			s.mu.Unlock()
 		}
 		var reply redis.Error
 		if errors.As(err, &reply) {
@@ -240,7 +268,7 @@ func (s *Subscriber) receive() {
 				return
 			}
 			backoff = min(2*backoff, time.Second)
-			_ = s.ps.Subscribe(s.life, s.cfg.Channel) // a failure shows up in Receive
+			_ = ps.Subscribe(s.life, s.cfg.Channel) // a failure shows up in Receive
 			continue
 		}
 		if err != nil {
@@ -418,12 +446,33 @@ func (s *Subscriber) ping() {
 func (s *Subscriber) checkLapse() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.leased && !time.Now().Before(s.leaseEnd) {
+	now := time.Now()
+	if s.leased && !now.Before(s.leaseEnd) {
 		s.n.lapses.Add(1)
 		s.log.Warn("tiercache bus: lease lapsed; L1 off until the subscription answers")
 		s.dropLocked(LeaseLapsed, true)
 	}
+	// A connection that stays silent (no message, no pong, no error) for a
+	// lease while no lease runs may be dead without knowing it (a
+	// blackhole, a dropped NAT entry): replace it, rather than wait for TCP
+	// to give up, so that L1 serves again soon after the path heals. One
+	// replacement per lease at most.
+	silent := time.Since(s.born) - time.Duration(s.heard.Load())
+	if !s.leased && s.ps != nil && s.retired == nil && silent >= s.cfg.LeaseTTL && now.Sub(s.replaced) >= s.cfg.LeaseTTL {
+		s.retired = s.ps
+		s.n.replaced.Add(1)
+		s.log.Warn("tiercache bus: subscription silent; replacing its connection")
+		old := s.ps
+		s.wg.Add(1)
+		go func() { // Close may wait for a ping in flight on the connection
+			defer s.wg.Done()
+			_ = old.Close()
+		}()
+	}
 }
+
+// hear notes that the subscription's connection said something.
+func (s *Subscriber) hear() { s.heard.Store(int64(time.Since(s.born))) }
 
 func (s *Subscriber) renew(p sentPing) {
 	epoch, err := s.fleetEpoch()

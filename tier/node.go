@@ -730,6 +730,10 @@ type Stats struct {
 	BusGaps, BusDisconnects, LeaseLapses, EpochChanges uint64
 	// LeaseRenewals counts lease renewals.
 	LeaseRenewals uint64
+	// BusReplacements counts subscription connections replaced because
+	// they went silent (no message, pong or error for a lease) while no
+	// lease ran: a connection dead without knowing it.
+	BusReplacements uint64
 	// GroupStale counts values Redis held but refused because one of their
 	// groups was invalidated (or its stamp vanished) since they were filled.
 	GroupStale uint64
@@ -813,7 +817,7 @@ func (n *Node) Stats() Stats {
 	bc := n.sub.Counters()
 	st.BusApplied, st.BusGarbage, st.BusGaps = bc.Applied, bc.Garbage, bc.Gaps
 	st.BusDisconnects, st.LeaseLapses, st.EpochChanges = bc.Disconnects, bc.Lapses, bc.EpochChanges
-	st.LeaseRenewals = bc.Renewals
+	st.LeaseRenewals, st.BusReplacements = bc.Renewals, bc.Replacements
 	return st
 }
 

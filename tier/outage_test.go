@@ -213,3 +213,36 @@ func TestDegradedModeServesHeldL1(t *testing.T) {
 		})
 	}
 }
+
+// R43: a subscription that silently stops delivering (its connection sunk:
+// blackholed for good, while new connections pass) is replaced once its
+// lease has lapsed, so the node serves L1 again soon after, not when TCP
+// gives up. Meanwhile it misses an invalidation, and reads the new value
+// from Redis.
+func TestRace_R43_SilentSubscriptionReplaced(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	ea, ha := newBusEvents()
+	na, proxy := f.proxiedNode(faultCfg, &hooks.Points{Bus: ha})
+	nb := f.node(faultCfg, nil)
+	a, b := cache(t, na, src), cache(t, nb, src)
+	warm(t, na, a, "k")
+	proxy.Sink()
+	src.set("k", "v2")
+	if err := b.Invalidate(context.Background(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	ea.awaitDropped(t, bus.LeaseLapsed)
+	ea.forgetRenewals()
+	ea.awaitRenewed(t) // on a new connection
+	if v := mustGet(t, a, "k"); v != "v2" {
+		t.Fatalf("A after its subscription was replaced = %q; want v2", v)
+	}
+	if !inL1(t, na, a, "k") {
+		t.Fatal("A does not serve L1 again")
+	}
+	if st := na.Stats(); st.BusReplacements == 0 {
+		t.Fatalf("stats: %+v; want a replaced subscription", st)
+	}
+}

@@ -269,8 +269,10 @@ func (n *Node) replayBatch(ops []bus.Op, flush bool) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	for i := range ops {
-		ops[i].Payload = replayed{}
+	marked := make([]bus.Op, len(ops)) // ops is the replay's record, read by blocks
+	for i, op := range ops {
+		op.Payload = replayed{}
+		marked[i] = op
 	}
-	return n.pub.Publish(ctx, ops...)
+	return n.pub.Publish(ctx, marked...)
 }

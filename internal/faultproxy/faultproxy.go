@@ -76,6 +76,9 @@ type link struct {
 	// eofs counts directions that ended with an orderly EOF; when both
 	// have, the link is shut.
 	eofs atomic.Int32
+	// sunk: this connection is blackholed for good (Sink), whatever the
+	// proxy's fault.
+	sunk atomic.Bool
 }
 
 // Start listens on a free 127.0.0.1 port and forwards every connection to
@@ -156,6 +159,20 @@ func (p *Proxy) Reset() {
 // ends.
 func (p *Proxy) Blackhole() {
 	p.setMode(modeBlackhole, 0)
+}
+
+// Sink blackholes every existing connection for good, and only those: new
+// connections pass (under the proxy's fault). It is a connection that died
+// without either end knowing (a NAT entry or a load balancer's flow
+// dropped) while the path to the server still works. Bytes read on a sunk
+// connection are dropped, and so is a close from either side; each end
+// notices only by its own timeout.
+func (p *Proxy) Sink() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for l := range p.conns {
+		l.sunk.Store(true)
+	}
 }
 
 // Conns returns the current number of proxied connections: pairs of a client
@@ -309,6 +326,13 @@ func (p *Proxy) pipe(l *link, dst, src *net.TCPConn) {
 		}
 		// A partition loses FINs and RSTs as well as data: hold the end of
 		// the stream until the fault ends, or the link is shut meanwhile.
+		if l.sunk.Load() {
+			select { // for good: until the link or the proxy is shut
+			case <-l.dead:
+			case <-l.p.ctx.Done():
+			}
+			return
+		}
 		if !l.waitOutBlackhole() {
 			return
 		}
@@ -334,6 +358,9 @@ func (p *Proxy) pipe(l *link, dst, src *net.TCPConn) {
 func (l *link) forward(dst *net.TCPConn, b []byte, t0 time.Time) bool {
 	for {
 		m, d, changed := l.p.state()
+		if l.sunk.Load() {
+			return true // dropped
+		}
 		switch m {
 		case modeBlackhole:
 			return true // dropped, not delivered later

@@ -463,3 +463,21 @@ func TestConcurrentFaults(t *testing.T) {
 	p.Pass()
 	mustPing(t, ctx, c)
 }
+
+// Sink blackholes the connections open now, for good, and no later one:
+// a client holding one connection times out on it; a second client's new
+// connection answers.
+func TestSink(t *testing.T) {
+	_, p := setup(t)
+	ctx := ctxGuard(t)
+	old := newClient(t, p)
+	mustPing(t, ctx, old) // its one connection is open
+	waitConns(t, p, 1)
+	p.Sink()
+	mustPing(t, ctx, newClient(t, p))
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := old.Ping(short).Err(); !isTimeout(err) {
+		t.Fatalf("PING on a sunk connection = %v; want a timeout", err)
+	}
+}
