@@ -146,6 +146,7 @@ type Subscriber struct {
 	retired  *redis.PubSub
 	replaced time.Time
 	heard    atomic.Int64 // when Receive last returned: nanoseconds since born
+	clock    atomic.Pointer[ClockSample]
 	born     time.Time    // monotonic origin of heard
 
 	pingID atomic.Uint64
@@ -501,18 +502,49 @@ func (s *Subscriber) renew(p sentPing) {
 	}
 }
 
-// fleetEpoch reads the fleet epoch token, creating it if it is missing.
+// fleetEpoch reads the fleet epoch token, creating it if it is missing,
+// and samples Redis's clock (TIME) in the same round trip.
 func (s *Subscriber) fleetEpoch() (string, error) {
 	ctx, cancel := context.WithTimeout(s.life, s.cfg.LeaseTTL)
 	defer cancel()
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	// SET NX then GET in one round trip: whichever token won is the epoch.
-	v, err := s.cfg.Client.SetArgs(ctx, s.cfg.EpochKey, hex.EncodeToString(b[:]), redis.SetArgs{Mode: "NX", Get: true}).Result()
+	pipe := s.cfg.Client.Pipeline()
+	set := pipe.SetArgs(ctx, s.cfg.EpochKey, hex.EncodeToString(b[:]), redis.SetArgs{Mode: "NX", Get: true})
+	clock := pipe.Time(ctx)
+	start := time.Now()
+	_, _ = pipe.Exec(ctx) // each command's error is looked at below
+	end := time.Now()
+	if t, err := clock.Result(); err == nil {
+		s.clock.Store(&ClockSample{Redis: t, Start: start, End: end})
+	}
+	v, err := set.Result()
 	if errors.Is(err, redis.Nil) {
 		return hex.EncodeToString(b[:]), nil // ours was set
 	}
 	return v, err
+}
+
+// ClockSample relates Redis's clock to this process's monotonic clock:
+// Redis's TIME was Redis when read, at some moment between Start and End
+// on this process's clock. No clock of this process is compared with
+// Redis's: a later instant t of this process is at least Redis + (t - End)
+// on Redis's clock, and at most Redis + (t - Start), as long as neither
+// clock steps.
+type ClockSample struct {
+	Redis      time.Time
+	Start, End time.Time
+}
+
+// RedisClock returns the latest sample of Redis's clock, taken at each
+// lease renewal, and false before the first.
+func (s *Subscriber) RedisClock() (ClockSample, bool) {
+	c := s.clock.Load()
+	if c == nil {
+		return ClockSample{}, false
+	}
+	return *c, true
 }
 
 func (s *Subscriber) dropLocked(reason Reason, revoke bool) {

@@ -184,8 +184,9 @@ return 0
 	// KEYS: the sequence counter if there is an announcement, then value,
 	// flag and meta of each key change. ARGV: channel ('' for no
 	// announcement), message head, message body, prefix, then per change
-	// 'd'; or 's', envelope, TTL in ms, group count n, n names, n fresh
-	// tokens; or 'g', group, fresh token, stamp TTL in ms.
+	// 'd'; or 's', envelope, TTL in ms, late-after (µs on Redis's clock, 0:
+	// never), the TTL in ms of a late write, group count n, n names, n
+	// fresh tokens; or 'g', group, fresh token, stamp TTL in ms.
 	applyScript = redis.NewScript(stampLua + `
 local announce = ARGV[1] ~= ''
 local prefix = ARGV[4]
@@ -200,13 +201,22 @@ while a <= #ARGV do
     a = a + 4
   elseif op == 's' then
     local ttl = tonumber(ARGV[a+2])
-    local n = tonumber(ARGV[a+3])
-    local meta = stamps(prefix, ARGV, a + 3, nil, ttl)
+    local late = tonumber(ARGV[a+3])
+    if late > 0 then
+      -- Running after its caller gave up (R44): a newer write may already
+      -- have landed; live no longer than that write's bound.
+      local t = redis.call('TIME')
+      if tonumber(t[1]) * 1000000 + tonumber(t[2]) > late then
+        ttl = math.min(ttl, tonumber(ARGV[a+4]))
+      end
+    end
+    local n = tonumber(ARGV[a+5])
+    local meta = stamps(prefix, ARGV, a + 5, nil, ttl)
     redis.call('SET', KEYS[k], ARGV[a+1], 'PX', ttl)
     redis.call('UNLINK', KEYS[k+1], KEYS[k+2], KEYS[k+1] .. 'w')
     redis.call('RPUSH', KEYS[k+2], unpack(meta))
     redis.call('PEXPIRE', KEYS[k+2], ttl)
-    a = a + 4 + 2 * n
+    a = a + 6 + 2 * n
     k = k + 3
   else
     redis.call('UNLINK', KEYS[k], KEYS[k+1], KEYS[k+2], KEYS[k+1] .. 'w')
@@ -704,6 +714,14 @@ type Change struct {
 	// a new stamp, drawn from the group sequence, so that no value filled
 	// in it before is served again.
 	Group string
+	// LateAfter, for a Write, is the instant on Redis's clock after which
+	// the write is late: its caller has given up on it (its bytes reached
+	// Redis after its deadline), and a newer write may have landed. A late
+	// write lives at most LateTTL, whatever TTL says (R44). Zero: never
+	// late.
+	LateAfter time.Time
+	// LateTTL is the lifetime of a late write; positive if LateAfter is set.
+	LateTTL time.Duration
 }
 
 // Announcement is the message that [Store.Apply] publishes on Channel: Head,
@@ -743,8 +761,16 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 			if c.TTL <= 0 {
 				return 0, fmt.Errorf("l2 apply: %w", errNonPositiveTTL)
 			}
+			var lateAfter int64 // µs; 0: never late
+			lateTTL := int64(1)
+			if !c.LateAfter.IsZero() {
+				if c.LateTTL <= 0 {
+					return 0, fmt.Errorf("l2 apply: LateAfter without a positive LateTTL")
+				}
+				lateAfter, lateTTL = max(c.LateAfter.UnixMicro(), 1), ttlMillis(c.LateTTL)
+			}
 			keys = append(keys, c.Keys.Value, c.Keys.Flag, c.Keys.Meta)
-			args = append(args, "s", c.Envelope, ttlMillis(c.TTL))
+			args = append(args, "s", c.Envelope, ttlMillis(c.TTL), lateAfter, lateTTL)
 			args = appendGroups(args, c.Groups)
 		default:
 			keys = append(keys, c.Keys.Value, c.Keys.Flag, c.Keys.Meta)

@@ -391,13 +391,17 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 		changes[i] = l2.Change{Keys: l2.KeysFor(n.cfg.Prefix, op.Namespace, op.Key)}
 		if w, ok := op.Payload.(write); ok {
 			changes[i].Write, changes[i].Envelope, changes[i].TTL, changes[i].Groups = true, w.envelope, w.ttl, w.groups
+			changes[i].LateAfter, changes[i].LateTTL = n.lateAfter(ctx), n.cfg.LeaseTTL
 		}
 	}
 	a := &l2.Announcement{SeqKey: n.names.seq, Channel: n.names.channel, Head: b.Head, Body: b.Body}
 	var err error
-	if n.hooks != nil && n.hooks.PublishBeforeDelete {
+	switch {
+	case n.hooks != nil && n.hooks.LateApply != nil && n.hooks.LateApply(func() { _, _ = n.store.Apply(context.Background(), changes, a) }):
+		err = context.DeadlineExceeded
+	case n.hooks != nil && n.hooks.PublishBeforeDelete:
 		err = n.publishBeforeDelete(ctx, changes, a, b.Ops)
-	} else {
+	default:
 		_, err = n.store.Apply(ctx, changes, a)
 	}
 	if !b.Flush { // Flush drops locally itself
@@ -409,6 +413,23 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 	}
 	n.stats.published.Add(1)
 	return nil
+}
+
+// lateAfter returns the instant on Redis's clock after which a write that
+// the node sends now is late: its call has given up (RedisTimeout, or ctx's
+// deadline if sooner), so a newer write may have landed before it. The
+// estimate errs early (see bus.ClockSample), so that no late write passes
+// for a timely one; before the first sample, every write counts as late.
+func (n *Node) lateAfter(ctx context.Context) time.Time {
+	deadline := time.Now().Add(n.cfg.RedisTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c, ok := n.sub.RedisClock()
+	if !ok {
+		return time.UnixMicro(1)
+	}
+	return c.Redis.Add(deadline.Sub(c.End))
 }
 
 // publishBeforeDelete is the broken order that R14 forbids, kept for its

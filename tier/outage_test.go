@@ -10,6 +10,7 @@ import (
 
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/internal/hooks"
+	"github.com/tiercache/tiercache/l2"
 	"github.com/tiercache/tiercache/tier"
 )
 
@@ -244,5 +245,57 @@ func TestRace_R43_SilentSubscriptionReplaced(t *testing.T) {
 	}
 	if st := na.Stats(); st.BusReplacements == 0 {
 		t.Fatalf("stats: %+v; want a replaced subscription", st)
+	}
+}
+
+// R44: a Set whose call timed out may still land later, after a newer
+// write. Such a late write lives at most LeaseTTL in Redis, so the old value
+// cannot outlive the newer write by more. Driven by a failpoint that holds
+// the Set's script and runs it after its caller gave up.
+func TestRace_R44_LateSetIsShortLived(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	var (
+		armed atomic.Bool
+		late  = make(chan func(), 1)
+		sent  time.Time
+	)
+	armed.Store(true)
+	hk := &hooks.Points{LateApply: func(apply func()) bool {
+		if !armed.CompareAndSwap(true, false) {
+			return false
+		}
+		sent = time.Now()
+		late <- apply
+		return true
+	}}
+	na, nb := f.node(faultCfg, hk), f.node(faultCfg, nil)
+	a, b := cache(t, na, src), cache(t, nb, src)
+	ctx := context.Background()
+	if err := a.Set(ctx, "k", "v2"); !errors.Is(err, tier.ErrPending) {
+		t.Fatalf("the timed-out Set = %v; want ErrPending", err)
+	}
+	apply := wait(t, late, "the held Set")
+	if err := b.Set(ctx, "k", "v3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Set(ctx, "j", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if ttl, err := f.rdb.PTTL(ctx, l2.KeysFor(tier.DefaultPrefix, ns, "j").Value).Result(); err != nil || ttl <= faultCfg.LeaseTTL {
+		t.Fatalf("a timely Set lives %v, %v; want its full TTL", ttl, err)
+	}
+	valueKey := l2.KeysFor(tier.DefaultPrefix, ns, "k").Value
+	awaitStats(t, na, "A's replay", func(st tier.Stats) bool { return st.Pending == 0 })
+	// The late landing: after the Set's deadline (RedisTimeout from when it
+	// was sent), which is the fault itself, not a settling delay.
+	time.Sleep(time.Until(sent.Add(faultCfg.RedisTimeout)))
+	apply()
+	if got := f.stored("k"); got != "v2" {
+		t.Fatalf("Redis holds %q; want the late v2 (landed, short-lived)", got)
+	}
+	ttl, err := f.rdb.PTTL(ctx, valueKey).Result()
+	if err != nil || ttl <= 0 || ttl > faultCfg.LeaseTTL {
+		t.Fatalf("the late write lives %v, %v; want at most LeaseTTL (%v)", ttl, err, faultCfg.LeaseTTL)
 	}
 }

@@ -48,4 +48,9 @@ type Points struct {
 	// number and the keys it names.
 	PublishBeforeDelete     bool
 	BetweenPublishAndDelete func(seq uint64, keys []string)
+	// LateApply, when set and returning true, takes a batch's atomic write
+	// and announcement instead of sending it: the batch fails as if Redis
+	// had not answered in time, and the test runs apply when it chooses,
+	// as the bytes of a timed-out call that reach Redis late (R44).
+	LateApply func(apply func()) bool
 }
