@@ -147,7 +147,7 @@ type Subscriber struct {
 	replaced time.Time
 	heard    atomic.Int64 // when Receive last returned: nanoseconds since born
 	clock    atomic.Pointer[ClockSample]
-	born     time.Time    // monotonic origin of heard
+	born     time.Time // monotonic origin of heard
 
 	pingID atomic.Uint64
 	sentMu sync.Mutex
