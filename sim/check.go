@@ -157,6 +157,15 @@ type Result struct {
 	Faults []FaultWindow `json:"faults"`
 	// Examples are up to 20 violations.
 	Examples []Example `json:"examples,omitempty"`
+	// Driven counts the races a negative control's driver drove
+	// (Config.Drives); DrivenViolations the violations among the reads of
+	// its keys (included in the totals).
+	Driven           int64 `json:"driven,omitempty"`
+	DrivenViolations int64 `json:"driven_violations,omitempty"`
+	// Short, if set, says what a run held open by MinWrites or Drives
+	// lacked when its Deadline (or cancellation) ended it: such a run
+	// proves nothing either way.
+	Short string `json:"short,omitempty"`
 
 	ages      []int64 // every judged stale age
 	fetches   []int64
@@ -212,16 +221,16 @@ func (x writeIndex) since(v int64) write {
 // failed write (any other error) is required of nobody.
 func check(h *history, cfg Config) *Result {
 	res := &Result{Config: cfg, Nodes: cfg.Nodes, Workers: cfg.Goroutines, Keys: cfg.Keys, Seed: cfg.Seed, Break: cfg.Break, Bound: cfg.Bound(), fetches: h.fetches, fetchSpan: h.end}
-	fleet := make([][]write, cfg.Keys)
+	keys := cfg.keySpace()
+	fleet := make([][]write, keys)
 	own := map[[2]int][]write{}
 	// okEnd[key][version-1]: when that version's write returned, or -1.
-	okEnd := make([][]int64, cfg.Keys)
+	okEnd := make([][]int64, keys)
 	for _, w := range h.writes {
 		k := int(w.Key)
-		if int(w.Version) > len(okEnd[k]) {
-			okEnd[k] = append(okEnd[k], make([]int64, int(w.Version)-len(okEnd[k]))...)
+		for int(w.Version) > len(okEnd[k]) {
+			okEnd[k] = append(okEnd[k], -1) // a version whose write never returned, until its write shows
 		}
-		okEnd[k][w.Version-1] = -1
 		res.Writes++
 		switch w.Outcome {
 		case wroteOK:
@@ -235,7 +244,7 @@ func check(h *history, cfg Config) *Result {
 			res.WritesFailed++
 		}
 	}
-	fx := make([]writeIndex, cfg.Keys)
+	fx := make([]writeIndex, keys)
 	for k := range fleet {
 		fx[k] = newWriteIndex(fleet[k])
 	}
@@ -376,6 +385,9 @@ func (res *Result) violate(p *Phase, class string, rd read, required int64, firs
 	}
 	p.Violations++
 	p.ByClass[class]++
+	if int(rd.Key) >= res.Config.Keys {
+		res.DrivenViolations++
+	}
 	p.ages = append(p.ages, age)
 	if len(res.Examples) < 20 {
 		res.Examples = append(res.Examples, Example{

@@ -26,6 +26,7 @@ const (
 	DefaultTTL          = 10 * time.Minute
 	DefaultFaultDelay   = 20 * time.Millisecond
 	DefaultMaxWindow    = 3 * time.Second
+	DefaultDeadline     = 2 * time.Minute
 )
 
 // Mix weighs the kinds of operation a worker draws. Zero everywhere means
@@ -76,8 +77,22 @@ type Config struct {
 	// Ops is the total number of operations, shared evenly between workers.
 	// Zero means the run lasts Duration instead.
 	Ops int64
-	// Duration is the length of a run when Ops is zero. Default 5s.
+	// Duration is the length of a run when Ops is zero: the least, if
+	// MinWrites or Drives hold the run open longer. Default 5s.
 	Duration time.Duration
+	// MinWrites holds a timed run open until at least this many key writes
+	// have returned (whatever their outcome), so that a loaded machine
+	// cannot end a run before its workload happened. Zero: no minimum.
+	MinWrites int64
+	// Drives holds a negative control's run open until its driver has
+	// driven the race this many times (see Break); each drive is an exact
+	// interleaving, forced through tier's hooks, on a key of its own that
+	// no worker touches. Zero: no drives.
+	Drives int
+	// Deadline bounds a timed run that MinWrites or Drives hold open: at
+	// Deadline it ends whatever it lacks, and Result.Short says what. A run
+	// that reaches it proves nothing. Default 2m.
+	Deadline time.Duration
 	// FetchLatency is how long a fetch takes after it read the source's
 	// version (so a slow fetch returns an old version late, which is what
 	// the flag protocol must refuse). Default zero.
@@ -140,10 +155,6 @@ type Config struct {
 	// Break breaks the protocol on purpose: a negative control, for tests
 	// of the checker only. Default BreakNone.
 	Break Break
-	// BreakDelay is the delay the no-l1-fence negative control injects
-	// between a node's Redis read and its L1 fill, to widen its race
-	// window. Default 2ms.
-	BreakDelay time.Duration
 	// Progress, if set, is called about every 200ms with a snapshot.
 	Progress func(Progress)
 }
@@ -184,7 +195,7 @@ func (c Config) withDefaults() (Config, error) {
 	defD(&c.TTL, DefaultTTL)
 	defD(&c.Slack, DefaultSlack)
 	def(&c.ManyKeys, 4)
-	defD(&c.BreakDelay, 2*time.Millisecond)
+	defD(&c.Deadline, DefaultDeadline)
 	switch {
 	case c.Nodes < 1 || c.Goroutines < 1 || c.Keys < 1 || c.Groups < 1:
 		return c, errors.New("sim: Nodes, Goroutines, Keys and Groups must be positive")
@@ -196,8 +207,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("sim: Zipf %v must be 0 (uniform) or above 1", c.Zipf)
 	case c.Many < 0 || c.Many > 100 || c.ManyKeys < 1:
 		return c, fmt.Errorf("sim: Many %d must be a percentage and ManyKeys %d positive", c.Many, c.ManyKeys)
-	case c.Ops < 0 || c.Duration < 0:
-		return c, errors.New("sim: Ops and Duration may not be negative")
+	case c.Ops < 0 || c.Duration < 0 || c.MinWrites < 0 || c.Drives < 0 || c.Deadline < 0:
+		return c, errors.New("sim: Ops, Duration, MinWrites, Drives and Deadline may not be negative")
+	case c.Drives > 0 && drivers[c.Break] == nil:
+		return c, fmt.Errorf("sim: Drives needs a negative control with a driver, not %q", c.Break)
 	}
 	for _, f := range c.Faults {
 		if _, ok := faultKinds[f.Kind]; !ok {

@@ -72,7 +72,12 @@
 // and Redis latency. A fault the backend cannot inject is reported as
 // skipped by the backend. Breaks are negative controls: they break the
 // protocol through tier's test-only hooks, and the tests assert that the
-// checker then reports violations.
+// checker then reports violations. So that a control shows its bug however
+// loaded the machine is, a driver forces the bug's race through the same
+// hooks (holding a node's Get before its fill, say, while the key is
+// written and another node claims it), Config.Drives times, each on a key
+// of its own; the run lasts until it has, and until Config.MinWrites key
+// writes have returned, or fails loudly at Config.Deadline (Result.Short).
 //
 // Run is safe to call from several goroutines with different backends;
 // each run owns its nodes, clients and proxies and closes them before it

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,8 +57,19 @@ type run struct {
 	prefix  string
 	locks   []sync.Mutex // one per key: writes of a key are serialized
 	applied []*seqWatch  // per node, for the publish-before-delete control
+	leases  []leaseWatch // per node, for the negative controls' drives
 	done    atomic.Int64 // operations finished
+	writes  atomic.Int64 // key writes returned
 	stopped atomic.Bool
+
+	// The negative control's driver (drive.go).
+	gates       gates
+	driven      atomic.Int64 // drives done
+	driveWG     sync.WaitGroup
+	driveMu     sync.Mutex // guards the fields below
+	driveErr    error      // why the last drive gave up
+	driveReads  []read
+	driveWrites []write
 }
 
 // Run drives one simulation against backend and judges every read. It
@@ -76,8 +88,9 @@ func Run(ctx context.Context, cfg Config, backend Backend) (*Result, error) {
 		clock:   &clock{t0: time.Now()},
 		admin:   newClient(backend.Addr(), cfg),
 		prefix:  "tcsim" + hex.EncodeToString(tag[:]),
-		locks:   make([]sync.Mutex, cfg.Keys),
+		locks:   make([]sync.Mutex, cfg.keySpace()),
 		applied: make([]*seqWatch, cfg.Nodes),
+		leases:  make([]leaseWatch, cfg.Nodes),
 	}
 	for i := range r.applied {
 		r.applied[i] = newSeqWatch()
@@ -95,13 +108,15 @@ func Run(ctx context.Context, cfg Config, backend Backend) (*Result, error) {
 	reads := make([][]read, workers)
 	writes := make([][]write, workers)
 	var wg sync.WaitGroup
-	deadline := r.clock.t0.Add(cfg.Duration)
 	for i := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			reads[i], writes[i] = r.work(ctx, i, deadline)
+			reads[i], writes[i] = r.work(ctx, i)
 		}()
+	}
+	if cfg.Drives > 0 {
+		r.async(func() { r.drive(ctx) })
 	}
 	ctl := newController(r, skips)
 	ctlDone := make(chan struct{})
@@ -111,6 +126,7 @@ func Run(ctx context.Context, cfg Config, backend Backend) (*Result, error) {
 	}()
 	wg.Wait()
 	r.stopped.Store(true)
+	r.driveWG.Wait()
 	<-ctlDone
 	end := r.clock.now()
 	fs := r.fleetStats()
@@ -121,12 +137,50 @@ func Run(ctx context.Context, cfg Config, backend Backend) (*Result, error) {
 		h.reads = append(h.reads, reads[i]...)
 		h.writes = append(h.writes, writes[i]...)
 	}
+	h.reads = append(h.reads, r.driveReads...)
+	h.writes = append(h.writes, r.driveWrites...)
 	res := check(h, cfg)
 	res.Backend = backend.Name()
 	res.Elapsed = time.Duration(end)
 	res.Ops = r.done.Load()
 	res.Fleet = fs
+	res.Driven = r.driven.Load()
+	res.Short = r.short(ctx)
 	return res, nil
+}
+
+// over reports whether a timed run is over: its Duration has passed and
+// its minima (MinWrites, Drives) are met, or its Deadline has passed.
+func (r *run) over() bool {
+	t := r.clock.now()
+	return t >= int64(r.cfg.Deadline) ||
+		t >= int64(r.cfg.Duration) && r.writes.Load() >= r.cfg.MinWrites && r.driven.Load() >= int64(r.cfg.Drives)
+}
+
+// short says what a timed run lacked when it ended, or "".
+func (r *run) short(ctx context.Context) string {
+	if r.cfg.Ops > 0 {
+		return ""
+	}
+	var lack []string
+	if w := r.writes.Load(); w < r.cfg.MinWrites {
+		lack = append(lack, fmt.Sprintf("%d of %d key writes", w, r.cfg.MinWrites))
+	}
+	if d := r.driven.Load(); d < int64(r.cfg.Drives) {
+		s := fmt.Sprintf("%d of %d drives", d, r.cfg.Drives)
+		if r.driveErr != nil {
+			s += " (" + r.driveErr.Error() + ")"
+		}
+		lack = append(lack, s)
+	}
+	if len(lack) == 0 {
+		return ""
+	}
+	why := fmt.Sprintf("the deadline %s", r.cfg.Deadline)
+	if ctx.Err() != nil {
+		why = "cancellation"
+	}
+	return fmt.Sprintf("ended by %s with %s", why, strings.Join(lack, " and "))
 }
 
 // FleetStats are the nodes' own counters (tier.Stats), summed over the
@@ -256,6 +310,7 @@ func (r *run) newNode(ctx context.Context, i int, rdb *redis.Client, ncfg tier.N
 
 func (r *run) stopFleet() {
 	for _, m := range r.fleet {
+
 		if m.node != nil {
 			_ = m.node.Close()
 		}
@@ -269,8 +324,11 @@ func (r *run) stopFleet() {
 
 // groupsOf puts key k in two groups of two families, "g" (k mod Groups)
 // and "h" (k mod Groups+1), so that the groups of a family partition the
-// keys and every key is in groups of both (R32).
+// workers' keys and every such key is in groups of both (R32).
 func (r *run) groupsOf(k int, _ Value) []string {
+	if k >= r.cfg.Keys {
+		return nil // a driver's key: no group invalidation may touch its drive
+	}
 	return []string{groupName(0, k%r.cfg.Groups), groupName(1, k%(r.cfg.Groups+1))}
 }
 
@@ -299,7 +357,7 @@ func (r *run) probe(ctx context.Context) map[FaultKind]string {
 
 // work is one worker: its own seeded sequence of operations on its node,
 // each recorded on the run's clock.
-func (r *run) work(ctx context.Context, id int, deadline time.Time) ([]read, []write) {
+func (r *run) work(ctx context.Context, id int) ([]read, []write) {
 	cfg := r.cfg
 	m := r.fleet[id/cfg.Goroutines]
 	node := int16(id / cfg.Goroutines)
@@ -319,7 +377,7 @@ func (r *run) work(ctx context.Context, id int, deadline time.Time) ([]read, []w
 	var rs []read
 	var ws []write
 	for i := int64(0); ; i++ {
-		if ctx.Err() != nil || (cfg.Ops > 0 && i >= share) || (cfg.Ops == 0 && !time.Now().Before(deadline)) {
+		if ctx.Err() != nil || (cfg.Ops > 0 && i >= share) || (cfg.Ops == 0 && r.over()) {
 			return rs, ws
 		}
 		draw := func() int {
@@ -432,6 +490,7 @@ func (r *run) write(ctx context.Context, m member, node int16, key int, set bool
 		err = m.cache.Invalidate(ctx, key)
 	}
 	w := write{Start: start, End: r.clock.now(), Version: v, Key: int32(key), Node: node, Outcome: outcomeOf(err)}
+	r.writes.Add(1)
 	if set {
 		w.Kind = bySet
 	}
@@ -461,6 +520,7 @@ func (r *run) writeGroup(ctx context.Context, m member, node int16, family, g in
 	for i := range ws {
 		ws[i].End, ws[i].Outcome = end, o
 	}
+	r.writes.Add(int64(len(ws)))
 	return ws
 }
 

@@ -146,17 +146,24 @@ var engaged = map[string]func(*Result) string{
 
 // The negative controls: with the protocol broken on purpose, the checker
 // reports violations. A checker that saw nothing here would prove nothing.
+// Each control's driver forces its race Drives times, whatever the load on
+// the machine, and every drive must show as a violation of its own key.
 func TestNegativeControls(t *testing.T) {
 	for _, b := range Breaks {
 		t.Run(string(b), func(t *testing.T) {
 			cfg := NegativeControl(b, 1)
-			cfg.Duration = 1500 * time.Millisecond
 			res := simulate(t, cfg)
-			t.Logf("%s: %d violations %v", b, res.Violations(), res.Total.ByClass)
-			if res.Violations() == 0 {
-				var w testWriter
-				_ = res.WriteTable(&w)
+			t.Logf("%s: %d violations %v (%d on the %d driven races) in %s, %d key writes", b, res.Violations(), res.Total.ByClass,
+				res.DrivenViolations, res.Driven, res.Elapsed.Round(time.Millisecond), res.Writes)
+			var w testWriter
+			_ = res.WriteTable(&w)
+			switch {
+			case res.Short != "":
+				t.Fatalf("the control's run was cut short, %s:\n%s", res.Short, w)
+			case res.Violations() == 0:
 				t.Fatalf("the protocol is broken (%s) and the checker saw no violation:\n%s", b, w)
+			case res.DrivenViolations < int64(cfg.Drives):
+				t.Fatalf("the race was driven %d times and the checker saw %d violations of its keys:\n%s", res.Driven, res.DrivenViolations, w)
 			}
 		})
 	}

@@ -29,6 +29,12 @@ func (r *Result) WriteTable(w io.Writer) error {
 	if r.Break != BreakNone {
 		fmt.Fprintf(&b, "BROKEN   negative control %q: the protocol is broken on purpose\n", r.Break)
 	}
+	if c.Drives > 0 {
+		fmt.Fprintf(&b, "driven   the race forced %d times (of %d) through tier's hooks, each on a key of its own\n", r.Driven, c.Drives)
+	}
+	if r.Short != "" {
+		fmt.Fprintf(&b, "SHORT    %s: this run proves nothing\n", r.Short)
+	}
 	fmt.Fprintf(&b, "ran      %s: %s ops, %s key writes (%s pending replay, %s failed)\n",
 		r.Elapsed.Round(time.Millisecond), count(r.Ops), count(r.Writes), count(r.WritesPending), count(r.WritesFailed))
 	fmt.Fprintf(&b, "source   %s reads, herd factor %.2f source reads per key write\n", count(r.SourceReads), r.HerdFactor)

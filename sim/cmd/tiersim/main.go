@@ -30,7 +30,9 @@
 //
 // -break NAME breaks the protocol on purpose, through test-only hooks, to
 // show that the checker sees the bug: it is a negative control, not a mode
-// to run anything with.
+// to run anything with. Alone (with no workload flag) it runs the control's
+// own workload and drives its race until it has been forced three times;
+// a run its deadline cut short exits 2.
 package main
 
 import (
@@ -181,6 +183,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		fmt.Fprintf(stderr, "tiersim: wrote %s\n", strings.Join(files, ", "))
+	}
+	if res.Short != "" {
+		fmt.Fprintln(stderr, "tiersim: the run was cut short:", res.Short)
+		return 2
 	}
 	if res.Violations() > 0 {
 		return 1
