@@ -41,12 +41,21 @@ const (
 	// read that began after the invalidation gets the old flight's value
 	// (R20).
 	NoForget Break = "no-forget"
+	// CoarseLease checks each node's L1 lease against the coarse clock
+	// that a ticker goroutine advances, instead of the monotonic clock
+	// read at the hit: a node process resumed from a pause longer than
+	// its lease serves L1 entries, invalidated while it was stopped, to
+	// the reads that run before its ticker does (R40). Its run is of node
+	// processes (Config.Procs) under the Pause fault; a pause drives the
+	// race when one of the reads the node begins the moment it resumes is
+	// answered by the L1 entry it held before the pause.
+	CoarseLease Break = "coarse-lease"
 )
 
-var breaks = map[Break]bool{BreakNone: true, ConstantFlag: true, PublishBeforeDelete: true, NoL1Fence: true, NoForget: true}
+var breaks = map[Break]bool{BreakNone: true, ConstantFlag: true, PublishBeforeDelete: true, NoL1Fence: true, NoForget: true, CoarseLease: true}
 
 // Breaks lists the negative controls.
-var Breaks = []Break{ConstantFlag, PublishBeforeDelete, NoL1Fence, NoForget}
+var Breaks = []Break{ConstantFlag, PublishBeforeDelete, NoL1Fence, NoForget, CoarseLease}
 
 // ParseBreak reads a negative control's name; "" or "none" is BreakNone.
 func ParseBreak(s string) (Break, error) {
@@ -83,8 +92,9 @@ func (r *run) breakPoints(i int) *hooks.Points {
 		p = &hooks.Points{L1: &l1.Hooks{NoFence: true}}
 	case NoForget:
 		p = &hooks.Points{NoForget: true}
-	default:
-		return nil
+	}
+	if drivers[r.cfg.Break] == nil {
+		return p
 	}
 	p.AfterRead = func(s string) { r.gates.reach(atAfterRead, i, s) }
 	p.BeforeFill = func(s string) { r.gates.reach(atBeforeFill, i, s) }
@@ -105,6 +115,15 @@ func (r *run) breakPoints(i int) *hooks.Points {
 		Dropped: func(bus.Reason) { r.leases[i].dropped() },
 	}
 	return p
+}
+
+// procPoints returns the hooks of a node process under the negative
+// control b (only CoarseLease runs in node processes), or nil.
+func procPoints(b Break) *hooks.Points {
+	if b == CoarseLease {
+		return &hooks.Points{L1: &l1.Hooks{CoarseLease: true}}
+	}
+	return nil
 }
 
 // refillStale is R14's race, driven: node w has published the message seq
@@ -207,6 +226,18 @@ func NegativeControl(b Break, seed int64) Config {
 		c.Goroutines, c.Keys, c.Groups = 8, 2, 1
 		c.Mix = Mix{Read: 70, Invalidate: 30}
 		c.FetchLatency = Latency{5 * time.Millisecond, 10 * time.Millisecond}
+	case CoarseLease:
+		// Node processes; one is paused in cycles for the whole run, each
+		// after it read a few keys into its L1 and while other nodes
+		// write them, until a read it begins the moment it resumes has
+		// been answered from that L1 twice. A short lease keeps the
+		// cycles short.
+		c.Procs, c.Keys, c.Groups = true, 32, 4
+		c.Mix = Mix{Read: 90, Invalidate: 10}
+		c.LeaseTTL, c.Slack = 200*time.Millisecond, 50*time.Millisecond
+		c.Faults = []Fault{{Kind: Pause, Start: 0, End: 1}}
+		c.Drives = 2
+		c.MaxWindow = DefaultDeadline
 	}
 	return c
 }

@@ -167,7 +167,12 @@ var drivers = map[Break]driver{
 
 // driveKeys is how many keys beyond Config.Keys a run keeps for its
 // driver: one per drive, and more for drives that did not happen.
-func (c Config) driveKeys() int { return 10 * c.Drives }
+func (c Config) driveKeys() int {
+	if drivers[c.Break] == nil {
+		return 0
+	}
+	return 10 * c.Drives
+}
 
 // keySpace is the number of keys the source, the locks and the checker
 // know: the workers' and the driver's.
@@ -194,13 +199,15 @@ func (r *run) drive(ctx context.Context) {
 
 // driverWorker is the worker ID of the driver's operations on node i,
 // apart from every worker's.
-func (r *run) driverWorker(i int) int32 { return int32(r.cfg.Nodes*r.cfg.Goroutines + i) }
+func (r *run) driverWorker(i int) int32 { return r.cfg.driverWorker(i) }
+
+func (c Config) driverWorker(i int) int32 { return int32(c.Nodes*c.Goroutines + i) }
 
 // get is the driver's recorded Get of key on node i.
 func (r *run) get(ctx context.Context, i, key int) read {
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	rd := r.read(octx, r.fleet[i], int16(i), r.driverWorker(i), key)
+	rd := r.nodes[i].read(octx, r.driverWorker(i), key)
 	r.driveMu.Lock()
 	r.driveReads = append(r.driveReads, rd)
 	r.driveMu.Unlock()
@@ -212,7 +219,8 @@ func (r *run) get(ctx context.Context, i, key int) read {
 func (r *run) put(ctx context.Context, i, key int) (write, error) {
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	w := r.write(octx, r.fleet[i], int16(i), key, false)
+	w, _ := r.nodes[i].write(octx, key, false) // the run's world never fails to begin
+	r.writes.Add(1)
 	r.driveMu.Lock()
 	r.driveWrites = append(r.driveWrites, w)
 	r.driveMu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,6 +60,46 @@ func TestFaultClasses(t *testing.T) {
 				t.Fatalf("no read began during the %s window", kind)
 			}
 		})
+	}
+}
+
+// The faults of node processes, in a short run of node processes: one
+// node stopped (SIGSTOP) for twice its lease while the others write keys
+// it had just read into L1, then continued, its reads racing its own
+// catching up; one node killed (SIGKILL) and started again. No read is a
+// violation.
+func TestProcFaults(t *testing.T) {
+	cfg := Config{Procs: true, Keys: 32, Duration: 2 * time.Second, Seed: 1, Faults: Schedule(ProcFaults, DefaultNodes, 1)}
+	res := simulate(t, cfg)
+	noViolations(t, res)
+	var w testWriter
+	_ = res.WriteTable(&w)
+	p := res.Procs
+	switch {
+	case len(res.Faults) != 2 || res.Faults[0].Skipped != "" || res.Faults[1].Skipped != "":
+		t.Fatalf("the faults were not injected: %+v", res.Faults)
+	case p.Pauses == 0 || p.Paused < 2*DefaultLeaseTTL || p.ResumeReads == 0:
+		t.Fatalf("no pause of twice the lease with reads after it: %+v\n%s", p, w)
+	case p.Killed != 1 || p.Started != DefaultNodes+1:
+		t.Fatalf("the node was not killed and started again: %+v\n%s", p, w)
+	}
+	for _, ph := range res.Phases {
+		if ph.Name != Steady && ph.Reads == 0 {
+			t.Fatalf("no read began during the %s window:\n%s", ph.Name, w)
+		}
+	}
+	t.Logf("\n%s", w)
+}
+
+// In one process there is no process to stop or kill: the faults that
+// need node processes are reported as skipped, never silently left out.
+func TestProcFaultsSkippedInOneProcess(t *testing.T) {
+	res := simulate(t, Config{Keys: 8, Duration: 300 * time.Millisecond, Faults: Schedule(ProcFaults, DefaultNodes, 1)})
+	noViolations(t, res)
+	for _, f := range res.Faults {
+		if !strings.Contains(f.Skipped, "own process") {
+			t.Fatalf("fault %s not skipped: %+v", f.Kind, f)
+		}
 	}
 }
 
