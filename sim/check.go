@@ -157,6 +157,19 @@ type Result struct {
 	Faults []FaultWindow `json:"faults"`
 	// Examples are up to 20 violations.
 	Examples []Example `json:"examples,omitempty"`
+	// Driven counts the races a negative control's driver drove
+	// (Config.Drives); DrivenViolations the violations among the reads the
+	// driver made (or a paused node made the moment it resumed), included
+	// in the totals.
+	Driven           int64 `json:"driven,omitempty"`
+	DrivenViolations int64 `json:"driven_violations,omitempty"`
+	// Procs describes a run of node processes (Config.Procs), nil
+	// otherwise.
+	Procs *ProcStats `json:"procs,omitempty"`
+	// Short, if set, says what a run held open by MinWrites or Drives
+	// lacked when its Deadline (or cancellation) ended it: such a run
+	// proves nothing either way.
+	Short string `json:"short,omitempty"`
 
 	ages      []int64 // every judged stale age
 	fetches   []int64
@@ -205,41 +218,42 @@ func (x writeIndex) since(v int64) write {
 // check judges every read of h. A read's required version is the highest
 // version of its key whose write returned successfully (Invalidate, Set or
 // InvalidateGroup returned nil) before the read began; on the node that
-// wrote, writes that returned ErrPending count too, since tier applies
-// them locally before it returns (read-your-writes). A pending write is
+// wrote (the same process of it, if it was killed and started again),
+// writes that returned ErrPending count too, since tier applies them
+// locally before it returns (read-your-writes). A pending write is
 // not required of other nodes: its announcement is queued until Redis
 // answers, and a later successful write of the key supersedes it. A
 // failed write (any other error) is required of nobody.
 func check(h *history, cfg Config) *Result {
 	res := &Result{Config: cfg, Nodes: cfg.Nodes, Workers: cfg.Goroutines, Keys: cfg.Keys, Seed: cfg.Seed, Break: cfg.Break, Bound: cfg.Bound(), fetches: h.fetches, fetchSpan: h.end}
-	fleet := make([][]write, cfg.Keys)
-	own := map[[2]int][]write{}
+	keys := cfg.keySpace()
+	fleet := make([][]write, keys)
+	own := map[[3]int][]write{} // (key, node, incarnation)
 	// okEnd[key][version-1]: when that version's write returned, or -1.
-	okEnd := make([][]int64, cfg.Keys)
+	okEnd := make([][]int64, keys)
 	for _, w := range h.writes {
 		k := int(w.Key)
-		if int(w.Version) > len(okEnd[k]) {
-			okEnd[k] = append(okEnd[k], make([]int64, int(w.Version)-len(okEnd[k]))...)
+		for int(w.Version) > len(okEnd[k]) {
+			okEnd[k] = append(okEnd[k], -1) // a version whose write never returned, until its write shows
 		}
-		okEnd[k][w.Version-1] = -1
 		res.Writes++
 		switch w.Outcome {
 		case wroteOK:
 			fleet[k] = append(fleet[k], w)
 			okEnd[k][w.Version-1] = w.End
-			own[[2]int{k, int(w.Node)}] = append(own[[2]int{k, int(w.Node)}], w)
+			own[[3]int{k, int(w.Node), int(w.Inc)}] = append(own[[3]int{k, int(w.Node), int(w.Inc)}], w)
 		case wrotePending:
 			res.WritesPending++
-			own[[2]int{k, int(w.Node)}] = append(own[[2]int{k, int(w.Node)}], w)
+			own[[3]int{k, int(w.Node), int(w.Inc)}] = append(own[[3]int{k, int(w.Node), int(w.Inc)}], w)
 		default:
 			res.WritesFailed++
 		}
 	}
-	fx := make([]writeIndex, cfg.Keys)
+	fx := make([]writeIndex, keys)
 	for k := range fleet {
 		fx[k] = newWriteIndex(fleet[k])
 	}
-	ox := make(map[[2]int]writeIndex, len(own))
+	ox := make(map[[3]int]writeIndex, len(own))
 	for k, ws := range own {
 		ox[k] = newWriteIndex(ws)
 	}
@@ -290,7 +304,7 @@ func check(h *history, cfg Config) *Result {
 			continue
 		}
 		req := fx[k].required(rd.Start)
-		mine := ox[[2]int{k, int(rd.Node)}].required(rd.Start)
+		mine := ox[[3]int{k, int(rd.Node), int(rd.Inc)}].required(rd.Start)
 		sk := [2]int32{rd.Worker, rd.Key}
 		last := seen[sk]
 		seen[sk] = max(last, rd.Version)
@@ -308,7 +322,7 @@ func check(h *history, cfg Config) *Result {
 		}
 		if rd.Version < mine {
 			p.RYW++
-			res.violate(p, ViolationRYW, rd, mine, ox[[2]int{k, int(rd.Node)}].since(rd.Version))
+			res.violate(p, ViolationRYW, rd, mine, ox[[3]int{k, int(rd.Node), int(rd.Inc)}].since(rd.Version))
 			continue
 		}
 		first := fx[k].since(rd.Version)
@@ -376,6 +390,9 @@ func (res *Result) violate(p *Phase, class string, rd read, required int64, firs
 	}
 	p.Violations++
 	p.ByClass[class]++
+	if rd.Worker >= res.Config.driverWorker(0) {
+		res.DrivenViolations++
+	}
 	p.ages = append(p.ages, age)
 	if len(res.Examples) < 20 {
 		res.Examples = append(res.Examples, Example{

@@ -3,6 +3,7 @@ package sim
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/tiercache/tiercache/tier"
@@ -26,6 +27,7 @@ const (
 	DefaultTTL          = 10 * time.Minute
 	DefaultFaultDelay   = 20 * time.Millisecond
 	DefaultMaxWindow    = 3 * time.Second
+	DefaultDeadline     = 2 * time.Minute
 )
 
 // Mix weighs the kinds of operation a worker draws. Zero everywhere means
@@ -76,8 +78,25 @@ type Config struct {
 	// Ops is the total number of operations, shared evenly between workers.
 	// Zero means the run lasts Duration instead.
 	Ops int64
-	// Duration is the length of a run when Ops is zero. Default 5s.
+	// Duration is the length of a run when Ops is zero: the least, if
+	// MinWrites or Drives hold the run open longer. Default 5s.
 	Duration time.Duration
+	// MinWrites holds a timed run open until at least this many key writes
+	// have returned (whatever their outcome), so that a loaded machine
+	// cannot end a run before its workload happened. Zero: no minimum.
+	MinWrites int64
+	// Drives holds a negative control's run open until its driver has
+	// driven the race this many times (see Break); each drive is an exact
+	// interleaving, forced through tier's hooks, on a key of its own that
+	// no worker touches. For CoarseLease, a drive is a pause after which a
+	// read the node began the moment it resumed was answered by the L1
+	// entry it held before (the scheduler decides whether a reader runs
+	// before the node catches up). Zero: no drives.
+	Drives int
+	// Deadline bounds a timed run that MinWrites or Drives hold open: at
+	// Deadline it ends whatever it lacks, and Result.Short says what. A run
+	// that reaches it proves nothing. Default 2m.
+	Deadline time.Duration
 	// FetchLatency is how long a fetch takes after it read the source's
 	// version (so a slow fetch returns an old version late, which is what
 	// the flag protocol must refuse). Default zero.
@@ -137,15 +156,26 @@ type Config struct {
 	// lateness of the timer that ends a lease on a loaded machine.
 	// Default 100ms.
 	Slack time.Duration
+	// Procs runs every node in its own OS process: this program, started
+	// again, which must call NodeProcess first thing in main (a test
+	// binary, in TestMain). Each node process has its own Go runtime,
+	// scheduler, L1 clock and Redis connections; the source of truth and
+	// the row locks stay in this process, which the nodes reach through
+	// their standard input and output, and to which they stream every
+	// read and write, stamped on CLOCK_MONOTONIC (one clock for every
+	// process of the machine). A node process dies with this one. The
+	// Pause and NodeKill faults need it. Linux only. Default false: every
+	// node in this process.
+	Procs bool
+	// PauseFor is how long the Pause fault keeps a node stopped in each
+	// cycle (and at least the bound past the last write made meanwhile).
+	// Default and least 2*LeaseTTL.
+	PauseFor time.Duration
 	// Break breaks the protocol on purpose: a negative control, for tests
 	// of the checker only. Default BreakNone.
 	Break Break
-	// BreakDelay is the delay the no-l1-fence negative control injects
-	// between a node's Redis read and its L1 fill, to widen its race
-	// window. Default 2ms.
-	BreakDelay time.Duration
 	// Progress, if set, is called about every 200ms with a snapshot.
-	Progress func(Progress)
+	Progress func(Progress) `json:"-"`
 }
 
 // Bound is the staleness bound the checker applies to L1 reads on nodes
@@ -184,7 +214,8 @@ func (c Config) withDefaults() (Config, error) {
 	defD(&c.TTL, DefaultTTL)
 	defD(&c.Slack, DefaultSlack)
 	def(&c.ManyKeys, 4)
-	defD(&c.BreakDelay, 2*time.Millisecond)
+	defD(&c.Deadline, DefaultDeadline)
+	defD(&c.PauseFor, 2*c.LeaseTTL)
 	switch {
 	case c.Nodes < 1 || c.Goroutines < 1 || c.Keys < 1 || c.Groups < 1:
 		return c, errors.New("sim: Nodes, Goroutines, Keys and Groups must be positive")
@@ -196,15 +227,30 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("sim: Zipf %v must be 0 (uniform) or above 1", c.Zipf)
 	case c.Many < 0 || c.Many > 100 || c.ManyKeys < 1:
 		return c, fmt.Errorf("sim: Many %d must be a percentage and ManyKeys %d positive", c.Many, c.ManyKeys)
-	case c.Ops < 0 || c.Duration < 0:
-		return c, errors.New("sim: Ops and Duration may not be negative")
+	case c.Ops < 0 || c.Duration < 0 || c.MinWrites < 0 || c.Drives < 0 || c.Deadline < 0:
+		return c, errors.New("sim: Ops, Duration, MinWrites, Drives and Deadline may not be negative")
+	case c.Drives > 0 && drivers[c.Break] == nil && c.Break != CoarseLease:
+		return c, fmt.Errorf("sim: Drives needs a negative control with a driver, not %q", c.Break)
+	case c.PauseFor < 2*c.LeaseTTL:
+		return c, fmt.Errorf("sim: PauseFor %s is under twice the lease, %s", c.PauseFor, 2*c.LeaseTTL)
+	case c.Procs && !procsSupported:
+		return c, errors.New("sim: Procs needs Linux (parent-death signals, SIGSTOP)")
+	case c.Procs && c.Break != BreakNone && c.Break != CoarseLease:
+		return c, fmt.Errorf("sim: the %s control drives its race across nodes in one process; it cannot run with Procs", c.Break)
+	case !c.Procs && c.Break == CoarseLease:
+		return c, fmt.Errorf("sim: the %s control pauses node processes; it needs Procs", c.Break)
 	}
-	for _, f := range c.Faults {
+	for i, f := range c.Faults {
 		if _, ok := faultKinds[f.Kind]; !ok {
 			return c, fmt.Errorf("sim: unknown fault %q", f.Kind)
 		}
 		if f.Start < 0 || f.End > 1 || f.End <= f.Start {
 			return c, fmt.Errorf("sim: fault %s window [%v, %v) is not inside [0, 1]", f.Kind, f.Start, f.End)
+		}
+		for _, g := range c.Faults[:i] {
+			if slices.Contains(ProcFaults, f.Kind) && slices.Contains(ProcFaults, g.Kind) && f.Start < g.End && g.Start < f.End {
+				return c, fmt.Errorf("sim: the windows of %s and %s overlap: a node process is paused or killed at a time", g.Kind, f.Kind)
+			}
 		}
 	}
 	if _, ok := breaks[c.Break]; !ok {

@@ -25,8 +25,15 @@ func newController(r *run, skips map[FaultKind]string) *controller {
 	return &controller{r: r, skips: skips, active: map[int]int64{}}
 }
 
-// loop runs until the workers stop, then closes any open window.
+// loop runs until the workers stop, then closes any open window. A window
+// that the schedule ends at 1 stays open until the run stops, however long
+// its minima (Config.MinWrites, Config.Drives) hold it open. A timed run
+// lasts until every window has been opened, and closed if it ends before
+// 1 (run.faultsLeft): a fault that outlasts its slot (a pause's cycle) may
+// hold the next one up, never leave it out. A window the run ended before
+// is listed as skipped.
 func (c *controller) loop(ctx context.Context) {
+	c.r.faultsLeft.Store(int64(len(c.r.cfg.Faults)))
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	next := make([]int, len(c.r.cfg.Faults)) // 0 pending, 1 open, 2 closed
@@ -49,14 +56,24 @@ func (c *controller) loop(ctx context.Context) {
 					}
 				}
 				c.active[i] = now
-			case next[i] == 1 && (f >= fl.End || stopped || now-c.windows[winOf[i]].Start >= int64(c.r.cfg.MaxWindow)):
+				if fl.End >= 1 {
+					c.r.faultsLeft.Add(-1)
+				}
+			case next[i] == 0 && stopped:
+				next[i] = 2
+				c.windows = append(c.windows, window{Kind: fl.Kind, Node: fl.Node % c.r.cfg.Nodes, Start: now, End: now,
+					Skipped: "the run ended before its window opened"})
+			case next[i] == 1 && ((f >= fl.End && fl.End < 1) || stopped || now-c.windows[winOf[i]].Start >= int64(c.r.cfg.MaxWindow)):
 				next[i] = 2
 				w := &c.windows[winOf[i]]
-				w.End = c.r.clock.now()
 				if w.Skipped == "" {
 					c.end(*w)
 				}
+				w.End = c.r.clock.now() // once lifted: a pause's cycle may outlast its slot
 				delete(c.active, i)
+				if fl.End < 1 {
+					c.r.faultsLeft.Add(-1)
+				}
 			case next[i] == 1 && fl.Kind == SubCut && now-c.active[i] >= int64(subCutEvery):
 				if c.windows[winOf[i]].Skipped == "" {
 					c.r.admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub")
@@ -101,6 +118,8 @@ func (c *controller) begin(ctx context.Context, w window) error {
 		r.src.slow.Store(true)
 	case FetchError:
 		r.src.fail.Store(true)
+	case Pause, NodeKill:
+		r.procs.startFault(w.Kind, w.Node)
 	}
 	return nil
 }
@@ -115,5 +134,7 @@ func (c *controller) end(w window) {
 		r.src.slow.Store(false)
 	case FetchError:
 		r.src.fail.Store(false)
+	case Pause, NodeKill:
+		r.procs.endFault(w.Kind) // once its cycle, or its restart, is done
 	}
 }

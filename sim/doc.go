@@ -1,8 +1,16 @@
-// Package sim is the race simulation: a fleet of tier.Nodes in one process,
-// each with its own Redis connections, L1 and bus subscription, against one
-// Redis and a versioned source of truth. It drives a seeded workload,
-// injects faults on a seeded schedule, records every read and write on one
-// clock, and judges every read. Its command is sim/cmd/tiersim.
+// Package sim is the race simulation: a fleet of tier.Nodes, each with its
+// own Redis connections, L1 and bus subscription, against one Redis and a
+// versioned source of truth. It drives a seeded workload, injects faults on
+// a seeded schedule, records every read and write on one clock, and judges
+// every read. Its command is sim/cmd/tiersim.
+//
+// The nodes run in one process, or (Config.Procs) each in its own: the
+// program started again (NodeProcess), with its own Go runtime, scheduler
+// and L1 clock, which is what the Pause fault needs (a stopped process
+// resumes its readers before its ticker), and what NodeKill kills. The
+// parent keeps the source and the row locks, which its nodes reach through
+// their pipes, and streams back every read and write as it returns; a node
+// dies with its parent.
 //
 // # The source and the workload
 //
@@ -22,11 +30,17 @@
 //
 // # What the checker guarantees
 //
-// All events are stamped with one monotonic clock (time.Since one origin,
-// in one process), so "returned before began" is exact. For each read:
+// All events are stamped with one monotonic clock, the system's
+// (CLOCK_MONOTONIC, one clock for every process of the machine), from the
+// run's origin, so "returned before began" is exact across processes too
+// (to within each process's anchor of the clock, well under a
+// microsecond). An operation whose process was killed before it returned
+// has no record: a write that never returned is required of nobody. For
+// each read:
 //
 //   - The required version is the highest version of the key whose write
-//     returned nil before the read began. On the node that wrote it, a write
+//     returned nil before the read began. On the node that wrote it (the
+//     same process, if it was killed and started again since), a write
 //     that returned ErrPending counts too: tier applies it locally before it
 //     returns. For other nodes a pending write is not required (its
 //     announcement waits for Redis, and a later successful write supersedes
@@ -69,12 +83,23 @@
 // Faults (FaultKind) open and close by the run's progress: subscription
 // cuts, a node partitioned from Redis through its own fault proxy, Redis
 // restarts and FLUSHALL, fetches slower than the flag TTL, fetch errors
-// and Redis latency. A fault the backend cannot inject is reported as
+// and Redis latency; with node processes, a node paused (SIGSTOP for at
+// least twice its lease, while the others write keys it holds in L1, then
+// SIGCONT with reads racing its catching up) and a node killed (SIGKILL)
+// and started again. A fault the backend cannot inject is reported as
 // skipped by the backend. Breaks are negative controls: they break the
 // protocol through tier's test-only hooks, and the tests assert that the
-// checker then reports violations.
+// checker then reports violations. So that a control shows its bug however
+// loaded the machine is, a driver forces the bug's race through the same
+// hooks (holding a node's Get before its fill, say, while the key is
+// written and another node claims it), Config.Drives times, each on a key
+// of its own; the run lasts until it has, and until Config.MinWrites key
+// writes have returned, or fails loudly at Config.Deadline (Result.Short).
+// The coarse-lease control's race is the Pause fault's: it pauses until a
+// read its node began the moment it resumed was answered from L1 with a
+// value other nodes overwrote meanwhile, Config.Drives times.
 //
 // Run is safe to call from several goroutines with different backends;
-// each run owns its nodes, clients and proxies and closes them before it
-// returns.
+// each run owns its nodes, clients, proxies and node processes and closes
+// (or kills) them before it returns, on every way out.
 package sim

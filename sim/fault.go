@@ -31,33 +31,58 @@ const (
 	// RedisLatency delays one node's Redis traffic by Config.FaultDelay each
 	// way during the window.
 	RedisLatency FaultKind = "latency"
+	// Pause stops one node's process (SIGSTOP) and continues it (SIGCONT),
+	// in cycles for the window: the node first reads a few keys into its
+	// L1, other nodes write those keys while it is stopped, it stays
+	// stopped Config.PauseFor (at least twice its lease), and it reads the
+	// keys again the moment it resumes (R40). Config.Procs only.
+	Pause FaultKind = "pause"
+	// NodeKill kills one node's process (SIGKILL) at the start of the
+	// window and starts it again: its unfinished operations never return,
+	// its claims expire, and the new process starts with an empty L1.
+	// Config.Procs only.
+	NodeKill FaultKind = "node-kill"
 )
 
 // Steady is the phase of reads that begin outside every fault window.
 const Steady = "steady"
 
+// faultKinds are the fault classes, and whether each targets one node.
 var faultKinds = map[FaultKind]bool{
 	SubCut: false, Partition: true, Restart: false, Flush: false,
 	SlowFetch: false, FetchError: false, RedisLatency: true,
+	Pause: true, NodeKill: true,
 }
 
-// AllFaults lists every fault class, in the order of a full schedule.
+// proxiedKinds are the faults that need their node behind a fault proxy.
+var proxiedKinds = map[FaultKind]bool{Partition: true, RedisLatency: true}
+
+// AllFaults lists every fault class a run in one process can inject, in
+// the order of a full schedule.
 var AllFaults = []FaultKind{SubCut, Partition, Restart, Flush, SlowFetch, FetchError, RedisLatency}
 
+// ProcFaults lists the fault classes that need every node in its own
+// process (Config.Procs); a full schedule of such a run ends with them.
+var ProcFaults = []FaultKind{Pause, NodeKill}
+
 // ParseFaults reads a comma-separated list of fault classes; "all" is
-// every class and "" or "none" is none.
-func ParseFaults(s string) ([]FaultKind, error) {
+// every class of AllFaults (and, if procs, of ProcFaults too), and "" or
+// "none" is none.
+func ParseFaults(s string, procs bool) ([]FaultKind, error) {
 	switch s {
 	case "", "none":
 		return nil, nil
 	case "all":
+		if procs {
+			return slices.Concat(AllFaults, ProcFaults), nil
+		}
 		return slices.Clone(AllFaults), nil
 	}
 	var out []FaultKind
 	for _, f := range strings.Split(s, ",") {
 		k := FaultKind(strings.TrimSpace(f))
 		if _, ok := faultKinds[k]; !ok {
-			return nil, fmt.Errorf("sim: unknown fault %q (want %s or all)", k, joinKinds(AllFaults))
+			return nil, fmt.Errorf("sim: unknown fault %q (want %s or all)", k, joinKinds(slices.Concat(AllFaults, ProcFaults)))
 		}
 		out = append(out, k)
 	}
@@ -77,8 +102,8 @@ func joinKinds(ks []FaultKind) string {
 type Fault struct {
 	// Kind is the fault class.
 	Kind FaultKind
-	// Node is the node a Partition or Latency fault cuts off or slows;
-	// ignored by the others.
+	// Node is the node a Partition or Latency fault cuts off or slows, or
+	// a Pause or NodeKill fault stops or kills; ignored by the others.
 	Node int
 	// Start and End bound the window: 0 <= Start < End <= 1.
 	Start, End float64

@@ -2,18 +2,9 @@ package sim
 
 import (
 	"errors"
-	"time"
 
 	"github.com/tiercache/tiercache/tier"
 )
-
-// clock is the one clock of a run: every event of every node is stamped
-// with it, in nanoseconds of the process's monotonic clock since the run
-// began. All nodes are in this process, so their events are ordered
-// exactly.
-type clock struct{ t0 time.Time }
-
-func (c *clock) now() int64 { return int64(time.Since(c.t0)) }
 
 // outcome is how a write's Invalidate, Set or InvalidateGroup returned.
 type outcome uint8
@@ -25,12 +16,14 @@ const (
 )
 
 // write is one key's write: the source's version bumped, then the cache
-// told, through node Node, between Start and End.
+// told, through incarnation Inc of node Node, between Start and End. A
+// write whose call never returned (its node was killed) has no record.
 type write struct {
 	Start, End int64
 	Version    int64
 	Key        int32
 	Node       int16
+	Inc        uint16 // restarts of the node before this write (node-kill)
 	Outcome    outcome
 	Kind       writeKind
 }
@@ -48,12 +41,14 @@ func (k writeKind) String() string {
 	return [...]string{"invalidate", "set", "group"}[k]
 }
 
-// read is one Get on node Node by worker Worker, between Start and End.
+// read is one Get on incarnation Inc of node Node by worker Worker,
+// between Start and End.
 type read struct {
 	Start, End int64
 	Version    int64
 	Key        int32
 	Node       int16
+	Inc        uint16
 	Worker     int32
 	Source     tier.Source
 	Shared     bool // joined a load another Get on this node started
@@ -79,6 +74,8 @@ type history struct {
 	windows []window
 	fetches []int64
 	end     int64
+	stats   FleetStats
+	procs   *ProcStats // with Config.Procs
 }
 
 // isPermittedStale reports whether a Get's answer is a stale value that

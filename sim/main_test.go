@@ -16,7 +16,11 @@ type quiet struct{}
 func (quiet) Printf(context.Context, string, ...any) {}
 
 func TestMain(m *testing.M) {
+	NodeProcess() // a run of node processes starts this binary as its nodes
 	redis.SetLogger(quiet{})
+	if os.Getenv(parentEnv) == "1" {
+		os.Exit(parentOfNodes())
+	}
 	goleak.VerifyTestMain(m)
 	os.Exit(0)
 }

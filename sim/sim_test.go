@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,6 +60,46 @@ func TestFaultClasses(t *testing.T) {
 				t.Fatalf("no read began during the %s window", kind)
 			}
 		})
+	}
+}
+
+// The faults of node processes, in a short run of node processes: one
+// node stopped (SIGSTOP) for twice its lease while the others write keys
+// it had just read into L1, then continued, its reads racing its own
+// catching up; one node killed (SIGKILL) and started again. No read is a
+// violation.
+func TestProcFaults(t *testing.T) {
+	cfg := Config{Procs: true, Keys: 32, Duration: 2 * time.Second, Seed: 1, Faults: Schedule(ProcFaults, DefaultNodes, 1)}
+	res := simulate(t, cfg)
+	noViolations(t, res)
+	var w testWriter
+	_ = res.WriteTable(&w)
+	p := res.Procs
+	switch {
+	case len(res.Faults) != 2 || res.Faults[0].Skipped != "" || res.Faults[1].Skipped != "":
+		t.Fatalf("the faults were not injected: %+v", res.Faults)
+	case p.Pauses == 0 || p.Paused < 2*DefaultLeaseTTL || p.ResumeReads == 0:
+		t.Fatalf("no pause of twice the lease with reads after it: %+v\n%s", p, w)
+	case p.Killed != 1 || p.Started != DefaultNodes+1:
+		t.Fatalf("the node was not killed and started again: %+v\n%s", p, w)
+	}
+	for _, ph := range res.Phases {
+		if ph.Name != Steady && ph.Reads == 0 {
+			t.Fatalf("no read began during the %s window:\n%s", ph.Name, w)
+		}
+	}
+	t.Logf("\n%s", w)
+}
+
+// In one process there is no process to stop or kill: the faults that
+// need node processes are reported as skipped, never silently left out.
+func TestProcFaultsSkippedInOneProcess(t *testing.T) {
+	res := simulate(t, Config{Keys: 8, Duration: 300 * time.Millisecond, Faults: Schedule(ProcFaults, DefaultNodes, 1)})
+	noViolations(t, res)
+	for _, f := range res.Faults {
+		if !strings.Contains(f.Skipped, "own process") {
+			t.Fatalf("fault %s not skipped: %+v", f.Kind, f)
+		}
 	}
 }
 
@@ -146,17 +187,24 @@ var engaged = map[string]func(*Result) string{
 
 // The negative controls: with the protocol broken on purpose, the checker
 // reports violations. A checker that saw nothing here would prove nothing.
+// Each control's driver forces its race Drives times, whatever the load on
+// the machine, and every drive must show as a violation of its own key.
 func TestNegativeControls(t *testing.T) {
 	for _, b := range Breaks {
 		t.Run(string(b), func(t *testing.T) {
 			cfg := NegativeControl(b, 1)
-			cfg.Duration = 1500 * time.Millisecond
 			res := simulate(t, cfg)
-			t.Logf("%s: %d violations %v", b, res.Violations(), res.Total.ByClass)
-			if res.Violations() == 0 {
-				var w testWriter
-				_ = res.WriteTable(&w)
+			t.Logf("%s: %d violations %v (%d on the %d driven races) in %s, %d key writes", b, res.Violations(), res.Total.ByClass,
+				res.DrivenViolations, res.Driven, res.Elapsed.Round(time.Millisecond), res.Writes)
+			var w testWriter
+			_ = res.WriteTable(&w)
+			switch {
+			case res.Short != "":
+				t.Fatalf("the control's run was cut short, %s:\n%s", res.Short, w)
+			case res.Violations() == 0:
 				t.Fatalf("the protocol is broken (%s) and the checker saw no violation:\n%s", b, w)
+			case res.DrivenViolations < int64(cfg.Drives):
+				t.Fatalf("the race was driven %d times and the checker saw %d violations of its keys:\n%s", res.Driven, res.DrivenViolations, w)
 			}
 		})
 	}

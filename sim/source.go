@@ -46,7 +46,7 @@ type source struct {
 
 func newSource(cfg Config, c *clock) *source {
 	return &source{
-		versions: make([]atomic.Int64, cfg.Keys),
+		versions: make([]atomic.Int64, cfg.keySpace()),
 		latency:  cfg.FetchLatency,
 		pad:      make([]byte, cfg.ValueBytes),
 		clock:    c,

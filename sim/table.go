@@ -20,14 +20,31 @@ func (r *Result) WriteTable(w io.Writer) error {
 	if c.Zipf > 0 {
 		keys = fmt.Sprintf("zipf s=%g", c.Zipf)
 	}
-	fmt.Fprintf(&b, "fleet    %d nodes x %d workers, %d keys (%s), mix read/inv/set/group %d/%d/%d/%d, seed %d\n",
-		c.Nodes, c.Goroutines, c.Keys, keys, c.Mix.Read, c.Mix.Invalidate, c.Mix.Set, c.Mix.Group, c.Seed)
+	nodes := "nodes"
+	if c.Procs {
+		nodes = "node processes"
+	}
+	fmt.Fprintf(&b, "fleet    %d %s x %d workers, %d keys (%s), mix read/inv/set/group %d/%d/%d/%d, seed %d\n",
+		c.Nodes, nodes, c.Goroutines, c.Keys, keys, c.Mix.Read, c.Mix.Invalidate, c.Mix.Set, c.Mix.Group, c.Seed)
 	if f := freshness(c); f != "" {
 		fmt.Fprintf(&b, "cache    %s\n", f)
 	}
 	fmt.Fprintf(&b, "redis    %s\n", r.Backend)
 	if r.Break != BreakNone {
 		fmt.Fprintf(&b, "BROKEN   negative control %q: the protocol is broken on purpose\n", r.Break)
+	}
+	switch {
+	case c.Drives > 0 && c.Break == CoarseLease:
+		fmt.Fprintf(&b, "driven   %s (of %d needed) in which a read the moment the node resumed ran before it caught up\n", plural(r.Driven, "pause"), c.Drives)
+	case c.Drives > 0:
+		fmt.Fprintf(&b, "driven   the race forced %d times (of %d) through tier's hooks, each on a key of its own\n", r.Driven, c.Drives)
+	}
+	if r.Short != "" {
+		fmt.Fprintf(&b, "SHORT    %s: this run proves nothing\n", r.Short)
+	}
+	if p := r.Procs; p != nil {
+		fmt.Fprintf(&b, "procs    %d started, %d killed (and started again); %s, %s stopped in all; %s the moment a paused node resumed, %d answered by the L1 entry it held before\n",
+			p.Started, p.Killed, plural(int64(p.Pauses), "pause"), p.Paused.Round(time.Millisecond), plural(p.ResumeReads, "read"), p.ResumeStale)
 	}
 	fmt.Fprintf(&b, "ran      %s: %s ops, %s key writes (%s pending replay, %s failed)\n",
 		r.Elapsed.Round(time.Millisecond), count(r.Ops), count(r.Writes), count(r.WritesPending), count(r.WritesFailed))
@@ -69,7 +86,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 				sep = "        "
 			}
 			what := string(f.Kind)
-			if f.Kind == Partition || f.Kind == RedisLatency {
+			if faultKinds[f.Kind] {
 				what += fmt.Sprintf(" (node %d)", f.Node)
 			}
 			if f.Skipped != "" {
@@ -137,6 +154,14 @@ func sortedKeys(m map[string]int64) []string {
 	}
 	slices.Sort(ks)
 	return ks
+}
+
+// plural is n things, "1 pause" or "2 pauses".
+func plural(n int64, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return count(n) + " " + thing + "s"
 }
 
 // count formats n with thousands separators.

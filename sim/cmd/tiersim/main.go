@@ -5,6 +5,7 @@
 //	go run ./sim/cmd/tiersim                      # 3 nodes, 10s, every fault class
 //	go run ./sim/cmd/tiersim -scenario R15        # one docs/RACES.md scenario
 //	go run ./sim/cmd/tiersim -nodes 8 -ops 1000000 -faults all
+//	go run ./sim/cmd/tiersim -procs               # every node its own process, pause and node-kill too
 //
 // It needs nothing installed: it starts a private redis-server when one is
 // on PATH, and otherwise an embedded in-process Redis (miniredis), and says
@@ -12,8 +13,12 @@
 // restarted: those faults are then skipped). Faults a backend cannot inject
 // are reported as skipped by the backend, never silently left out.
 //
-// What it guarantees to measure: every event of every node is stamped with
-// one monotonic clock in one process. A read's required version is the
+// With -procs every node is its own process (this program started again):
+// the pause fault stops one (SIGSTOP) while others write keys it holds, and
+// continues it; node-kill kills one (SIGKILL) and starts it again.
+//
+// What it guarantees to measure: every event of every node, in every
+// process, is stamped with one monotonic clock (CLOCK_MONOTONIC). A read's required version is the
 // highest version of its key whose write's Invalidate, Set or
 // InvalidateGroup had returned (nil) before the read began; on the writing
 // node, writes that returned ErrPending count too. A read returning less is
@@ -30,7 +35,9 @@
 //
 // -break NAME breaks the protocol on purpose, through test-only hooks, to
 // show that the checker sees the bug: it is a negative control, not a mode
-// to run anything with.
+// to run anything with. Alone (with no workload flag) it runs the control's
+// own workload and drives its race until it has been forced three times;
+// a run its deadline cut short exits 2.
 package main
 
 import (
@@ -54,6 +61,7 @@ import (
 )
 
 func main() {
+	sim.NodeProcess() // -procs starts this program again as each node
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -72,6 +80,8 @@ type flags struct {
 	losers                                       *string
 	absent                                       *bool
 	many, manyKeys                               *int
+	procs                                        *bool
+	pauseFor                                     *time.Duration
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -87,10 +97,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ops:      fs.Int64("ops", 0, "total operations (0: run for -duration)"),
 		duration: fs.Duration("duration", 10*time.Second, "length of the run when -ops is 0"),
 		fetch:    fs.String("fetch-latency", "0", "fetch latency, uniform: `MIN[-MAX]`, e.g. 1ms-5ms"),
-		faults:   fs.String("faults", "all", "fault classes, comma-separated, spread over the run: "+strings.Join(kindNames(), ",")+", all or none"),
+		faults:   fs.String("faults", "all", "fault classes, comma-separated, spread over the run: "+strings.Join(kindNames(), ",")+", all (pause and node-kill with -procs only) or none"),
+		procs:    fs.Bool("procs", false, "every node its own OS process (this program started again); needed by the pause and node-kill faults; Linux"),
+		pauseFor: fs.Duration("pause", 0, "how long the pause fault keeps a node stopped in each cycle (0: twice -lease, the least)"),
 		seed:     fs.Int64("seed", 1, "seed of the operations and the fault schedule"),
 		scenario: fs.String("scenario", "", "run a named docs/RACES.md scenario (R01..R35; \"list\" lists them); other flags given override it"),
-		brk:      fs.String("break", "", "TEST-ONLY negative control: break the protocol on purpose to show the checker sees it: constant-flag, publish-before-delete, no-l1-fence, no-forget"),
+		brk:      fs.String("break", "", "TEST-ONLY negative control: break the protocol on purpose to show the checker sees it: constant-flag, publish-before-delete, no-l1-fence, no-forget, coarse-lease (with -procs and the pause fault)"),
 		lease:    fs.Duration("lease", sim.DefaultLeaseTTL, "NodeConfig.LeaseTTL: the staleness bound when messages are lost"),
 		flagTTL:  fs.Duration("flag-ttl", sim.DefaultFlagTTL, "NodeConfig.FlagTTL (slow-fetch makes fetches outlast it)"),
 		slack:    fs.Duration("slack", sim.DefaultSlack, "added to -lease to make the bound for stale L1 reads"),
@@ -182,6 +194,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "tiersim: wrote %s\n", strings.Join(files, ", "))
 	}
+	if res.Short != "" {
+		fmt.Fprintln(stderr, "tiersim: the run was cut short:", res.Short)
+		return 2
+	}
 	if res.Violations() > 0 {
 		return 1
 	}
@@ -264,8 +280,14 @@ func configure(fl flags, given map[string]bool, stderr io.Writer) (cfg sim.Confi
 			return cfg, nil, err
 		}
 	}
+	if set["procs"] {
+		cfg.Procs = *fl.procs
+	}
+	if set["pause"] {
+		cfg.PauseFor = *fl.pauseFor
+	}
 	if set["faults"] {
-		kinds, err := sim.ParseFaults(*fl.faults)
+		kinds, err := sim.ParseFaults(*fl.faults, cfg.Procs)
 		if err != nil {
 			return cfg, nil, err
 		}
@@ -281,7 +303,7 @@ func configure(fl flags, given map[string]bool, stderr io.Writer) (cfg sim.Confi
 		workload := false
 		for name := range given {
 			switch name {
-			case "break", "seed", "q", "json", "report", "redis", "embedded":
+			case "break", "seed", "q", "json", "report", "redis", "embedded", "procs":
 			default:
 				workload = true
 			}
@@ -314,7 +336,7 @@ func pickBackend(addr string, embedded bool, redisArgs []string, stderr io.Write
 
 func kindNames() []string {
 	var out []string
-	for _, k := range sim.AllFaults {
+	for _, k := range append(sim.AllFaults, sim.ProcFaults...) {
 		out = append(out, string(k))
 	}
 	return out

@@ -9,9 +9,12 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/tiercache/tiercache/sim"
 )
 
 func TestMain(m *testing.M) {
+	sim.NodeProcess() // -procs starts this binary as its nodes
 	goleak.VerifyTestMain(m)
 }
 
@@ -75,5 +78,28 @@ func TestFreshnessFlags(t *testing.T) {
 	}
 	if code := run([]string{"-embedded", "-q", "-losers", "never"}, &out, &errs); code != 2 {
 		t.Fatalf("-losers never: exit %d, want 2", code)
+	}
+}
+
+// -procs runs every node as its own process (this test binary started
+// again), with the pause and node-kill faults, and -break coarse-lease
+// shows its bug there.
+func TestProcs(t *testing.T) {
+	var out, errs bytes.Buffer
+	code := run([]string{"-q", "-procs", "-faults", "pause,node-kill", "-duration", "2s", "-keys", "32", "-lease", "200ms"}, &out, &errs)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, &out, &errs)
+	}
+	for _, want := range []string{"3 node processes x 4 workers", "pause (node ", "node-kill (node ", "1 killed", "RESULT   0 violations"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("no %q in the table:\n%s", want, &out)
+		}
+	}
+	out.Reset()
+	if code := run([]string{"-q", "-break", "coarse-lease"}, &out, &errs); code != 1 {
+		t.Fatalf("-break coarse-lease: exit %d, want 1\nstdout:\n%s\nstderr:\n%s", code, &out, &errs)
+	}
+	if !strings.Contains(out.String(), "l1-beyond-bound") {
+		t.Fatalf("-break coarse-lease without stale L1 reads:\n%s", &out)
 	}
 }
