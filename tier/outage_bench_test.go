@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -121,4 +122,57 @@ func outageLoad(b *testing.B, maxAge time.Duration) float64 {
 	b.ReportMetric(outageRate, "outage-reads/s")
 	b.ReportMetric(outagePerOp/steadyPerOp, "outage/steady-per-op")
 	return outageRate / steadyRate
+}
+
+// BenchmarkIdleOutageCPU measures the CPU a node uses while Redis is down,
+// with 100 invalidations pending and no traffic, over 2 s of each
+// iteration, as a fraction of one core (getrusage of the whole test
+// process, which does nothing else meanwhile). Baseline in the same run:
+// the same node with Redis up and nothing pending.
+func BenchmarkIdleOutageCPU(b *testing.B) {
+	for _, down := range []bool{false, true} {
+		name := "redis-up-idle"
+		if down {
+			name = "redis-down-100-pending"
+		}
+		b.Run(name, func(b *testing.B) {
+			var frac float64
+			for b.Loop() {
+				frac = idleCPU(b, down)
+			}
+			b.ReportMetric(frac, "cores")
+		})
+	}
+}
+
+func idleCPU(b *testing.B, down bool) float64 {
+	srv := redistest.Start(b)
+	n, err := tier.NewNode(context.Background(), srv.Client(b), tier.NodeConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = n.Close() }()
+	c, err := tier.New(n, tier.Config[string, string]{Namespace: "idle", Fetch: func(context.Context, string) (string, error) { return "v", nil }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if down {
+		srv.Kill()
+		for i := range 100 {
+			if err := c.Invalidate(context.Background(), fmt.Sprint("k", i)); !errors.Is(err, tier.ErrPending) {
+				b.Fatalf("Invalidate = %v; want ErrPending", err)
+			}
+		}
+	}
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			b.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	const idle = 2 * time.Second
+	before, start := cpu(), time.Now()
+	time.Sleep(idle) // the node is left alone; its own goroutines run
+	return float64(cpu()-before) / float64(time.Since(start))
 }
