@@ -388,6 +388,24 @@ const (
 // Redis is known to be unreachable, and the operation was not sent.
 var ErrUnavailable = errors.New("l2: redis unavailable")
 
+// unavailableError is ErrUnavailable with the Guard's reason. While Redis
+// is down every read fails so, at the rate of the fleet's reads: it is
+// formatted only if someone asks for its text.
+type unavailableError struct{ cause error }
+
+func (e *unavailableError) Error() string   { return ErrUnavailable.Error() + ": " + e.cause.Error() }
+func (e *unavailableError) Unwrap() []error { return []error{ErrUnavailable, e.cause} }
+
+// opError is the error of one operation, "l2 <op>: <err>", formatted only
+// if someone asks for its text.
+type opError struct {
+	op  string
+	err error
+}
+
+func (e *opError) Error() string { return "l2 " + e.op + ": " + e.err.Error() }
+func (e *opError) Unwrap() error { return e.err }
+
 // Option configures a Store.
 type Option func(*Store)
 
@@ -416,7 +434,7 @@ func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
 	if s.guard != nil {
 		var err error
 		if probe, err = s.guard.Allow(); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return &unavailableError{cause: err}
 		}
 	}
 	var (
@@ -538,7 +556,7 @@ func (s *Store) ReadOrClaimWith(ctx context.Context, k Keys, token string, flagT
 		return err
 	})
 	if err != nil {
-		return Read{}, fmt.Errorf("l2 read: %w", err)
+		return Read{}, &opError{op: "read", err: err}
 	}
 	return parseRead(reply)
 }

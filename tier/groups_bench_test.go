@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -94,5 +95,53 @@ func BenchmarkGetL1HitGroups(b *testing.B) {
 			}
 			checkHits(b, before, n.Stats(), uint64(i), 0)
 		})
+	}
+}
+
+// BenchmarkGroupsPerEntry compares reading an entry in 256 groups (a list
+// page whose every item is a group) with one in 1 group, in one run: from
+// Redis (L1 off: the read script checks every stamp) and from L1 (one
+// atomic load per group).
+func BenchmarkGroupsPerEntry(b *testing.B) {
+	srv := redistest.Start(b)
+	n := benchNode(b, srv)
+	keys := benchKeys("page:", 64)
+	for _, tier1 := range []struct {
+		name  string
+		l1TTL time.Duration
+	}{{"L2", -1}, {"L1", benchTTL}} {
+		for _, count := range []int{1, 256} {
+			names := make([]string, count)
+			for i := range names {
+				names[i] = fmt.Sprint("product:", i)
+			}
+			c, err := tier.New(n, tier.Config[string, string]{
+				Namespace: fmt.Sprintf("bench-groups-%s-%d", tier1.name, count),
+				Fetch:     func(context.Context, string) (string, error) { return benchValue, nil },
+				TTL:       benchTTL,
+				L1TTL:     tier1.l1TTL,
+				Groups:    func(string, string) []string { return names },
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			for _, k := range keys {
+				if _, err := c.Get(ctx, k); err != nil {
+					b.Fatal(err)
+				}
+			}
+			tier.WaitL1(n)
+			b.Run(fmt.Sprintf("%s/groups-%d", tier1.name, count), func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if _, err := c.Get(ctx, keys[i&63]); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+		}
 	}
 }
