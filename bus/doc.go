@@ -34,7 +34,9 @@
 //     past its output-buffer limit): drop and revoke the lease until the
 //     resubscribed connection answers a ping (R15, R16, R18);
 //   - a sequence number is skipped, repeated or out of order: drop (R15, R19);
-//   - no ping is answered within the lease: drop and revoke (R27);
+//   - no ping is answered within the lease: drop and revoke (R27); a
+//     connection silent for a lease while no lease runs (dead without
+//     knowing it) is replaced by a new one (R43);
 //   - the fleet epoch key is missing or changed (FLUSHALL, a restart without
 //     persistence, which disconnect nobody): drop (R23).
 //
@@ -44,7 +46,14 @@
 // pong is read, applied. The handler's Renew(sentAt) then lets L1 serve until
 // sentAt + LeaseTTL. Hence the staleness bound: no node serves a value from
 // L1 more than LeaseTTL after the invalidation that removed it, whatever is
-// lost or cut, up to the scheduling delay of the node's own goroutines.
+// lost or cut, as long as L1 checks the lease against the monotonic clock
+// when it serves (it does: a paused process must not serve under a lease
+// that ran out while it slept, R40).
+//
+// Each renewal also samples Redis's clock (TIME) in the round trip that
+// checks the fleet epoch: [Subscriber.RedisClock] relates it to this
+// process's monotonic clock, so that a write can tell, on Redis's own
+// clock, whether it landed after its caller gave up (R44).
 //
 // A node's own messages are not applied again (it applied them before its
 // publish returned) but count for gap detection.

@@ -49,8 +49,10 @@
 // Redis, on any node; other nodes evict their L1 copies, and stop letting
 // new Gets join loads of the key that began before (which may have read
 // the old value), when the bus message arrives, and no node serves the old
-// value longer than NodeConfig.LeaseTTL after the invalidation, whatever is
-// lost (see package bus). Every L1
+// value, from L1 or from a load another Get began, longer than
+// NodeConfig.LeaseTTL after the invalidation, whatever is lost or however
+// long the process was paused (see package bus; docs/RACES.md R40, R42),
+// unless NodeConfig.OutageMaxAge says otherwise while Redis is down. Every L1
 // entry expires no later than the Redis entry it came from (R24). Groups
 // (Config.Groups, Node.InvalidateGroup) extend all of this to every member
 // of a group, in constant time.
@@ -59,18 +61,26 @@
 //
 // Errors wrap the package's sentinels ([ErrNotFound], [ErrConfig],
 // [ErrEmptyKey], [ErrKeyTooLarge], [ErrValueTooLarge], [ErrBadGroup],
-// [ErrFetchPanic], [ErrPending], [ErrStale], [ErrClosed]) so that errors.Is
-// tells them apart. Bytes in Redis that do not decode are a miss: removed, refetched
-// and counted, never a panic.
+// [ErrFetchPanic], [ErrPanic], [ErrPending], [ErrStale], [ErrUnreachable],
+// [ErrClosed]) so that errors.Is tells them apart. Bytes in Redis that do
+// not decode are a miss: removed, refetched and counted, never a panic. A
+// callback of the caller's that panics (Fetch, Key, Groups, the Codec,
+// OnHit, OnMiss) becomes an error wrapping [ErrPanic] for the calls
+// concerned; a claim it held is released at once (R37).
 //
 // # When Redis fails
 //
 // Every Redis operation is bounded by NodeConfig.RedisTimeout and its
 // caller's context; a circuit breaker per node sends reads straight to the
-// source while Redis is unreachable, and probes for its return. A write that
-// cannot reach Redis applies locally, returns an error wrapping [ErrPending],
-// and is queued and replayed to the fleet on recovery; until then the node
-// never reads that key from Redis. L1 follows the bus lease.
+// source while Redis is unreachable (at once when Redis refuses
+// connections, R41), and probes for its return. A write that cannot reach
+// Redis applies locally, returns an error wrapping [ErrPending], and is
+// queued and replayed to the fleet on recovery; until then the node never
+// reads that key from Redis, and a write whose bytes reach Redis after its
+// caller gave up lives at most LeaseTTL there (R44). L1 follows the bus
+// lease; concurrent Gets of a key keep sharing one fetch (R42), and
+// NodeConfig.OutageMaxAge turns on a degraded mode that answers from L1 as
+// stale (R45).
 //
 // # Thread-safety
 //
