@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -205,7 +206,9 @@ func runPauseChild(addr string, coarse bool) int {
 	if coarse {
 		hk = &hooks.Points{L1: &l1.Hooks{CoarseLease: true}}
 	}
-	n, err := tier.NewNodeWithHooks(ctx, rdb, tier.NodeConfig{LeaseTTL: pauseLease, L1MaxBytes: 1 << 20}, hk)
+	// Its lease lapses at every pause, and it would say so on stderr.
+	quiet := slog.New(slog.DiscardHandler)
+	n, err := tier.NewNodeWithHooks(ctx, rdb, tier.NodeConfig{LeaseTTL: pauseLease, L1MaxBytes: 1 << 20, Logger: quiet}, hk)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 1
