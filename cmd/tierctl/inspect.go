@@ -163,30 +163,26 @@ func readKey(ctx context.Context, rdb redis.UniversalClient, o inspectOptions, n
 		return r, fmt.Errorf("inspect: %w", err)
 	}
 
-	if b, err := value.Bytes(); err == nil {
-		r.Present = true
-		r.Bytes = len(b)
-		r.TTLMillis = millis(valueTTL.Val())
-		if env, err := l2.DecodeEnvelope(b); err != nil {
-			r.Corrupt = err.Error()
-		} else {
-			r.EnvelopeKey, r.DataBytes = env.Key, len(env.Data)
-			if env.Key != key {
-				r.Corrupt = "the envelope names another key (a hash collision of long keys)"
-			}
-		}
-	} else {
-		r.TTLMillis = -2
-	}
-
-	r.Servable = r.Present && r.Corrupt == ""
 	m := meta.Val()
 	switch {
 	case len(m) > 0 && m[0] == "1":
 		r.Meta = "ok"
 	case len(m) > 0 && m[0] == "n":
 		r.Meta, r.Negative = "negative", true
-	case r.Present:
+	}
+	if b, err := value.Bytes(); err == nil {
+		r.Present = true
+		r.Bytes = len(b)
+		r.TTLMillis = millis(valueTTL.Val())
+		if !r.Negative { // a stored "not found" holds no envelope
+			decodeValue(b, key, &r)
+		}
+	} else {
+		r.TTLMillis = -2
+	}
+
+	r.Servable = r.Present && r.Corrupt == ""
+	if r.Present && r.Meta == "" {
 		r.Meta, r.Servable = "missing", false
 	}
 	if r.Present {
@@ -210,6 +206,21 @@ func readKey(ctx context.Context, rdb redis.UniversalClient, o inspectOptions, n
 		r.Waiting, r.WaitingTTLMillis = true, millis(d)
 	}
 	return r, nil
+}
+
+// decodeValue reads the envelope of a present value, not the value inside:
+// its codec is the application's.
+func decodeValue(b []byte, key string, r *keyReport) {
+	env, err := l2.DecodeEnvelope(b)
+	switch {
+	case err != nil:
+		r.Corrupt = err.Error()
+	case env.Key != key:
+		r.EnvelopeKey = env.Key
+		r.Corrupt = "the envelope names another key (a hash collision of long keys)"
+	default:
+		r.EnvelopeKey, r.DataBytes = env.Key, len(env.Data)
+	}
 }
 
 // readStamps compares the stamps recorded in a meta list (name, stamp
@@ -298,7 +309,11 @@ func writeKeyReport(w io.Writer, r keyReport, o inspectOptions) error {
 	if !r.Present {
 		fmt.Fprintf(tw, "value\tabsent\n")
 	} else {
-		fmt.Fprintf(tw, "value\tpresent, %d bytes (envelope for key %s, %d bytes of encoded value)\n", r.Bytes, show(r.EnvelopeKey), r.DataBytes)
+		if r.Negative {
+			fmt.Fprintf(tw, "value\tpresent: a cached \"not found\"\n")
+		} else {
+			fmt.Fprintf(tw, "value\tpresent, %d bytes (envelope for key %s, %d bytes of encoded value)\n", r.Bytes, show(r.EnvelopeKey), r.DataBytes)
+		}
 		if r.Corrupt != "" {
 			fmt.Fprintf(tw, "corrupt\t%s: a read treats it as a miss and removes it\n", r.Corrupt)
 		}
