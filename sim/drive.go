@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/wait"
 	"github.com/tiercache/tiercache/l1"
 )
 
@@ -251,14 +252,7 @@ func (r *run) pastBound(ctx context.Context, end int64) error {
 	if d <= 0 {
 		return nil
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return wait.Sleep(ctx, d)
 }
 
 // leaseWatch follows a node's L1 lease through the bus hooks, as L1 does:
