@@ -176,3 +176,63 @@ func idleCPU(b *testing.B, down bool) float64 {
 	time.Sleep(idle) // the node is left alone; its own goroutines run
 	return float64(cpu()-before) / float64(time.Since(start))
 }
+
+// BenchmarkOutageThroughput compares, in one run, a node's Gets while
+// Redis is down (breaker open, degraded mode off) with the same Gets made
+// straight to the source, no cache at all: 16 goroutines over 1,000 keys of
+// Zipf popularity (s = 1.1), against a source that takes 200 µs. ns/op is
+// the time per Get across the goroutines: the outage must cost no more
+// than having no cache (concurrent Gets of a key share one fetch).
+func BenchmarkOutageThroughput(b *testing.B) {
+	const fetchCost = 200 * time.Microsecond
+	fetch := func(ctx context.Context, key string) (string, error) {
+		t := time.NewTimer(fetchCost)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return key, nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+	}
+	run := func(b *testing.B, get func(ctx context.Context, key string) (string, error)) {
+		var seed atomic.Uint64
+		b.SetParallelism(8) // 16 goroutines on 2 cores
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			r := rand.New(rand.NewPCG(seed.Add(1), 0))
+			zipf := rand.NewZipf(r, 1.1, 1, uint64(len(keys)-1))
+			ctx := context.Background()
+			for pb.Next() {
+				if _, err := get(ctx, keys[zipf.Uint64()]); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	b.Run("no-cache", func(b *testing.B) { run(b, fetch) })
+	b.Run("redis-down", func(b *testing.B) {
+		srv := redistest.Start(b)
+		n, err := tier.NewNode(context.Background(), srv.Client(b), tier.NodeConfig{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer func() { _ = n.Close() }()
+		c, err := tier.New(n, tier.Config[string, string]{Namespace: "down", Fetch: fetch})
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv.Kill()
+		for n.Stats().BreakerOpens == 0 { // the first refused dial opens it
+			if _, err := c.Get(context.Background(), "k0"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		run(b, func(ctx context.Context, key string) (string, error) { return c.Get(ctx, key) })
+	})
+}
