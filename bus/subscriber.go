@@ -533,7 +533,10 @@ func (s *Subscriber) fleetEpoch() (string, error) {
 // on Redis's clock, and at most Redis + (t - Start), as long as neither
 // clock steps.
 type ClockSample struct {
-	Redis      time.Time
+	// Redis is what TIME answered.
+	Redis time.Time
+	// Start and End are this process's clock (with its monotonic reading)
+	// when the round trip that read TIME began and ended.
 	Start, End time.Time
 }
 
