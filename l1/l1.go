@@ -184,10 +184,7 @@ func (c *Cache) Get(h uint64) (any, bool) {
 // report the value as stale.
 func (c *Cache) GetHeld(h uint64, maxAge time.Duration) (any, bool) {
 	it, ok := c.rc.Get(h)
-	if !ok || c.clock()-it.filled > int64(maxAge) {
-		return nil, false
-	}
-	if c.epochs.Ticket(h) != it.ticket && !c.noFence() {
+	if !ok || c.clock()-it.filled > int64(maxAge) || !c.valid(h, it.ticket) {
 		return nil, false
 	}
 	return it.value, true

@@ -294,7 +294,8 @@ func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, err
 	if o.bypass {
 		r, err := c.bypass(ctx, key)
 		if herr := c.account(key, r.ri); herr != nil {
-			r.v, err = *new(V), herr
+			var zero V
+			r.v, err = zero, herr
 		}
 		if o.info != nil {
 			*o.info = r.ri
@@ -436,16 +437,14 @@ func groupsValid(refs []groups.Ref) bool {
 // groupsOf returns the groups of an entry: the fleet's and its namespace's,
 // then those Config.Groups names, checked. A panic in Groups is an error
 // wrapping ErrPanic.
-func (c *Cache[K, V]) groupsOf(key K, v V) (_ []string, err error) {
+func (c *Cache[K, V]) groupsOf(key K, v V) ([]string, error) {
 	if c.groupFn == nil {
 		return []string{fleetGroup, c.nsGroup}, nil
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = c.node.panicked("Groups", c.ns, r)
-		}
-	}()
-	user := c.groupFn(key, v)
+	user, err := guarded(c.node, "Groups", c.ns, func() ([]string, error) { return c.groupFn(key, v), nil })
+	if err != nil {
+		return nil, err
+	}
 	if len(user) > MaxGroupsPerEntry {
 		return nil, fmt.Errorf("%w: %d groups, limit %d", ErrBadGroup, len(user), MaxGroupsPerEntry)
 	}

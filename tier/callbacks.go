@@ -12,19 +12,25 @@ func (n *Node) panicked(what, namespace string, r any) error {
 	return fmt.Errorf("%w: %s: %v", ErrPanic, what, r)
 }
 
+// guarded calls f, a user callback named what (or code that calls one),
+// turning a panic in it into an error wrapping ErrPanic (R37).
+func guarded[T any](n *Node, what, namespace string, f func() (T, error)) (v T, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = n.panicked(what, namespace, r)
+		}
+	}()
+	return f()
+}
+
 // hitHook adapts Config.OnHit: a panic becomes an error.
 func hitHook[K comparable](n *Node, namespace string, f func(K, Source)) func(K, Source) error {
 	if f == nil {
 		return nil
 	}
-	return func(key K, src Source) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				err = n.panicked("OnHit", namespace, r)
-			}
-		}()
-		f(key, src)
-		return nil
+	return func(key K, src Source) error {
+		_, err := guarded(n, "OnHit", namespace, func() (struct{}, error) { f(key, src); return struct{}{}, nil })
+		return err
 	}
 }
 
@@ -33,13 +39,8 @@ func missHook[K comparable](n *Node, namespace string, f func(K)) func(K) error 
 	if f == nil {
 		return nil
 	}
-	return func(key K) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				err = n.panicked("OnMiss", namespace, r)
-			}
-		}()
-		f(key)
-		return nil
+	return func(key K) error {
+		_, err := guarded(n, "OnMiss", namespace, func() (struct{}, error) { f(key); return struct{}{}, nil })
+		return err
 	}
 }

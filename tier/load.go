@@ -80,10 +80,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 		// This node invalidated the key while Redis was unreachable, and
 		// the invalidation has not landed yet: Redis may hold the old value.
 		// What the degraded mode holds was fetched after the invalidation.
-		if out, ok := c.fromHeld(key, h, mode); ok {
-			return out, fmt.Errorf("%w: %w: a write of this node's is not in Redis yet", ErrStale, ErrUnreachable)
-		}
-		return c.fetchHeld(ctx, key, s, h, f, nil, mode)
+		return c.withoutRedis(ctx, key, s, h, f, nil, mode, errPendingWrite)
 	}
 	keys := l2.KeysFor(n.cfg.Prefix, c.ns, s)
 	// Redis operations outlive the flight's waiters (each is bounded by
@@ -109,10 +106,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 				return loaded[V]{}, ctx.Err()
 			}
 			n.redisFailed("read", err)
-			if out, ok := c.fromHeld(key, h, mode); ok {
-				return out, fmt.Errorf("%w: %w: %w", ErrStale, ErrUnreachable, err)
-			}
-			return c.fetchHeld(ctx, key, s, h, f, st.old, mode)
+			return c.withoutRedis(ctx, key, s, h, f, st.old, mode, err)
 		}
 		next, out, err := c.settle(ctx, key, s, h, keys, token, f, r, start, mode, &st)
 		switch next {
@@ -180,10 +174,18 @@ func (c *Cache[K, V]) fromHeld(key K, h uint64, mode loadMode) (loaded[V], bool)
 	return loaded[V]{v: e.val, ri: ReadInfo{Source: SourceL1, Stale: true}}, true
 }
 
-// fetchHeld answers from the source without Redis, as fetchUncached, and
-// in the degraded mode of NodeConfig.OutageMaxAge keeps what it fetched
-// for fromHeld (see hold).
-func (c *Cache[K, V]) fetchHeld(ctx context.Context, key K, s string, h uint64, f fence, old *staleValue[V], mode loadMode) (loaded[V], error) {
+// errPendingWrite is why a load of a key that this node invalidated while
+// Redis was unreachable does not read Redis.
+var errPendingWrite = errors.New("a write of this node's is not in Redis yet")
+
+// withoutRedis answers a load that cannot use Redis (for cause): in the
+// degraded mode of NodeConfig.OutageMaxAge from what L1 holds, as stale
+// (fromHeld); else from the source, as fetchUncached, keeping what it
+// fetched for fromHeld in that mode (see hold).
+func (c *Cache[K, V]) withoutRedis(ctx context.Context, key K, s string, h uint64, f fence, old *staleValue[V], mode loadMode, cause error) (loaded[V], error) {
+	if out, ok := c.fromHeld(key, h, mode); ok {
+		return out, fmt.Errorf("%w: %w: %w", ErrStale, ErrUnreachable, cause)
+	}
 	out, err := c.fetchUncached(ctx, key, old)
 	if err == nil && c.node.cfg.OutageMaxAge > 0 && mode == modeGet {
 		out.v = c.hold(key, s, h, out.v, f)
@@ -202,11 +204,7 @@ func (c *Cache[K, V]) hold(key K, s string, h uint64, v V, f fence) V {
 	if err != nil {
 		return v
 	}
-	env, data, err := c.encode(s, v)
-	if err != nil {
-		return v
-	}
-	d, err := c.decodeData(data)
+	env, d, err := c.encodeCopy(s, v)
 	if err != nil {
 		return v
 	}
@@ -485,13 +483,9 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 		n.log.Warn("tiercache: not caching an entry whose groups cannot be known", "namespace", c.ns, "key_hash", h, "reason", err)
 		return out, fmt.Errorf("tier get: value not cached: %w", err)
 	}
-	env, data, err := c.encode(s, v)
-	if err == nil {
-		out.v, err = c.decodeData(data)
-	}
+	env, copied, err := c.encodeCopy(s, v)
 	if err != nil {
 		c.release(ctx, keys, token)
-		out.v = v
 		if errors.Is(err, ErrValueTooLarge) {
 			n.stats.oversize.Add(1)
 			n.log.Warn("tiercache: value too large to cache", "namespace", c.ns, "key_hash", h, "reason", err)
@@ -499,6 +493,7 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 		}
 		return out, fmt.Errorf("tier get: value not cached: %w", err)
 	}
+	out.v = copied
 	if n.hooks != nil && n.hooks.BeforeFill != nil {
 		n.hooks.BeforeFill(s)
 	}
@@ -520,7 +515,7 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 	}
 	n.stats.fillsLanded.Add(1)
 	keep, fresh := c.l1Window(life - time.Since(start))
-	c.fillL1(h, key, out.v, len(env), keep, fresh, f, gs)
+	c.fillL1(h, key, copied, len(env), keep, fresh, f, gs)
 	return out, nil
 }
 
@@ -668,23 +663,24 @@ func (c *Cache[K, V]) decode(s string, b []byte) (V, int, error) {
 }
 
 // decodeData calls Codec.Decode, a panic being an error wrapping ErrPanic.
-func (c *Cache[K, V]) decodeData(data []byte) (v V, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = c.node.panicked("Codec.Decode", c.ns, r)
-		}
-	}()
-	return c.codec.Decode(data)
+func (c *Cache[K, V]) decodeData(data []byte) (V, error) {
+	return guarded(c.node, "Codec.Decode", c.ns, func() (V, error) { return c.codec.Decode(data) })
 }
 
 // encodeData calls Codec.Encode, a panic being an error wrapping ErrPanic.
-func (c *Cache[K, V]) encodeData(v V) (b []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = c.node.panicked("Codec.Encode", c.ns, r)
-		}
-	}()
-	return c.codec.Encode(v)
+func (c *Cache[K, V]) encodeData(v V) ([]byte, error) {
+	return guarded(c.node, "Codec.Encode", c.ns, func() ([]byte, error) { return c.codec.Encode(v) })
+}
+
+// encodeCopy returns the envelope of v under key s, and v as the codec gives
+// it back from those bytes: the value every node serves (R39).
+func (c *Cache[K, V]) encodeCopy(s string, v V) (env []byte, copied V, err error) {
+	env, data, err := c.encode(s, v)
+	if err != nil {
+		return nil, copied, err
+	}
+	copied, err = c.decodeData(data)
+	return env, copied, err
 }
 
 // release gives up our claim so that waiters elsewhere need not wait for it
