@@ -184,13 +184,28 @@ const (
 	rdWrongKey
 )
 
+// appendOp appends what reads and writes share: when the operation ran,
+// the version, the key, and the node (and which incarnation of it).
+func appendOp(b []byte, start, end, version int64, key int32, node int16, inc uint16) []byte {
+	b = binary.AppendVarint(b, start)
+	b = binary.AppendVarint(b, end)
+	b = binary.AppendVarint(b, version)
+	b = binary.AppendUvarint(b, uint64(uint32(key)))
+	b = binary.AppendUvarint(b, uint64(uint16(node)))
+	return binary.AppendUvarint(b, uint64(inc))
+}
+
+// op takes what appendOp appended.
+func (d *decoder) op() (start, end, version int64, key int32, node int16, inc uint16) {
+	start, end, version = d.varint(), d.varint(), d.varint()
+	key = int32(d.uvarint(1<<31 - 1))
+	node = int16(d.uvarint(1<<15 - 1))
+	inc = uint16(d.uvarint(1<<16 - 1))
+	return start, end, version, key, node, inc
+}
+
 func appendRead(b []byte, rd read) []byte {
-	b = binary.AppendVarint(b, rd.Start)
-	b = binary.AppendVarint(b, rd.End)
-	b = binary.AppendVarint(b, rd.Version)
-	b = binary.AppendUvarint(b, uint64(uint32(rd.Key)))
-	b = binary.AppendUvarint(b, uint64(uint16(rd.Node)))
-	b = binary.AppendUvarint(b, uint64(rd.Inc))
+	b = appendOp(b, rd.Start, rd.End, rd.Version, rd.Key, rd.Node, rd.Inc)
 	b = binary.AppendUvarint(b, uint64(uint32(rd.Worker)))
 	var f byte
 	for _, x := range []struct {
@@ -257,10 +272,8 @@ func (d *decoder) done() error {
 
 func decodeRead(p []byte) (read, error) {
 	d := decoder{b: p}
-	rd := read{Start: d.varint(), End: d.varint(), Version: d.varint()}
-	rd.Key = int32(d.uvarint(1<<31 - 1))
-	rd.Node = int16(d.uvarint(1<<15 - 1))
-	rd.Inc = uint16(d.uvarint(1<<16 - 1))
+	var rd read
+	rd.Start, rd.End, rd.Version, rd.Key, rd.Node, rd.Inc = d.op()
 	rd.Worker = int32(d.uvarint(1<<31 - 1))
 	rd.Source = tier.Source(d.byte())
 	f := d.byte()
@@ -270,21 +283,14 @@ func decodeRead(p []byte) (read, error) {
 }
 
 func appendWrite(b []byte, w write) []byte {
-	b = binary.AppendVarint(b, w.Start)
-	b = binary.AppendVarint(b, w.End)
-	b = binary.AppendVarint(b, w.Version)
-	b = binary.AppendUvarint(b, uint64(uint32(w.Key)))
-	b = binary.AppendUvarint(b, uint64(uint16(w.Node)))
-	b = binary.AppendUvarint(b, uint64(w.Inc))
+	b = appendOp(b, w.Start, w.End, w.Version, w.Key, w.Node, w.Inc)
 	return append(b, byte(w.Outcome), byte(w.Kind))
 }
 
 func decodeWrite(p []byte) (write, error) {
 	d := decoder{b: p}
-	w := write{Start: d.varint(), End: d.varint(), Version: d.varint()}
-	w.Key = int32(d.uvarint(1<<31 - 1))
-	w.Node = int16(d.uvarint(1<<15 - 1))
-	w.Inc = uint16(d.uvarint(1<<16 - 1))
+	var w write
+	w.Start, w.End, w.Version, w.Key, w.Node, w.Inc = d.op()
 	w.Outcome, w.Kind = outcome(d.byte()), writeKind(d.byte())
 	if err := d.done(); err != nil {
 		return write{}, err

@@ -154,14 +154,7 @@ func sameFloat32(a, b float32) bool {
 func checkRoundTrip[V any](t *testing.T, v V) {
 	t.Helper()
 	var c tier.CBOR[V]
-	b, err := c.Encode(v)
-	if err != nil {
-		t.Fatalf("Encode(%#v): %v", v, err)
-	}
-	got, err := c.Decode(b)
-	if err != nil {
-		t.Fatalf("Decode(Encode(%#v)) = %v; bytes % x", v, err, b)
-	}
+	b, got := encodeDecode(t, v)
 	if d := cmp.Diff(v, got, exactCmp); d != "" {
 		t.Fatalf("round trip changed the value (-sent +got):\n%s\nbytes % x", d, b)
 	}
@@ -816,6 +809,13 @@ func TestCBORDoesNotCarry(t *testing.T) {
 // roundTrip returns CBOR[V]'s decoding of its encoding of v.
 func roundTrip[V any](t *testing.T, v V) V {
 	t.Helper()
+	_, got := encodeDecode(t, v)
+	return got
+}
+
+// encodeDecode returns CBOR[V]'s encoding of v and the decoding of that.
+func encodeDecode[V any](t *testing.T, v V) ([]byte, V) {
+	t.Helper()
 	var c tier.CBOR[V]
 	b, err := c.Encode(v)
 	if err != nil {
@@ -823,9 +823,9 @@ func roundTrip[V any](t *testing.T, v V) V {
 	}
 	got, err := c.Decode(b)
 	if err != nil {
-		t.Fatalf("Decode(% x): %v", b, err)
+		t.Fatalf("Decode(Encode(%#v)) = %v; bytes % x", v, err, b)
 	}
-	return got
+	return b, got
 }
 
 // Decode refuses what Encode never writes, and returns the zero value with
