@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/internal/redistest"
+	ctxwait "github.com/tiercache/tiercache/internal/wait"
 	"github.com/tiercache/tiercache/tier"
 )
 
@@ -51,17 +52,7 @@ func outageLoad(b *testing.B, maxAge time.Duration) float64 {
 	)
 	srv := redistest.Start(b)
 	var reads atomic.Int64
-	fetch := func(ctx context.Context, key string) (string, error) {
-		reads.Add(1)
-		t := time.NewTimer(fetchCost)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return key, nil
-		case <-ctx.Done():
-			return "", ctx.Err()
-		}
-	}
+	fetch := slowSource(fetchCost, &reads)
 	cfg := tier.NodeConfig{LeaseTTL: 500 * time.Millisecond, RedisTimeout: 100 * time.Millisecond, OutageMaxAge: maxAge}
 	var caches []*tier.Cache[string, string]
 	for range nodes {
@@ -184,17 +175,7 @@ func idleCPU(b *testing.B, down bool) float64 {
 // the time per Get across the goroutines: the outage must cost no more
 // than having no cache (concurrent Gets of a key share one fetch).
 func BenchmarkOutageThroughput(b *testing.B) {
-	const fetchCost = 200 * time.Microsecond
-	fetch := func(ctx context.Context, key string) (string, error) {
-		t := time.NewTimer(fetchCost)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return key, nil
-		case <-ctx.Done():
-			return "", ctx.Err()
-		}
-	}
+	fetch := slowSource(200*time.Microsecond, nil)
 	keys := make([]string, 1000)
 	for i := range keys {
 		keys[i] = fmt.Sprint("k", i)
@@ -235,4 +216,18 @@ func BenchmarkOutageThroughput(b *testing.B) {
 		}
 		run(b, func(ctx context.Context, key string) (string, error) { return c.Get(ctx, key) })
 	})
+}
+
+// slowSource is a source whose every read takes cost (or until ctx ends)
+// and answers the key itself, counting its reads in reads if not nil.
+func slowSource(cost time.Duration, reads *atomic.Int64) func(context.Context, string) (string, error) {
+	return func(ctx context.Context, key string) (string, error) {
+		if reads != nil {
+			reads.Add(1)
+		}
+		if err := ctxwait.Sleep(ctx, cost); err != nil {
+			return "", err
+		}
+		return key, nil
+	}
 }
