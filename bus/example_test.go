@@ -4,13 +4,14 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/tiercache/tiercache/bus"
 )
 
 // ExampleDecode shows a message's round trip: the publishing script joins
-// Split's head and body around the sequence number it draws, and every
-// receiver decodes the result.
+// Split's head and body around the sequence number it draws and its clock,
+// and every receiver decodes the result.
 func ExampleDecode() {
 	m := bus.Message{Kind: bus.KindKeys, Origin: bus.NodeID{1}, Groups: []bus.Group{
 		{Namespace: "users", Keys: []string{"alice", "bob"}},
@@ -19,16 +20,19 @@ func ExampleDecode() {
 	if err != nil {
 		panic(err)
 	}
-	// What Redis publishes: head, then the 8-byte big-endian seq, then body.
+	// What Redis publishes: head, then the 8-byte big-endian seq, then its
+	// clock (TIME, in microseconds) as 8 bytes more, then body.
+	sent := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
 	wire := binary.BigEndian.AppendUint64(head, 42)
+	wire = binary.BigEndian.AppendUint64(wire, uint64(sent.UnixMicro()))
 	wire = append(wire, body...)
 
 	got, err := bus.Decode(wire)
 	if err != nil {
 		panic(err)
 	}
-	fmt.Println(got.Seq, got.Groups)
-	// Output: 42 [{users [alice bob]}]
+	fmt.Println(got.Seq, got.SentAt.Format(time.RFC3339), got.Groups)
+	// Output: 42 2026-12-06T12:00:00Z [{users [alice bob]}]
 }
 
 // ExamplePublisher shows group commit with an ExecFunc that only prints

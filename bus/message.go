@@ -4,17 +4,21 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"time"
 )
 
-// Wire format, version 1. All integers are big-endian; lengths are uvarints.
+// Wire format, version 2. All integers are big-endian; lengths are uvarints.
 //
 //	offset  size  field
 //	0       1     magic: 'T' (0x54)
-//	1       1     version: 1
+//	1       1     version: 2
 //	2       1     kind: 1 keys, 2 flush
 //	3       16    origin: the publishing node's random ID
 //	19      8     seq: the fleet's message sequence number, set by Redis
-//	27      ...   body (kind keys only):
+//	27      8     sent: Redis's clock when it published the message, in
+//	              microseconds since the Unix epoch, set by Redis
+//	35      ...   body (kind keys only):
 //	              uvarint groups; per group:
 //	                uvarint len, namespace bytes
 //	                uvarint count; per key: uvarint len, key bytes
@@ -25,12 +29,15 @@ import (
 // over MaxMessageBytes; trailing bytes are an error.
 const (
 	magic   = 'T'
-	version = 1
+	version = 2
 
 	// HeadLen is the length of the header before the sequence number.
 	HeadLen = 19
 	// seqLen is the length of the sequence number.
 	seqLen = 8
+	// TailLen is the length of what the publishing script writes between
+	// head and body: the sequence number, then its clock.
+	TailLen = seqLen + 8
 
 	// MaxMessageBytes is the largest message a node publishes or accepts.
 	MaxMessageBytes = 2 << 20
@@ -68,7 +75,12 @@ type Message struct {
 	// Seq is the fleet-wide sequence number that Redis assigned when it
 	// published the message, in the same atomic step as the writes it
 	// announces.
-	Seq    uint64
+	Seq uint64
+	// SentAt is Redis's clock when it published the message, to the
+	// microsecond, set in the same atomic step; the zero Time if unknown.
+	// With a sample of Redis's clock (see ClockSample.Since), a receiver
+	// measures how long the message took to reach it.
+	SentAt time.Time
 	Groups []Group
 	// InvalidGroups names the groups (of keys, as in Config.Groups) that
 	// were invalidated: every member is stale.
@@ -78,9 +90,10 @@ type Message struct {
 // ErrMalformed reports bytes that are not a message of this version.
 var ErrMalformed = errors.New("bus: malformed message")
 
-// Split returns the message's encoding without its sequence number, as the
-// two parts that the publishing script joins around the number it draws:
-// head is the first HeadLen bytes, body the rest. Seq is ignored.
+// Split returns the message's encoding without its sequence number and
+// clock, as the two parts that the publishing script joins around the
+// TailLen bytes it writes: head is the first HeadLen bytes, body the rest.
+// Seq and SentAt are ignored.
 func (m *Message) Split() (head, body []byte, err error) {
 	if m.Kind != KindKeys && m.Kind != KindFlush {
 		return nil, nil, fmt.Errorf("bus encode: unknown kind %d", m.Kind)
@@ -129,8 +142,8 @@ func (m *Message) Split() (head, body []byte, err error) {
 		body = binary.AppendUvarint(body, uint64(len(g)))
 		body = append(body, g...)
 	}
-	if HeadLen+seqLen+len(body) > MaxMessageBytes {
-		return nil, nil, fmt.Errorf("bus encode: message of %d bytes, limit %d", HeadLen+seqLen+len(body), MaxMessageBytes)
+	if HeadLen+TailLen+len(body) > MaxMessageBytes {
+		return nil, nil, fmt.Errorf("bus encode: message of %d bytes, limit %d", HeadLen+TailLen+len(body), MaxMessageBytes)
 	}
 	return head, body, nil
 }
@@ -141,9 +154,14 @@ func (m *Message) Encode() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := make([]byte, 0, len(head)+seqLen+len(body))
+	b := make([]byte, 0, len(head)+TailLen+len(body))
 	b = append(b, head...)
 	b = binary.BigEndian.AppendUint64(b, m.Seq)
+	var sent uint64
+	if !m.SentAt.IsZero() {
+		sent = uint64(m.SentAt.UnixMicro())
+	}
+	b = binary.BigEndian.AppendUint64(b, sent)
 	return append(b, body...), nil
 }
 
@@ -153,7 +171,7 @@ func Decode(b []byte) (*Message, error) {
 	if len(b) > MaxMessageBytes {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(b), MaxMessageBytes)
 	}
-	if len(b) < HeadLen+seqLen {
+	if len(b) < HeadLen+TailLen {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than a header", ErrMalformed, len(b))
 	}
 	if b[0] != magic || b[1] != version {
@@ -162,7 +180,13 @@ func Decode(b []byte) (*Message, error) {
 	m := &Message{Kind: Kind(b[2])}
 	copy(m.Origin[:], b[3:19])
 	m.Seq = binary.BigEndian.Uint64(b[19:27])
-	r := reader{b: b[HeadLen+seqLen:]}
+	if sent := binary.BigEndian.Uint64(b[27:35]); sent != 0 {
+		if sent > math.MaxInt64 {
+			return nil, fmt.Errorf("%w: sent time %d out of range", ErrMalformed, sent)
+		}
+		m.SentAt = time.UnixMicro(int64(sent)).UTC()
+	}
+	r := reader{b: b[HeadLen+TailLen:]}
 	switch m.Kind {
 	case KindFlush:
 	case KindKeys:

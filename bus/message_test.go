@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -21,11 +23,12 @@ var testOrigin = bus.NodeID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 1
 // forge exactly the layout they mean, independently of Encode.
 type wire []byte
 
-// header returns magic, version, kind, testOrigin and seq.
+// header returns magic, version, kind, testOrigin, seq and a zero clock.
 func header(ver, kind byte, seq uint64) wire {
 	w := wire{'T', ver, kind}
 	w = append(w, testOrigin[:]...)
-	return binary.BigEndian.AppendUint64(w, seq)
+	w = binary.BigEndian.AppendUint64(w, seq)
+	return binary.BigEndian.AppendUint64(w, 0)
 }
 
 func (w wire) uvarint(v uint64) wire { return binary.AppendUvarint(w, v) }
@@ -64,7 +67,7 @@ func keysMessage() *bus.Message {
 // empty count of invalidated groups).
 func maxKeyMessage() *bus.Message {
 	k1 := strings.Repeat("a", bus.MaxKeyBytes)
-	k2 := strings.Repeat("b", bus.MaxMessageBytes-38-bus.MaxKeyBytes)
+	k2 := strings.Repeat("b", bus.MaxMessageBytes-46-bus.MaxKeyBytes)
 	return &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 1, Groups: []bus.Group{{Namespace: "n", Keys: []string{k1, k2}}}}
 }
 
@@ -79,12 +82,13 @@ func roundTripCases() []struct {
 	}{
 		{"keys of several namespaces with binary keys", keysMessage()},
 		{"flush", &bus.Message{Kind: bus.KindFlush, Origin: testOrigin, Seq: 7}},
+		{"flush with its clock", &bus.Message{Kind: bus.KindFlush, Origin: testOrigin, Seq: 8, SentAt: time.UnixMicro(1_765_000_000_123_456).UTC()}},
 		{"invalidated groups", &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 3, InvalidGroups: []string{"author:200", "\x00ns\x00users"}}},
 		{"keys and invalidated groups", &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 4,
 			Groups: []bus.Group{{Namespace: "n", Keys: []string{"k"}}}, InvalidGroups: []string{"g"}}},
 		{"keys with no groups", &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 1}},
 		{"a group with no keys", &bus.Message{Kind: bus.KindKeys, Seq: 2, Groups: []bus.Group{{Namespace: "empty"}}}},
-		{"largest seq", &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: ^uint64(0), Groups: []bus.Group{{Namespace: "n", Keys: []string{"k"}}}}},
+		{"largest seq and clock", &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: ^uint64(0), SentAt: time.UnixMicro(math.MaxInt64).UTC(), Groups: []bus.Group{{Namespace: "n", Keys: []string{"k"}}}}},
 		{"exactly MaxMessageBytes with a MaxKeyBytes key", maxKeyMessage()},
 	}
 }
@@ -110,13 +114,14 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 }
 
 // TestEncodeLayout proves Encode writes the documented wire layout: magic,
-// version 1, kind, origin, big-endian seq, then the uvarint-framed groups.
+// version 2, kind, origin, big-endian seq and clock, then the uvarint-framed
+// groups.
 func TestEncodeLayout(t *testing.T) {
 	m := &bus.Message{Kind: bus.KindKeys, Origin: testOrigin, Seq: 0x0102030405060708, Groups: []bus.Group{
 		{Namespace: "ns", Keys: []string{"k1", "\x00"}},
 		{Namespace: "b", Keys: []string{"z"}},
 	}, InvalidGroups: []string{"g1"}}
-	want := header(1, 1, 0x0102030405060708).uvarint(2).
+	want := header(2, 1, 0x0102030405060708).uvarint(2).
 		str("ns").uvarint(2).str("k1").str("\x00").
 		str("b").uvarint(1).str("z").
 		uvarint(1).str("g1")
@@ -131,14 +136,15 @@ func TestEncodeLayout(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Encode flush: %v", err)
 	}
-	if want := header(1, 2, 9); !bytes.Equal(flush, want) {
+	if want := header(2, 2, 9); !bytes.Equal(flush, want) {
 		t.Fatalf("Encode flush = % x, want % x", flush, []byte(want))
 	}
 }
 
 // TestSplitWithSeqEqualsEncode proves that head + 8-byte big-endian seq +
-// body, which the publishing script assembles, is exactly Encode's output,
-// that head is HeadLen bytes, and that Split ignores Seq.
+// 8-byte big-endian clock + body, which the publishing script assembles, is
+// exactly Encode's output, that head is HeadLen bytes, and that Split
+// ignores Seq and SentAt.
 func TestSplitWithSeqEqualsEncode(t *testing.T) {
 	for _, tc := range roundTripCases() {
 		t.Run(tc.name, func(t *testing.T) {
@@ -150,6 +156,11 @@ func TestSplitWithSeqEqualsEncode(t *testing.T) {
 				t.Fatalf("len(head) = %d, want HeadLen %d", len(head), bus.HeadLen)
 			}
 			joined := binary.BigEndian.AppendUint64(append([]byte(nil), head...), tc.m.Seq)
+			var sent uint64
+			if !tc.m.SentAt.IsZero() {
+				sent = uint64(tc.m.SentAt.UnixMicro())
+			}
+			joined = binary.BigEndian.AppendUint64(joined, sent)
 			joined = append(joined, body...)
 			enc, err := tc.m.Encode()
 			if err != nil {
@@ -160,9 +171,10 @@ func TestSplitWithSeqEqualsEncode(t *testing.T) {
 			}
 			other := *tc.m
 			other.Seq = tc.m.Seq ^ 0xdeadbeef
+			other.SentAt = time.UnixMicro(1234567)
 			head2, body2, err := other.Split()
 			if err != nil || !bytes.Equal(head2, head) || !bytes.Equal(body2, body) {
-				t.Fatalf("Split depends on Seq: % x % x (%v)", head2, body2, err)
+				t.Fatalf("Split depends on Seq or SentAt: % x % x (%v)", head2, body2, err)
 			}
 		})
 	}
@@ -178,7 +190,7 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 	overKey := strings.Repeat("k", bus.MaxKeyBytes+1)
 	big := maxKeyMessage()
 	big.Groups[0].Keys[1] += "b" // one byte over MaxMessageBytes, layout otherwise valid
-	bigWire := header(1, 1, 1).uvarint(1).str("n").uvarint(2).str(big.Groups[0].Keys[0]).str(big.Groups[0].Keys[1]).uvarint(0)
+	bigWire := header(2, 1, 1).uvarint(1).str("n").uvarint(2).str(big.Groups[0].Keys[0]).str(big.Groups[0].Keys[1]).uvarint(0)
 	if len(bigWire) != bus.MaxMessageBytes+1 {
 		t.Fatalf("test setup: oversize message is %d bytes, want %d", len(bigWire), bus.MaxMessageBytes+1)
 	}
@@ -189,35 +201,37 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 		{"nil", nil},
 		{"empty", []byte{}},
 		{"magic only", []byte{'T'}},
-		{"header without seq", header(1, 1, 0)[:bus.HeadLen]},
-		{"one byte short of a header", header(1, 2, 0)[:bus.HeadLen+7]},
-		{"bad magic", header(1, 2, 1).set(0, 'X')},
-		{"lower-case magic", header(1, 2, 1).set(0, 't')},
+		{"header without seq", header(2, 1, 0)[:bus.HeadLen]},
+		{"clock past the last representable time", header(2, 2, 1).set(bus.HeadLen+8, 0x80)},
+		{"one byte short of a header", header(2, 2, 0)[:bus.HeadLen+bus.TailLen-1]},
+		{"bad magic", header(2, 2, 1).set(0, 'X')},
+		{"lower-case magic", header(2, 2, 1).set(0, 't')},
 		{"version 0", header(0, 2, 1)},
-		{"version 2 flush", header(2, 2, 1)},
-		{"version 2 keys", header(2, 1, 1).uvarint(1).str("n").uvarint(1).str("k")},
-		{"kind 0", header(1, 0, 1)},
-		{"kind 3", header(1, 3, 1).uvarint(0)},
-		{"kind 255", header(1, 255, 1)},
-		{"keys without body", header(1, 1, 1)},
+		{"version 1 flush", header(1, 2, 1)},
+		{"version 3 flush", header(3, 2, 1)},
+		{"version 3 keys", header(3, 1, 1).uvarint(1).str("n").uvarint(1).str("k")},
+		{"kind 0", header(2, 0, 1)},
+		{"kind 3", header(2, 3, 1).uvarint(0)},
+		{"kind 255", header(2, 255, 1)},
+		{"keys without body", header(2, 1, 1)},
 		{"truncated body", valid[:len(valid)-1]},
-		{"truncated in a length", header(1, 1, 1).uvarint(1).str("n").uvarint(1).raw(0x80)},
-		{"varint overflow", header(1, 1, 1).raw(0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01)},
-		{"forged group count", header(1, 1, 1).uvarint(1 << 62).str("n").uvarint(1).str("k")},
-		{"forged max group count", header(1, 1, 1).uvarint(^uint64(0))},
-		{"forged key count", header(1, 1, 1).uvarint(1).str("n").uvarint(1 << 40).str("k")},
-		{"group count one past the bytes left", header(1, 1, 1).uvarint(4).str("n").uvarint(0)},
-		{"forged namespace length", header(1, 1, 1).uvarint(1).uvarint(1 << 50).raw('n')},
-		{"forged key length", header(1, 1, 1).uvarint(1).str("n").uvarint(1).uvarint(1 << 50).raw('k')},
-		{"key length past the end", header(1, 1, 1).uvarint(1).str("n").uvarint(1).uvarint(5).raw('k')},
-		{"zero-length key", header(1, 1, 1).uvarint(1).str("n").uvarint(1).uvarint(0)},
-		{"zero-length key after a good one", header(1, 1, 1).uvarint(1).str("n").uvarint(2).str("k").uvarint(0)},
-		{"zero-length namespace", header(1, 1, 1).uvarint(1).uvarint(0).uvarint(1).str("k")},
-		{"namespace of 64 KiB", header(1, 1, 1).uvarint(1).str(strings.Repeat("n", 64<<10)).uvarint(1).str("k")},
-		{"key over MaxKeyBytes", header(1, 1, 1).uvarint(1).str("n").uvarint(1).str(overKey)},
+		{"truncated in a length", header(2, 1, 1).uvarint(1).str("n").uvarint(1).raw(0x80)},
+		{"varint overflow", header(2, 1, 1).raw(0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01)},
+		{"forged group count", header(2, 1, 1).uvarint(1 << 62).str("n").uvarint(1).str("k")},
+		{"forged max group count", header(2, 1, 1).uvarint(^uint64(0))},
+		{"forged key count", header(2, 1, 1).uvarint(1).str("n").uvarint(1 << 40).str("k")},
+		{"group count one past the bytes left", header(2, 1, 1).uvarint(4).str("n").uvarint(0)},
+		{"forged namespace length", header(2, 1, 1).uvarint(1).uvarint(1 << 50).raw('n')},
+		{"forged key length", header(2, 1, 1).uvarint(1).str("n").uvarint(1).uvarint(1 << 50).raw('k')},
+		{"key length past the end", header(2, 1, 1).uvarint(1).str("n").uvarint(1).uvarint(5).raw('k')},
+		{"zero-length key", header(2, 1, 1).uvarint(1).str("n").uvarint(1).uvarint(0)},
+		{"zero-length key after a good one", header(2, 1, 1).uvarint(1).str("n").uvarint(2).str("k").uvarint(0)},
+		{"zero-length namespace", header(2, 1, 1).uvarint(1).uvarint(0).uvarint(1).str("k")},
+		{"namespace of 64 KiB", header(2, 1, 1).uvarint(1).str(strings.Repeat("n", 64<<10)).uvarint(1).str("k")},
+		{"key over MaxKeyBytes", header(2, 1, 1).uvarint(1).str("n").uvarint(1).str(overKey)},
 		{"trailing byte after keys", append(append([]byte(nil), valid...), 0)},
-		{"trailing byte after flush", header(1, 2, 1).raw(0)},
-		{"trailing group count after flush", header(1, 2, 1).uvarint(0)},
+		{"trailing byte after flush", header(2, 2, 1).raw(0)},
+		{"trailing group count after flush", header(2, 2, 1).uvarint(0)},
 		{"one byte over MaxMessageBytes", bigWire},
 		{"garbage", []byte("this is not a bus message at all, just text")},
 	}
@@ -240,13 +254,13 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 // hundred bytes, not gigabytes.
 func TestDecodeForgedCountsDoNotAllocate(t *testing.T) {
 	forged := map[string][]byte{
-		"groups":           header(1, 1, 1).uvarint(1 << 62).str("n").uvarint(1).str("k"),
-		"keys":             header(1, 1, 1).uvarint(1).str("n").uvarint(1 << 40).str("k"),
-		"key length":       header(1, 1, 1).uvarint(1).str("n").uvarint(1).uvarint(1 << 50).raw('k'),
-		"namespace length": header(1, 1, 1).uvarint(1).uvarint(1 << 50).raw('n'),
+		"groups":           header(2, 1, 1).uvarint(1 << 62).str("n").uvarint(1).str("k"),
+		"keys":             header(2, 1, 1).uvarint(1).str("n").uvarint(1 << 40).str("k"),
+		"key length":       header(2, 1, 1).uvarint(1).str("n").uvarint(1).uvarint(1 << 50).raw('k'),
+		"namespace length": header(2, 1, 1).uvarint(1).uvarint(1 << 50).raw('n'),
 		// Counts that fit the bytes left, over a body of zeros: the first
 		// group's empty namespace stops it.
-		"count equal to bytes left": header(1, 1, 1).uvarint(64).raw(make([]byte, 64)...),
+		"count equal to bytes left": header(2, 1, 1).uvarint(64).raw(make([]byte, 64)...),
 	}
 	for name, b := range forged {
 		t.Run(name, func(t *testing.T) {

@@ -180,9 +180,10 @@ func opKeys(b *bus.Batch) []string {
 func decodeBatch(t *testing.T, b *bus.Batch, seq uint64) *bus.Message {
 	t.Helper()
 	raw := binary.BigEndian.AppendUint64(append([]byte(nil), b.Head...), seq)
+	raw = binary.BigEndian.AppendUint64(raw, 0) // no clock
 	m, err := bus.Decode(append(raw, b.Body...))
 	if err != nil {
-		t.Fatalf("Decode(Head+seq+Body): %v", err)
+		t.Fatalf("Decode(Head+seq+clock+Body): %v", err)
 	}
 	return m
 }

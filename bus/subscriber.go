@@ -540,6 +540,16 @@ type ClockSample struct {
 	Start, End time.Time
 }
 
+// Since estimates how long before this process's instant now the instant
+// t of Redis's clock was: Redis's clock at now is taken as Redis plus the
+// time since the middle of the sample's round trip, so the estimate errs by
+// at most half that round trip, as long as neither clock steps. A message's
+// SentAt gives its delay from publish to now.
+func (c ClockSample) Since(t, now time.Time) time.Duration {
+	mid := c.Start.Add(c.End.Sub(c.Start) / 2)
+	return c.Redis.Add(now.Sub(mid)).Sub(t)
+}
+
 // RedisClock returns the latest sample of Redis's clock, taken at each
 // lease renewal, and false before the first.
 func (s *Subscriber) RedisClock() (ClockSample, bool) {

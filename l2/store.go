@@ -228,12 +228,17 @@ if not announce then return 0 end
 local seq = redis.call('INCR', KEYS[1])
 -- Big-endian, 8 bytes; by hand rather than struct.pack, which not every
 -- server that speaks the protocol provides. Exact below 2^53.
-local b, n = {}, seq
-for i = 8, 1, -1 do
-  b[i] = string.char(n % 256)
-  n = math.floor(n / 256)
+local function u64(n)
+  local b = {}
+  for i = 8, 1, -1 do
+    b[i] = string.char(n % 256)
+    n = math.floor(n / 256)
+  end
+  return table.concat(b)
 end
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. table.concat(b) .. ARGV[3])
+local t = redis.call('TIME')
+local sent = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. u64(seq) .. u64(sent) .. ARGV[3])
 return seq
 `)
 	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript}
@@ -743,7 +748,9 @@ type Change struct {
 }
 
 // Announcement is the message that [Store.Apply] publishes on Channel: Head,
-// then the 8-byte big-endian sequence number drawn from SeqKey, then Body.
+// then the 8-byte big-endian sequence number drawn from SeqKey, then Redis's
+// clock (TIME) in microseconds since the Unix epoch as 8 big-endian bytes,
+// then Body.
 type Announcement struct {
 	SeqKey  string
 	Channel string
