@@ -80,12 +80,13 @@ type Cache struct {
 	epochs *consistency.Epochs
 	hooks  *Hooks
 
-	start time.Time     // origin of the coarse clock; monotonic
-	now   atomic.Int64  // coarse clock: nanoseconds since start, at most Tick behind
-	lease atomic.Int64  // clock reading until which the cache may serve
-	seq   atomic.Uint64 // numbers fills, so that the last of a key wins
-	stop  chan struct{}
-	done  sync.WaitGroup
+	start     time.Time     // origin of the coarse clock; monotonic
+	now       atomic.Int64  // coarse clock: nanoseconds since start, at most Tick behind
+	lease     atomic.Int64  // clock reading until which the cache may serve
+	seq       atomic.Uint64 // numbers fills, so that the last of a key wins
+	evictions atomic.Uint64 // entries the cost policy or expiry removed
+	stop      chan struct{}
+	done      sync.WaitGroup
 
 	closed atomic.Bool
 }
@@ -115,6 +116,7 @@ func New(cfg Config) (*Cache, error) {
 		// back by onReject never undoes a newer one.
 		ShouldUpdate: func(cur, prev *item) bool { return cur.seq > prev.seq },
 		OnReject:     c.onReject,
+		OnEvict:      func(*ristretto.Item[*item]) { c.evictions.Add(1) },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
@@ -237,6 +239,22 @@ func (c *Cache) onReject(it *ristretto.Item[*item]) {
 		c.hooks.BeforePutBack(it.Key)
 	}
 	c.rc.Set(it.Key, it.Value, it.Value.cost)
+}
+
+// Stats is a snapshot of a Cache's occupancy.
+type Stats struct {
+	// Cost is what the entries held now cost, of MaxCost. New entries are
+	// applied from a buffer, so Cost lags fills a little.
+	Cost, MaxCost int64
+	// Evictions counts entries removed to make room or because they
+	// expired; not those evicted by invalidation.
+	Evictions uint64
+}
+
+// Stats returns the cache's occupancy.
+func (c *Cache) Stats() Stats {
+	limit := c.rc.MaxCost()
+	return Stats{Cost: limit - c.rc.RemainingCost(), MaxCost: limit, Evictions: c.evictions.Load()}
 }
 
 // Evict makes every value filled under a ticket of h's stripe taken so far
