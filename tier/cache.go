@@ -149,6 +149,7 @@ type Cache[K comparable, V any] struct {
 	onHit     func(K, Source) error // Config.OnHit, a panic an error
 	onMiss    func(K) error
 	fetchTime atomic.Int64 // recent Fetch duration (ns), for early refresh
+	m         *meter
 
 	bgMu sync.Mutex
 	bg   map[string]struct{} // keys with an early refresh from L2 running
@@ -221,6 +222,7 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 		z:         z,
 		onHit:     hitHook(n, cfg.Namespace, cfg.OnHit),
 		onMiss:    missHook(n, cfg.Namespace, cfg.OnMiss),
+		m:         newMeter(cfg.Namespace, n.rec),
 	}
 	if c.l1TTL == 0 {
 		c.l1TTL = DefaultL1TTL
@@ -245,8 +247,11 @@ const fleetGroup = "\x00all"
 // InvalidateAll invalidates it. User group names cannot start with NUL, so
 // it cannot collide with one.
 func namespaceGroup(namespace string) string {
-	return "\x00ns\x00" + namespace
+	return nsGroupPrefix + namespace
 }
+
+// nsGroupPrefix starts the name of every namespace's group.
+const nsGroupPrefix = "\x00ns\x00"
 
 // Get returns the value of key: from L1 if this node holds a valid copy,
 // else from Redis, else from Fetch, caching what it fetched in both tiers.
@@ -273,9 +278,11 @@ func namespaceGroup(namespace string) string {
 // nothing. Options change one call; see GetOption.
 func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, error) {
 	var o getOptions
+	start := c.m.start()
 	if len(opts) == 0 {
-		v, st := c.fromL1(key)
+		v, st, h := c.fromL1(key)
 		if st == l1Fresh {
+			c.m.hitL1(h, start)
 			if c.onHit != nil {
 				if err := c.onHit(key, SourceL1); err != nil {
 					var zero V
@@ -284,7 +291,7 @@ func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, err
 			}
 			return v, nil
 		}
-		return c.getMissed(ctx, key, v, st, o)
+		return c.getMissed(ctx, key, v, st, o, start)
 	}
 	for _, opt := range opts {
 		if opt != nil {
@@ -292,8 +299,10 @@ func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, err
 		}
 	}
 	if o.bypass {
+		ctx, end := c.startGet(ctx)
 		r, err := c.bypass(ctx, key)
-		if herr := c.account(key, r.ri); herr != nil {
+		end(r.ri, err)
+		if herr := c.account(key, r.ri, err, start); herr != nil {
 			var zero V
 			r.v, err = zero, herr
 		}
@@ -307,13 +316,14 @@ func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, err
 		st = l1Miss
 	)
 	if !o.refresh {
-		v, st = c.fromL1(key)
+		v, st, _ = c.fromL1(key)
 	}
-	return c.getMissed(ctx, key, v, st, o)
+	return c.getMissed(ctx, key, v, st, o, start)
 }
 
-// getMissed finishes a Get that L1 did not answer with a fresh value.
-func (c *Cache[K, V]) getMissed(ctx context.Context, key K, v V, st l1State, o getOptions) (V, error) {
+// getMissed finishes a Get, begun at start, that L1 did not answer with a
+// fresh value on its fast path.
+func (c *Cache[K, V]) getMissed(ctx context.Context, key K, v V, st l1State, o getOptions, start time.Time) (V, error) {
 	var (
 		ri  ReadInfo
 		err error
@@ -331,9 +341,11 @@ func (c *Cache[K, V]) getMissed(ctx context.Context, key K, v V, st l1State, o g
 		if o.refresh {
 			mode = modeRefresh
 		}
+		ctx, end := c.startGet(ctx)
 		v, ri, err = c.getSlow(ctx, key, mode)
+		end(ri, err)
 	}
-	if herr := c.account(key, ri); herr != nil {
+	if herr := c.account(key, ri, err, start); herr != nil {
 		var zero V
 		v, err = zero, herr
 	}
@@ -343,16 +355,21 @@ func (c *Cache[K, V]) getMissed(ctx context.Context, key K, v V, st l1State, o g
 	return v, err
 }
 
-// account counts a Get's answer and calls the hit and miss hooks; it
-// returns the error of a hook that panicked.
-func (c *Cache[K, V]) account(key K, ri ReadInfo) error {
-	n := c.node
-	if ri.Stale {
-		n.stats.staleServed.Add(1)
+// startGet begins the span of a Get that L1 did not answer, if the node
+// has a Tracer; the function it returns ends it.
+func (c *Cache[K, V]) startGet(ctx context.Context) (context.Context, func(ReadInfo, error)) {
+	t := c.node.tracer
+	if t == nil {
+		return ctx, func(ReadInfo, error) {}
 	}
-	if ri.Negative {
-		n.stats.negativeHits.Add(1)
-	}
+	ctx, end := t.StartGet(ctx, c.ns, 1)
+	return ctx, func(ri ReadInfo, err error) { end(answerOf(ri, err), err) }
+}
+
+// account counts the answer to a Get begun at start, and calls the hit and
+// miss hooks; it returns the error of a hook that panicked.
+func (c *Cache[K, V]) account(key K, ri ReadInfo, err error, start time.Time) error {
+	c.m.answer(answerOf(ri, err), start)
 	switch ri.Source {
 	case SourceL1, SourceL2:
 		if c.onHit != nil {
@@ -381,32 +398,31 @@ const (
 
 // fromL1 returns what this node's L1 holds for key, if its copy is valid:
 // present, unexpired, leased, fenced, of this cache, of this key, in groups
-// none of which was invalidated since.
-func (c *Cache[K, V]) fromL1(key K) (V, l1State) {
+// none of which was invalidated since; and the key's hash.
+func (c *Cache[K, V]) fromL1(key K) (V, l1State, uint64) {
 	var zero V
 	if c.l1TTL <= 0 {
-		return zero, l1Miss
+		return zero, l1Miss, 0
 	}
 	h, ok := c.keys.hash(key)
 	if !ok {
-		return zero, l1Miss
+		return zero, l1Miss, 0
 	}
 	v, found := c.node.l1.Get(h)
 	if !found {
-		return zero, l1Miss
+		return zero, l1Miss, h
 	}
 	e, ok := v.(*entry[K, V])
 	if !ok || e.owner != c || e.key != key || !groupsValid(e.groups) {
-		return zero, l1Miss
+		return zero, l1Miss, h
 	}
-	c.node.stats.l1Hits.add(h)
 	switch {
 	case e.negative:
-		return zero, l1Negative
+		return zero, l1Negative, h
 	case e.fresh != 0:
-		return e.val, c.freshness(e, h)
+		return e.val, c.freshness(e, h), h
 	}
-	return e.val, l1Fresh
+	return e.val, l1Fresh, h
 }
 
 // freshness tells a fresh entry from a stale one, and starts a background
@@ -564,9 +580,12 @@ func (c *Cache[K, V]) InvalidateAll(ctx context.Context) error {
 
 // publish hands ops to the node (see Node.publish) and counts them.
 func (c *Cache[K, V]) publish(ctx context.Context, ops []bus.Op) error {
-	c.node.stats.invalidate.Add(uint64(len(ops)))
+	c.m.published(ScopeKeys, len(ops))
 	return c.node.publish(ctx, ops)
 }
+
+// meter returns the Cache's counters.
+func (c *Cache[K, V]) meter() *meter { return c.m }
 
 // evictLocal applies an invalidation of key s to this node: the L1 entry is
 // evicted (and every fill ticket of its stripe invalidated) and the key's

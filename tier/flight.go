@@ -39,6 +39,7 @@ type flight[T any] struct {
 	err     error
 	waiters int // callers still waiting; guarded by flights.mu
 	cancel  context.CancelFunc
+	trace   *waiters // with a Tracer: the callers, for the fetch's span
 }
 
 // do returns the result of load for key, joining the flight in progress if
@@ -58,6 +59,10 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 	if !ok {
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		f = &flight[T]{start: time.Now(), done: make(chan struct{}), cancel: cancel}
+		if n.tracer != nil {
+			f.trace = &waiters{}
+			fctx = context.WithValue(fctx, waitersKey{}, f.trace)
+		}
 		started := n.spawn(func() {
 			stop := context.AfterFunc(n.life, cancel)
 			defer func() {
@@ -88,6 +93,9 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 	}
 	f.waiters++
 	g.mu.Unlock()
+	if ok && f.trace != nil {
+		f.trace.join(ctx)
+	}
 	if n.hooks != nil && n.hooks.Flight != nil {
 		n.hooks.Flight(key, !ok)
 	}

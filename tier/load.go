@@ -105,7 +105,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 			if ctx.Err() != nil {
 				return loaded[V]{}, ctx.Err()
 			}
-			n.redisFailed("read", err)
+			n.redisFailed(c.ns, "read", err)
 			return c.withoutRedis(ctx, key, s, h, f, st.old, mode, err)
 		}
 		next, out, err := c.settle(ctx, key, s, h, keys, token, f, r, start, mode, &st)
@@ -126,10 +126,11 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 		// second fill.
 		claim.Always = false
 		if waitUntil.IsZero() {
-			n.stats.waits.Add(1)
+			c.m.waits.Add(1)
 			waitUntil = start.Add(n.cfg.FlagTTL)
 		}
 		if !time.Now().Before(waitUntil) {
+			c.m.waited(WakeGaveUp, waitUntil.Add(-n.cfg.FlagTTL))
 			return c.fetchUncached(ctx, key, st.old)
 		}
 		// Registered before the hook, so that a test holding the claimant
@@ -142,12 +143,16 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 		if n.hooks != nil && n.hooks.NoPoll {
 			d = time.Until(waitUntil)
 		}
+		began := c.m.start()
 		ok, err := n.wakers.wait(ctx, keys.Value, woken, d)
-		if err != nil {
+		switch {
+		case err != nil:
+			c.m.waited(WakeCanceled, began)
 			return loaded[V]{}, err
-		}
-		if ok {
-			n.stats.wakeups.Add(1)
+		case ok:
+			c.m.waited(WakeMessage, began)
+		default:
+			c.m.waited(WakePoll, began)
 		}
 		backoff = min(2*backoff, maxPoll)
 	}
@@ -170,7 +175,7 @@ func (c *Cache[K, V]) fromHeld(key K, h uint64, mode loadMode) (loaded[V], bool)
 	if !ok || e.owner != c || e.key != key || e.negative || !groupsValid(e.groups) {
 		return loaded[V]{}, false
 	}
-	n.stats.outageServed.Add(1)
+	c.m.outageServed.Add(1)
 	return loaded[V]{v: e.val, ri: ReadInfo{Source: SourceL1, Stale: true}}, true
 }
 
@@ -250,7 +255,7 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 	n := c.node
 	st.fallback = nil
 	if r.Stale {
-		n.stats.groupStale.Add(1)
+		c.m.groupStale.Add(1)
 	}
 	claimed := r.State == l2.Claimed || r.State == l2.StaleClaimed
 	var cur *staleValue[V] // the value Redis holds, if any
@@ -293,10 +298,10 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 				return stepUncached, loaded[V]{}, nil
 			default:
 				st.corrupt = true
-				n.stats.corrupt.Add(1)
+				c.m.corrupt.Add(1)
 				n.log.Warn("tiercache: undecodable value in redis; removing it", "namespace", c.ns, "err", err)
 				if err := n.store.DeleteIfEqual(context.WithoutCancel(ctx), keys, r.Value); err != nil {
-					n.redisFailed("delete corrupt", err)
+					n.redisFailed(c.ns, "delete corrupt", err)
 					return stepUncached, loaded[V]{}, nil
 				}
 				return stepAgain, loaded[V]{}, nil
@@ -305,7 +310,6 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 	}
 	switch r.State {
 	case l2.Hit:
-		n.stats.l2Hits.Add(1)
 		keep, fresh := c.l1Window(cur.left)
 		c.fillL1(h, key, cur.v, cur.size, keep, fresh, f, cur.groups)
 		if c.z.beta > 0 && mode == modeGet && c.earlyRefresh(cur.left-c.z.below) {
@@ -378,7 +382,7 @@ func (c *Cache[K, V]) serveStale(sv *staleValue[V], cause error) (loaded[V], err
 // that a stale read took.
 func (c *Cache[K, V]) refreshClaimed(key K, s string, h uint64, keys l2.Keys, token string, clock string, f fence, cur *staleValue[V]) {
 	n := c.node
-	n.stats.refreshes.Add(1)
+	c.m.refreshes.Add(1)
 	if !n.spawn(func() { _, _ = c.fetchAndFill(n.life, key, s, h, keys, token, clock, f, cur) }) {
 		c.release(context.Background(), keys, token)
 	}
@@ -396,7 +400,7 @@ func (c *Cache[K, V]) refreshFrom(e *entry[K, V], h uint64, mode loadMode) {
 		return // cannot happen: the entry was filled under this key
 	}
 	n := c.node
-	n.stats.refreshes.Add(1)
+	c.m.refreshes.Add(1)
 	if !n.spawn(func() {
 		defer e.refreshing.Store(false)
 		_, _ = c.load(n.life, e.key, s, h, mode)
@@ -424,7 +428,7 @@ func (c *Cache[K, V]) refreshKey(key K, s string, h uint64) {
 		c.bgMu.Unlock()
 	}
 	n := c.node
-	n.stats.refreshes.Add(1)
+	c.m.refreshes.Add(1)
 	if !n.spawn(func() {
 		defer done()
 		_, _ = c.load(n.life, key, s, h, modeEarly)
@@ -458,7 +462,7 @@ func (c *Cache[K, V]) fetched(ctx context.Context, key K, s string, h uint64, ke
 		c.release(ctx, keys, token)
 	default:
 		// The old value, and the fleet leaves the source alone a while.
-		c.node.stats.failSafe.Add(1)
+		c.m.failSafe.Add(1)
 		c.markFailing(ctx, keys, token)
 		return c.serveStale(fallback, err)
 	}
@@ -479,7 +483,7 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 	gs, err := c.groupsOf(key, v)
 	if err != nil {
 		c.release(ctx, keys, token)
-		n.stats.badGroups.Add(1)
+		c.m.fill(FillUncacheable)
 		n.log.Warn("tiercache: not caching an entry whose groups cannot be known", "namespace", c.ns, "key_hash", h, "reason", err)
 		return out, fmt.Errorf("tier get: value not cached: %w", err)
 	}
@@ -487,10 +491,11 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 	if err != nil {
 		c.release(ctx, keys, token)
 		if errors.Is(err, ErrValueTooLarge) {
-			n.stats.oversize.Add(1)
+			c.m.fill(FillOversize)
 			n.log.Warn("tiercache: value too large to cache", "namespace", c.ns, "key_hash", h, "reason", err)
 			return out, nil
 		}
+		c.m.fill(FillUncacheable)
 		return out, fmt.Errorf("tier get: value not cached: %w", err)
 	}
 	out.v = copied
@@ -502,7 +507,8 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 	landed, err := n.store.FillInGroups(context.WithoutCancel(ctx), keys, token, env, life, gs, clock)
 	switch {
 	case err != nil:
-		n.redisFailed("fill", err)
+		n.redisFailed(c.ns, "fill", err)
+		c.m.fill(FillFailed)
 		c.release(ctx, keys, token) // if the flag is still ours, let others claim now
 		return out, nil
 	case !landed:
@@ -510,10 +516,10 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 		// its groups was invalidated meanwhile (R01, R03, R04, R05, R31).
 		// Our caller may still have v: its read overlapped the write.
 		// Neither tier keeps it.
-		n.stats.fillsRefused.Add(1)
+		c.m.fill(FillRefused)
 		return out, nil
 	}
-	n.stats.fillsLanded.Add(1)
+	c.m.fill(FillLanded)
 	keep, fresh := c.l1Window(life - time.Since(start))
 	c.fillL1(h, key, copied, len(env), keep, fresh, f, gs)
 	return out, nil
@@ -528,7 +534,7 @@ func (c *Cache[K, V]) fillNegative(ctx context.Context, h uint64, key K, keys l2
 	gs, err := c.negativeGroups(key)
 	if err != nil {
 		c.release(ctx, keys, token)
-		n.stats.badGroups.Add(1)
+		c.m.fill(FillUncacheable)
 		n.log.Warn("tiercache: not caching a \"not found\" whose groups cannot be known", "namespace", c.ns, "key_hash", h, "reason", err)
 		return
 	}
@@ -536,12 +542,13 @@ func (c *Cache[K, V]) fillNegative(ctx context.Context, h uint64, key K, keys l2
 	landed, err := n.store.FillEntry(context.WithoutCancel(ctx), keys, token, l2.Entry{TTL: c.z.notFound, Groups: gs, Negative: true}, clock)
 	switch {
 	case err != nil:
-		n.redisFailed("fill", err)
+		n.redisFailed(c.ns, "fill", err)
+		c.m.fill(FillFailed)
 		c.release(ctx, keys, token)
 	case !landed:
-		n.stats.fillsRefused.Add(1)
+		c.m.fill(FillRefused)
 	default:
-		n.stats.fillsLanded.Add(1)
+		c.m.fill(FillLanded)
 		c.fillNegativeL1(h, key, c.z.notFound-time.Since(start), f, gs)
 	}
 }
@@ -558,7 +565,7 @@ func (c *Cache[K, V]) markFailing(ctx context.Context, keys l2.Keys, token strin
 	rctx, cancel := c.node.cleanupContext(ctx)
 	defer cancel()
 	if err := c.node.store.MarkFailing(rctx, keys, token, c.z.throttle); err != nil {
-		c.node.redisFailed("mark failing", err)
+		c.node.redisFailed(c.ns, "mark failing", err)
 	}
 }
 
@@ -576,12 +583,12 @@ func (c *Cache[K, V]) bypass(ctx context.Context, key K) (loaded[V], error) {
 // fetchUncached answers from the source and caches nothing. With old (a
 // value seen in Redis), a failed Fetch serves it with ErrStale instead.
 func (c *Cache[K, V]) fetchUncached(ctx context.Context, key K, old *staleValue[V]) (loaded[V], error) {
-	c.node.stats.uncached.Add(1)
+	c.m.uncached.Add(1)
 	fctx, cancel := c.fetchContext(ctx, old != nil)
 	defer cancel()
 	v, err := c.callFetch(fctx, key)
 	if err != nil && old != nil && ctx.Err() == nil && !errors.Is(err, ErrNotFound) {
-		c.node.stats.failSafe.Add(1)
+		c.m.failSafe.Add(1)
 		return c.serveStale(old, err)
 	}
 	return loaded[V]{v: v, ri: ReadInfo{Source: SourceUncached}}, err
@@ -599,13 +606,15 @@ func (c *Cache[K, V]) fetchContext(ctx context.Context, fallback bool) (context.
 // callFetch calls Fetch, turning a panic into ErrFetchPanic, and notes how
 // long it took.
 func (c *Cache[K, V]) callFetch(ctx context.Context, key K) (v V, err error) {
-	c.node.stats.fetches.Add(1)
-	start := time.Now()
+	start := c.m.fetching()
+	ctx, end := c.startFetch(ctx, 1)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w (%w)", ErrFetchPanic, c.node.panicked("Fetch", c.ns, r))
 		}
 		c.noteFetchTime(time.Since(start))
+		c.m.fetched(err, 1, start)
+		end(err)
 	}()
 	return c.fetch(ctx, key)
 }
@@ -638,7 +647,7 @@ func (c *Cache[K, V]) storeL1(h uint64, e *entry[K, V], size int, keep time.Dura
 	// After taking the refs: a group invalidation applied before this check
 	// moved the generation; one applied after it invalidates the refs.
 	if c.node.groups.Gen() != f.gen || !c.node.l1.Fill(h, e, int64(size), min(keep, c.l1TTL), f.ticket) {
-		c.node.stats.l1FillsRefused.Add(1)
+		c.m.fill(FillFenced)
 	}
 }
 
@@ -689,7 +698,7 @@ func (c *Cache[K, V]) release(ctx context.Context, keys l2.Keys, token string) {
 	rctx, cancel := c.node.cleanupContext(ctx)
 	defer cancel()
 	if err := c.node.store.Release(rctx, keys, token); err != nil {
-		c.node.redisFailed("release", err)
+		c.node.redisFailed(c.ns, "release", err)
 	}
 }
 

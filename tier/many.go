@@ -65,18 +65,21 @@ type miss[K comparable] struct {
 // If some keys fail, GetMany returns the values of the others and a
 // *KeyErrors naming each failed key (a permitted-stale value is returned
 // and also reported there with ErrStale, as by Get).
-func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
+func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err error) {
+	began := c.m.start()
 	out := make(map[K]V, len(keys))
 	var (
 		mu   sync.Mutex
 		errs map[K]error
+		last Answer // for the span
 	)
 	record := func(key K, v V, ri ReadInfo, err error) {
-		if herr := c.account(key, ri); herr != nil {
+		if herr := c.account(key, ri, err, began); herr != nil {
 			err = herr
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		last = answerOf(ri, err)
 		if err == nil || errors.Is(err, ErrStale) {
 			out[key] = v
 		}
@@ -97,7 +100,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
 			continue
 		}
 		seen[key] = struct{}{}
-		switch v, st := c.fromL1(key); st {
+		switch v, st, _ := c.fromL1(key); st {
 		case l1Fresh, l1Stale, l1Negative:
 			var err error
 			if st == l1Negative {
@@ -127,6 +130,17 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
 	if len(misses) == 0 {
 		return c.manyResult(out, errs)
 	}
+	if t := n.tracer; t != nil {
+		var end func(Answer, error)
+		ctx, end = t.StartGet(ctx, c.ns, len(misses))
+		defer func() {
+			a := last
+			if err != nil {
+				a = AnswerError
+			}
+			end(a, err)
+		}()
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -146,10 +160,10 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
 	for i, m := range toRead {
 		ks[i], toks[i] = m.keys, m.tok
 	}
-	start := time.Now()
+	readAt := time.Now()
 	reads, readErrs, err := n.store.ReadOrClaimMany(context.WithoutCancel(ctx), ks, toks, n.cfg.FlagTTL, l2.Claim{Below: c.z.below})
 	if err != nil {
-		n.redisFailed("read many", err)
+		n.redisFailed(c.ns, "read many", err)
 		reads, readErrs = nil, nil
 	}
 
@@ -170,7 +184,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (map[K]V, error) {
 			continue
 		}
 		var st readState[V]
-		next, l, err := c.settle(ctx, m.key, m.s, m.h, m.keys, m.tok, m.f, reads[i], start, modeGet, &st)
+		next, l, err := c.settle(ctx, m.key, m.s, m.h, m.keys, m.tok, m.f, reads[i], readAt, modeGet, &st)
 		switch next {
 		case stepDone:
 			record(m.key, l.v, l.ri, err)
@@ -277,11 +291,14 @@ func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], rec
 
 // callFetchMany calls FetchMany, turning a panic into ErrFetchPanic.
 func (c *Cache[K, V]) callFetchMany(ctx context.Context, keys []K) (m map[K]V, err error) {
-	c.node.stats.fetches.Add(1)
+	start := c.m.fetching()
+	ctx, end := c.startFetch(ctx, len(keys))
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w (%w)", ErrFetchPanic, c.node.panicked("FetchMany", c.ns, r))
 		}
+		c.m.fetched(err, len(keys), start)
+		end(err)
 	}()
 	return c.fetchMany(ctx, keys)
 }

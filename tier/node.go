@@ -10,7 +10,6 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -115,6 +114,14 @@ type NodeConfig struct {
 	// envelope and the key), in bytes. A larger value is returned by Get but
 	// not cached; Set rejects it with ErrValueTooLarge. Default 8 MiB.
 	MaxValueBytes int
+	// Recorder receives the node's events for metrics (see Recorder; the
+	// module github.com/tiercache/tiercache/tierotel adapts OpenTelemetry).
+	// Default none: nothing is measured. Stats and Cache.Stats count
+	// either way.
+	Recorder Recorder
+	// Tracer makes spans of Gets that L1 does not answer and of calls of
+	// the source (see Tracer; tierotel adapts OpenTelemetry). Default none.
+	Tracer Tracer
 }
 
 func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
@@ -196,6 +203,8 @@ type Node struct {
 	pending *pending
 	hooks   *hooks.Points
 	stats   counters
+	rec     Recorder        // guarded; nil: none
+	tracer  Tracer          // guarded; nil: none
 	life    context.Context // cancelled by Close; parent of background work
 	cancel  context.CancelFunc
 
@@ -214,10 +223,11 @@ type Node struct {
 	wg     sync.WaitGroup     // every goroutine the node started
 }
 
-// evictor is the part of a Cache that the bus drives.
+// evictor is the part of a Cache that the node drives.
 type evictor interface {
 	evictLocal(key string, h uint64)
 	forgetAll()
+	meter() *meter
 }
 
 // busNames are the Redis names of the bus.
@@ -274,12 +284,21 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 			epoch:   cfg.Prefix + ":epoch",
 		},
 	}
+	if cfg.Recorder != nil && cfg.Recorder != Recorder(NopRecorder{}) {
+		n.rec = guardedRecorder{r: cfg.Recorder, n: n}
+	}
+	if cfg.Tracer != nil {
+		n.tracer = guardedTracer{t: cfg.Tracer, n: n}
+	}
 	n.breaker = breaker.New(cfg.BreakerFails, cfg.BreakerPause, nil, func(from, to breaker.State) {
 		switch to {
 		case breaker.Open:
 			n.stats.breakerOpens.Add(1)
 		case breaker.Closed:
 			n.pending.kick() // Redis answers again: replay at once
+		}
+		if n.rec != nil && (from == breaker.Closed || to == breaker.Closed) {
+			n.rec.Breaker(to != breaker.Closed)
 		}
 		n.log.Warn("tiercache: redis circuit breaker", "from", from.String(), "to", to.String())
 	})
@@ -408,7 +427,7 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 		n.applyOps(b.Ops)
 	}
 	if err != nil {
-		n.redisFailed("publish", err)
+		n.redisFailed("", "publish", err)
 		return err
 	}
 	n.stats.published.Add(1)
@@ -534,7 +553,31 @@ func (n *Node) invalidateGroups(ctx context.Context, names []string) error {
 		ops[i] = bus.Op{Group: g}
 	}
 	n.stats.groupInvalidations.Add(uint64(len(names)))
+	n.recordGroups(names, func(ns string, s Scope, k int) { n.rec.Published(ns, s, k) })
 	return n.publish(ctx, ops)
+}
+
+// recordGroups reports invalidated groups to the Recorder through rec: a
+// namespace's group as ScopeNamespace of that namespace, the fleet's as
+// ScopeFleet, and the others together as ScopeGroups.
+func (n *Node) recordGroups(names []string, rec func(namespace string, s Scope, k int)) {
+	if n.rec == nil {
+		return
+	}
+	user := 0
+	for _, g := range names {
+		switch {
+		case g == fleetGroup:
+			rec("", ScopeFleet, 1)
+		case strings.HasPrefix(g, nsGroupPrefix):
+			rec(g[len(nsGroupPrefix):], ScopeNamespace, 1)
+		default:
+			user++
+		}
+	}
+	if user > 0 {
+		rec("", ScopeGroups, user)
+	}
 }
 
 // applyGroups applies the invalidation of groups to this node: no L1 entry
@@ -618,10 +661,34 @@ func (h busHandler) Apply(m *bus.Message) {
 		h.n.stats.groupInvalidations.Add(uint64(len(m.InvalidGroups)))
 		h.n.applyGroups(m.InvalidGroups)
 	}
+	if h.n.rec == nil {
+		return
+	}
+	delay := h.n.delayOf(m)
+	for _, g := range m.Groups {
+		h.n.rec.Applied(g.Namespace, ScopeKeys, len(g.Keys), delay)
+	}
+	h.n.recordGroups(m.InvalidGroups, func(ns string, s Scope, k int) { h.n.rec.Applied(ns, s, k, delay) })
+}
+
+// delayOf estimates how long ago, on Redis's clock, Redis published m: its
+// publish-to-apply delay, or -1 if m or this node lacks a clock reading.
+func (n *Node) delayOf(m *bus.Message) time.Duration {
+	c, ok := n.sub.RedisClock()
+	if !ok || m.SentAt.IsZero() {
+		return -1
+	}
+	return max(c.Since(m.SentAt, time.Now()), 0)
 }
 
 func (h busHandler) Drop(reason bus.Reason, revoke bool) {
 	h.n.stats.drops.Add(1)
+	if h.n.rec != nil {
+		h.n.rec.Dropped(dropReason(reason))
+		if reason == bus.LeaseLapsed {
+			h.n.rec.Lease(LeaseLapsed)
+		}
+	}
 	h.n.dropL1(revoke)
 	if reason == bus.Flushed {
 		// Another node flushed the fleet's L1: an invalidation of
@@ -635,6 +702,9 @@ func (h busHandler) Drop(reason bus.Reason, revoke bool) {
 }
 
 func (h busHandler) Renew(sentAt time.Time) {
+	if h.n.rec != nil {
+		h.n.rec.Lease(LeaseRenewed)
+	}
 	if h.n.l1.Renew(sentAt, h.n.cfg.LeaseTTL) {
 		// The lease had lapsed or been revoked: a flight started meanwhile
 		// may have read what a lost message invalidated. Now that the node
@@ -705,168 +775,20 @@ func (n *Node) cleanupContext(ctx context.Context) (context.Context, context.Can
 // cleanupTimeout bounds a cleanup operation such as releasing a flag.
 const cleanupTimeout = time.Second
 
-// Stats is a snapshot of a node's counters since it started. Every field
-// counts events on this node only.
-type Stats struct {
-	// L1Hits counts Gets answered from L1.
-	L1Hits uint64
-	// L2Hits counts flights answered from Redis.
-	L2Hits uint64
-	// Fetches counts calls of a Fetch function (source reads).
-	Fetches uint64
-	// FillsLanded counts values written to L2 by this node's claims.
-	FillsLanded uint64
-	// FillsRefused counts fills that L2 refused because the claim had been
-	// invalidated, had expired, or was taken over (R01, R03, R04, R05).
-	FillsRefused uint64
-	// L1FillsRefused counts L1 fills refused or undone because an
-	// invalidation landed since the fill's ticket was taken (R12, R13).
-	L1FillsRefused uint64
-	// Waits counts flights that found another claimant's flag and waited.
-	Waits uint64
-	// UncachedFetches counts fetches made without a claim: a wait that ran
-	// out, Redis unreachable, or a hash collision of long keys.
-	UncachedFetches uint64
-	// Corrupt counts stored values that did not decode; each was treated as
-	// a miss and removed.
-	Corrupt uint64
-	// Oversize counts fetched values too large to cache.
-	Oversize uint64
-	// RedisErrors counts Redis operations that failed.
-	RedisErrors uint64
-	// Invalidations counts keys invalidated or written by this node.
-	Invalidations uint64
-	// Published counts bus messages this node published (batches).
-	Published uint64
-	// BusApplied counts bus messages from other nodes applied here.
-	BusApplied uint64
-	// BusGarbage counts malformed messages on the bus channel, ignored.
-	BusGarbage uint64
-	// Drops counts times this node dropped its whole L1 because it could
-	// not prove it fresh (disconnect, sequence gap, lapsed lease, changed
-	// fleet epoch) or was asked to (a fleet flush).
-	Drops uint64
-	// BusGaps, BusDisconnects, LeaseLapses and EpochChanges count the
-	// drops by cause.
-	BusGaps, BusDisconnects, LeaseLapses, EpochChanges uint64
-	// LeaseRenewals counts lease renewals.
-	LeaseRenewals uint64
-	// BusReplacements counts subscription connections replaced because
-	// they went silent (no message, pong or error for a lease) while no
-	// lease ran: a connection dead without knowing it.
-	BusReplacements uint64
-	// GroupStale counts values Redis held but refused because one of their
-	// groups was invalidated (or its stamp vanished) since they were filled.
-	GroupStale uint64
-	// GroupInvalidations counts group invalidations applied on this node,
-	// its own and other nodes'.
-	GroupInvalidations uint64
-	// BadGroups counts fetched entries not cached because of their groups.
-	BadGroups uint64
-	// BreakerOpens counts the openings of the node's Redis circuit breaker.
-	BreakerOpens uint64
-	// Pending is the number of invalidations not yet in Redis (queued or
-	// being replayed);
-	// Replayed counts those replayed so far; PendingOverflow counts those
-	// that did not fit and were escalated to their whole namespace.
-	Pending, Replayed, PendingOverflow uint64
-	// StaleServed counts Gets answered with a permitted-stale value
-	// (ReadInfo.Stale): stale-while-revalidate, fail-safe, or the loser
-	// policy. They are not fresh hits, and not violations: each was served
-	// within the window its Config allows.
-	StaleServed uint64
-	// NegativeHits counts Gets answered by a cached "not found".
-	NegativeHits uint64
-	// Refreshes counts refreshes started in the background:
-	// stale-while-revalidate and early refresh.
-	Refreshes uint64
-	// FailSafe counts fetches that failed or timed out while a stale value
-	// could be served instead, and was.
-	FailSafe uint64
-	// Wakeups counts waits for another claimant's value that a message
-	// ended (the claimant finished, or the key was invalidated) rather than
-	// the next poll.
-	Wakeups uint64
-	// OutageServed counts Gets answered from L1 in the degraded mode of
-	// NodeConfig.OutageMaxAge while Redis was unreachable (also counted in
-	// StaleServed).
-	OutageServed uint64
-}
-
-type counters struct {
-	l1Hits                                                      stripedCounter
-	l2Hits, fetches, fillsLanded, fillsRefused, l1FillsRefused  atomic.Uint64
-	waits, uncached, corrupt, oversize, redisErrors, invalidate atomic.Uint64
-	published, drops                                            atomic.Uint64
-	groupStale, groupInvalidations, badGroups                   atomic.Uint64
-	staleServed, negativeHits, refreshes, failSafe, wakeups     atomic.Uint64
-	breakerOpens, replayed, outageServed                        atomic.Uint64
-}
-
-// Stats returns a snapshot of the node's counters.
-func (n *Node) Stats() Stats {
-	c := &n.stats
-	st := Stats{
-		L1Hits:             c.l1Hits.load(),
-		L2Hits:             c.l2Hits.Load(),
-		Fetches:            c.fetches.Load(),
-		FillsLanded:        c.fillsLanded.Load(),
-		FillsRefused:       c.fillsRefused.Load(),
-		L1FillsRefused:     c.l1FillsRefused.Load(),
-		Waits:              c.waits.Load(),
-		UncachedFetches:    c.uncached.Load(),
-		Corrupt:            c.corrupt.Load(),
-		Oversize:           c.oversize.Load(),
-		RedisErrors:        c.redisErrors.Load(),
-		Invalidations:      c.invalidate.Load(),
-		Published:          c.published.Load(),
-		Drops:              c.drops.Load(),
-		GroupStale:         c.groupStale.Load(),
-		GroupInvalidations: c.groupInvalidations.Load(),
-		BadGroups:          c.badGroups.Load(),
-		BreakerOpens:       c.breakerOpens.Load(),
-		Pending:            uint64(n.pending.waiting()),
-		Replayed:           c.replayed.Load(),
-		PendingOverflow:    n.pending.overflows(),
-		StaleServed:        c.staleServed.Load(),
-		NegativeHits:       c.negativeHits.Load(),
-		Refreshes:          c.refreshes.Load(),
-		FailSafe:           c.failSafe.Load(),
-		Wakeups:            c.wakeups.Load(),
-		OutageServed:       c.outageServed.Load(),
-	}
-	bc := n.sub.Counters()
-	st.BusApplied, st.BusGarbage, st.BusGaps = bc.Applied, bc.Garbage, bc.Gaps
-	st.BusDisconnects, st.LeaseLapses, st.EpochChanges = bc.Disconnects, bc.Lapses, bc.EpochChanges
-	st.LeaseRenewals, st.BusReplacements = bc.Renewals, bc.Replacements
-	return st
-}
-
-// stripedCounter spreads a hot counter over cache lines, so that L1 hits on
-// many cores do not contend on one.
-type stripedCounter struct {
-	stripes [8]struct {
-		n atomic.Uint64
-		_ [56]byte
-	}
-}
-
-func (s *stripedCounter) add(h uint64) { s.stripes[h&7].n.Add(1) }
-
-func (s *stripedCounter) load() uint64 {
-	var sum uint64
-	for i := range s.stripes {
-		sum += s.stripes[i].n.Load()
-	}
-	return sum
-}
-
-// redisFailed counts and logs a failed Redis operation. Operations the
-// breaker refused are counted, not logged: the breaker logs its changes.
-func (n *Node) redisFailed(op string, err error) {
+// redisFailed counts, records and logs a failed Redis operation op for a
+// key of namespace ("" for the node's own). Operations the breaker refused
+// are counted, not logged: the breaker logs its changes.
+func (n *Node) redisFailed(namespace, op string, err error) {
 	n.stats.redisErrors.Add(1)
+	if n.rec != nil {
+		n.rec.RedisError(namespace, op, redisErrorKind(err))
+	}
 	if !errors.Is(err, context.Canceled) && !errors.Is(err, l2.ErrUnavailable) {
-		n.log.Warn("tiercache: redis "+op+" failed", "err", err)
+		if namespace != "" {
+			n.log.Warn("tiercache: redis "+op+" failed", "namespace", namespace, "err", err)
+		} else {
+			n.log.Warn("tiercache: redis "+op+" failed", "err", err)
+		}
 	}
 }
 

@@ -83,7 +83,7 @@ func r03(t *testing.T, token func() string) (final string, st tier.Stats) {
 	src.gated.Store(false)
 	fresh := cache(t, f.node(tier.NodeConfig{}, nil), src)
 	sa, sb := na.Stats(), nb.Stats()
-	return mustGet(t, fresh, "k"), tier.Stats{FillsLanded: sa.FillsLanded + sb.FillsLanded, FillsRefused: sa.FillsRefused + sb.FillsRefused}
+	return mustGet(t, fresh, "k"), tier.Stats{Counts: tier.Counts{FillsLanded: sa.FillsLanded + sb.FillsLanded, FillsRefused: sa.FillsRefused + sb.FillsRefused}}
 }
 
 // R03: with a fresh token per claim, A's late fill is refused and B's v2

@@ -135,6 +135,11 @@ func (n *Node) InvalidatePattern(ctx context.Context, pattern string) (int, erro
 			return true
 		}
 		n.stats.invalidate.Add(uint64(len(batch)))
+		if n.rec != nil {
+			for _, op := range batch {
+				n.rec.Published(op.Namespace, ScopeKeys, 1)
+			}
+		}
 		if err := n.publish(ctx, batch); err != nil {
 			pubErr = err
 			return false
@@ -152,7 +157,7 @@ func (n *Node) InvalidatePattern(ctx context.Context, pattern string) (int, erro
 	dropClaims := func(names []string) error {
 		if err := n.rdb.Del(ctx, names...).Err(); err != nil {
 			if ctx.Err() == nil {
-				n.redisFailed("delete claims", err)
+				n.redisFailed("", "delete claims", err)
 			}
 			return err
 		}
@@ -227,7 +232,7 @@ func (n *Node) scanValues(ctx context.Context, match string, want func(ns string
 		names, next, err := n.rdb.Scan(ctx, cursor, match, scanCount).Result()
 		if err != nil {
 			if ctx.Err() == nil {
-				n.redisFailed("scan", err)
+				n.redisFailed("", "scan", err)
 			}
 			return err
 		}
@@ -281,7 +286,7 @@ func (n *Node) resolveHashed(ctx context.Context, keys, hashed []scannedKey) ([]
 				continue // expired or deleted since SCAN returned it
 			case err != nil:
 				if ctx.Err() == nil {
-					n.redisFailed("scan get", err)
+					n.redisFailed("", "scan get", err)
 				}
 				return keys, err
 			}
