@@ -1,0 +1,394 @@
+package tier_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/tiercache/tiercache/internal/hooks"
+	"github.com/tiercache/tiercache/tier"
+)
+
+// tally is a Recorder that counts every event by its name and attributes,
+// for tests that assert exact counts.
+type tally struct {
+	tier.NopRecorder
+	mu     sync.Mutex
+	counts map[string]int
+	delays []time.Duration
+}
+
+func newTally() *tally { return &tally{counts: map[string]int{}} }
+
+func (r *tally) add(n int, parts ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.counts[fmt.Sprint(parts...)] += n
+}
+
+// count returns the count of one event.
+func (r *tally) count(parts ...any) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.counts[fmt.Sprint(parts...)]
+}
+
+// matching returns the counts of the events whose names start with prefix.
+func (r *tally) matching(prefix string) map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range r.counts {
+		if strings.HasPrefix(k, prefix) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func (r *tally) Get(ns string, a tier.Answer, d time.Duration) {
+	r.add(1, "get ", ns, " ", a)
+}
+
+func (r *tally) Fetch(ns string, o tier.FetchOutcome, keys int, d time.Duration) {
+	r.add(1, "fetch ", ns, " ", o)
+	r.add(keys, "fetched keys ", ns)
+}
+
+func (r *tally) Fill(ns string, res tier.FillResult) { r.add(1, "fill ", ns, " ", res) }
+
+func (r *tally) Wait(ns string, w tier.WakeSource, d time.Duration) { r.add(1, "wait ", ns, " ", w) }
+
+func (r *tally) Published(ns string, s tier.Scope, n int) { r.add(n, "published ", ns, " ", s) }
+
+func (r *tally) Applied(ns string, s tier.Scope, n int, delay time.Duration) {
+	r.add(n, "applied ", ns, " ", s)
+	r.mu.Lock()
+	r.delays = append(r.delays, delay)
+	r.mu.Unlock()
+}
+
+func (r *tally) Lease(e tier.LeaseEvent) { r.add(1, "lease ", e) }
+
+func (r *tally) Dropped(reason tier.DropReason) { r.add(1, "dropped ", reason) }
+
+func (r *tally) Breaker(open bool) { r.add(1, "breaker open=", open) }
+
+func (r *tally) Replayed(n int) { r.add(n, "replayed") }
+
+func (r *tally) RedisError(ns, op string, kind tier.RedisErrorKind) {
+	r.add(1, "redis error ", kind)
+}
+
+// await waits until the count of an event reaches want.
+func (r *tally) await(t *testing.T, want int, parts ...any) {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for r.count(parts...) < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %d of %q; have %v", want, fmt.Sprint(parts...), r.matching(""))
+		}
+		time.Sleep(time.Millisecond) // polling a condition, bounded by the guard
+	}
+}
+
+// TestRecorderCountsAKnownWorkload proves the Recorder hears every event of
+// a known workload exactly: 100 Gets of one key on a fresh node are 1 fetch,
+// 1 fill and 99 L1 hits; another node's Get is an L2 hit; invalidations of
+// each scope are published by one node and applied, with their delay, by
+// the other; and Cache.Stats agrees.
+func TestRecorderCountsAKnownWorkload(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v")
+	ra, rb := newTally(), newTally()
+	na, nb := f.node(tier.NodeConfig{Recorder: ra}, nil), f.node(tier.NodeConfig{Recorder: rb}, nil)
+	ca, cb := cache(t, na, src), cache(t, nb, src)
+
+	mustGet(t, ca, "k")
+	tier.WaitL1(na)
+	for range 99 {
+		mustGet(t, ca, "k")
+	}
+	want := map[string]int{"get obj fetch": 1, "get obj l1": 99}
+	if d := cmp.Diff(want, ra.matching("get ")); d != "" {
+		t.Fatalf("node A's answers (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff(map[string]int{"fetch obj success": 1}, ra.matching("fetch ")); d != "" {
+		t.Fatalf("node A's fetches (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff(map[string]int{"fill obj landed": 1}, ra.matching("fill ")); d != "" {
+		t.Fatalf("node A's fills (-want +got):\n%s", d)
+	}
+	st := ca.Stats()
+	wantStats := tier.CacheStats{Namespace: ns, Counts: tier.Counts{Gets: 100, Misses: 1, L1Hits: 99, Fetches: 1, FillsLanded: 1}}
+	if d := cmp.Diff(wantStats, st); d != "" {
+		t.Fatalf("node A's Cache.Stats (-want +got):\n%s", d)
+	}
+	if r := st.HitRatio(); r != 0.99 {
+		t.Fatalf("HitRatio = %v, want 0.99", r)
+	}
+
+	mustGet(t, cb, "k")
+	if d := cmp.Diff(map[string]int{"get obj l2": 1}, rb.matching("get ")); d != "" {
+		t.Fatalf("node B's answers (-want +got):\n%s", d)
+	}
+
+	if err := ca.Invalidate(context.Background(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := na.InvalidateGroup(context.Background(), "g1", "g2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.InvalidateAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	wantPub := map[string]int{"published obj keys": 1, "published  groups": 2, "published obj namespace": 1}
+	if d := cmp.Diff(wantPub, ra.matching("published ")); d != "" {
+		t.Fatalf("node A published (-want +got):\n%s", d)
+	}
+	rb.await(t, 1, "applied obj namespace") // the last one A sent
+	wantApplied := map[string]int{"applied obj keys": 1, "applied  groups": 2, "applied obj namespace": 1}
+	if d := cmp.Diff(wantApplied, rb.matching("applied ")); d != "" {
+		t.Fatalf("node B applied (-want +got):\n%s", d)
+	}
+	rb.mu.Lock()
+	delays := append([]time.Duration(nil), rb.delays...)
+	rb.mu.Unlock()
+	if len(delays) != 3 {
+		t.Fatalf("%d delays for 3 messages: %v", len(delays), delays)
+	}
+	for _, d := range delays {
+		// Both nodes sampled Redis's clock at their first lease, before
+		// NewNode returned; every message carries Redis's clock.
+		if d < 0 || d > guard {
+			t.Fatalf("publish-to-apply delays %v: want each measured, in [0, %v]", delays, guard)
+		}
+	}
+	if ra.count("applied obj keys") != 0 {
+		t.Fatalf("node A applied its own message: %v", ra.matching("applied "))
+	}
+	if ra.count("lease renewed") == 0 {
+		t.Fatalf("no lease renewal recorded: %v", ra.matching(""))
+	}
+	if got := ca.Stats().Invalidations; got != 1 {
+		t.Fatalf("Cache.Stats().Invalidations = %d, want 1", got)
+	}
+}
+
+// TestRecorderFetchOutcomes proves each way a Fetch ends is recorded as its
+// outcome, and that a Get's answer follows.
+func TestRecorderFetchOutcomes(t *testing.T) {
+	f := newFleet(t)
+	rec := newTally()
+	n := f.node(tier.NodeConfig{Recorder: rec}, nil)
+	boom := errors.New("source down")
+	c, err := tier.New(n, tier.Config[string, string]{Namespace: ns, Fetch: func(ctx context.Context, key string) (string, error) {
+		switch key {
+		case "missing":
+			return "", fmt.Errorf("no row: %w", tier.ErrNotFound)
+		case "failing":
+			return "", boom
+		case "panicking":
+			panic("boom")
+		case "slow":
+			<-ctx.Done()
+			return "", ctx.Err()
+		}
+		return "v", nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"found", "missing", "failing", "panicking"} {
+		_, _ = c.Get(context.Background(), key)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.Get(ctx, "slow"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("slow Get: %v, want the deadline", err)
+	}
+	// The caller gave up; the load ends when the flight sees it has no
+	// caller left and cancels the fetch.
+	rec.await(t, 1, "fetch obj canceled")
+	want := map[string]int{
+		"fetch obj success": 1, "fetch obj not_found": 1, "fetch obj load_error": 1,
+		"fetch obj panic": 1, "fetch obj canceled": 1,
+	}
+	if d := cmp.Diff(want, rec.matching("fetch ")); d != "" {
+		t.Fatalf("fetch outcomes (-want +got):\n%s", d)
+	}
+	wantGets := map[string]int{"get obj fetch": 2, "get obj error": 3}
+	if d := cmp.Diff(wantGets, rec.matching("get ")); d != "" {
+		t.Fatalf("answers (-want +got):\n%s", d)
+	}
+	if st := c.Stats(); st.Fetches != 5 || st.FetchErrors != 3 || st.Errors != 3 || st.Misses != 2 {
+		t.Fatalf("Cache.Stats = %+v; want 5 fetches, 3 failed, 3 errors, 2 misses", st)
+	}
+}
+
+// TestRecorderSeesTheBreakerAndRedisErrors proves the breaker's opening
+// and closing and the failed operations that open it reach the Recorder.
+func TestRecorderSeesTheBreakerAndRedisErrors(t *testing.T) {
+	f := newFleet(t)
+	rec := newTally()
+	cfg := faultCfg
+	cfg.Recorder = rec
+	n := f.node(cfg, nil)
+	c := cache(t, n, newSource())
+	f.srv.Kill()
+	_, _ = c.Get(context.Background(), "k") // refused: the breaker opens at once
+	rec.await(t, 1, "breaker open=true")
+	if got := rec.count("redis error unavailable") + rec.count("redis error other") + rec.count("redis error timeout"); got == 0 {
+		t.Fatalf("no Redis error recorded: %v", rec.matching(""))
+	}
+	f.srv.Restart()
+	// The breaker closes when an operation probes Redis and succeeds.
+	deadline := time.Now().Add(guard)
+	for rec.count("breaker open=false") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the breaker did not close: %v", rec.matching(""))
+		}
+		_, _ = c.Get(context.Background(), "k")
+		time.Sleep(5 * time.Millisecond) // polling a condition, bounded by the guard
+	}
+	if n.Stats().BreakerOpen {
+		t.Fatalf("Stats.BreakerOpen after the breaker closed")
+	}
+}
+
+// panickingRecorder is a Recorder whose every Get panics.
+type panickingRecorder struct{ tier.NopRecorder }
+
+func (panickingRecorder) Get(string, tier.Answer, time.Duration) { panic("recorder bug") }
+
+// TestRecorderPanicIsRecovered proves a Recorder that panics costs its
+// events, never a Get: the panics are counted.
+func TestRecorderPanicIsRecovered(t *testing.T) {
+	f := newFleet(t)
+	n := f.node(tier.NodeConfig{Recorder: panickingRecorder{}}, nil)
+	src := newSource()
+	src.set("k", "v")
+	c := cache(t, n, src)
+	for range 3 {
+		if got := mustGet(t, c, "k"); got != "v" {
+			t.Fatalf("Get = %q", got)
+		}
+	}
+	if p := n.Stats().RecorderPanics; p != 3 {
+		t.Fatalf("RecorderPanics = %d, want 3", p)
+	}
+}
+
+// spans is a Tracer that keeps what it was told.
+type spans struct {
+	mu      sync.Mutex
+	gets    []string // namespace and answer of each ended Get span
+	fetches []*fetchSpan
+}
+
+type spanKey struct{}
+
+type fetchSpan struct {
+	parent  any // the span in the ctx the fetch began in
+	mu      sync.Mutex
+	waiters []any
+	ended   string
+}
+
+func (s *spans) StartGet(ctx context.Context, ns string, keys int) (context.Context, func(tier.Answer, error)) {
+	id := new(int)
+	return context.WithValue(ctx, spanKey{}, id), func(a tier.Answer, err error) {
+		s.mu.Lock()
+		s.gets = append(s.gets, fmt.Sprint(ns, " ", a))
+		s.mu.Unlock()
+	}
+}
+
+func (s *spans) StartFetch(ctx context.Context, ns string, keys int) (context.Context, tier.FetchSpan) {
+	fs := &fetchSpan{parent: ctx.Value(spanKey{})}
+	s.mu.Lock()
+	s.fetches = append(s.fetches, fs)
+	s.mu.Unlock()
+	return ctx, fs
+}
+
+func (f *fetchSpan) Waiter(ctx context.Context) {
+	f.mu.Lock()
+	f.waiters = append(f.waiters, ctx.Value(spanKey{}))
+	f.mu.Unlock()
+}
+
+func (f *fetchSpan) End(o tier.FetchOutcome, err error) {
+	f.mu.Lock()
+	f.ended = o.String()
+	f.mu.Unlock()
+}
+
+// TestTracerLinksEveryWaiterToTheFetch proves the span of a fetch that ten
+// Gets share is a child of the first Get's span and linked to the nine
+// others, whether they joined before the fetch began or while it ran; and
+// that L1 hits make no span.
+func TestTracerLinksEveryWaiterToTheFetch(t *testing.T) {
+	f := newFleet(t)
+	tr := &spans{}
+	joined, join := events[string]()
+	hk := &hooks.Points{Flight: func(key string, leader bool) {
+		if !leader {
+			join(key)
+		}
+	}}
+	n := f.node(tier.NodeConfig{Tracer: tr}, hk)
+	src := newSource()
+	src.set("k", "v")
+	src.gated.Store(true)
+	c := cache(t, n, src)
+	first := goGet(context.Background(), c, "k")
+	held := src.next(t)
+	var rest []<-chan result
+	for range 9 {
+		rest = append(rest, goGet(context.Background(), c, "k"))
+		wait(t, joined, "a Get to join the flight")
+	}
+	close(held.release)
+	for _, ch := range append(rest, first) {
+		if r := await(t, ch); r.err != nil || r.v != "v" {
+			t.Fatalf("Get = %q, %v", r.v, r.err)
+		}
+	}
+	tier.WaitL1(n)
+	mustGet(t, c, "k") // an L1 hit: no span
+
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if len(tr.fetches) != 1 {
+		t.Fatalf("%d fetch spans, want 1", len(tr.fetches))
+	}
+	fs := tr.fetches[0]
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.parent == nil || fs.ended != "success" {
+		t.Fatalf("fetch span: parent %v, ended %q; want a Get's span as parent, success", fs.parent, fs.ended)
+	}
+	seen := map[any]bool{fs.parent: true}
+	for _, w := range fs.waiters {
+		if w == nil || seen[w] {
+			t.Fatalf("waiters %v (parent %v): want 9 distinct Get spans besides the parent", fs.waiters, fs.parent)
+		}
+		seen[w] = true
+	}
+	if len(fs.waiters) != 9 {
+		t.Fatalf("%d waiters linked, want 9", len(fs.waiters))
+	}
+	sort.Strings(tr.gets)
+	if len(tr.gets) != 10 || tr.gets[0] != "obj fetch" || tr.gets[9] != "obj fetch" {
+		t.Fatalf("Get spans %v; want 10, each answered by the fetch", tr.gets)
+	}
+}
