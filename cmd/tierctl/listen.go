@@ -118,7 +118,9 @@ func listen(ctx context.Context, rdb redis.UniversalClient, o listenOptions, han
 
 // watchLine is one line of watch's JSON output; field names are stable.
 type watchLine struct {
-	Seq    uint64          `json:"seq,omitempty"`
+	Seq uint64 `json:"seq,omitempty"`
+	// Sent is Redis's clock when it published the message (RFC 3339).
+	Sent   string          `json:"sent,omitempty"`
 	Origin string          `json:"origin,omitempty"`
 	Kind   string          `json:"kind,omitempty"`
 	Keys   []namespaceKeys `json:"keys,omitempty"`
@@ -189,6 +191,9 @@ func lineOf(e event) watchLine {
 	}
 	m := e.msg
 	l := watchLine{Seq: m.Seq, Origin: hex.EncodeToString(m.Origin[:]), Kind: kindName(m.Kind), Groups: m.InvalidGroups, Gap: e.gap}
+	if !m.SentAt.IsZero() {
+		l.Sent = m.SentAt.Format(time.RFC3339Nano)
+	}
 	for _, g := range m.Groups {
 		l.Keys = append(l.Keys, namespaceKeys{Namespace: g.Namespace, Keys: g.Keys})
 	}
@@ -215,7 +220,11 @@ func textOf(e event) string {
 	if m.Kind == bus.KindKeys {
 		what = "invalidate"
 	}
-	fmt.Fprintf(&b, "seq %d  origin %s  %s", m.Seq, shortID(m.Origin), what)
+	fmt.Fprintf(&b, "seq %d  origin %s", m.Seq, shortID(m.Origin))
+	if !m.SentAt.IsZero() {
+		fmt.Fprintf(&b, "  sent %s", m.SentAt.Format("15:04:05.000000"))
+	}
+	fmt.Fprintf(&b, "  %s", what)
 	for _, g := range m.Groups {
 		keys := make([]string, len(g.Keys))
 		for i, k := range g.Keys {
