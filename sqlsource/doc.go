@@ -20,10 +20,11 @@
 // asked for, or with an error and nothing else:
 //
 //   - "Not found" means the database returned no row for the key: Fetch
-//     says it with an error wrapping tier.ErrNotFound, FetchMany by leaving
-//     the key out of its map. An error of any other kind never looks like
-//     "not found": FetchMany and LoadAll return a map only when every
-//     statement succeeded and every row scanned.
+//     says it with an error wrapping tier.ErrNotFound, FetchMany with that
+//     error for the key in a *tier.KeyErrors (tier.Missing), beside the
+//     values it found. An error of any other kind never looks like "not
+//     found": FetchMany and LoadAll return a map only when every statement
+//     succeeded and every row scanned.
 //   - A value is returned under its row's own key. Scan's key must be one
 //     that was asked for ([ErrKeyMismatch] otherwise): a key column that
 //     compares equal to a value Go does not (a case-insensitive or

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/tiercache/tiercache/sqlsource"
+	"github.com/tiercache/tiercache/tier"
 )
 
 // Names that need quoting (spaces, quotes of either kind, a reserved word,
@@ -52,7 +53,9 @@ func TestQuotedNames(t *testing.T) {
 			t.Fatalf("Fetch(2) = %v, %v", v, err)
 		}
 		want := map[int64][2]string{1: {"one", "uno"}, 2: {"two", "dos"}}
-		if got, err := tbl.FetchMany(t.Context(), []int64{1, 2, 3}); err != nil || !maps.Equal(got, want) {
+		got, err := tbl.FetchMany(t.Context(), []int64{1, 2, 3})
+		mustErr(t, "FetchMany of a key with no row", err, tier.ErrNotFound)
+		if !maps.Equal(got, want) {
 			t.Fatalf("FetchMany = %v, %v", got, err)
 		}
 		if got, err := tbl.LoadAll(t.Context()); err != nil || !maps.Equal(got, want) {

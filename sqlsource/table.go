@@ -249,13 +249,14 @@ func (t *Table[K, V]) Fetch(ctx context.Context, key K) (V, error) {
 }
 
 // FetchMany reads the objects of keys, at most BatchSize keys to a
-// statement, and returns those it found: a key missing from the map has no
-// row. It is a tier.Config's FetchMany. Repeated keys are asked for once;
-// no keys, no query.
+// statement, and returns those it found and, if some keys have no row, a
+// *tier.KeyErrors that says each of them is not found (tier.Missing): a
+// tier.Config's FetchMany. Repeated keys are asked for once; no keys, no
+// query.
 //
 // It returns every row it was asked for, or an error and no map at all, so
-// that a key missing from a map it returns always means "not found", never
-// "not read". Errors are Fetch's, with ErrDuplicateKey naming the key.
+// that a key it reports as not found always has no row, never "not read".
+// Errors are Fetch's, with ErrDuplicateKey naming the key.
 // Batches are separate statements: they see one snapshot only if DB is a
 // transaction that gives one.
 func (t *Table[K, V]) FetchMany(ctx context.Context, keys []K) (map[K]V, error) {
@@ -301,7 +302,7 @@ func (t *Table[K, V]) FetchMany(ctx context.Context, keys []K) (map[K]V, error) 
 			return nil, err
 		}
 	}
-	return found, nil
+	return found, tier.Missing(uniq, found)
 }
 
 // LoadAll reads every row of the table that Where admits, at most MaxRows,

@@ -43,8 +43,8 @@ func TestFetch(t *testing.T) {
 	})
 }
 
-// FetchMany returns the rows it found, leaves out the keys it did not, asks
-// for a repeated key once, and runs no query for no keys.
+// FetchMany returns the rows it found, reports the keys it did not as not
+// found, asks for a repeated key once, and runs no query for no keys.
 func TestFetchMany(t *testing.T) {
 	each(t, func(t *testing.T, b backend) {
 		db := b.open(t)
@@ -52,8 +52,12 @@ func TestFetchMany(t *testing.T) {
 
 		got, err := tbl.FetchMany(t.Context(), []int64{1, 99, 3, 1, 98})
 		want := map[int64]user{1: ada, 3: alan}
-		if err != nil || !maps.Equal(got, want) {
-			t.Fatalf("FetchMany = %v, %v; want %v", got, err, want)
+		var ke *tier.KeyErrors[int64]
+		if !errors.As(err, &ke) || !maps.Equal(got, want) {
+			t.Fatalf("FetchMany = %v, %v; want %v and keys 99, 98 not found", got, err, want)
+		}
+		if len(ke.Errs) != 2 || !errors.Is(ke.Errs[99], tier.ErrNotFound) || !errors.Is(ke.Errs[98], tier.ErrNotFound) {
+			t.Fatalf("FetchMany's errors %v; want 99 and 98 not found", ke.Errs)
 		}
 		if n := c.queries(); n != 1 {
 			t.Fatalf("FetchMany of 5 keys ran %d queries; want 1", n)
@@ -86,8 +90,9 @@ func TestFetchManyBatches(t *testing.T) {
 			keys[i] = int64(len(keys) - i)
 		}
 		got, err := tbl.FetchMany(t.Context(), keys)
-		if err != nil {
-			t.Fatalf("FetchMany of %d keys: %v", len(keys), err)
+		var ke *tier.KeyErrors[int64]
+		if !errors.As(err, &ke) || len(ke.Errs) != 100 || !errors.Is(ke.Errs[5000], tier.ErrNotFound) {
+			t.Fatalf("FetchMany of %d keys: %v; want the 100 with no row not found", len(keys), err)
 		}
 		if len(got) != len(rows) {
 			t.Fatalf("FetchMany of %d keys found %d; want %d", len(keys), len(got), len(rows))
@@ -146,7 +151,8 @@ func TestLoadAll(t *testing.T) {
 		_, err = where.Fetch(t.Context(), 2)
 		mustErr(t, "Fetch of a row Where excludes", err, tier.ErrNotFound)
 		many, err := where.FetchMany(t.Context(), []int64{1, 2})
-		if err != nil || !maps.Equal(many, map[int64]user{1: ada}) {
+		mustErr(t, "FetchMany of a row Where excludes", err, tier.ErrNotFound)
+		if !maps.Equal(many, map[int64]user{1: ada}) {
 			t.Fatalf("FetchMany with Where = %v, %v", many, err)
 		}
 
@@ -435,7 +441,8 @@ func TestKeyTypes(t *testing.T) {
 			t.Fatalf("Fetch(userID(2)) = %q, %v", v, err)
 		}
 		many, err := byID.FetchMany(t.Context(), []userID{1, 2, 3})
-		if err != nil || !maps.Equal(many, map[userID]string{1: "ada", 2: "grace"}) {
+		mustErr(t, "FetchMany of a key with no row", err, tier.ErrNotFound)
+		if !maps.Equal(many, map[userID]string{1: "ada", 2: "grace"}) {
 			t.Fatalf("FetchMany of userIDs = %v, %v", many, err)
 		}
 
@@ -453,7 +460,8 @@ func TestKeyTypes(t *testing.T) {
 			t.Fatalf("Fetch(%q) = %d, %v", "ada", v, err)
 		}
 		logins, err := byLogin.FetchMany(t.Context(), []string{"grace", "nobody"})
-		if err != nil || !maps.Equal(logins, map[string]int64{"grace": 2}) {
+		mustErr(t, "FetchMany of a login with no row", err, tier.ErrNotFound)
+		if !maps.Equal(logins, map[string]int64{"grace": 2}) {
 			t.Fatalf("FetchMany of logins = %v, %v", logins, err)
 		}
 	})

@@ -108,8 +108,13 @@ type Config[K comparable, V any] struct {
 	OnHit  func(key K, src Source)
 	OnMiss func(key K)
 	// FetchMany, if set, reads many objects from the source at once for
-	// GetMany: it returns what it found (a key missing from the map is not
-	// found). Without it, GetMany fetches each missing key through Fetch.
+	// GetMany and GetList. It says "not found" as Fetch does, with
+	// ErrNotFound, for each key: it returns the values it found and, for
+	// the keys it did not find (or failed on, alone), a *KeyErrors that
+	// maps each to its error; tier.Missing builds that error from the
+	// keys and the values. Any other error fails every key. A key given
+	// neither a value nor an error is an error, not "not found". Without
+	// FetchMany, GetMany fetches each missing key through Fetch.
 	FetchMany func(ctx context.Context, keys []K) (map[K]V, error)
 	// Groups returns the groups an entry belongs to, from its key, its
 	// value, or both; it is called when the entry is filled or Set.

@@ -151,8 +151,9 @@ func ExampleCache_Set() {
 }
 
 // GetMany reads many keys with one Redis round trip for all that L1 does
-// not hold; FetchMany reads what neither tier holds in one call. A key the
-// source does not have is absent from the result.
+// not hold; FetchMany reads what neither tier holds in one call, and says
+// which keys the source does not have with tier.Missing. Such a key is
+// absent from the result.
 func ExampleCache_GetMany() {
 	ctx := context.Background()
 	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
@@ -171,7 +172,7 @@ func ExampleCache_GetMany() {
 					found[id] = u
 				}
 			}
-			return found, nil
+			return found, tier.Missing(ids, found)
 		},
 	})
 	got, err := users.GetMany(ctx, []int64{1, 2, 3})

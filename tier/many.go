@@ -12,8 +12,9 @@ import (
 	"github.com/tiercache/tiercache/l2"
 )
 
-// KeyErrors reports the keys of a GetMany that failed, each with its error.
-// errors.Is and errors.As see every one of them.
+// KeyErrors reports the keys of a batch that failed, each with its error:
+// those of a GetMany or GetList, or those a FetchMany reports (see
+// Missing). errors.Is and errors.As see every one of them.
 type KeyErrors[K comparable] struct {
 	// Errs holds the error of each failed key.
 	Errs map[K]error
@@ -31,7 +32,11 @@ func (e *KeyErrors[K]) Error() string {
 		more = fmt.Sprintf("; and %d more", len(msgs)-show)
 		msgs = msgs[:show]
 	}
-	return fmt.Sprintf("tier get many: %d keys failed: %s%s", len(e.Errs), strings.Join(msgs, "; "), more)
+	noun := "keys"
+	if len(e.Errs) == 1 {
+		noun = "key"
+	}
+	return fmt.Sprintf("tier: %d %s failed: %s%s", len(e.Errs), noun, strings.Join(msgs, "; "), more)
 }
 
 // Unwrap returns every key's error.
@@ -263,8 +268,9 @@ func (c *Cache[K, V]) manyResult(out map[K]V, errs map[K]error) (map[K]V, error)
 }
 
 // fetchBatch reads the claimed keys through Config.FetchMany in one call,
-// then settles each key's result as Get settles a fetch's; a key missing
-// from the result is not found.
+// then settles each key's result as Get settles a fetch's: its value, its
+// error in a *KeyErrors (ErrNotFound for "not found"), or the whole call's
+// error.
 func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], record func(K, V, ReadInfo, error)) {
 	keys := make([]K, len(claimed))
 	fallback := false
@@ -274,14 +280,16 @@ func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], rec
 	}
 	fctx, cancel := c.fetchContext(ctx, fallback)
 	defer cancel()
-	found, err := c.callFetchMany(fctx, keys)
+	found, perKey, err := c.callFetchMany(fctx, keys)
 	for _, cl := range claimed {
 		var v V
 		kerr := err
 		if kerr == nil {
 			var ok bool
-			if v, ok = found[cl.key]; !ok {
-				kerr = fmt.Errorf("tier get: %w", ErrNotFound)
+			if kerr, ok = perKey[cl.key]; !ok {
+				if v, ok = found[cl.key]; !ok {
+					kerr = errNoAnswer
+				}
 			}
 		}
 		l, ferr := c.fetched(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.clock, cl.f, cl.fallback, v, kerr)
@@ -289,16 +297,56 @@ func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], rec
 	}
 }
 
-// callFetchMany calls FetchMany, turning a panic into ErrFetchPanic.
-func (c *Cache[K, V]) callFetchMany(ctx context.Context, keys []K) (m map[K]V, err error) {
+// errNoAnswer is the error of a key that FetchMany gave neither a value
+// nor an error.
+var errNoAnswer = errors.New("tier get: FetchMany returned neither a value nor an error for the key (say \"not found\" with tier.Missing)")
+
+// callFetchMany calls FetchMany: it returns the values found, the errors of
+// single keys (a *KeyErrors that FetchMany returned), or the error of the
+// whole call; a panic is an error wrapping ErrFetchPanic.
+func (c *Cache[K, V]) callFetchMany(ctx context.Context, keys []K) (found map[K]V, perKey map[K]error, err error) {
 	start := c.m.fetching()
 	ctx, end := c.startFetch(ctx, len(keys))
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%w (%w)", ErrFetchPanic, c.node.panicked("FetchMany", c.ns, r))
+			found, err = nil, fmt.Errorf("%w (%w)", ErrFetchPanic, c.node.panicked("FetchMany", c.ns, r))
+		}
+		var ke *KeyErrors[K]
+		if errors.As(err, &ke) && err == error(ke) {
+			perKey, err = ke.Errs, nil
 		}
 		c.m.fetched(err, len(keys), start)
 		end(err)
 	}()
-	return c.fetchMany(ctx, keys)
+	found, err = c.fetchMany(ctx, keys)
+	return found, nil, err
 }
+
+// Missing returns what FetchMany returns to say that every key of keys
+// that found lacks is not found: a *KeyErrors that maps each of them to
+// ErrNotFound, or nil if found has them all. Typical use:
+//
+//	rows, err := db.LoadUsers(ctx, ids)
+//	if err != nil {
+//		return nil, err
+//	}
+//	return rows, tier.Missing(ids, rows)
+func Missing[K comparable, V any](keys []K, found map[K]V) error {
+	var errs map[K]error
+	for _, k := range keys {
+		if _, ok := found[k]; ok {
+			continue
+		}
+		if errs == nil {
+			errs = make(map[K]error)
+		}
+		errs[k] = errNotFoundByFetchMany
+	}
+	if errs == nil {
+		return nil
+	}
+	return &KeyErrors[K]{Errs: errs}
+}
+
+// errNotFoundByFetchMany is the error Missing gives each key it reports.
+var errNotFoundByFetchMany = fmt.Errorf("tier get: %w", ErrNotFound)

@@ -121,8 +121,8 @@ func TestGetManyPartialFailure(t *testing.T) {
 }
 
 // With FetchMany, the keys missing from both tiers are read from the source
-// in one call, and each is filled under its own claim; keys it does not
-// return are not found (and cached as such with NotFoundTTL).
+// in one call, and each is filled under its own claim; keys it reports as
+// not found (tier.Missing) are cached as such with NotFoundTTL.
 func TestGetManyFetchMany(t *testing.T) {
 	f := newFleet(t)
 	var calls, keysAsked atomic.Int64
@@ -140,7 +140,7 @@ func TestGetManyFetchMany(t *testing.T) {
 					out[k] = "v-" + k
 				}
 			}
-			return out, nil
+			return out, tier.Missing(keys, out)
 		},
 		NotFoundTTL: time.Minute,
 	}
@@ -220,5 +220,58 @@ func TestGetManyFailSafe(t *testing.T) {
 				t.Fatalf("error %v; want ErrStale wrapping the cause for both keys", err)
 			}
 		})
+	}
+}
+
+// FetchMany says "not found" per key with ErrNotFound, as Fetch does; a key
+// it fails alone gets its own error; a key it answers neither way is an
+// error, never a cached "not found".
+func TestFetchManyPerKeyAnswers(t *testing.T) {
+	f := newFleet(t)
+	broken := errors.New("row does not decode")
+	cfg := tier.Config[string, string]{
+		FetchMany: func(_ context.Context, keys []string) (map[string]string, error) {
+			return map[string]string{"found": "v"}, &tier.KeyErrors[string]{Errs: map[string]error{
+				"gone":   fmt.Errorf("no row: %w", tier.ErrNotFound),
+				"broken": broken,
+			}}
+		},
+		NotFoundTTL: time.Minute,
+	}
+	cfg.Fetch = func(context.Context, string) (string, error) { return "", errors.New("Fetch called") }
+	n := f.node(tier.NodeConfig{}, nil)
+	c := newCache(t, n, cfg)
+	got, err := c.GetMany(context.Background(), []string{"found", "gone", "broken", "forgotten"})
+	var ke *tier.KeyErrors[string]
+	if !errors.As(err, &ke) {
+		t.Fatalf("GetMany = %v, %v; want a *KeyErrors", got, err)
+	}
+	if len(got) != 1 || got["found"] != "v" {
+		t.Fatalf("values %v; want found only", got)
+	}
+	if len(ke.Errs) != 2 || !errors.Is(ke.Errs["broken"], broken) || ke.Errs["forgotten"] == nil || errors.Is(ke.Errs["forgotten"], tier.ErrNotFound) {
+		t.Fatalf("errors %v; want broken's own error and an error (not \"not found\") for the key FetchMany forgot", ke.Errs)
+	}
+	if s := f.flag("forgotten"); s != "" {
+		t.Fatalf("the forgotten key's claim is still held: %q", s)
+	}
+	// "gone" is cached as not found; "forgotten" and "broken" are not.
+	if _, err := c.Get(context.Background(), "gone"); !errors.Is(err, tier.ErrNotFound) {
+		t.Fatalf("Get(gone) = %v; want the cached not found", err)
+	}
+	if st := c.Stats(); st.NegativeHits != 1 || st.FetchErrors != 0 {
+		t.Fatalf("stats %+v; want one cached not found answered, and a successful FetchMany call", st.Counts)
+	}
+}
+
+// Missing reports exactly the keys that the map lacks.
+func TestMissing(t *testing.T) {
+	if err := tier.Missing([]int{1, 2}, map[int]string{1: "a", 2: "b"}); err != nil {
+		t.Fatalf("Missing with every key found = %v", err)
+	}
+	err := tier.Missing([]int{1, 2, 3}, map[int]string{2: "b"})
+	var ke *tier.KeyErrors[int]
+	if !errors.As(err, &ke) || len(ke.Errs) != 2 || !errors.Is(ke.Errs[1], tier.ErrNotFound) || !errors.Is(ke.Errs[3], tier.ErrNotFound) {
+		t.Fatalf("Missing = %v; want keys 1 and 3 not found", err)
 	}
 }
