@@ -34,7 +34,10 @@ type Config[K comparable, V any] struct {
 	// most one Cache per namespace; every node of the fleet that caches
 	// this kind of object must use the same namespace, key form and codec.
 	Namespace string
-	// Fetch reads one object from the source of truth. Required. It runs
+	// Fetch reads one object from the source of truth. Optional: without
+	// it, a read of one key goes through FetchMany, or through the source
+	// its call names (GetOrFetch); with neither, FreshFor and EarlyRefresh,
+	// which refresh in the background, are an error. It runs
 	// at most once at a time per key on a node, shared by every Get waiting
 	// for that key; its ctx keeps the values of the first caller's context
 	// and is cancelled only when every waiting caller has gone or the node
@@ -200,14 +203,16 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 		return nil, fmt.Errorf("%w: empty Namespace", ErrConfig)
 	case len(cfg.Namespace) > maxNamespaceBytes:
 		return nil, fmt.Errorf("%w: Namespace is %d bytes, limit %d", ErrConfig, len(cfg.Namespace), maxNamespaceBytes)
-	case cfg.Fetch == nil:
-		return nil, fmt.Errorf("%w: nil Fetch", ErrConfig)
 	case cfg.TTL < 0 || cfg.TTL > maxTTL:
 		return nil, fmt.Errorf("%w: TTL %v is negative or over %v", ErrConfig, cfg.TTL, maxTTL)
 	}
 	z, err := newZones(cfg.TTL, cfg.FreshFor, cfg.MaxStale, cfg.FetchTimeout, cfg.FailSafeThrottle, cfg.EarlyRefresh, cfg.NotFoundTTL, cfg.TTLJitter, cfg.Losers)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Fetch == nil && cfg.FetchMany == nil && (z.fresh < z.ttl || z.beta > 0) {
+		// A refresh in the background has no caller to take a fetch from.
+		return nil, fmt.Errorf("%w: FreshFor and EarlyRefresh refresh in the background and need Config.Fetch or FetchMany", ErrConfig)
 	}
 	kr, err := newKeyer(cfg.Namespace, n.cfg.MaxKeyBytes, cfg.Key)
 	if err != nil {
@@ -282,6 +287,75 @@ const nsGroupPrefix = "\x00ns\x00"
 // ErrKeyTooLarge, ErrClosed. An L1 hit does not consult ctx and allocates
 // nothing. Options change one call; see GetOption.
 func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, error) {
+	return c.get(ctx, key, nil, opts)
+}
+
+// GetOrFetch is Get with fetch as the source of this call, in place of
+// Config.Fetch: for a Cache whose callers each know how to load what they
+// ask for (go-redis/cache's Once, FusionCache's GetOrSet). fetch is shared
+// as Fetch is: concurrent Gets and GetOrFetches of key on this node share
+// one load, whichever began it, and its claim and fence are Fetch's. An L1
+// hit never calls fetch, and allocates nothing.
+func (c *Cache[K, V]) GetOrFetch(ctx context.Context, key K, fetch func(ctx context.Context, key K) (V, error), opts ...GetOption) (V, error) {
+	if fetch == nil {
+		var zero V
+		return zero, fmt.Errorf("tier get: %w: nil fetch", ErrConfig)
+	}
+	return c.get(ctx, key, fetch, opts)
+}
+
+// loaderKey is the context key of GetOrFetch's fetch, loaderFor its value.
+type loaderKey[K comparable, V any] struct{}
+
+type loaderFor[K comparable, V any] struct {
+	owner *Cache[K, V]
+	fetch func(context.Context, K) (V, error)
+}
+
+// withLoader returns ctx carrying fetch as c's source, if fetch is set.
+func (c *Cache[K, V]) withLoader(ctx context.Context, fetch func(context.Context, K) (V, error)) context.Context {
+	if fetch == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, loaderKey[K, V]{}, loaderFor[K, V]{owner: c, fetch: fetch})
+}
+
+// loader returns the source of a load in ctx: GetOrFetch's, else
+// Config.Fetch, else Config.FetchMany for one key, else nil.
+func (c *Cache[K, V]) loader(ctx context.Context) func(context.Context, K) (V, error) {
+	if l, ok := ctx.Value(loaderKey[K, V]{}).(loaderFor[K, V]); ok && l.owner == c {
+		return l.fetch
+	}
+	if c.fetch == nil && c.fetchMany != nil {
+		return c.fetchOne
+	}
+	return c.fetch
+}
+
+// fetchOne reads one key through Config.FetchMany.
+func (c *Cache[K, V]) fetchOne(ctx context.Context, key K) (V, error) {
+	found, err := c.fetchMany(ctx, []K{key})
+	var ke *KeyErrors[K]
+	if errors.As(err, &ke) && err == error(ke) {
+		if kerr, ok := ke.Errs[key]; ok {
+			var zero V
+			return zero, kerr
+		}
+		err = nil
+	}
+	if err != nil {
+		var zero V
+		return zero, err
+	}
+	v, ok := found[key]
+	if !ok {
+		return v, errNoAnswer
+	}
+	return v, nil
+}
+
+// get is Get, with fetch (if set) as the source of this call.
+func (c *Cache[K, V]) get(ctx context.Context, key K, fetch func(context.Context, K) (V, error), opts []GetOption) (V, error) {
 	var o getOptions
 	start := c.m.start()
 	if len(opts) == 0 {
@@ -296,8 +370,9 @@ func (c *Cache[K, V]) Get(ctx context.Context, key K, opts ...GetOption) (V, err
 			}
 			return v, nil
 		}
-		return c.getMissed(ctx, key, v, st, o, start)
+		return c.getMissed(c.withLoader(ctx, fetch), key, v, st, o, start)
 	}
+	ctx = c.withLoader(ctx, fetch)
 	for _, opt := range opts {
 		if opt != nil {
 			o = opt.applyGet(o)

@@ -1,6 +1,9 @@
 package tier
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	// ErrNotFound says that the source has no such object. Fetch wraps it
@@ -48,3 +51,7 @@ var (
 	// ErrClosed reports a call on a closed Node.
 	ErrClosed = errors.New("tier: node closed")
 )
+
+// errNoFetch answers a load of a Cache without Config.Fetch that no
+// GetOrFetch gave a source.
+var errNoFetch = fmt.Errorf("%w: the Cache has neither Fetch nor FetchMany; read it with GetOrFetch", ErrConfig)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"time"
 	"unsafe"
 
 	"github.com/tiercache/tiercache/l1"
@@ -52,10 +53,74 @@ func newKeyer[K comparable](namespace string, maxKey int, custom func(K) string)
 		kr.setUnsigned(func(k K) uint64 { return *(*uint64)(unsafe.Pointer(&k)) })
 	case reflect.Uintptr:
 		kr.setUnsigned(func(k K) uint64 { return uint64(*(*uintptr)(unsafe.Pointer(&k))) })
+	case reflect.Struct:
+		enc, err := appenderOf(t)
+		if err != nil {
+			return kr, fmt.Errorf("%w: key type %s needs Config.Key: %w", ErrConfig, t, err)
+		}
+		kr.str = func(k K) string { return string(enc(nil, reflect.ValueOf(&k).Elem())) }
 	default:
-		return kr, fmt.Errorf("%w: key type %s needs Config.Key (string and integer kinds have a default)", ErrConfig, t)
+		return kr, fmt.Errorf("%w: key type %s needs Config.Key (string, integer and struct kinds have a default)", ErrConfig, t)
 	}
 	return kr, nil
+}
+
+// appender appends the canonical form of a value to b.
+type appender func(b []byte, v reflect.Value) []byte
+
+var timeType = reflect.TypeFor[time.Time]()
+
+// appenderOf returns the canonical form of a key type made of strings,
+// integers, booleans, times and structs of them: injective, because each
+// field's form ends itself (a string is prefixed with its length, a number
+// or a time ends in ';', a boolean is one byte) and fields come in their
+// order. Two times are the same key if they are the same instant.
+func appenderOf(t reflect.Type) (appender, error) {
+	if t == timeType {
+		return func(b []byte, v reflect.Value) []byte {
+			tm := v.Interface().(time.Time)
+			return append(tm.UTC().AppendFormat(b, time.RFC3339Nano), ';')
+		}, nil
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return func(b []byte, v reflect.Value) []byte {
+			s := v.String()
+			b = strconv.AppendInt(b, int64(len(s)), 10)
+			return append(append(b, ':'), s...)
+		}, nil
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return func(b []byte, v reflect.Value) []byte { return append(strconv.AppendInt(b, v.Int(), 10), ';') }, nil
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return func(b []byte, v reflect.Value) []byte { return append(strconv.AppendUint(b, v.Uint(), 10), ';') }, nil
+	case reflect.Bool:
+		return func(b []byte, v reflect.Value) []byte {
+			if v.Bool() {
+				return append(b, 't')
+			}
+			return append(b, 'f')
+		}, nil
+	case reflect.Struct:
+		fields := make([]appender, t.NumField())
+		for i := range fields {
+			f := t.Field(i)
+			if !f.IsExported() && f.Type == timeType {
+				return nil, fmt.Errorf("field %s: an unexported time cannot be read", f.Name)
+			}
+			enc, err := appenderOf(f.Type)
+			if err != nil {
+				return nil, fmt.Errorf("field %s: %w", f.Name, err)
+			}
+			fields[i] = enc
+		}
+		return func(b []byte, v reflect.Value) []byte {
+			for i, enc := range fields {
+				b = enc(b, v.Field(i))
+			}
+			return b
+		}, nil
+	}
+	return nil, fmt.Errorf("%s has no canonical form (strings, integers, booleans, times and structs of them do)", t)
 }
 
 func (kr *keyer[K]) setSigned(get func(K) int64) {

@@ -607,6 +607,7 @@ func (c *Cache[K, V]) fetchContext(ctx context.Context, fallback bool) (context.
 // long it took.
 func (c *Cache[K, V]) callFetch(ctx context.Context, key K) (v V, err error) {
 	start := c.m.fetching()
+	fetch := c.loader(ctx)
 	ctx, end := c.startFetch(ctx, 1)
 	defer func() {
 		if r := recover(); r != nil {
@@ -616,7 +617,10 @@ func (c *Cache[K, V]) callFetch(ctx context.Context, key K) (v V, err error) {
 		c.m.fetched(err, 1, start)
 		end(err)
 	}()
-	return c.fetch(ctx, key)
+	if fetch == nil {
+		return v, errNoFetch
+	}
+	return fetch(ctx, key)
 }
 
 // fillL1 stores v, in groups, in L1 for keep, fresh for the first fresh of

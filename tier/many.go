@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -251,6 +252,40 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	wg.Wait()
 	return c.manyResult(out, errs)
 }
+
+// GetList returns the values of keys in their order, read as GetMany
+// reads them: one Redis round trip for what L1 lacks, one FetchMany call
+// (or a Fetch per key) for what neither tier holds. A key that failed, or
+// that the source does not have, has the zero value at its place, and its
+// error (wrapping ErrNotFound for "not found", ErrStale beside a stale
+// value) in the returned *KeyErrors. An error that is not a *KeyErrors
+// (ctx's, ErrClosed) comes with no values.
+func (c *Cache[K, V]) GetList(ctx context.Context, keys []K) ([]V, error) {
+	found, err := c.GetMany(ctx, keys)
+	var ke *KeyErrors[K]
+	if err != nil && !errors.As(err, &ke) {
+		return nil, err
+	}
+	errs := make(map[K]error)
+	if ke != nil {
+		maps.Copy(errs, ke.Errs)
+	}
+	out := make([]V, len(keys))
+	for i, k := range keys {
+		if v, ok := found[k]; ok {
+			out[i] = v
+		} else if _, failed := errs[k]; !failed {
+			errs[k] = errCachedNotFoundInList
+		}
+	}
+	if len(errs) > 0 {
+		return out, &KeyErrors[K]{Errs: errs}
+	}
+	return out, nil
+}
+
+// errCachedNotFoundInList is GetList's error for a key the source lacks.
+var errCachedNotFoundInList = fmt.Errorf("tier get list: %w", ErrNotFound)
 
 // claim is a key of a GetMany to fetch: claimed under clock, or uncached,
 // with the value Redis held as the fail-safe fallback, if any.
