@@ -241,7 +241,7 @@ local sent = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. u64(seq) .. u64(sent) .. ARGV[3])
 return seq
 `)
-	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript}
+	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript, storeResourceScript, releaseResourceScript}
 )
 
 // gclockLua defines the group clock, kept in <prefix>:gseq as

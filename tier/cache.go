@@ -30,7 +30,7 @@ const maxTTL = time.Duration(1 << 62)
 // Config configures a Cache: one kind of object, with its source of truth.
 type Config[K comparable, V any] struct {
 	// Namespace names this kind of object. Required, at most 1020 bytes,
-	// any bytes; keys of different namespaces never collide. A node holds at
+	// any bytes but a leading NUL; keys of different namespaces never collide. A node holds at
 	// most one Cache per namespace; every node of the fleet that caches
 	// this kind of object must use the same namespace, key form and codec.
 	Namespace string
@@ -203,6 +203,8 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 		return nil, fmt.Errorf("%w: empty Namespace", ErrConfig)
 	case len(cfg.Namespace) > maxNamespaceBytes:
 		return nil, fmt.Errorf("%w: Namespace is %d bytes, limit %d", ErrConfig, len(cfg.Namespace), maxNamespaceBytes)
+	case cfg.Namespace[0] == 0:
+		return nil, fmt.Errorf("%w: Namespace starts with NUL, which the library reserves", ErrConfig)
 	case cfg.TTL < 0 || cfg.TTL > maxTTL:
 		return nil, fmt.Errorf("%w: TTL %v is negative or over %v", ErrConfig, cfg.TTL, maxTTL)
 	}

@@ -67,6 +67,8 @@ func (t Target) ops(n *Node) ([]bus.Op, error) {
 			return nil, fmt.Errorf("%w: empty namespace", ErrConfig)
 		case len(t.ns) > maxNamespaceBytes:
 			return nil, fmt.Errorf("%w: namespace of %d bytes, limit %d", ErrConfig, len(t.ns), maxNamespaceBytes)
+		case t.ns[0] == 0:
+			return nil, fmt.Errorf("%w: namespace starts with NUL, which the library reserves", ErrConfig)
 		}
 	}
 	switch t.scope {

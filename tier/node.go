@@ -217,10 +217,11 @@ type Node struct {
 	wake    *redis.PubSub
 	wakers  wakers
 
-	mu     sync.Mutex
-	closed bool
-	caches map[string]evictor // by namespace
-	wg     sync.WaitGroup     // every goroutine the node started
+	mu        sync.Mutex
+	closed    bool
+	caches    map[string]evictor   // by namespace
+	resources map[string]resourcer // by name
+	wg        sync.WaitGroup       // every goroutine the node started
 }
 
 // evictor is the part of a Cache that the node drives.
@@ -591,6 +592,10 @@ func (n *Node) applyGroups(names []string) {
 // evict applies the invalidation of one key to this node: its L1 entry and
 // fill epoch, and its flight if a Cache of the namespace is here.
 func (n *Node) evict(namespace, key string) {
+	if namespace == resourceNS {
+		n.notifyResources(key) // a new version of a resource
+		return
+	}
 	h := l1.Hash(l1.Seed(namespace), key)
 	n.mu.Lock()
 	c := n.caches[namespace]
@@ -666,7 +671,9 @@ func (h busHandler) Apply(m *bus.Message) {
 	}
 	delay := h.n.delayOf(m)
 	for _, g := range m.Groups {
-		h.n.rec.Applied(g.Namespace, ScopeKeys, len(g.Keys), delay)
+		if g.Namespace != resourceNS {
+			h.n.rec.Applied(g.Namespace, ScopeKeys, len(g.Keys), delay)
+		}
 	}
 	h.n.recordGroups(m.InvalidGroups, func(ns string, s Scope, k int) { h.n.rec.Applied(ns, s, k, delay) })
 }
@@ -683,6 +690,7 @@ func (n *Node) delayOf(m *bus.Message) time.Duration {
 
 func (h busHandler) Drop(reason bus.Reason, revoke bool) {
 	h.n.stats.drops.Add(1)
+	h.n.notifyResources("") // a new version may have been announced unheard
 	if h.n.rec != nil {
 		h.n.rec.Dropped(dropReason(reason))
 		if reason == bus.LeaseLapsed {
@@ -711,6 +719,7 @@ func (h busHandler) Renew(sentAt time.Time) {
 		// has seen every message again, no read from now on may join it.
 		// (While the bus stays lost, the flight's age bounds joining: R42.)
 		h.n.forgetAllFlights()
+		h.n.notifyResources("")
 	}
 	h.n.liveOne.Do(func() { close(h.n.live) })
 }

@@ -65,6 +65,11 @@ type Recorder interface {
 	// "fill", "release", "publish", ...), namespace is that of the key it
 	// was for ("" for the node's own operations).
 	RedisError(namespace, op string, kind RedisErrorKind)
+	// Resource reports an event of the Resource named name: a load from
+	// the source (success or load_error, with its duration), a data set
+	// taken from Redis (fetched), or a failed Redis operation
+	// (redis_error).
+	Resource(name string, e ResourceEvent, d time.Duration)
 }
 
 // NopRecorder records nothing. Embed it in a Recorder to inherit a no-op
@@ -103,6 +108,40 @@ func (NopRecorder) Replayed(int) {}
 
 // RedisError does nothing.
 func (NopRecorder) RedisError(string, string, RedisErrorKind) {}
+
+// Resource does nothing.
+func (NopRecorder) Resource(string, ResourceEvent, time.Duration) {}
+
+// ResourceEvent is what happened to a Resource, as kiwi-cache reports
+// each load.
+type ResourceEvent uint8
+
+const (
+	// ResourceLoaded: Load succeeded (and the data set was stored, unless
+	// a redis_error follows).
+	ResourceLoaded ResourceEvent = iota
+	// ResourceLoadError: Load failed, panicked or timed out; the last
+	// good data set stays.
+	ResourceLoadError
+	// ResourceRedisError: a Redis operation of the resource failed.
+	ResourceRedisError
+	// ResourceFetched: a data set another node loaded was taken from
+	// Redis.
+	ResourceFetched
+)
+
+// String returns "success", "load_error", "redis_error" or "fetched".
+func (e ResourceEvent) String() string {
+	switch e {
+	case ResourceLoaded:
+		return "success"
+	case ResourceLoadError:
+		return "load_error"
+	case ResourceRedisError:
+		return "redis_error"
+	}
+	return "fetched"
+}
 
 // Answer is how a Get was answered. Its String is the name an exporter
 // uses as an attribute value.

@@ -87,6 +87,10 @@ func (r *tally) RedisError(ns, op string, kind tier.RedisErrorKind) {
 	r.add(1, "redis error ", kind)
 }
 
+func (r *tally) Resource(name string, e tier.ResourceEvent, d time.Duration) {
+	r.add(1, "resource ", name, " ", e)
+}
+
 // await waits until the count of an event reaches want.
 func (r *tally) await(t *testing.T, want int, parts ...any) {
 	t.Helper()

@@ -448,3 +448,8 @@ func (g guardedRecorder) RedisError(ns, op string, kind RedisErrorKind) {
 	defer g.recovered("RedisError")
 	g.r.RedisError(ns, op, kind)
 }
+
+func (g guardedRecorder) Resource(name string, e ResourceEvent, d time.Duration) {
+	defer g.recovered("Resource")
+	g.r.Resource(name, e, d)
+}
