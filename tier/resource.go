@@ -64,6 +64,10 @@ type ResourceConfig[K comparable, V any] struct {
 	// RetryAfter is how long the fleet leaves the source alone after a
 	// failed load. Default ReloadEvery/10, at least 100ms and at most 10s.
 	RetryAfter time.Duration
+	// AllowEmpty accepts a Load that returns no entries. By default such a
+	// load is a failure (a truncated table, a query against the wrong
+	// database), and the last good data set stays.
+	AllowEmpty bool
 }
 
 // Resource is a whole data set (a table of currency rates, a list of
@@ -414,6 +418,9 @@ func (r *Resource[K, V]) loadEncoded(ctx context.Context) (map[K]V, []byte, erro
 	data, err := guarded(r.node, "Resource.Load", r.cfg.Name, func() (map[K]V, error) { return r.cfg.Load(lctx) })
 	if err != nil {
 		return nil, nil, err
+	}
+	if len(data) == 0 && !r.cfg.AllowEmpty {
+		return nil, nil, fmt.Errorf("tier: resource %q: Load returned no entries (ResourceConfig.AllowEmpty accepts that)", r.cfg.Name)
 	}
 	if data == nil {
 		data = map[K]V{}

@@ -44,6 +44,9 @@ func (s *rates) load(ctx context.Context) (map[string]string, error) {
 	if fail != nil {
 		return nil, fail
 	}
+	if size < 0 {
+		return map[string]string{}, nil
+	}
 	out := make(map[string]string, max(size, 3))
 	for i := range max(size, 3) {
 		out[fmt.Sprint("c", i)] = fmt.Sprint("v", version)
@@ -206,11 +209,16 @@ func TestResourceFailingLoadKeepsLastGood(t *testing.T) {
 	if err := a.Refill(context.Background()); !errors.Is(err, tier.ErrPanic) {
 		t.Fatalf("Refill with a panicking source = %v; want ErrPanic", err)
 	}
+	src.set(func(s *rates) { s.panics, s.size = false, -1 })
+	awaitFree(t, f, "rates")
+	if err := a.Refill(context.Background()); err == nil || !strings.Contains(err.Error(), "no entries") {
+		t.Fatalf("Refill with an empty source = %v; want an error", err)
+	}
 	if v, ok := a.Get("c0"); !ok || v != "v0" {
 		t.Fatalf("after failed loads, Get = %q, %v; want the last good v0", v, ok)
 	}
-	if st := a.Stats(); st.LoadErrors != 2 || st.Loads != 1 {
-		t.Fatalf("stats %+v; want 1 load, 2 load errors", st)
+	if st := a.Stats(); st.LoadErrors != 3 || st.Loads != 1 {
+		t.Fatalf("stats %+v; want 1 load, 3 load errors", st)
 	}
 	late := newResource(t, f.node(tier.NodeConfig{}, nil), src, cfg)
 	waitReady(t, late)
