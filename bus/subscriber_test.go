@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"sync"
@@ -962,5 +963,31 @@ func awaitApplied(sub *bus.Subscriber, n uint64) {
 	deadline := time.Now().Add(guard)
 	for sub.Counters().Applied < n && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestRace_R47_OtherWireVersionIsAGap proves a node of another wire
+// version cannot make this one serve stale data: its message takes a
+// number from the shared sequence, this node cannot read it (garbage), and
+// the next message it can read shows the number skipped, so it drops L1.
+func TestRace_R47_OtherWireVersionIsAGap(t *testing.T) {
+	f := startSub(t, subOpts{})
+	f.renewed(t, 0)
+	s1 := f.publishKeys(t, other, "ns", "a")
+	f.rec.waitFor(t, 0, "Apply of seq 1", isApply(s1))
+	mark := f.rec.mark()
+	// A version-1 node: it draws the next number and publishes the old layout.
+	seq, err := f.rdb.Incr(t.Context(), seqKey).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := binary.BigEndian.AppendUint64(append([]byte{'T', 1, 1}, other[:]...), uint64(seq))
+	old = append(old, 1, 2, 'n', 's', 1, 1, 'a', 0)
+	f.publishRaw(t, old)
+	s3 := f.publishKeys(t, other, "ns", "b")
+	f.rec.waitFor(t, mark, "Drop(Gap) for the unreadable message", isDrop(bus.Gap))
+	f.rec.waitFor(t, mark, "Apply of the next readable message", isApply(s3))
+	if c := f.sub.Counters(); c.Garbage != 1 || c.Gaps != 1 {
+		t.Fatalf("counters %+v; want the old message as garbage, and one gap", c)
 	}
 }
