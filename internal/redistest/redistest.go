@@ -110,11 +110,11 @@ func Start(t testing.TB, args ...string) *Server {
 // sentinel are launched, watched, killed and restarted by the same code as
 // the server [Start] returns.
 type kind struct {
-	// args are appended to the standard arguments.
+	// args are appended to the standard arguments, last.
 	args []string
 	// setup, if not nil, runs once in the server's directory before the
 	// first launch; it returns a config file to pass as the first argument
-	// ("" for none) and more arguments to append.
+	// ("" for none) and more arguments, which go before args.
 	setup func(dir string) (conf string, args []string, err error)
 	// bus asks for a second free port, the cluster bus port (--cluster-port).
 	bus bool
@@ -131,7 +131,6 @@ func start(t testing.TB, k kind) *Server {
 	s := &Server{
 		t:       t,
 		bin:     bin,
-		extra:   append([]string(nil), k.args...),
 		bus:     k.bus,
 		dir:     dir,
 		logPath: filepath.Join(dir, logName),
@@ -145,8 +144,10 @@ func start(t testing.TB, k kind) *Server {
 			t.Fatalf("redistest: preparing redis-server in %s: %v", dir, err)
 		}
 		s.conf = conf
-		s.extra = append(s.extra, args...)
+		s.extra = args
 	}
+	// The caller's arguments come last, so they win over the kind's.
+	s.extra = append(s.extra, k.args...)
 	if err := s.launchFirst(); err != nil {
 		t.Fatalf("redistest: starting redis-server failed: %v", err)
 	}
