@@ -78,10 +78,10 @@ type Cluster struct {
 	killed map[*member]killRecord // masters downed by KillMaster, for AwaitFailover
 }
 
-// member is one redis-server of the cluster.
+// member is one redis-server of a cluster or a sentinel deployment.
 type member struct {
 	srv   *Server
-	id    string        // its cluster node ID; kept across restarts in nodes.conf
+	id    string        // its cluster node ID, kept across restarts in nodes.conf; "" outside a cluster
 	admin *redis.Client // for the package's own commands
 }
 
@@ -675,12 +675,8 @@ func (c *Cluster) addrOf(id string) string {
 func (c *Cluster) report() string {
 	var b strings.Builder
 	for _, m := range c.members {
-		state := "running"
-		if !m.srv.running() {
-			state = "not running"
-		}
-		fmt.Fprintf(&b, "--- member %s (node %s, %s) ---\n", m.srv.Addr(), m.id, state)
-		if state == "running" {
+		fmt.Fprintf(&b, "--- member %s (node %s, %s) ---\n", m.srv.Addr(), m.id, runningWord(m.srv))
+		if m.srv.running() {
 			if raw, err := queryString(m.admin, "CLUSTER", "NODES"); err != nil {
 				fmt.Fprintf(&b, "CLUSTER NODES: %v\n", err)
 			} else {
