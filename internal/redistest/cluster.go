@@ -66,7 +66,8 @@ type ClusterOptions struct {
 // Roles are not cached: [Cluster.Masters], [Cluster.Replicas],
 // [Cluster.MasterOfSlot] and [Cluster.ReplicaOf] ask the cluster (CLUSTER
 // NODES on the first member that answers) each time, because failovers
-// change them. The methods report failures on the testing.TB given to
+// change them; while a member is paused, a look that asks it first waits a
+// second for it before asking the next. The methods report failures on the testing.TB given to
 // [StartCluster], or on the one they take; all are safe for concurrent use.
 type Cluster struct {
 	t       testing.TB
@@ -75,7 +76,7 @@ type Cluster struct {
 	byAddr  map[string]*member
 
 	mu     sync.Mutex
-	killed map[*member]killRecord // masters downed by KillMaster, for AwaitFailover
+	downed map[*member]downRecord // masters taken down by KillMaster or PauseMaster, for AwaitFailover
 }
 
 // member is one redis-server of a cluster or a sentinel deployment.
@@ -85,8 +86,9 @@ type member struct {
 	admin *redis.Client // for the package's own commands
 }
 
-// killRecord is what KillMaster saw of a master just before killing it.
-type killRecord struct {
+// downRecord is what KillMaster or PauseMaster saw of a master just before
+// taking it down.
+type downRecord struct {
 	slots    [][2]int
 	replicas []string // node IDs
 }
@@ -142,7 +144,7 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		t:      t,
 		byID:   make(map[string]*member),
 		byAddr: make(map[string]*member),
-		killed: make(map[*member]killRecord),
+		downed: make(map[*member]downRecord),
 	}
 	t.Cleanup(c.closeAdmins)
 	k := kind{
@@ -350,27 +352,46 @@ func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
 
 // KillMaster SIGKILLs master (see [Server.Kill]), which must currently be a
 // master serving slots and having a replica. Call [Cluster.AwaitFailover]
-// next to wait until a replica has taken its slots over.
+// next to wait until a replica has taken its slots over, and
+// [Cluster.RestartMember] to bring it back as a replica.
 func (c *Cluster) KillMaster(t testing.TB, master *Server) {
+	t.Helper()
+	c.downMaster(t, "KillMaster", master, master.Kill)
+}
+
+// PauseMaster stops master with SIGSTOP (see [Server.Pause]), which must
+// currently be a master serving slots and having a replica; once the other
+// members stop hearing from it they fail it over as they would a dead one.
+// Call [Cluster.AwaitFailover] next, then [Server.Resume] and
+// [Cluster.AwaitSettled]: the old master finds its slots taken over and
+// rejoins as a replica of the promoted one.
+func (c *Cluster) PauseMaster(t testing.TB, master *Server) {
+	t.Helper()
+	c.downMaster(t, "PauseMaster", master, master.Pause)
+}
+
+// downMaster records what AwaitFailover needs to know of master, then takes
+// it down with down.
+func (c *Cluster) downMaster(t testing.TB, op string, master *Server, down func()) {
 	t.Helper()
 	m := c.member(t, master)
 	v := c.view()
 	n := v.node(m.id)
 	switch {
 	case n == nil || !n.isMaster || n.isFailed || len(n.slots) == 0:
-		t.Fatalf("redistest: KillMaster(%s): it is not a master serving slots\n%s", master.Addr(), v.raw)
+		t.Fatalf("redistest: %s(%s): it is not a master serving slots\n%s", op, master.Addr(), v.raw)
 	case len(v.replicasOf(m.id)) == 0:
-		t.Fatalf("redistest: KillMaster(%s): it has no replica to fail over to\n%s", master.Addr(), v.raw)
+		t.Fatalf("redistest: %s(%s): it has no replica to fail over to\n%s", op, master.Addr(), v.raw)
 	}
 	c.mu.Lock()
-	c.killed[m] = killRecord{slots: n.slots, replicas: v.replicasOf(m.id)}
+	c.downed[m] = downRecord{slots: n.slots, replicas: v.replicasOf(m.id)}
 	c.mu.Unlock()
-	master.Kill()
+	down()
 }
 
 // AwaitFailover waits until one of the replicas old had when
-// [Cluster.KillMaster] killed it serves all of its slots as master, and the
-// other members have settled: each answers cluster_state:ok and sees all
+// [Cluster.KillMaster] or [Cluster.PauseMaster] took it down serves all of
+// its slots as master, and the other members have settled: each answers cluster_state:ok and sees all
 // slots served, they share one view of the cluster, and every replica's
 // link is up. It returns the promoted replica.
 //
@@ -382,10 +403,10 @@ func (c *Cluster) AwaitFailover(t testing.TB, old *Server) *Server {
 	t.Helper()
 	m := c.member(t, old)
 	c.mu.Lock()
-	rec, ok := c.killed[m]
+	rec, ok := c.downed[m]
 	c.mu.Unlock()
 	if !ok {
-		t.Fatalf("redistest: AwaitFailover(%s): it was not killed by KillMaster", old.Addr())
+		t.Fatalf("redistest: AwaitFailover(%s): it was not taken down by KillMaster or PauseMaster", old.Addr())
 	}
 	var promoted *member
 	await(t, fmt.Sprintf("failover of master %s", old.Addr()), func() error {
@@ -404,7 +425,7 @@ func (c *Cluster) AwaitFailover(t testing.TB, old *Server) *Server {
 		return nil
 	}, c.report)
 	c.mu.Lock()
-	delete(c.killed, m)
+	delete(c.downed, m)
 	c.mu.Unlock()
 	return promoted.srv
 }

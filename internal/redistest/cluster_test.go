@@ -23,6 +23,7 @@ const opTimeout = 10 * time.Second
 // ports, every member sees all slots served, every replica's link is up, and
 // MasterOfKey names the member that holds a key written through the client.
 func TestClusterStarts(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, redistest.ClusterOptions{})
 	addrs := c.Addrs()
 	if len(addrs) != 6 {
@@ -72,6 +73,7 @@ func TestClusterStarts(t *testing.T) {
 // 10,000 keys written through the cluster client spread over the masters,
 // each holding within 20% of an even share.
 func TestClusterSpreadsKeysOverMasters(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, redistest.ClusterOptions{})
 	cc := c.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
@@ -109,6 +111,7 @@ func TestClusterSpreadsKeysOverMasters(t *testing.T) {
 // replicated; the client made before the kill reads and writes on, and the
 // old master, restarted, rejoins as a replica of the promoted one.
 func TestClusterKillMasterFailsOverAndRejoins(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, redistest.ClusterOptions{})
 	cc := c.Client(t)
 	ctx := context.Background()
@@ -155,8 +158,50 @@ func TestClusterKillMasterFailsOverAndRejoins(t *testing.T) {
 	getAll(t, cc, key, n, func(int) string { return "after" })
 }
 
+// A paused master is failed over like a dead one; resumed, it finds its
+// slots taken over and rejoins as a replica of the promoted one.
+func TestClusterPausedMasterFailsOverAndRejoins(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t, redistest.ClusterOptions{})
+	cc := c.Client(t)
+	const key = "{pause}"
+	setAll(t, cc, func(int) string { return key }, 1, "before")
+	old := c.MasterOfKey(key)
+	replica := c.ReplicaOf(old)
+	awaitCaughtUp(t, old, replica)
+
+	start := time.Now()
+	c.PauseMaster(t, old)
+	promoted := c.AwaitFailover(t, old)
+	t.Logf("failover took %v", time.Since(start))
+	if promoted != replica {
+		t.Fatalf("AwaitFailover = %s, want the replica %s", promoted.Addr(), replica.Addr())
+	}
+	// The client's connection to the paused master times out before it
+	// turns to the new one: give it more than one opTimeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*opTimeout)
+	defer cancel()
+	start = time.Now()
+	if got, err := cc.Get(ctx, key).Result(); err != nil || got != "before" {
+		t.Fatalf("GET with the old master paused = %q, %v; want before", got, err)
+	}
+	t.Logf("the first read with the old master paused took %v", time.Since(start))
+
+	old.Resume()
+	c.AwaitSettled(t)
+	if got := c.ReplicaOf(promoted); got != old {
+		t.Fatalf("ReplicaOf(promoted) after Resume = %s, want the old master %s", got.Addr(), old.Addr())
+	}
+	if role := infoOf(t, old, "INFO", "replication")["role"]; role != "slave" {
+		t.Fatalf("the resumed old master has role:%s, want slave", role)
+	}
+	setAll(t, cc, func(int) string { return key }, 1, "after")
+	getAll(t, cc, func(int) string { return key }, 1, func(int) string { return "after" })
+}
+
 // A manual failover swaps a master and its replica without losing a write.
 func TestClusterManualFailover(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, redistest.ClusterOptions{})
 	cc := c.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
@@ -194,6 +239,7 @@ func TestClusterManualFailover(t *testing.T) {
 // MigrateSlot moves a slot holding more keys than one MIGRATE batch; the
 // keys stay readable through a client that still has the old slot map.
 func TestClusterMigrateSlot(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, redistest.ClusterOptions{})
 	cc := c.Client(t)
 	key := func(i int) string { return fmt.Sprintf("{migrate}:%d", i) }
@@ -231,6 +277,7 @@ func TestClusterMigrateSlot(t *testing.T) {
 // go-redis SSUBSCRIBE connection; go-redis sees it, subscribes again on its
 // next receive and gets the next message.
 func TestClusterClientKillPubsub(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, redistest.ClusterOptions{})
 	cc := c.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
@@ -266,6 +313,7 @@ func TestClusterClientKillPubsub(t *testing.T) {
 // Options reach every member: the masters count, no replicas, and extra
 // arguments.
 func TestClusterOptions(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, redistest.ClusterOptions{
 		Masters:           4,
 		ReplicasPerMaster: -1,
