@@ -46,8 +46,9 @@ const (
 
 // Server is one private redis-server process owned by a test.
 //
-// A Server is created by [Start] and stopped automatically when the test that
-// started it finishes. All methods are safe for concurrent use.
+// A Server is created by [Start], or as a member of a deployment by
+// [StartCluster] and [StartSentinel], and stopped automatically when the test
+// that started it finishes. All methods are safe for concurrent use.
 type Server struct {
 	t       testing.TB
 	bin     string
@@ -284,7 +285,8 @@ func (s *Server) Kill() {
 }
 
 // Restart kills the server if it is running, then starts it again on the same
-// port with the same arguments and waits until it answers PING. There is no
+// port (and, for a cluster member, the same cluster bus port) with the same
+// arguments and waits until it answers PING. There is no
 // persistence, so all data is gone afterwards. Clients created by
 // [Server.Client] keep working: go-redis redials on a later command (the
 // first command after the restart may fail).
@@ -333,8 +335,11 @@ func (s *Server) Flush() {
 // Do runs one command on a temporary client (no retries, 2s timeouts) and
 // returns its reply, as go-redis's Do would. A redis.Nil reply is returned as
 // nil; any other error fails the test with t.Fatalf. It is handy for things
-// like CONFIG SET or CLIENT KILL. The client speaks RESP3, so map replies
-// (e.g. CONFIG GET) come back as map[any]any.
+// like CONFIG SET or CLIENT KILL (CLIENT KILL TYPE pubsub ends every
+// subscriber's connection, SSUBSCRIBE ones included). It works on a cluster
+// member, for keys of the slots that member serves, and on a sentinel. The
+// client speaks RESP3, so map replies (e.g. CONFIG GET) come back as
+// map[any]any.
 func (s *Server) Do(args ...any) any {
 	s.t.Helper()
 	c := redis.NewClient(&redis.Options{

@@ -14,6 +14,7 @@ import (
 // sentinels that each know all of them; the failover client writes to the
 // master.
 func TestSentinelStarts(t *testing.T) {
+	t.Parallel()
 	s := redistest.StartSentinel(t, redistest.SentinelOptions{})
 	if s.MasterName() != "mymaster" {
 		t.Fatalf("MasterName() = %q, want mymaster", s.MasterName())
@@ -54,6 +55,7 @@ func TestSentinelStarts(t *testing.T) {
 // writes it had replicated, and the failover client made before the kill
 // writes on to the new master. Options reach the processes.
 func TestSentinelFailover(t *testing.T) {
+	t.Parallel()
 	s := redistest.StartSentinel(t, redistest.SentinelOptions{
 		MasterName: "cache",
 		DownAfter:  time.Second,
