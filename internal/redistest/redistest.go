@@ -46,16 +46,20 @@ const (
 
 // Server is one private redis-server process owned by a test.
 //
-// A Server is created by [Start] and stopped automatically when the test that
-// started it finishes. All methods are safe for concurrent use.
+// A Server is created by [Start], or as a member of a deployment by
+// [StartCluster] and [StartSentinel], and stopped automatically when the test
+// that started it finishes. All methods are safe for concurrent use.
 type Server struct {
 	t       testing.TB
 	bin     string
-	extra   []string
+	conf    string   // config file passed as the first argument; "" for none
+	extra   []string // appended to the standard arguments
+	bus     bool     // a cluster member: it also needs a cluster bus port
 	dir     string
 	logPath string
 	ioPath  string
 	port    int // fixed once Start returns
+	busPort int // --cluster-port of a cluster member, 0 otherwise; fixed like port
 
 	mu     sync.Mutex
 	proc   *process // nil when not running
@@ -100,6 +104,26 @@ func (p *process) kill() {
 // "apt-get install -y redis-server". Start never calls t.Skip.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
+	return start(t, kind{args: args})
+}
+
+// kind says how a server differs from a plain one: a cluster member and a
+// sentinel are launched, watched, killed and restarted by the same code as
+// the server [Start] returns.
+type kind struct {
+	// args are appended to the standard arguments, last.
+	args []string
+	// setup, if not nil, runs once in the server's directory before the
+	// first launch; it returns a config file to pass as the first argument
+	// ("" for none) and more arguments, which go before args.
+	setup func(dir string) (conf string, args []string, err error)
+	// bus asks for a second free port, the cluster bus port (--cluster-port).
+	bus bool
+}
+
+// start is Start for any kind of server.
+func start(t testing.TB, k kind) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redistest: redis-server not found on PATH (%v); these tests need a private Redis, install it with: %s", err, installHint)
@@ -108,34 +132,27 @@ func Start(t testing.TB, args ...string) *Server {
 	s := &Server{
 		t:       t,
 		bin:     bin,
-		extra:   append([]string(nil), args...),
+		bus:     k.bus,
 		dir:     dir,
 		logPath: filepath.Join(dir, logName),
 		ioPath:  filepath.Join(dir, stdioName),
 	}
 	// Registered before the first launch so a Fatalf below still reaps.
 	t.Cleanup(s.cleanup)
-
-	var lastErr error
-	for attempt := 1; attempt <= startAttempts; attempt++ {
-		port, err := freePort()
+	if k.setup != nil {
+		conf, args, err := k.setup(dir)
 		if err != nil {
-			t.Fatalf("redistest: finding a free port: %v", err)
+			t.Fatalf("redistest: preparing redis-server in %s: %v", dir, err)
 		}
-		s.mu.Lock()
-		exited, err := s.launchLocked(port)
-		s.mu.Unlock()
-		if err == nil {
-			s.port = port
-			return s
-		}
-		lastErr = fmt.Errorf("attempt %d on port %d: %w", attempt, port, err)
-		if !exited {
-			break // a hung server will not do better on another port
-		}
+		s.conf = conf
+		s.extra = args
 	}
-	t.Fatalf("redistest: starting redis-server failed: %v", lastErr)
-	return nil
+	// The caller's arguments come last, so they win over the kind's.
+	s.extra = append(s.extra, k.args...)
+	if err := s.launchFirst(); err != nil {
+		t.Fatalf("redistest: starting redis-server failed: %v", err)
+	}
+	return s
 }
 
 // StartForMain starts a server outside any test, for TestMain and the
@@ -172,26 +189,53 @@ func Launch(args ...string) (*Server, error) {
 		logPath: filepath.Join(dir, logName),
 		ioPath:  filepath.Join(dir, stdioName),
 	}
+	if err := s.launchFirst(); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("redistest: starting redis-server failed: %w", err)
+	}
+	return s, nil
+}
+
+// launchFirst launches the server on a free port (and a free cluster bus
+// port, for a cluster member) and fixes the ports for later restarts. If the
+// server exits at once, as it does when a port turned out to be taken, it
+// tries new ports a few times.
+func (s *Server) launchFirst() error {
+	var lastErr error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
-		port, perr := freePort()
-		if perr != nil {
-			s.Stop()
-			return nil, fmt.Errorf("redistest: finding a free port: %w", perr)
+		port, busPort, err := s.freePorts()
+		if err != nil {
+			return fmt.Errorf("finding a free port: %w", err)
 		}
 		s.mu.Lock()
-		exited, lerr := s.launchLocked(port)
-		s.mu.Unlock()
-		if lerr == nil {
-			s.port = port
-			return s, nil
+		exited, err := s.launchLocked(port, busPort)
+		if err == nil {
+			s.port, s.busPort = port, busPort
 		}
-		err = fmt.Errorf("attempt %d on port %d: %w", attempt, port, lerr)
+		s.mu.Unlock()
+		if err == nil {
+			return nil
+		}
+		lastErr = fmt.Errorf("attempt %d on port %d: %w", attempt, port, err)
 		if !exited {
-			break
+			break // a hung server will not do better on another port
 		}
 	}
-	s.Stop()
-	return nil, fmt.Errorf("redistest: starting redis-server failed: %w", err)
+	return lastErr
+}
+
+// freePorts returns a free port and, for a cluster member, a second one for
+// the cluster bus (0 otherwise).
+func (s *Server) freePorts() (port, busPort int, err error) {
+	if port, err = freePort(); err != nil || !s.bus {
+		return port, 0, err
+	}
+	for busPort == 0 || busPort == port {
+		if busPort, err = freePort(); err != nil {
+			return 0, 0, err
+		}
+	}
+	return port, busPort, nil
 }
 
 // Stop kills a server started by [Launch] for good and removes its
@@ -241,7 +285,8 @@ func (s *Server) Kill() {
 }
 
 // Restart kills the server if it is running, then starts it again on the same
-// port with the same arguments and waits until it answers PING. There is no
+// port (and, for a cluster member, the same cluster bus port) with the same
+// arguments and waits until it answers PING. There is no
 // persistence, so all data is gone afterwards. Clients created by
 // [Server.Client] keep working: go-redis redials on a later command (the
 // first command after the restart may fail).
@@ -260,7 +305,7 @@ func (s *Server) Relaunch() error {
 		return errors.New("redistest: restart after the server was stopped")
 	}
 	s.killLocked()
-	if _, err := s.launchLocked(s.port); err != nil {
+	if _, err := s.launchLocked(s.port, s.busPort); err != nil {
 		return fmt.Errorf("redistest: restarting redis-server on port %d failed: %w", s.port, err)
 	}
 	return nil
@@ -290,8 +335,11 @@ func (s *Server) Flush() {
 // Do runs one command on a temporary client (no retries, 2s timeouts) and
 // returns its reply, as go-redis's Do would. A redis.Nil reply is returned as
 // nil; any other error fails the test with t.Fatalf. It is handy for things
-// like CONFIG SET or CLIENT KILL. The client speaks RESP3, so map replies
-// (e.g. CONFIG GET) come back as map[any]any.
+// like CONFIG SET or CLIENT KILL (CLIENT KILL TYPE pubsub ends every
+// subscriber's connection, SSUBSCRIBE ones included). It works on a cluster
+// member, for keys of the slots that member serves, and on a sentinel. The
+// client speaks RESP3, so map replies (e.g. CONFIG GET) come back as
+// map[any]any.
 func (s *Server) Do(args ...any) any {
 	s.t.Helper()
 	c := redis.NewClient(&redis.Options{
@@ -342,11 +390,12 @@ func (s *Server) killLocked() {
 	}
 }
 
-// launchLocked starts redis-server on port and waits until it is ready.
+// launchLocked starts redis-server on port (and, for a cluster member, its
+// bus on busPort) and waits until it is ready.
 // On failure no process is left running; exited reports whether the server
 // exited on its own (for example because the port was taken), as opposed to
 // not becoming ready in time. s.mu must be held.
-func (s *Server) launchLocked(port int) (exited bool, err error) {
+func (s *Server) launchLocked(port, busPort int) (exited bool, err error) {
 	if s.closed {
 		return false, errors.New("server already cleaned up")
 	}
@@ -354,14 +403,18 @@ func (s *Server) launchLocked(port int) (exited bool, err error) {
 	ioOff := fileSize(s.ioPath)
 	withTails := func(err error) error {
 		return fmt.Errorf("%w\n--- tail of %s ---\n%s--- tail of %s ---\n%s",
-			err, s.logPath, tail(s.logPath, logOff), s.ioPath, tail(s.ioPath, ioOff))
+			err, s.logPath, tail(s.logPath, logOff, tailMaxLns), s.ioPath, tail(s.ioPath, ioOff, tailMaxLns))
 	}
 
 	stdio, err := os.OpenFile(s.ioPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return false, err
 	}
-	args := append([]string{
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf) // redis-server wants it first
+	}
+	args = append(args,
 		"--port", strconv.Itoa(port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -369,7 +422,11 @@ func (s *Server) launchLocked(port int) (exited bool, err error) {
 		"--daemonize", "no",
 		"--dir", s.dir,
 		"--logfile", s.logPath,
-	}, s.extra...)
+	)
+	if busPort != 0 {
+		args = append(args, "--cluster-port", strconv.Itoa(busPort))
+	}
+	args = append(args, s.extra...)
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
 	// *os.File outputs are handed to the child directly: no copying goroutines.
@@ -489,8 +546,9 @@ func fileSize(path string) int64 {
 	return fi.Size()
 }
 
-// tail returns the last lines written to path after offset, for error messages.
-func tail(path string, offset int64) string {
+// tail returns the last lines (at most maxLines) written to path after
+// offset, for error messages.
+func tail(path string, offset int64, maxLines int) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Sprintf("(%v)\n", err)
@@ -508,8 +566,8 @@ func tail(path string, offset int64) string {
 		return fmt.Sprintf("(%v)\n", err)
 	}
 	lines := strings.SplitAfter(string(b), "\n")
-	if len(lines) > tailMaxLns {
-		lines = lines[len(lines)-tailMaxLns:]
+	if len(lines) > maxLines {
+		lines = lines[len(lines)-maxLines:]
 	}
 	out := strings.Join(lines, "")
 	if out == "" {
