@@ -1,8 +1,13 @@
 package pgnotify
 
+import "time"
+
 // NewWithHooks is New with the test-only event points: counted runs after
 // any counter of Stats changed, idle when the connection has been silent
 // for PingInterval, before the ping.
 func NewWithHooks(cfg Config, counted, idle func()) (*Listener, error) {
 	return newListener(cfg, hooks{counted: counted, idle: idle})
 }
+
+// Backoff is the wait before the next attempt after failures failed ones.
+func (l *Listener) Backoff(failures int) time.Duration { return l.backoff(failures) }

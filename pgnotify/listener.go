@@ -115,8 +115,9 @@ type Config struct {
 	PingInterval, PingTimeout time.Duration
 }
 
-// Stats are a Listener's counters since New. A notification's counters
-// are incremented once its invalidation has returned.
+// Stats are a Listener's counters since New. Received counts a
+// notification as it arrives; its other counters change once its
+// invalidation has returned, Applied last.
 type Stats struct {
 	// Received counts notifications received on Channel.
 	Received uint64
@@ -135,9 +136,9 @@ type Stats struct {
 	// UnknownNamespaces counts notifications naming a namespace not in
 	// Namespaces, applied all the same.
 	UnknownNamespaces uint64
-	// GapInvalidations counts invalidations of Namespaces and Groups after
-	// a LISTEN succeeded: one per connection (the first one too, unless
-	// SkipInitialInvalidation).
+	// GapInvalidations counts invalidations of Namespaces and Groups
+	// applied after a LISTEN succeeded: one per connection (the first one
+	// too, unless SkipInitialInvalidation).
 	GapInvalidations uint64
 	// Reconnects counts LISTENs that succeeded after the first.
 	Reconnects uint64
@@ -393,10 +394,15 @@ func (l *Listener) backoff(failures int) time.Duration {
 	if failures == 0 {
 		return 0
 	}
-	d := l.maxBackoff
-	if failures < 63 && l.minBackoff<<(failures-1) < d && l.minBackoff<<(failures-1) > 0 {
-		d = l.minBackoff << (failures - 1)
+	d := l.minBackoff
+	for i := 1; i < failures && d < l.maxBackoff; i++ {
+		if d > l.maxBackoff/2 {
+			d = l.maxBackoff
+			break
+		}
+		d *= 2
 	}
+	d = min(d, l.maxBackoff)
 	return d/2 + rand.N(d/2+1)
 }
 
@@ -443,8 +449,9 @@ func (l *Listener) session(first bool) (listened bool) {
 	// on the first), may have been missed: its entries are invalidated
 	// now, after the LISTEN, so that none is left out.
 	if !first || !l.skipFirst {
-		l.invalidateGap("connect")
-		l.count(&l.c.gaps, 1)
+		if l.invalidate(l.gap, "connection") == nil {
+			l.count(&l.c.gaps, 1)
+		}
 	}
 	l.readyOnce.Do(func() { close(l.ready) })
 
@@ -671,11 +678,6 @@ func (n Notification) targets() []tier.Target {
 		t = append(t, tier.Groups(n.Groups...))
 	}
 	return t
-}
-
-// invalidateGap invalidates Namespaces and Groups.
-func (l *Listener) invalidateGap(why string) {
-	_ = l.invalidate(l.gap, why)
 }
 
 // errRefused marks an invalidation that the node refused for one of its
