@@ -100,7 +100,8 @@ type Config struct {
 	// attempts: it starts at MinBackoff, doubles up to MaxBackoff, and
 	// each wait is drawn at random from its upper half, so that a fleet's
 	// listeners do not reconnect in step. The first attempt after a
-	// connection that had been listening is made at once. Defaults
+	// connection that had been listening for MaxBackoff or more is made at
+	// once; one lost sooner counts as a failed attempt. Defaults
 	// DefaultMinBackoff and DefaultMaxBackoff; negative is an error.
 	MinBackoff, MaxBackoff time.Duration
 	// ConnectTimeout bounds each attempt to connect and LISTEN. Default
@@ -238,12 +239,15 @@ func newListener(cfg Config, h hooks) (*Listener, error) {
 		ready:      make(chan struct{}),
 		warned:     map[string]bool{},
 	}
-	for name, d := range map[string]time.Duration{
-		"MinBackoff": cfg.MinBackoff, "MaxBackoff": cfg.MaxBackoff, "ConnectTimeout": cfg.ConnectTimeout,
-		"PingInterval": cfg.PingInterval, "PingTimeout": cfg.PingTimeout,
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"MinBackoff", cfg.MinBackoff}, {"MaxBackoff", cfg.MaxBackoff}, {"ConnectTimeout", cfg.ConnectTimeout},
+		{"PingInterval", cfg.PingInterval}, {"PingTimeout", cfg.PingTimeout},
 	} {
-		if d < 0 {
-			return bad("negative %s %v", name, d)
+		if d.d < 0 {
+			return bad("negative %s %v", d.name, d.d)
 		}
 	}
 	if l.minBackoff > l.maxBackoff {
@@ -359,20 +363,22 @@ func (l *Listener) count(c *atomic.Uint64, n uint64) {
 func (l *Listener) run() {
 	defer close(l.done)
 	listened := false // a LISTEN has succeeded before
-	failures := 0     // attempts failed since the last that listened
+	failures := 0     // attempts failed, or lost soon, in a row
 	for {
+		start := time.Now()
 		ok := l.session(!listened)
 		if l.ctx.Err() != nil {
 			return
 		}
-		if ok {
-			listened = true
+		listened = listened || ok
+		if ok && time.Since(start) >= l.maxBackoff {
+			// A connection that listened for a while and was lost is
+			// replaced at once: the gap closes with the next LISTEN.
 			failures = 0
-			// A connection that listened and was lost is replaced at once:
-			// its gap closes when the next LISTEN is followed by the
-			// invalidation. A server that drops every connection at once
-			// still gets the backoff, from the second attempt on.
 		} else {
+			// One lost soon after its LISTEN counts as a failure, so that
+			// a server that drops every connection at once does not get
+			// a reconnection, and a fleet-wide invalidation, in a loop.
 			failures++
 		}
 		if d := l.backoff(failures); d > 0 {
