@@ -160,8 +160,10 @@ type product struct {
 type fleet struct {
 	srv  *redistest.Server
 	a, b *tier.Node
-	// busB is signalled whenever b applies another node's invalidation.
-	busB <-chan struct{}
+	// appliedB is signalled whenever b applies another node's
+	// invalidation; busB then too, and whenever b drops its L1 or its
+	// lease lapses or is renewed.
+	appliedB, busB <-chan struct{}
 }
 
 func newFleet(t *testing.T, cfg tier.NodeConfig) *fleet {
@@ -178,23 +180,32 @@ func newFleet(t *testing.T, cfg tier.NodeConfig) *fleet {
 		t.Cleanup(func() { _ = n.Close() })
 		return n
 	}
-	w := &busWatch{ch: make(chan struct{}, 1)}
-	return &fleet{srv: srv, a: node(nil), b: node(w), busB: w.ch}
+	w := &busWatch{applied: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
+	return &fleet{srv: srv, a: node(nil), b: node(w), appliedB: w.applied, busB: w.changed}
 }
 
-// busWatch is a Recorder that signals every invalidation applied from the
-// bus.
+// busWatch is a Recorder that signals, on applied, every invalidation
+// the node applies from the bus, and, on changed, that and every other
+// event that can change what the node serves from L1: a drop of its whole
+// L1, its lease lapsing or renewed.
 type busWatch struct {
 	tier.NopRecorder
-	ch chan struct{}
+	applied, changed chan struct{}
 }
 
-func (w *busWatch) Applied(string, tier.Scope, int, time.Duration) {
+func signal(ch chan struct{}) {
 	select {
-	case w.ch <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
+
+func (w *busWatch) Applied(string, tier.Scope, int, time.Duration) {
+	signal(w.applied)
+	signal(w.changed)
+}
+func (w *busWatch) Dropped(tier.DropReason) { signal(w.changed) }
+func (w *busWatch) Lease(tier.LeaseEvent)   { signal(w.changed) }
 
 // products returns a cache of namespace "products" of table on n, with
 // negative caching, counting its fetches in reads.
@@ -271,15 +282,7 @@ func start(t *testing.T, cfg pgnotify.Config) *watched {
 	}
 	changed := make(chan struct{}, 1)
 	idle := make(chan struct{}, 1)
-	signal := func(ch chan struct{}) func() {
-		return func() {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
-		}
-	}
-	l, err := pgnotify.NewWithHooks(fast(cfg), signal(changed), signal(idle))
+	l, err := pgnotify.NewWithHooks(fast(cfg), func() { signal(changed) }, func() { signal(idle) })
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -321,8 +324,8 @@ func mustNotFound[V any](t *testing.T, c *tier.Cache[int64, V], key int64) {
 	}
 }
 
-// eventually gets key from c each time sig says the node applied an
-// invalidation from the bus, until check accepts what it gets.
+// eventually gets key from c each time sig says something changed on the
+// node, until check accepts what it gets.
 func eventually[V any](t *testing.T, sig <-chan struct{}, c *tier.Cache[int64, V], key int64, what string, check func(V, error) bool) {
 	t.Helper()
 	deadline := time.After(guard)

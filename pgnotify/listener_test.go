@@ -61,7 +61,7 @@ func newSetup(t *testing.T, trigger bool, nodeCfg tier.NodeConfig, cfg pgnotify.
 		// The first connection's invalidation reaches b through the bus:
 		// wait for it, so that it cannot evict what the test caches next.
 		select {
-		case <-s.f.busB:
+		case <-s.f.appliedB:
 		case <-time.After(guard):
 			t.Fatal("node b never applied the Listener's first invalidation")
 		}
