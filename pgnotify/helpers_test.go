@@ -258,6 +258,8 @@ type watched struct {
 	*pgnotify.Listener
 	changed <-chan struct{}
 	idle    <-chan struct{}
+	// waits has the length of each wait between attempts (the first 64).
+	waits <-chan time.Duration
 }
 
 // listen starts a Listener of cfg (with fast timings), closed at cleanup,
@@ -282,12 +284,18 @@ func start(t *testing.T, cfg pgnotify.Config) *watched {
 	}
 	changed := make(chan struct{}, 1)
 	idle := make(chan struct{}, 1)
-	l, err := pgnotify.NewWithHooks(fast(cfg), func() { signal(changed) }, func() { signal(idle) })
+	waits := make(chan time.Duration, 64)
+	l, err := pgnotify.NewWithHooks(fast(cfg), func() { signal(changed) }, func() { signal(idle) }, func(d time.Duration) {
+		select {
+		case waits <- d:
+		default:
+		}
+	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(func() { _ = l.Close() })
-	return &watched{Listener: l, changed: changed, idle: idle}
+	return &watched{Listener: l, changed: changed, idle: idle, waits: waits}
 }
 
 // wait waits until cond holds of the Listener's Stats.

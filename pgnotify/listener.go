@@ -111,7 +111,9 @@ type Config struct {
 	// Listener pings it, and PingTimeout how long the ping may take: a
 	// connection lost without a word (a network partition, a dead host) is
 	// found within PingInterval + PingTimeout, and replaced, with the
-	// invalidation that a reconnection makes. Defaults DefaultPingInterval
+	// invalidation that a reconnection makes. The pings also keep the
+	// session from looking idle: set PingInterval below the server's
+	// idle_session_timeout, if it has one. Defaults DefaultPingInterval
 	// and DefaultPingTimeout.
 	PingInterval, PingTimeout time.Duration
 }
@@ -170,6 +172,8 @@ type hooks struct {
 	// idle runs when the connection has been silent for PingInterval,
 	// before the ping.
 	idle func()
+	// backoff runs before each wait between attempts, with its length.
+	backoff func(time.Duration)
 }
 
 // Listener listens for a PostgreSQL channel's notifications and applies
@@ -381,7 +385,11 @@ func (l *Listener) run() {
 			// a reconnection, and a fleet-wide invalidation, in a loop.
 			failures++
 		}
-		if d := l.backoff(failures); d > 0 {
+		d := l.backoff(failures)
+		if l.hooks.backoff != nil {
+			l.hooks.backoff(d)
+		}
+		if d > 0 {
 			t := time.NewTimer(d)
 			select {
 			case <-t.C:

@@ -579,6 +579,43 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
+// A connection the server drops soon after its LISTEN (here, by
+// idle_session_timeout, as a server with a short one would without the
+// pings) is followed by a backoff, not by an immediate reconnection; one
+// that listened for MaxBackoff or more is replaced at once.
+func TestShortConnectionBacksOff(t *testing.T) {
+	f := newFleet(t, tier.NodeConfig{})
+	for _, tc := range []struct {
+		name       string
+		maxBackoff time.Duration
+		min, max   time.Duration
+	}{
+		{"lost soon", time.Hour, 30 * time.Minute, time.Hour},
+		{"lost after MaxBackoff", time.Millisecond, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := listen(t, pgnotify.Config{
+				ConnString: pgDSN + "&idle_session_timeout=100",
+				Node:       f.a, Namespaces: []string{"products"},
+				MinBackoff: tc.maxBackoff, MaxBackoff: tc.maxBackoff,
+				PingInterval: time.Hour,
+			})
+			select {
+			case d := <-l.waits:
+				if d < tc.min || d > tc.max {
+					t.Fatalf("waited %v after the loss; want within [%v, %v]", d, tc.min, tc.max)
+				}
+			case <-time.After(guard):
+				t.Fatalf("no attempt after the loss: %+v", l.Stats())
+			}
+			if st := l.Stats(); st.Disconnects != 1 {
+				t.Fatalf("Stats = %+v; want one disconnection", st)
+			}
+			closed(t, l.Listener)
+		})
+	}
+}
+
 // The backoff doubles from MinBackoff to MaxBackoff, each wait drawn from
 // the upper half of its step, and none after no failure.
 func TestBackoff(t *testing.T) {
