@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -637,5 +638,31 @@ func TestBackoff(t *testing.T) {
 				t.Fatalf("Backoff(%d) = %v; want within [%v, %v]", tc.failures, d, tc.step/2, tc.step)
 			}
 		}
+	}
+}
+
+// A statement that writes many rows sends a notification per row; the
+// Listener applies them all, in batches (one Invalidate call for the
+// notifications that arrived while the previous call ran).
+func TestBulkWrites(t *testing.T) {
+	s := newSetup(t, true, tier.NodeConfig{}, pgnotify.Config{})
+	const n = 1000
+	before := s.f.a.Stats().Published
+	exec(t, s.db, "INSERT INTO "+s.table+" (id, name, category_id) SELECT i, 'p' || i, i % 7 FROM generate_series(100, 99 + $1::int) AS i", n)
+	s.l.wait(t, "the INSERT's notifications applied", func(st pgnotify.Stats) bool { return st.Applied == n })
+	for _, id := range []int64{100, 500, 1099} {
+		cached(t, s.pa, id)
+		cached(t, s.pb, id)
+	}
+	exec(t, s.db, "UPDATE "+s.table+" SET name = name || '!' WHERE id >= 100")
+	st := s.l.wait(t, "the UPDATE's notifications applied", func(st pgnotify.Stats) bool { return st.Applied == 2*n })
+	if st.Received != 2*n || st.Malformed != 0 || st.InvalidateErrors != 0 {
+		t.Fatalf("Stats = %+v", st)
+	}
+	t.Logf("%d notifications applied with %d bus messages", 2*n, s.f.a.Stats().Published-before)
+	for _, id := range []int64{100, 500, 1099} {
+		want := product{ID: id, Name: "p" + strconv.FormatInt(id, 10) + "!", Category: id % 7}
+		mustGet(t, s.pa, id, want)
+		eventually(t, s.f.busB, s.pb, id, "the updated row", is(want))
 	}
 }
