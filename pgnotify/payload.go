@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tiercache/tiercache/bus"
+	"github.com/tiercache/tiercache/tier"
 )
 
 // Limits of a payload, the ones PostgreSQL and package tier set.
@@ -21,7 +22,7 @@ const (
 	MaxPayloadBytes = 8000
 	// MaxNamespaceBytes is the longest namespace, tier.Config.Namespace's
 	// limit.
-	MaxNamespaceBytes = bus.MaxGroupBytes - 4
+	MaxNamespaceBytes = tier.MaxNamespaceBytes
 	// MaxGroupBytes is the longest group name, tier's limit.
 	MaxGroupBytes = bus.MaxGroupBytes
 )
@@ -138,12 +139,10 @@ func (n Notification) check() error {
 // checkNamespace says why ns cannot be a namespace of a payload or a
 // Config, or nil.
 func checkNamespace(ns string) error {
-	switch {
-	case ns == "":
-		return errors.New("empty namespace")
-	case len(ns) > MaxNamespaceBytes:
-		return fmt.Errorf("namespace of %d bytes, limit %d", len(ns), MaxNamespaceBytes)
-	case !cleanString(ns):
+	if err := tier.CheckNamespace(ns); err != nil {
+		return err
+	}
+	if !cleanString(ns) {
 		return errors.New("namespace is not valid UTF-8 or holds U+FFFD")
 	}
 	return nil
@@ -151,14 +150,10 @@ func checkNamespace(ns string) error {
 
 // checkGroup says why g cannot be a group name, or nil.
 func checkGroup(g string) error {
-	switch {
-	case g == "":
-		return errors.New("empty group name")
-	case len(g) > MaxGroupBytes:
-		return fmt.Errorf("group name of %d bytes, limit %d", len(g), MaxGroupBytes)
-	case g[0] == 0:
-		return errors.New("group name starts with NUL")
-	case !cleanString(g):
+	if err := tier.CheckGroup(g); err != nil {
+		return err
+	}
+	if !cleanString(g) {
 		return errors.New("group name is not valid UTF-8 or holds U+FFFD")
 	}
 	return nil

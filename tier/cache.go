@@ -19,9 +19,24 @@ const (
 	DefaultL1TTL = time.Minute
 )
 
-// maxNamespaceBytes bounds Config.Namespace, so that the namespace's group
+// MaxNamespaceBytes bounds Config.Namespace, so that the namespace's group
 // name ("\x00ns\x00" + namespace) fits in a bus message.
-const maxNamespaceBytes = 1020
+const MaxNamespaceBytes = 1020
+
+// CheckNamespace says why ns cannot name a namespace (empty, over
+// MaxNamespaceBytes, or starting with NUL, which the library reserves), or
+// returns nil. The error wraps ErrConfig.
+func CheckNamespace(ns string) error {
+	switch {
+	case ns == "":
+		return fmt.Errorf("%w: empty namespace", ErrConfig)
+	case len(ns) > MaxNamespaceBytes:
+		return fmt.Errorf("%w: namespace of %d bytes, limit %d", ErrConfig, len(ns), MaxNamespaceBytes)
+	case ns[0] == 0:
+		return fmt.Errorf("%w: namespace starts with NUL, which the library reserves", ErrConfig)
+	}
+	return nil
+}
 
 // maxTTL bounds Config.TTL: about 146 years, far inside what Redis's PX and
 // a time.Duration can hold.
@@ -199,14 +214,11 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 	switch {
 	case n == nil:
 		return nil, fmt.Errorf("%w: nil Node", ErrConfig)
-	case cfg.Namespace == "":
-		return nil, fmt.Errorf("%w: empty Namespace", ErrConfig)
-	case len(cfg.Namespace) > maxNamespaceBytes:
-		return nil, fmt.Errorf("%w: Namespace is %d bytes, limit %d", ErrConfig, len(cfg.Namespace), maxNamespaceBytes)
-	case cfg.Namespace[0] == 0:
-		return nil, fmt.Errorf("%w: Namespace starts with NUL, which the library reserves", ErrConfig)
 	case cfg.TTL < 0 || cfg.TTL > maxTTL:
 		return nil, fmt.Errorf("%w: TTL %v is negative or over %v", ErrConfig, cfg.TTL, maxTTL)
+	}
+	if err := CheckNamespace(cfg.Namespace); err != nil {
+		return nil, err
 	}
 	z, err := newZones(cfg.TTL, cfg.FreshFor, cfg.MaxStale, cfg.FetchTimeout, cfg.FailSafeThrottle, cfg.EarlyRefresh, cfg.NotFoundTTL, cfg.TTLJitter, cfg.Losers)
 	if err != nil {
@@ -549,7 +561,7 @@ func (c *Cache[K, V]) groupsOf(key K, v V) ([]string, error) {
 	out := make([]string, 0, 2+len(user))
 	out = append(out, fleetGroup, c.nsGroup)
 	for _, g := range user {
-		if err := checkGroup(g); err != nil {
+		if err := CheckGroup(g); err != nil {
 			return nil, err
 		}
 		out = append(out, g)
@@ -557,8 +569,10 @@ func (c *Cache[K, V]) groupsOf(key K, v V) ([]string, error) {
 	return out, nil
 }
 
-// checkGroup reports whether g can name a group.
-func checkGroup(g string) error {
+// CheckGroup says why g cannot name a group (empty, over 1024 bytes, or
+// starting with NUL, which the library reserves), or returns nil. The error
+// wraps ErrBadGroup.
+func CheckGroup(g string) error {
 	switch {
 	case g == "":
 		return fmt.Errorf("%w: empty group name", ErrBadGroup)

@@ -62,13 +62,8 @@ func (t Target) ops(n *Node) ([]bus.Op, error) {
 		return nil, fmt.Errorf("%w: keys of a Cache of another Node", ErrConfig)
 	}
 	if t.scope != ScopeGroups {
-		switch {
-		case t.ns == "":
-			return nil, fmt.Errorf("%w: empty namespace", ErrConfig)
-		case len(t.ns) > maxNamespaceBytes:
-			return nil, fmt.Errorf("%w: namespace of %d bytes, limit %d", ErrConfig, len(t.ns), maxNamespaceBytes)
-		case t.ns[0] == 0:
-			return nil, fmt.Errorf("%w: namespace starts with NUL, which the library reserves", ErrConfig)
+		if err := CheckNamespace(t.ns); err != nil {
+			return nil, err
 		}
 	}
 	switch t.scope {
@@ -77,7 +72,7 @@ func (t Target) ops(n *Node) ([]bus.Op, error) {
 	case ScopeGroups:
 		ops := make([]bus.Op, len(t.names))
 		for i, g := range t.names {
-			if err := checkGroup(g); err != nil {
+			if err := CheckGroup(g); err != nil {
 				return nil, err
 			}
 			ops[i] = bus.Op{Group: g}

@@ -532,7 +532,7 @@ func (n *Node) applyOps(ops []bus.Op) {
 // still applies and the error says so.
 func (n *Node) InvalidateGroup(ctx context.Context, names ...string) error {
 	for _, g := range names {
-		if err := checkGroup(g); err != nil {
+		if err := CheckGroup(g); err != nil {
 			return fmt.Errorf("tier invalidate group: %w", err)
 		}
 	}

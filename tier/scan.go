@@ -199,7 +199,7 @@ func invalidable(namespace, key string) bool {
 }
 
 func invalidableNamespace(namespace string) bool {
-	return namespace != "" && len(namespace) <= maxNamespaceBytes
+	return namespace != "" && len(namespace) <= MaxNamespaceBytes
 }
 
 // scannedKey is one key found in Redis.
