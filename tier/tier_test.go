@@ -481,8 +481,16 @@ func TestKeyTypes(t *testing.T) {
 
 	type pair struct{ A, B int }
 	fetchPair := func(_ context.Context, k pair) (int, error) { return k.A + k.B, nil }
-	if _, err := tier.New(n, tier.Config[pair, int]{Namespace: "pair0", Fetch: fetchPair}); !errors.Is(err, tier.ErrConfig) {
-		t.Fatalf("struct key without Key: %v", err)
+	type point struct{ X, Y float64 }
+	if _, err := tier.New(n, tier.Config[point, int]{Namespace: "point", Fetch: func(context.Context, point) (int, error) { return 0, nil }}); !errors.Is(err, tier.ErrConfig) {
+		t.Fatalf("a key of floats without Key: %v", err)
+	}
+	derived, err := tier.New(n, tier.Config[pair, int]{Namespace: "pair0", Fetch: fetchPair})
+	if err != nil {
+		t.Fatalf("a struct key of integers without Key: %v", err)
+	}
+	if v, err := derived.Get(ctx, pair{2, 3}); err != nil || v != 5 {
+		t.Fatalf("derived pair Get = %d, %v", v, err)
 	}
 	pairs, err := tier.New(n, tier.Config[pair, int]{
 		Namespace: "pair", Fetch: fetchPair,
@@ -523,11 +531,12 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("New with a nil node: %v", err)
 	}
 	for name, cfg := range map[string]tier.Config[string, string]{
-		"empty namespace": {Fetch: fetch},
-		"long namespace":  {Namespace: strings.Repeat("n", 1021), Fetch: fetch},
-		"TTL over 146y":   {Namespace: "x", Fetch: fetch, TTL: 1<<63 - 1},
-		"nil fetch":       {Namespace: "x"},
-		"negative TTL":    {Namespace: "x", Fetch: fetch, TTL: -time.Second},
+		"empty namespace":        {Fetch: fetch},
+		"long namespace":         {Namespace: strings.Repeat("n", 1021), Fetch: fetch},
+		"TTL over 146y":          {Namespace: "x", Fetch: fetch, TTL: 1<<63 - 1},
+		"no source but FreshFor": {Namespace: "x", FreshFor: time.Second, TTL: time.Minute},
+		"NUL namespace":          {Namespace: "\x00x", Fetch: fetch},
+		"negative TTL":           {Namespace: "x", Fetch: fetch, TTL: -time.Second},
 	} {
 		if _, err := tier.New(n, cfg); !errors.Is(err, tier.ErrConfig) {
 			t.Errorf("New with %s: %v, want ErrConfig", name, err)
