@@ -100,6 +100,12 @@ type SubscriberConfig struct {
 	Client redis.UniversalClient
 	// Channel is the bus channel.
 	Channel string
+	// WakeChannel, if set, is a second channel subscribed on the same
+	// connection, whose messages go to Wake as they come: no order, no
+	// sequence, no lease, and nothing lost but latency if one is missed.
+	// One connection serves both, so a node holds one subscription.
+	WakeChannel string
+	Wake        func(payload string)
 	// EpochKey holds the fleet epoch token.
 	EpochKey string
 	// Self is this node's ID: its own messages are not applied again.
@@ -224,7 +230,7 @@ func (s *Subscriber) receive() {
 		s.mu.Unlock()
 		return
 	}
-	s.ps = s.cfg.Client.Subscribe(s.life, s.cfg.Channel)
+	s.ps = s.cfg.Client.Subscribe(s.life, s.channels()...)
 	s.replaced = time.Now()
 	ps := s.ps
 	s.mu.Unlock()
@@ -241,7 +247,7 @@ func (s *Subscriber) receive() {
 			// once (the old one's Close unblocked this Receive).
 			s.mu.Lock()
 			if s.retired == ps {
-				s.ps = s.cfg.Client.Subscribe(s.life, s.cfg.Channel)
+				s.ps = s.cfg.Client.Subscribe(s.life, s.channels()...)
 				s.replaced, s.retired = time.Now(), nil
 				ps = s.ps
 				s.mu.Unlock()
@@ -269,7 +275,7 @@ func (s *Subscriber) receive() {
 				return
 			}
 			backoff = min(2*backoff, time.Second)
-			_ = ps.Subscribe(s.life, s.cfg.Channel) // a failure shows up in Receive
+			_ = ps.Subscribe(s.life, s.channels()...) // a failure shows up in Receive
 			continue
 		}
 		if err != nil {
@@ -292,11 +298,23 @@ func (s *Subscriber) receive() {
 				s.subscribed()
 			}
 		case *redis.Message:
+			if m.Channel == s.cfg.WakeChannel && s.cfg.Wake != nil {
+				s.cfg.Wake(m.Payload)
+				continue
+			}
 			s.message([]byte(m.Payload))
 		case *redis.Pong:
 			s.pong(m.Payload)
 		}
 	}
+}
+
+// channels are the channels the subscription listens on.
+func (s *Subscriber) channels() []string {
+	if s.cfg.WakeChannel == "" || s.cfg.Wake == nil {
+		return []string{s.cfg.Channel}
+	}
+	return []string{s.cfg.Channel, s.cfg.WakeChannel}
 }
 
 // disconnected drops L1 and ends the lease: whatever is published until the

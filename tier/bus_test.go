@@ -3,6 +3,7 @@ package tier_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -608,5 +609,25 @@ func TestRace_R16_SlowSubscriber(t *testing.T) {
 	}
 	if st := nb.Stats(); st.BusDisconnects == 0 {
 		t.Fatalf("B stats = %+v", st)
+	}
+}
+
+// A node holds one pub/sub connection: the bus and the wake channel share
+// it.
+func TestOnePubSubConnectionPerNode(t *testing.T) {
+	f := newFleet(t)
+	f.node(tier.NodeConfig{}, nil)
+	list, err := f.rdb.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var subs []string
+	for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
+		if strings.Contains(line, " sub=") && !strings.Contains(line, " sub=0 ") {
+			subs = append(subs, line)
+		}
+	}
+	if len(subs) != 1 || !strings.Contains(subs[0], " sub=2 ") {
+		t.Fatalf("pub/sub connections of one node:\n%s\nwant one, subscribed to the bus and the wake channel", strings.Join(subs, "\n"))
 	}
 }

@@ -214,7 +214,6 @@ type Node struct {
 	names   busNames
 	live    chan struct{} // closed at the first lease
 	liveOne sync.Once
-	wake    *redis.PubSub
 	wakers  wakers
 
 	mu        sync.Mutex
@@ -335,8 +334,11 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		Self:     n.id,
 		LeaseTTL: cfg.LeaseTTL,
 		Handler:  busHandler{n},
-		Logger:   cfg.Logger,
-		Hooks:    bh,
+		// Waiters are woken on the bus's connection: one subscription.
+		WakeChannel: l2.WakeChannel(cfg.Prefix),
+		Wake:        n.wakers.wake,
+		Logger:      cfg.Logger,
+		Hooks:       bh,
 	})
 	if err != nil {
 		n.pub.Close()
@@ -345,8 +347,6 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.spawn(n.replay)
-	n.wake = rdb.Subscribe(n.life, l2.WakeChannel(cfg.Prefix))
-	n.spawn(func() { n.listenWake(n.wake) })
 	wait, cancel := context.WithTimeout(ctx, cfg.LeaseTTL)
 	defer cancel()
 	select {
@@ -372,7 +372,6 @@ func (n *Node) Close() error {
 	n.cancel()
 	n.sub.Close()
 	n.pub.Close()
-	_ = n.wake.Close()
 	n.wg.Wait()
 	n.l1.Close()
 	return nil

@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tiercache/tiercache/l2"
 )
 
@@ -84,14 +82,6 @@ func (w *wakers) wait(ctx context.Context, key string, ch <-chan struct{}, d tim
 		return false, nil
 	case <-ctx.Done():
 		return false, ctx.Err()
-	}
-}
-
-// listenWake subscribes to the wake channel and wakes this node's waiters
-// until Close. The subscription reconnects on its own (go-redis).
-func (n *Node) listenWake(ps *redis.PubSub) {
-	for m := range ps.Channel() {
-		n.wakers.wake(m.Payload)
 	}
 }
 
