@@ -251,8 +251,8 @@ type FleetStats struct {
 
 // add adds one node's counters.
 func (f *FleetStats) add(s tier.Stats) {
-	f.sum(FleetStats{FillsLanded: s.FillsLanded, FillsRefused: s.FillsRefused, Waits: s.Waits, UncachedFetches: s.UncachedFetches,
-		StaleServed: s.StaleServed, NegativeHits: s.NegativeHits, Refreshes: s.Refreshes, FailSafe: s.FailSafe})
+	f.sum(FleetStats{FillsLanded: s.Caches.FillsLanded, FillsRefused: s.Caches.FillsRefused, Waits: s.Caches.Waits, UncachedFetches: s.Caches.UncachedFetches,
+		StaleServed: s.Caches.StaleServed, NegativeHits: s.Caches.NegativeHits, Refreshes: s.Caches.Refreshes, FailSafe: s.Caches.FailSafe})
 }
 
 func (f *FleetStats) sum(g FleetStats) {

@@ -93,7 +93,7 @@ func warmL1[K comparable](tb testing.TB, n *tier.Node, c *tier.Cache[K, string],
 				tb.Fatalf("warm Get(%v): %v", k, err)
 			}
 		}
-		if hits := n.Stats().L1Hits - before.L1Hits; hits == uint64(len(keys)) {
+		if hits := n.Stats().Caches.L1Hits - before.Caches.L1Hits; hits == uint64(len(keys)) {
 			return
 		}
 	}
@@ -105,13 +105,13 @@ func warmL1[K comparable](tb testing.TB, n *tier.Node, c *tier.Cache[K, string],
 // measured the path it claims to measure.
 func checkHits(tb testing.TB, before, after tier.Stats, l1, l2 uint64) {
 	tb.Helper()
-	if d := after.Fetches - before.Fetches; d != 0 {
+	if d := after.Caches.Fetches - before.Caches.Fetches; d != 0 {
 		tb.Fatalf("timed loop made %d fetches; the hit path was not measured", d)
 	}
-	if d := after.L2Hits - before.L2Hits; d != l2 {
+	if d := after.Caches.L2Hits - before.Caches.L2Hits; d != l2 {
 		tb.Fatalf("timed loop had %d L2 hits, want %d", d, l2)
 	}
-	if d := after.L1Hits - before.L1Hits; d != l1 {
+	if d := after.Caches.L1Hits - before.Caches.L1Hits; d != l1 {
 		tb.Fatalf("timed loop had %d L1 hits, want %d", d, l1)
 	}
 }
@@ -264,8 +264,8 @@ func BenchmarkGetL2Hit(b *testing.B) {
 			b.Fatalf("prefill Get(%q): %v", k, err)
 		}
 	}
-	if st := n.Stats(); st.FillsLanded != benchKeyCount {
-		b.Fatalf("prefill landed %d fills, want %d; stats %+v", st.FillsLanded, benchKeyCount, st)
+	if st := n.Stats(); st.Caches.FillsLanded != benchKeyCount {
+		b.Fatalf("prefill landed %d fills, want %d; stats %+v", st.Caches.FillsLanded, benchKeyCount, st)
 	}
 	valueKeys := make([]string, len(keys))
 	for i, k := range keys {
@@ -337,7 +337,7 @@ func BenchmarkGetMissFill(b *testing.B) {
 		}
 		b.StopTimer()
 		after := n.Stats()
-		if f, l := after.Fetches-before.Fetches, after.FillsLanded-before.FillsLanded; f != uint64(b.N) || l != uint64(b.N) {
+		if f, l := after.Caches.Fetches-before.Caches.Fetches, after.Caches.FillsLanded-before.Caches.FillsLanded; f != uint64(b.N) || l != uint64(b.N) {
 			b.Fatalf("timed loop made %d fetches and %d fills, want %d each", f, l, b.N)
 		}
 	})

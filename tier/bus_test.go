@@ -81,9 +81,9 @@ func (e *busEvents) forgetRenewals() {
 func inL1(t *testing.T, n *tier.Node, c *tier.Cache[string, string], key string) bool {
 	t.Helper()
 	tier.WaitL1(n)
-	before := n.Stats().L1Hits
+	before := n.Stats().Caches.L1Hits
 	mustGet(t, c, key)
-	return n.Stats().L1Hits > before
+	return n.Stats().Caches.L1Hits > before
 }
 
 // warm puts key's value in n's L1 and checks that it is served from there.
@@ -345,7 +345,7 @@ func TestRace_R17_CannotPublish(t *testing.T) {
 			t.Fatalf("Get(%s) with Redis down = %q, want v2 from the source", k, v)
 		}
 	}
-	if st := n.Stats(); st.RedisErrors < 1 || st.UncachedFetches != 2 {
+	if st := n.Stats(); st.RedisErrors < 1 || st.Caches.UncachedFetches != 2 {
 		t.Fatalf("stats = %+v", st)
 	}
 }
@@ -481,7 +481,7 @@ func TestRace_R23_Flushall(t *testing.T) {
 	close(held.release)
 	await(t, got)
 	src.gated.Store(false)
-	if st := nb.Stats(); st.FillsRefused != 1 {
+	if st := nb.Stats(); st.Caches.FillsRefused != 1 {
 		t.Fatalf("the fill across the flush was not refused: %+v", st)
 	}
 	eb.awaitDropped(t, bus.EpochChanged)

@@ -377,7 +377,7 @@ func TestSlowRedis(t *testing.T) {
 	if v := mustGet(t, a, "k"); v != "v1" {
 		t.Fatalf("Get on a slow network = %q", v)
 	}
-	if st := na.Stats(); st.RedisErrors == 0 || st.UncachedFetches != 1 {
+	if st := na.Stats(); st.RedisErrors == 0 || st.Caches.UncachedFetches != 1 {
 		t.Fatalf("stats = %+v; the read should have timed out and gone to the source", st)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)

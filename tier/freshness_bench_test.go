@@ -118,7 +118,7 @@ func BenchmarkGetMany(b *testing.B) {
 			}
 		}
 		b.ReportMetric(float64(rt.n.Load()-before)/float64(b.N), "round-trips/op")
-		if d := n.Stats().Fetches - st.Fetches; d != 0 {
+		if d := n.Stats().Caches.Fetches - st.Caches.Fetches; d != 0 {
 			b.Fatalf("%d fetches: not every key was in Redis", d)
 		}
 	}
@@ -201,7 +201,7 @@ func BenchmarkStaleHit(b *testing.B) {
 	}
 	// Every stale key's refresh has reached the source, where it is held.
 	deadline := time.Now().Add(time.Minute)
-	for n.Stats().Fetches < 3*benchKeyCount {
+	for n.Stats().Caches.Fetches < 3*benchKeyCount {
 		if time.Now().After(deadline) {
 			b.Fatalf("refreshes did not start: %+v", n.Stats())
 		}
@@ -216,7 +216,7 @@ func BenchmarkStaleHit(b *testing.B) {
 			}
 		}
 		st := n.Stats()
-		if got := st.StaleServed - before.StaleServed; wantStale != (got == uint64(b.N)) || !wantStale && got != 0 {
+		if got := st.Caches.StaleServed - before.Caches.StaleServed; wantStale != (got == uint64(b.N)) || !wantStale && got != 0 {
 			b.Fatalf("%d stale hits in %d Gets", got, b.N)
 		}
 		checkHits(b, before, st, uint64(b.N), 0)

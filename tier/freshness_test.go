@@ -133,11 +133,11 @@ func TestRace_R34_StaleWhileRevalidateFromL2(t *testing.T) {
 	if v, ri, err := getInfo(t, c, "k"); err != nil || v != "v2" || ri.Stale {
 		t.Fatalf("after the refresh = %q, %+v, %v; want v2, fresh", v, ri, err)
 	}
-	if st := nc.Stats(); st.StaleServed != 20 || st.Fetches != 0 {
-		t.Fatalf("C's stats: %d stale served, %d fetches; want 20, 0", st.StaleServed, st.Fetches)
+	if st := nc.Stats(); st.Caches.StaleServed != 20 || st.Caches.Fetches != 0 {
+		t.Fatalf("C's stats: %d stale served, %d fetches; want 20, 0", st.Caches.StaleServed, st.Caches.Fetches)
 	}
-	awaitStats(t, nb, "B's refresh to land", func(st tier.Stats) bool { return st.FillsLanded == 1 })
-	if st := nb.Stats(); st.Refreshes != 1 || st.FillsLanded != 1 || st.StaleServed != 1 {
+	awaitStats(t, nb, "B's refresh to land", func(st tier.Stats) bool { return st.Caches.FillsLanded == 1 })
+	if st := nb.Stats(); st.Caches.Refreshes != 1 || st.Caches.FillsLanded != 1 || st.Caches.StaleServed != 1 {
 		t.Fatalf("B's stats: %+v", st)
 	}
 }
@@ -173,8 +173,8 @@ func TestRace_R34_StaleWhileRevalidateFromL1(t *testing.T) {
 	if reads := src.reads.Load(); reads != 2 {
 		t.Fatalf("source reads = %d; want 2: one refresh for 100 stale hits", reads)
 	}
-	if st := n.Stats(); st.Refreshes != 1 || st.StaleServed < 100 {
-		t.Fatalf("stats: %d refreshes, %d stale served", st.Refreshes, st.StaleServed)
+	if st := n.Stats(); st.Caches.Refreshes != 1 || st.Caches.StaleServed < 100 {
+		t.Fatalf("stats: %d refreshes, %d stale served", st.Caches.Refreshes, st.Caches.StaleServed)
 	}
 }
 
@@ -255,8 +255,8 @@ func TestRace_R34_FailSafe(t *testing.T) {
 	if got := src.calls.Load(); got != calls {
 		t.Fatalf("the source was called %d more times while the key was marked failing", got-calls)
 	}
-	if st := na.Stats(); st.FailSafe != 1 {
-		t.Fatalf("A's FailSafe = %d; want 1", st.FailSafe)
+	if st := na.Stats(); st.Caches.FailSafe != 1 {
+		t.Fatalf("A's FailSafe = %d; want 1", st.Caches.FailSafe)
 	}
 	// A write clears the mark: the next read goes to the source.
 	src.fail.Store(false)
@@ -345,7 +345,7 @@ func TestRace_R10_LoserPolicies(t *testing.T) {
 			if s := f.stored("k"); s != "v2" {
 				t.Fatalf("L2 = %q; want the claimant's v2", s)
 			}
-			if st := nb.Stats(); st.FillsLanded != 0 {
+			if st := nb.Stats(); st.Caches.FillsLanded != 0 {
 				t.Fatalf("a loser filled L2: %+v", st)
 			}
 		})
@@ -396,8 +396,8 @@ func TestRace_R11_NegativeCaching(t *testing.T) {
 			t.Fatalf("y after insert = %q", v)
 		}
 	}
-	if st := na.Stats(); st.NegativeHits != 1 {
-		t.Fatalf("A's NegativeHits = %d; want 1", st.NegativeHits)
+	if st := na.Stats(); st.Caches.NegativeHits != 1 {
+		t.Fatalf("A's NegativeHits = %d; want 1", st.Caches.NegativeHits)
 	}
 }
 
@@ -505,9 +505,9 @@ func TestRace_R35_EarlyRefresh(t *testing.T) {
 	close(held.release)
 	src.gated.Store(false)
 	awaitGet(t, c, "k", "v3")
-	awaitStats(t, n, "the refused refresh", func(st tier.Stats) bool { return st.FillsRefused == 1 })
-	if st := n.Stats(); st.Refreshes != 1 || st.FillsRefused != 1 {
-		t.Fatalf("refreshes %d, refused fills %d; want 1, 1: %+v", st.Refreshes, st.FillsRefused, st)
+	awaitStats(t, n, "the refused refresh", func(st tier.Stats) bool { return st.Caches.FillsRefused == 1 })
+	if st := n.Stats(); st.Caches.Refreshes != 1 || st.Caches.FillsRefused != 1 {
+		t.Fatalf("refreshes %d, refused fills %d; want 1, 1: %+v", st.Caches.Refreshes, st.Caches.FillsRefused, st)
 	}
 
 	// Uninterrupted, the early refresh lands and L1 serves the new value.

@@ -68,7 +68,7 @@ func TestRace_R31_GroupInvalidatedDuringFill(t *testing.T) {
 			if r := await(t, got); r.v != tc.v1 {
 				t.Fatalf("overlapping read = %q", r.v)
 			}
-			if st := na.Stats(); st.FillsRefused != 1 || st.FillsLanded != 0 {
+			if st := na.Stats(); st.Caches.FillsRefused != 1 || st.Caches.FillsLanded != 0 {
 				t.Fatalf("the fill across the group invalidation was not refused: %+v", st)
 			}
 			src.gated.Store(false)
@@ -313,7 +313,7 @@ func TestRace_R26_MissingStampRefusesEntry(t *testing.T) {
 	}
 	reads := src.reads.Load()
 	mustGet(t, c, "book:7")
-	if st := n.Stats(); st.GroupStale != 1 || src.reads.Load() != reads+1 {
+	if st := n.Stats(); st.Caches.GroupStale != 1 || src.reads.Load() != reads+1 {
 		t.Fatalf("an entry with a missing stamp was served: %+v", st)
 	}
 }
@@ -384,7 +384,7 @@ func TestBadGroups(t *testing.T) {
 	if v, err := c.Get(ctx, "many"); v != "v" || !errors.Is(err, tier.ErrBadGroup) {
 		t.Fatalf("Get = %q, %v; want the value and ErrBadGroup (not cached)", v, err)
 	}
-	if st := n.Stats(); st.BadGroups != 1 || st.FillsLanded != 0 {
+	if st := n.Stats(); st.Caches.BadGroups != 1 || st.Caches.FillsLanded != 0 {
 		t.Fatalf("an entry in too many groups was cached: %+v", st)
 	}
 	if f.flag("many") != "" || f.stored("many") != "" {
@@ -416,7 +416,7 @@ func TestRefusedGroupFillReleasesClaim(t *testing.T) {
 	if tok := f.flag("book:7"); tok != "" {
 		t.Fatal("the refused fill kept its claim")
 	}
-	if st := n.Stats(); st.FillsRefused != 1 {
+	if st := n.Stats(); st.Caches.FillsRefused != 1 {
 		t.Fatalf("stats = %+v", st)
 	}
 }
@@ -445,7 +445,7 @@ func TestGroupedL2HitIsOneRoundTrip(t *testing.T) {
 			if got := rt.n.Load() - before; got != 1 {
 				t.Fatalf("L2 hit of a grouped entry: %d round trips, want 1", got)
 			}
-			if st := n.Stats(); st.L2Hits != 1 {
+			if st := n.Stats(); st.Caches.L2Hits != 1 {
 				t.Fatalf("stats = %+v", st)
 			}
 		})
@@ -476,7 +476,7 @@ func TestForgottenGroupIsCheckedInRedis(t *testing.T) {
 	if served == 3 {
 		t.Fatal("every entry was served from L1 though one of their groups was forgotten")
 	}
-	if st := n.Stats(); st.Fetches != 3 {
+	if st := n.Stats(); st.Caches.Fetches != 3 {
 		t.Fatalf("an entry of a forgotten group was refetched instead of read from Redis: %+v", st)
 	}
 }

@@ -70,7 +70,7 @@ func (h *herd) goGets(key string, per int) <-chan result {
 func (h *herd) claimant(t *testing.T) int {
 	t.Helper()
 	for i, n := range h.nodes {
-		if n.Stats().Fetches == 1 {
+		if n.Stats().Caches.Fetches == 1 {
 			h.waiting[i].Store(true) // it does not wait: it fetches
 			return i
 		}
@@ -91,7 +91,7 @@ func (h *herd) awaitWaiting(t *testing.T, claimant int) {
 
 func (h *herd) wakeups() (n uint64) {
 	for _, nd := range h.nodes {
-		n += nd.Stats().Wakeups
+		n += nd.Stats().Caches.Wakeups
 	}
 	return n
 }

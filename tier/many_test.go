@@ -70,8 +70,8 @@ func TestGetManyOneRoundTrip(t *testing.T) {
 	if r := src.reads.Load(); r != reads {
 		t.Errorf("source read %d more times", r-reads)
 	}
-	if st := n.Stats(); st.L2Hits != 100 || st.L1Hits != 100 {
-		t.Errorf("stats: %d L2 hits, %d L1 hits; want 100, 100", st.L2Hits, st.L1Hits)
+	if st := n.Stats(); st.Caches.L2Hits != 100 || st.Caches.L1Hits != 100 {
+		t.Errorf("stats: %d L2 hits, %d L1 hits; want 100, 100", st.Caches.L2Hits, st.Caches.L1Hits)
 	}
 }
 
@@ -260,7 +260,7 @@ func TestFetchManyPerKeyAnswers(t *testing.T) {
 		t.Fatalf("Get(gone) = %v; want the cached not found", err)
 	}
 	if st := c.Stats(); st.NegativeHits != 1 || st.FetchErrors != 0 {
-		t.Fatalf("stats %+v; want one cached not found answered, and a successful FetchMany call", st.Counts)
+		t.Fatalf("stats %+v; want one cached not found answered, and a successful FetchMany call", st)
 	}
 }
 

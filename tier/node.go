@@ -385,6 +385,9 @@ func (n *Node) Flush(ctx context.Context) error {
 	if n.isClosed() {
 		return ErrClosed
 	}
+	if n.rec != nil {
+		n.rec.Published("", ScopeFleet, 1)
+	}
 	err := n.pub.Flush(ctx)
 	if err != nil {
 		n.pending.add(nil, true)
@@ -692,8 +695,12 @@ func (h busHandler) Drop(reason bus.Reason, revoke bool) {
 	h.n.notifyResources("") // a new version may have been announced unheard
 	if h.n.rec != nil {
 		h.n.rec.Dropped(dropReason(reason))
-		if reason == bus.LeaseLapsed {
+		switch reason {
+		case bus.LeaseLapsed:
 			h.n.rec.Lease(LeaseLapsed)
+		case bus.Flushed:
+			// The subscriber hands over no message for a flush: no delay.
+			h.n.rec.Applied("", ScopeFleet, 1, -1)
 		}
 	}
 	h.n.dropL1(revoke)

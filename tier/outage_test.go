@@ -208,8 +208,8 @@ func TestDegradedModeServesHeldL1(t *testing.T) {
 			if v, ri, err := getInfo(t, c, "w"); err != nil || v != "v2" || ri.Stale {
 				t.Fatalf("after a local write: Get = %q, %+v, %v; want v2 from the source", v, ri, err)
 			}
-			if st := n.Stats(); st.OutageServed != 1 || st.StaleServed != 1 {
-				t.Fatalf("stats: %d outage served, %d stale served; want 1, 1", st.OutageServed, st.StaleServed)
+			if st := n.Stats(); st.Caches.OutageServed != 1 || st.Caches.StaleServed != 1 {
+				t.Fatalf("stats: %d outage served, %d stale served; want 1, 1", st.Caches.OutageServed, st.Caches.StaleServed)
 			}
 		})
 	}

@@ -231,6 +231,9 @@ func (n *Node) replay() {
 			if err == nil {
 				n.pending.setReplaying(nil)
 				n.stats.replayed.Add(uint64(len(ops)))
+				if n.rec != nil {
+					n.rec.Replayed(len(ops))
+				}
 				backoff = 10 * time.Millisecond
 				continue
 			}

@@ -38,7 +38,7 @@ func TestRace_R01_InvalidateDuringFetch(t *testing.T) {
 	if r := await(t, got); r.err != nil || r.v != "v1" {
 		t.Fatalf("A's Get = %q, %v; want v1 (its read overlapped the write)", r.v, r.err)
 	}
-	if st := na.Stats(); st.FillsRefused != 1 || st.FillsLanded != 0 {
+	if st := na.Stats(); st.Caches.FillsRefused != 1 || st.Caches.FillsLanded != 0 {
 		t.Fatalf("A's fill was not refused: %+v", st)
 	}
 	if s := f.stored("k"); s != "" {
@@ -83,7 +83,7 @@ func r03(t *testing.T, token func() string) (final string, st tier.Stats) {
 	src.gated.Store(false)
 	fresh := cache(t, f.node(tier.NodeConfig{}, nil), src)
 	sa, sb := na.Stats(), nb.Stats()
-	return mustGet(t, fresh, "k"), tier.Stats{Counts: tier.Counts{FillsLanded: sa.FillsLanded + sb.FillsLanded, FillsRefused: sa.FillsRefused + sb.FillsRefused}}
+	return mustGet(t, fresh, "k"), tier.Stats{Caches: tier.Counts{FillsLanded: sa.Caches.FillsLanded + sb.Caches.FillsLanded, FillsRefused: sa.Caches.FillsRefused + sb.Caches.FillsRefused}}
 }
 
 // R03: with a fresh token per claim, A's late fill is refused and B's v2
@@ -93,8 +93,8 @@ func TestRace_R03_FlagABA(t *testing.T) {
 	if final != "v2" {
 		t.Fatalf("after the ABA interleaving readers get %q, want v2", final)
 	}
-	if st.FillsLanded != 1 || st.FillsRefused != 1 {
-		t.Fatalf("fills landed/refused = %d/%d, want 1/1", st.FillsLanded, st.FillsRefused)
+	if st.Caches.FillsLanded != 1 || st.Caches.FillsRefused != 1 {
+		t.Fatalf("fills landed/refused = %d/%d, want 1/1", st.Caches.FillsLanded, st.Caches.FillsRefused)
 	}
 }
 
@@ -123,7 +123,7 @@ func TestRace_R04_FetchSlowerThanFlagTTL(t *testing.T) {
 	if r := await(t, got); r.err != nil || r.v != "v1" {
 		t.Fatalf("Get = %q, %v", r.v, r.err)
 	}
-	if st := n.Stats(); st.FillsRefused != 1 || st.FillsLanded != 0 {
+	if st := n.Stats(); st.Caches.FillsRefused != 1 || st.Caches.FillsLanded != 0 {
 		t.Fatalf("stats = %+v, want one refused fill", st)
 	}
 	if s := f.stored("k"); s != "" {
@@ -149,14 +149,14 @@ func TestRace_R05_TokenSteal(t *testing.T) {
 	heldB := src.next(t) // B claimed
 	close(heldA.release)
 	await(t, gotA)
-	if st := na.Stats(); st.FillsRefused != 1 {
+	if st := na.Stats(); st.Caches.FillsRefused != 1 {
 		t.Fatalf("A's fill was not refused: %+v", st)
 	}
 	close(heldB.release)
 	if r := await(t, gotB); r.v != "v2" {
 		t.Fatalf("B's Get = %q", r.v)
 	}
-	if st := nb.Stats(); st.FillsLanded != 1 {
+	if st := nb.Stats(); st.Caches.FillsLanded != 1 {
 		t.Fatalf("B's fill did not land: %+v", st)
 	}
 	if s := f.stored("k"); s != "v2" {
@@ -184,7 +184,7 @@ func TestRace_R06_ClaimBeforeRead(t *testing.T) {
 	if got := unclaimed.Load(); got != 0 {
 		t.Fatalf("%d fetches started without a claim", got)
 	}
-	if st := n.Stats(); st.Fetches != 4 || st.FillsLanded != 4 {
+	if st := n.Stats(); st.Caches.Fetches != 4 || st.Caches.FillsLanded != 4 {
 		t.Fatalf("stats = %+v", st)
 	}
 }
@@ -209,7 +209,7 @@ func TestRace_R08_HolderDies(t *testing.T) {
 	if r := await(t, got); r.err != nil || r.v != "v1" {
 		t.Fatalf("Get = %q, %v", r.v, r.err)
 	}
-	if st := n.Stats(); st.Fetches != 1 || st.FillsLanded != 1 || st.Waits != 1 {
+	if st := n.Stats(); st.Caches.Fetches != 1 || st.Caches.FillsLanded != 1 || st.Caches.Waits != 1 {
 		t.Fatalf("stats = %+v; want the waiter to claim and fill once", st)
 	}
 	if s := f.stored("k"); s != "v1" {
@@ -229,7 +229,7 @@ func TestRace_R08_HolderDies_FlagExpires(t *testing.T) {
 	if v := mustGet(t, c, "k"); v != "v1" {
 		t.Fatalf("Get = %q", v)
 	}
-	if st := n.Stats(); st.Fetches != 1 || st.FillsLanded != 1 {
+	if st := n.Stats(); st.Caches.Fetches != 1 || st.Caches.FillsLanded != 1 {
 		t.Fatalf("stats = %+v", st)
 	}
 }
@@ -262,7 +262,7 @@ func TestRace_R08_ClaimantCancelled(t *testing.T) {
 	if r := await(t, gotB); r.err != nil || r.v != "v1" {
 		t.Fatalf("B's Get = %q, %v", r.v, r.err)
 	}
-	if st := nb.Stats(); st.FillsLanded != 1 {
+	if st := nb.Stats(); st.Caches.FillsLanded != 1 {
 		t.Fatalf("B did not claim and fill: %+v", st)
 	}
 }
@@ -279,7 +279,7 @@ func TestRace_R08_WaitBoundedByFlagTTL(t *testing.T) {
 	if v := mustGet(t, c, "k"); v != "v1" {
 		t.Fatalf("Get = %q", v)
 	}
-	if st := n.Stats(); st.UncachedFetches != 1 || st.FillsLanded != 0 {
+	if st := n.Stats(); st.Caches.UncachedFetches != 1 || st.Caches.FillsLanded != 0 {
 		t.Fatalf("stats = %+v; want one uncached fetch and no fill", st)
 	}
 	if s := f.stored("k"); s != "" {
@@ -446,7 +446,7 @@ func TestRace_R21_ReadYourWrites(t *testing.T) {
 			c := cache(t, n, src)
 			mustGet(t, c, "k")
 			tier.WaitL1(n)
-			if mustGet(t, c, "k"); n.Stats().L1Hits != 1 {
+			if mustGet(t, c, "k"); n.Stats().Caches.L1Hits != 1 {
 				t.Fatal("v1 is not in L1")
 			}
 			// A second key's fill is in progress while the write happens.

@@ -132,7 +132,7 @@ func TestRecorderCountsAKnownWorkload(t *testing.T) {
 		t.Fatalf("node A's fills (-want +got):\n%s", d)
 	}
 	st := ca.Stats()
-	wantStats := tier.CacheStats{Namespace: ns, Counts: tier.Counts{Gets: 100, Misses: 1, L1Hits: 99, Fetches: 1, FillsLanded: 1}}
+	wantStats := tier.Counts{Gets: 100, Misses: 1, L1Hits: 99, Fetches: 1, FillsLanded: 1}
 	if d := cmp.Diff(wantStats, st); d != "" {
 		t.Fatalf("node A's Cache.Stats (-want +got):\n%s", d)
 	}
@@ -184,6 +184,16 @@ func TestRecorderCountsAKnownWorkload(t *testing.T) {
 	}
 	if got := ca.Stats().Invalidations; got != 1 {
 		t.Fatalf("Cache.Stats().Invalidations = %d, want 1", got)
+	}
+	if err := na.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := ra.count("published  fleet"); got != 1 {
+		t.Fatalf("a Flush published %d fleet invalidations, want 1", got)
+	}
+	rb.await(t, 1, "applied  fleet")
+	if got := rb.count("dropped flush"); got != 1 {
+		t.Fatalf("node B recorded %d flush drops, want 1", got)
 	}
 }
 
@@ -250,6 +260,9 @@ func TestRecorderSeesTheBreakerAndRedisErrors(t *testing.T) {
 	f.srv.Kill()
 	_, _ = c.Get(context.Background(), "k") // refused: the breaker opens at once
 	rec.await(t, 1, "breaker open=true")
+	if err := c.Invalidate(context.Background(), "k"); !errors.Is(err, tier.ErrPending) {
+		t.Fatalf("Invalidate with Redis down = %v; want ErrPending", err)
+	}
 	if got := rec.count("redis error unavailable") + rec.count("redis error other") + rec.count("redis error timeout"); got == 0 {
 		t.Fatalf("no Redis error recorded: %v", rec.matching(""))
 	}
@@ -266,6 +279,7 @@ func TestRecorderSeesTheBreakerAndRedisErrors(t *testing.T) {
 	if n.Stats().BreakerOpen {
 		t.Fatalf("Stats.BreakerOpen after the breaker closed")
 	}
+	rec.await(t, 1, "replayed") // the queued invalidation
 }
 
 // panickingRecorder is a Recorder whose every Get panics.
@@ -288,6 +302,33 @@ func TestRecorderPanicIsRecovered(t *testing.T) {
 	}
 	if p := n.Stats().RecorderPanics; p != 3 {
 		t.Fatalf("RecorderPanics = %d, want 3", p)
+	}
+}
+
+// panickingTracer is a Tracer all of whose methods panic.
+type panickingTracer struct{}
+
+func (panickingTracer) StartGet(context.Context, string, int) (context.Context, func(tier.Answer, error)) {
+	panic("tracer bug")
+}
+
+func (panickingTracer) StartFetch(context.Context, string, int) (context.Context, tier.FetchSpan) {
+	panic("tracer bug")
+}
+
+// TestTracerPanicIsRecovered proves a Tracer that panics costs its spans,
+// never a Get: the panics are counted.
+func TestTracerPanicIsRecovered(t *testing.T) {
+	f := newFleet(t)
+	n := f.node(tier.NodeConfig{Tracer: panickingTracer{}}, nil)
+	src := newSource()
+	src.set("k", "v")
+	c := cache(t, n, src)
+	if got := mustGet(t, c, "k"); got != "v" {
+		t.Fatalf("Get = %q", got)
+	}
+	if p := n.Stats().RecorderPanics; p != 2 {
+		t.Fatalf("RecorderPanics = %d, want 2 (the Get's span and the fetch's)", p)
 	}
 }
 

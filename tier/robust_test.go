@@ -210,7 +210,7 @@ func TestRace_R37_CallbackPanics(t *testing.T) {
 		r.encode.armed.Store(true)
 		d.set(1 - 1.0/(1<<40))
 		mustGet(t, c, "k") // an L1 hit that starts a refresh
-		awaitStats(t, n, "the refresh", func(st tier.Stats) bool { return st.Refreshes == 1 && st.Fetches == 2 })
+		awaitStats(t, n, "the refresh", func(st tier.Stats) bool { return st.Caches.Refreshes == 1 && st.Caches.Fetches == 2 })
 		r.f.awaitNoFlag("k")
 	})
 }

@@ -387,7 +387,7 @@ func TestInvalidatePattern_Many(t *testing.T) {
 		t.Fatalf("Redis holds %d of 500 keys of bul", len(held))
 	}
 	st := n.Stats()
-	if d := st.Invalidations - before.Invalidations; d != uint64(len(matching)) {
+	if d := st.Caches.Invalidations - before.Caches.Invalidations; d != uint64(len(matching)) {
 		t.Fatalf("Invalidations grew by %d, want %d", d, len(matching))
 	}
 	if d := st.Published - before.Published; d < uint64(len(matching)/256) {

@@ -7,9 +7,10 @@ import (
 	"github.com/tiercache/tiercache/internal/breaker"
 )
 
-// Counts are the counters of one Cache (in CacheStats) or of every Cache of
-// a node (in Stats), since they started. Gets is the sum of the answer
-// counters L1Hits, L2Hits, StaleServed, NegativeHits, Misses and Errors.
+// Counts are the counters of one Cache (Cache.Stats, Node.CacheStats) or
+// of every Cache of a node (Stats.Caches), since they started. Gets is the
+// sum of the answer counters L1Hits, L2Hits, StaleServed, NegativeHits,
+// Misses and Errors.
 type Counts struct {
 	// Gets counts answers: one per Get, one per key of a GetMany.
 	Gets uint64
@@ -116,18 +117,12 @@ func (c *Counts) add(o Counts) {
 	c.Invalidations += o.Invalidations
 }
 
-// CacheStats is a snapshot of one Cache's counters: its namespace's figures
-// on this node, without an exporter.
-type CacheStats struct {
-	// Namespace is the Cache's.
-	Namespace string
-	Counts
-}
-
 // Stats is a snapshot of a node's counters since it started. Every field
-// counts events on this node only; Counts sums those of its Caches.
+// counts events on this node only.
 type Stats struct {
-	Counts
+	// Caches sums the counters of the node's Caches (and counts the keys
+	// InvalidatePattern invalidated in Invalidations).
+	Caches Counts
 	// RedisErrors counts Redis operations that failed.
 	RedisErrors uint64
 	// Published counts bus messages this node published (batches).
@@ -167,7 +162,8 @@ type Stats struct {
 	// entries from a buffer, so this lags fills a little). L1Evictions
 	// counts entries L1 evicted to make room or expired.
 	L1Bytes, L1MaxBytes, L1Evictions uint64
-	// RecorderPanics counts calls of NodeConfig.Recorder that panicked.
+	// RecorderPanics counts calls of NodeConfig.Recorder or Tracer that
+	// panicked.
 	RecorderPanics uint64
 }
 
@@ -186,9 +182,9 @@ func (n *Node) Stats() Stats {
 		PendingOverflow:    n.pending.overflows(),
 		RecorderPanics:     c.recorderPanics.Load(),
 	}
-	st.Invalidations = c.invalidate.Load()
+	st.Caches.Invalidations = c.invalidate.Load()
 	for _, cs := range n.CacheStats() {
-		st.Counts.add(cs.Counts)
+		st.Caches.add(cs)
 	}
 	l1s := n.l1.Stats()
 	st.L1Bytes, st.L1MaxBytes, st.L1Evictions = uint64(l1s.Cost), uint64(l1s.MaxCost), l1s.Evictions
@@ -200,23 +196,23 @@ func (n *Node) Stats() Stats {
 }
 
 // CacheStats returns a snapshot of the counters of each of the node's
-// Caches, in no particular order.
-func (n *Node) CacheStats() []CacheStats {
+// Caches, by namespace: each namespace's figures, without an exporter.
+func (n *Node) CacheStats() map[string]Counts {
 	n.mu.Lock()
 	meters := make([]*meter, 0, len(n.caches))
 	for _, c := range n.caches {
 		meters = append(meters, c.meter())
 	}
 	n.mu.Unlock()
-	out := make([]CacheStats, len(meters))
-	for i, m := range meters {
-		out[i] = m.snapshot()
+	out := make(map[string]Counts, len(meters))
+	for _, m := range meters {
+		out[m.ns] = m.snapshot()
 	}
 	return out
 }
 
 // Stats returns a snapshot of this Cache's counters.
-func (c *Cache[K, V]) Stats() CacheStats { return c.m.snapshot() }
+func (c *Cache[K, V]) Stats() Counts { return c.m.snapshot() }
 
 // counters are the node's own counters; those of its Caches are in their
 // meters.
@@ -329,7 +325,7 @@ func (m *meter) published(s Scope, n int) {
 }
 
 // snapshot returns the meter's counters.
-func (m *meter) snapshot() CacheStats {
+func (m *meter) snapshot() Counts {
 	c := Counts{
 		L1Hits:          m.l1.load() + m.answers[AnswerL1].Load(),
 		L2Hits:          m.answers[AnswerL2].Load(),
@@ -355,7 +351,7 @@ func (m *meter) snapshot() CacheStats {
 		Invalidations:   m.invalidations.Load(),
 	}
 	c.Gets = c.L1Hits + c.L2Hits + c.StaleServed + c.NegativeHits + c.Misses + c.Errors
-	return CacheStats{Namespace: m.ns, Counts: c}
+	return c
 }
 
 // stripedCounter spreads a hot counter over cache lines, so that L1 hits on
@@ -384,13 +380,19 @@ type guardedRecorder struct {
 	n *Node
 }
 
-// recovered ends a call of the Recorder that panicked: counted, and logged
-// the first time only, since a broken recorder would log on every request.
+// recovered ends a call of the Recorder that panicked. It must be the
+// deferred function itself, for recover to see the panic.
 func (g guardedRecorder) recovered(method string) {
 	if r := recover(); r != nil {
-		if g.n.stats.recorderPanics.Add(1) == 1 {
-			g.n.log.Error("tiercache: Recorder panicked; its events are lost, and further panics are counted (Stats.RecorderPanics), not logged", "method", method, "panic", r)
-		}
+		g.n.observerPanicked(method, r)
+	}
+}
+
+// observerPanicked counts a panic of the Recorder or the Tracer, and logs
+// the first only, since a broken one would log on every request.
+func (n *Node) observerPanicked(method string, r any) {
+	if n.stats.recorderPanics.Add(1) == 1 {
+		n.log.Error("tiercache: a Recorder or Tracer panicked; its events are lost, and further panics are counted (Stats.RecorderPanics), not logged", "method", method, "panic", r)
 	}
 }
 

@@ -42,11 +42,11 @@ func TestGetFillsBothTiers(t *testing.T) {
 	}
 	// The lease and L1's occupancy vary with timing.
 	bus := cmpopts.IgnoreFields(tier.Stats{}, "LeaseRenewals", "L1Bytes", "L1MaxBytes")
-	want1 := tier.Stats{Counts: tier.Counts{Gets: 2, Misses: 1, L1Hits: 1, Fetches: 1, FillsLanded: 1}}
+	want1 := tier.Stats{Caches: tier.Counts{Gets: 2, Misses: 1, L1Hits: 1, Fetches: 1, FillsLanded: 1}}
 	if d := cmp.Diff(want1, n1.Stats(), bus); d != "" {
 		t.Fatalf("node 1 stats (-want +got):\n%s", d)
 	}
-	if d := cmp.Diff(tier.Stats{Counts: tier.Counts{Gets: 1, L2Hits: 1}}, n2.Stats(), bus); d != "" {
+	if d := cmp.Diff(tier.Stats{Caches: tier.Counts{Gets: 1, L2Hits: 1}}, n2.Stats(), bus); d != "" {
 		t.Fatalf("node 2 stats (-want +got):\n%s", d)
 	}
 }
@@ -260,7 +260,7 @@ func TestCancelledWaiter(t *testing.T) {
 	if r := await(t, gotA); r.err != nil || r.v != "v1" {
 		t.Fatalf("A = %q, %v", r.v, r.err)
 	}
-	if st := n.Stats(); st.FillsLanded != 1 || st.Fetches != 1 {
+	if st := n.Stats(); st.Caches.FillsLanded != 1 || st.Caches.Fetches != 1 {
 		t.Fatalf("stats = %+v", st)
 	}
 }
@@ -301,7 +301,7 @@ func TestCorruptValueIsAMiss(t *testing.T) {
 			if v := mustGet(t, c, "k"); v != "v1" {
 				t.Fatalf("Get = %q", v)
 			}
-			if st := n.Stats(); st.Corrupt != 1 || st.FillsLanded != 1 {
+			if st := n.Stats(); st.Caches.Corrupt != 1 || st.Caches.FillsLanded != 1 {
 				t.Fatalf("stats = %+v", st)
 			}
 			if s := f.stored("k"); s != "v1" {
@@ -351,7 +351,7 @@ func TestKeysNeverCollide(t *testing.T) {
 			t.Fatalf("Get(%q, %.20q) = %q, %v; want %q", p.ns, p.key, v, err, want)
 		}
 	}
-	if got := n.Stats().Fetches; got != 0 {
+	if got := n.Stats().Caches.Fetches; got != 0 {
 		t.Fatalf("%d fetches: some Set was overwritten by another key's", got)
 	}
 }
@@ -406,7 +406,7 @@ func TestOversizeValue(t *testing.T) {
 	if v := mustGet(t, c, "k"); v != huge {
 		t.Fatal("Get did not return the large value")
 	}
-	if st := n.Stats(); st.Oversize != 1 || st.FillsLanded != 0 {
+	if st := n.Stats(); st.Caches.Oversize != 1 || st.Caches.FillsLanded != 0 {
 		t.Fatalf("stats = %+v", st)
 	}
 	if f.flag("k") != "" || f.stored("k") != "" {
@@ -610,7 +610,7 @@ func TestRedisDown(t *testing.T) {
 	if v := mustGet(t, c, "k"); v != "v2" {
 		t.Fatalf("Get with Redis down = %q, want v2 from the source", v)
 	}
-	if st := n.Stats(); st.RedisErrors < 1 || st.UncachedFetches != 1 {
+	if st := n.Stats(); st.RedisErrors < 1 || st.Caches.UncachedFetches != 1 {
 		t.Fatalf("stats = %+v", st)
 	}
 }

@@ -50,8 +50,12 @@ type guardedTracer struct {
 	n *Node
 }
 
+// recovered ends a call of the Tracer that panicked. It must be the
+// deferred function itself, for recover to see the panic.
 func (g guardedTracer) recovered(method string) {
-	guardedRecorder{n: g.n}.recovered(method)
+	if r := recover(); r != nil {
+		g.n.observerPanicked(method, r)
+	}
 }
 
 func (g guardedTracer) StartGet(ctx context.Context, ns string, keys int) (out context.Context, end func(Answer, error)) {

@@ -384,9 +384,9 @@ func TestInvalidate(t *testing.T) {
 	a.get(t, "k")
 	// Wait until L1 holds the key (ristretto's Set is buffered).
 	eventually(t, "an L1 hit", func() bool {
-		before := a.node.Stats().L1Hits
+		before := a.node.Stats().Caches.L1Hits
 		a.get(t, "k")
-		return a.node.Stats().L1Hits > before
+		return a.node.Stats().Caches.L1Hits > before
 	})
 	args := []string{"-redis", a.srv.Addr(), "invalidate", "users", "k"}
 
@@ -416,9 +416,9 @@ func TestInvalidate(t *testing.T) {
 		t.Fatalf("report %+v (%v): %s", r, err, out.String())
 	}
 	eventually(t, "the message to reach the app's node", func() bool { return a.node.Stats().BusApplied > applied })
-	hits := a.node.Stats().L1Hits
-	if v := a.get(t, "k"); v != "v2-k" || a.fetches.Load() != 2 || a.node.Stats().L1Hits != hits {
-		t.Fatalf("after invalidate -yes: %q, %d fetches, L1 hits %d -> %d", v, a.fetches.Load(), hits, a.node.Stats().L1Hits)
+	hits := a.node.Stats().Caches.L1Hits
+	if v := a.get(t, "k"); v != "v2-k" || a.fetches.Load() != 2 || a.node.Stats().Caches.L1Hits != hits {
+		t.Fatalf("after invalidate -yes: %q, %d fetches, L1 hits %d -> %d", v, a.fetches.Load(), hits, a.node.Stats().Caches.L1Hits)
 	}
 }
 
