@@ -170,8 +170,10 @@ func TestFetchOutcomes(t *testing.T) {
 		fills:   map[string]int64{},
 	}, {
 		// The source's own deadline, such as a database client's.
-		name:    "timeout",
-		fetch:   func(context.Context, string) (string, error) { return "", fmt.Errorf("query: %w", context.DeadlineExceeded) },
+		name: "timeout",
+		fetch: func(context.Context, string) (string, error) {
+			return "", fmt.Errorf("query: %w", context.DeadlineExceeded)
+		},
 		outcome: "timeout",
 		answer:  "error",
 		fills:   map[string]int64{},
