@@ -56,61 +56,93 @@ const (
 )
 
 // Names of the instruments recorded event by event, in OpenTelemetry's
-// style; the README's table gives each one's kind, unit, attributes and
-// Prometheus name.
+// style. Every measurement also carries the attributes of WithAttributes.
 const (
-	// MetricGetDuration is a histogram, s: one Get (or key of a GetMany) and how it was answered.
+	// MetricGetDuration is a histogram in seconds of Gets (one per Get,
+	// one per key of a GetMany), by namespace and answer: its count is
+	// the number of answers by tier.
 	MetricGetDuration = "tiercache.get.duration"
-	// MetricFetchDuration is a histogram, s: one call of Fetch or FetchMany, by outcome.
+	// MetricFetchDuration is a histogram in seconds of calls of the
+	// source (Fetch or FetchMany), by namespace and outcome.
 	MetricFetchDuration = "tiercache.fetch.duration"
-	// MetricFetchKeys is a counter, {key}: the keys those calls asked for, by outcome.
+	// MetricFetchKeys counts the keys ({key}) those calls asked for, by
+	// namespace and outcome.
 	MetricFetchKeys = "tiercache.fetch.keys"
-	// MetricFills is a counter, {fill}: fetched values offered to the tiers, by result.
+	// MetricFills counts fetched values (or not-founds) offered to the
+	// tiers ({fill}), by namespace and result.
 	MetricFills = "tiercache.fills"
-	// MetricWaitDuration is a histogram, s: one wait for another claimant's value, by how it ended.
+	// MetricWaitDuration is a histogram in seconds of waits for another
+	// claimant's value, by namespace and how they ended.
 	MetricWaitDuration = "tiercache.wait.duration"
-	// MetricInvalidationsPublished is a counter, {invalidation}: invalidations this node made, by scope.
+	// MetricInvalidationsPublished counts invalidations this node made
+	// ({invalidation}), by namespace (if any) and scope.
 	MetricInvalidationsPublished = "tiercache.invalidations.published"
-	// MetricInvalidationsApplied is a counter, {invalidation}: other nodes' invalidations applied here, by scope.
+	// MetricInvalidationsApplied counts invalidations other nodes
+	// published that this node applied ({invalidation}), by namespace (if
+	// any) and scope.
 	MetricInvalidationsApplied = "tiercache.invalidations.applied"
-	// MetricInvalidationDelay is a histogram, s: publish-to-apply delay of one applied message part, by scope.
+	// MetricInvalidationDelay is a histogram in seconds of the delay from
+	// Redis announcing an invalidation to this node applying it, by
+	// scope: one observation per part of a message whose delay is known.
 	MetricInvalidationDelay = "tiercache.invalidation.delay"
-	// MetricInvalidationsReplayed is a counter, {invalidation}: queued invalidations that reached Redis on replay.
+	// MetricInvalidationsReplayed counts invalidations queued while Redis
+	// was unreachable that landed in Redis on replay ({invalidation}).
 	MetricInvalidationsReplayed = "tiercache.invalidations.replayed"
-	// MetricLeaseEvents is a counter, {event}: renewals and lapses of the node's bus lease.
+	// MetricLeaseEvents counts renewals and lapses of the node's bus
+	// lease ({event}), by event.
 	MetricLeaseEvents = "tiercache.lease.events"
-	// MetricL1Drops is a counter, {drop}: times the node made its whole L1 unservable, by reason.
+	// MetricL1Drops counts the times the node made its whole L1
+	// unservable ({drop}), by reason.
 	MetricL1Drops = "tiercache.l1.drops"
-	// MetricBreakerTransitions is a counter, {transition}: the breaker entering a state.
+	// MetricBreakerTransitions counts transitions of the node's Redis
+	// circuit breaker ({transition}), by the state entered.
 	MetricBreakerTransitions = "tiercache.breaker.transitions"
-	// MetricRedisErrors is a counter, {error}: failed Redis operations, by operation and kind.
+	// MetricRedisErrors counts failed Redis operations ({error}), by
+	// namespace (if any), operation and error.type.
 	MetricRedisErrors = "tiercache.redis.errors"
 )
 
 // Names of the observable instruments, read from Node.Stats and
 // Node.CacheStats at each collection once Recorder.Observe is called.
+// Gauges of additive quantities are up-down counters, as OpenTelemetry's
+// conventions ask (Prometheus shows them as gauges).
 const (
-	// MetricInvalidationPending is an observable up-down counter, {invalidation}: invalidations not yet in Redis.
+	// MetricInvalidationPending is an up-down counter of the
+	// invalidations not yet in Redis ({invalidation}): queued while it
+	// was unreachable, or being replayed.
 	MetricInvalidationPending = "tiercache.invalidation.pending"
-	// MetricInvalidationOverflows is an observable counter, {invalidation}: queued invalidations escalated to their namespace.
+	// MetricInvalidationOverflows counts queued invalidations that did
+	// not fit the queue and were escalated to their whole namespace
+	// ({invalidation}).
 	MetricInvalidationOverflows = "tiercache.invalidation.overflows"
-	// MetricL1Usage is an observable up-down counter, By: the cost L1 holds.
+	// MetricL1Usage is an up-down counter of the cost L1 holds, in bytes.
 	MetricL1Usage = "tiercache.l1.usage"
-	// MetricL1Limit is an observable up-down counter, By: L1's bound (NodeConfig.L1MaxBytes).
+	// MetricL1Limit is an up-down counter of L1's bound, in bytes
+	// (NodeConfig.L1MaxBytes).
 	MetricL1Limit = "tiercache.l1.limit"
-	// MetricL1Evictions is an observable counter, {entry}: entries L1 evicted or expired.
+	// MetricL1Evictions counts entries L1 evicted to make room, or
+	// expired ({entry}).
 	MetricL1Evictions = "tiercache.l1.evictions"
-	// MetricBreakerOpen is an observable up-down counter, {breaker}: 1 while the breaker is open or probing, else 0.
+	// MetricBreakerOpen is an up-down counter of open breakers
+	// ({breaker}): 1 while the node's breaker is open or lets a probe
+	// through, 0 while it is closed.
 	MetricBreakerOpen = "tiercache.breaker.open"
-	// MetricRefreshes is an observable counter, {refresh}: background refreshes started, by namespace.
+	// MetricRefreshes counts background refreshes started
+	// (stale-while-revalidate, early refresh) ({refresh}), by namespace.
 	MetricRefreshes = "tiercache.refreshes"
-	// MetricFailSafeFetches is an observable counter, {fetch}: failed fetches answered with a kept stale value.
+	// MetricFailSafeFetches counts fetches that failed or timed out and
+	// were answered with a kept stale value instead ({fetch}), by
+	// namespace.
 	MetricFailSafeFetches = "tiercache.fail_safe.fetches"
-	// MetricOutageAnswers is an observable counter, {answer}: Gets answered from L1 in the degraded mode.
+	// MetricOutageAnswers counts Gets answered from L1 in the degraded
+	// mode of NodeConfig.OutageMaxAge ({answer}), by namespace; they are
+	// also answers "stale" of MetricGetDuration.
 	MetricOutageAnswers = "tiercache.outage.answers"
-	// MetricL2Rejects is an observable counter, {value}: values Redis held that were not served, by reason.
+	// MetricL2Rejects counts values Redis held that were not served
+	// ({value}), by namespace and reason.
 	MetricL2Rejects = "tiercache.l2.rejects"
-	// MetricRecorderPanics is an observable counter, {panic}: calls of the node's Recorder that panicked.
+	// MetricRecorderPanics counts calls of the node's Recorder or Tracer
+	// that panicked ({panic}); their events are lost.
 	MetricRecorderPanics = "tiercache.recorder.panics"
 )
 

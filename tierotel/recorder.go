@@ -159,7 +159,7 @@ func (r *Recorder) instruments() error {
 	r.failSafe = observed(MetricFailSafeFetches, "{fetch}", "Fetches that failed or timed out and were answered with a kept stale value instead.")
 	r.outage = observed(MetricOutageAnswers, "{answer}", "Gets answered from L1 in the degraded mode while Redis was unreachable (also counted as stale answers).")
 	r.rejects = observed(MetricL2Rejects, "{value}", "Values Redis held that were not served, by reason: a group invalidated since the fill, or an encoding that did not decode.")
-	r.recorderPanics = observed(MetricRecorderPanics, "{panic}", "Calls of the node's Recorder that panicked; their events are lost.")
+	r.recorderPanics = observed(MetricRecorderPanics, "{panic}", "Calls of the node's Recorder or Tracer that panicked; their events are lost.")
 	return errors.Join(errs...)
 }
 
