@@ -86,11 +86,11 @@ func TestFetchSpanLinksWaiters(t *testing.T) {
 	results := make(chan error, 10)
 	get := func(i int) {
 		ctx, span := callers.Start(context.Background(), fmt.Sprint("caller ", i))
-		defer span.End()
 		v, err := c.Get(ctx, "k")
 		if err == nil && v != "v" {
 			err = fmt.Errorf("Get = %q, want v", v)
 		}
+		span.End() // before the result: the test reads the ended spans then
 		results <- err
 	}
 	go get(0)
