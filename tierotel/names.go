@@ -53,6 +53,12 @@ const (
 	// KeyKeyCount is the number of keys a span's call asked for: 1 for a
 	// Get or a Fetch, the batch's size for a GetMany or a FetchMany.
 	KeyKeyCount = attribute.Key("tiercache.key.count")
+	// KeyResource names a Resource (tier.ResourceConfig.Name).
+	KeyResource = attribute.Key("tiercache.resource")
+	// KeyResourceEvent is what happened to a Resource:
+	// tier.ResourceEvent's String ("success", "load_error",
+	// "redis_error", "fetched").
+	KeyResourceEvent = attribute.Key("tiercache.resource.event")
 )
 
 // Names of the instruments recorded event by event, in OpenTelemetry's
@@ -100,6 +106,13 @@ const (
 	// MetricRedisErrors counts failed Redis operations ({error}), by
 	// namespace (if any), operation and error.type.
 	MetricRedisErrors = "tiercache.redis.errors"
+	// MetricResourceEvents counts the events ({event}) of a Resource, by
+	// tiercache.resource and tiercache.resource.event.
+	MetricResourceEvents = "tiercache.resource.events"
+	// MetricResourceLoadDuration is a histogram in seconds of a
+	// Resource's loads from the source, by tiercache.resource and
+	// tiercache.resource.event (success or load_error).
+	MetricResourceLoadDuration = "tiercache.resource.load.duration"
 )
 
 // Names of the observable instruments, read from Node.Stats and

@@ -50,8 +50,8 @@ func (r *Recorder) observe(o metric.Observer, n *tier.Node) {
 	}
 	o.ObserveInt64(r.breakerOpen, open, node...)
 	o.ObserveInt64(r.recorderPanics, clamp(st.RecorderPanics), node...)
-	for _, cs := range n.CacheStats() {
-		ns := r.namespaces.get(cs.Namespace)
+	for name, cs := range n.CacheStats() {
+		ns := r.namespaces.get(name)
 		o.ObserveInt64(r.refreshes, clamp(cs.Refreshes), ns.obs...)
 		o.ObserveInt64(r.failSafe, clamp(cs.FailSafe), ns.obs...)
 		o.ObserveInt64(r.outage, clamp(cs.OutageServed), ns.obs...)

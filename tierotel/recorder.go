@@ -38,18 +38,15 @@ var bg = context.Background()
 // instruments; set it as tier.NodeConfig.Recorder, one Recorder per Node.
 // Observe adds the instruments read from the node's Stats at collection.
 // It is safe for concurrent use.
-//
-// The embedded tier.NopRecorder gives a no-op to any method that a later
-// version of the core adds, until this package records it.
 type Recorder struct {
-	tier.NopRecorder
-
 	meter metric.Meter
 	base  []attribute.KeyValue // WithAttributes, on every measurement
 
 	getDur, fetchDur, waitDur, delay         metric.Float64Histogram
 	fetchKeys, fills, published, applied     metric.Int64Counter
 	replayed, lease, drops, breaker, redisEr metric.Int64Counter
+	resEvents                                metric.Int64Counter
+	resDur                                   metric.Float64Histogram
 
 	pending, l1Usage, l1Limit, breakerOpen              metric.Int64ObservableUpDownCounter
 	overflows, l1Evictions, refreshes, failSafe, outage metric.Int64ObservableCounter
@@ -57,6 +54,7 @@ type Recorder struct {
 
 	node       nodeOpts
 	namespaces setCache[string, *nsOpts]
+	resources  setCache[string, *resOpts]
 	redisOps   setCache[redisOp, [][]metric.AddOption]
 }
 
@@ -104,6 +102,7 @@ func NewRecorder(opts ...Option) (*Recorder, error) {
 		return nil, err
 	}
 	r.namespaces.build = r.nsOpts
+	r.resources.build = r.resOpts
 	r.redisOps.build = r.redisOpts
 	r.node = r.nodeOpts()
 	return r, nil
@@ -148,6 +147,8 @@ func (r *Recorder) instruments() error {
 	r.drops = counter(MetricL1Drops, "{drop}", "Times the node made its whole L1 unservable, by reason.")
 	r.breaker = counter(MetricBreakerTransitions, "{transition}", "Transitions of the node's Redis circuit breaker, by the state entered.")
 	r.redisEr = counter(MetricRedisErrors, "{error}", "Failed Redis operations, by operation and kind of failure.")
+	r.resEvents = counter(MetricResourceEvents, "{event}", "Events of a Resource: loads from the source (success, load_error), data sets taken from Redis (fetched), failed Redis operations (redis_error).")
+	r.resDur = hist(MetricResourceLoadDuration, "Duration of a Resource's load from the source, by success or load_error.")
 
 	r.pending = gauge(MetricInvalidationPending, "{invalidation}", "Invalidations not yet in Redis: queued while it was unreachable, or being replayed.")
 	r.overflows = observed(MetricInvalidationOverflows, "{invalidation}", "Queued invalidations that did not fit the queue and were escalated to their whole namespace.")
@@ -365,6 +366,38 @@ func (r *Recorder) RedisError(namespace, op string, kind tier.RedisErrorKind) {
 	}
 	s := r.set(with(nsAttr(namespace), KeyRedisOp.String(op), KeyErrorType.String(kind.String()))...)
 	r.redisEr.Add(bg, 1, metric.WithAttributeSet(s))
+}
+
+// resOpts are the measurement options of one Resource, by tier.ResourceEvent.
+type resOpts struct {
+	add [][]metric.AddOption
+	rec [][]metric.RecordOption
+}
+
+const resourceEvents = int(tier.ResourceFetched) + 1
+
+func (r *Recorder) resOpts(name string) *resOpts {
+	o := &resOpts{add: make([][]metric.AddOption, resourceEvents), rec: make([][]metric.RecordOption, resourceEvents)}
+	for i := range o.add {
+		s := r.set(KeyResource.String(name), KeyResourceEvent.String(tier.ResourceEvent(i).String()))
+		o.add[i], o.rec[i] = addOpts(s), recOpts(s)
+	}
+	return o
+}
+
+// Resource counts one event of a Resource in tiercache.resource.events, by
+// resource and event, and records a load's duration in
+// tiercache.resource.load.duration.
+func (r *Recorder) Resource(name string, e tier.ResourceEvent, d time.Duration) {
+	o := r.resources.get(name)
+	if int(e) >= len(o.add) { // an event a later core adds
+		r.resEvents.Add(bg, 1, addOpts(r.set(KeyResource.String(name), KeyResourceEvent.String(e.String())))...)
+		return
+	}
+	r.resEvents.Add(bg, 1, o.add[e]...)
+	if e == tier.ResourceLoaded || e == tier.ResourceLoadError {
+		r.resDur.Record(bg, d.Seconds(), o.rec[e]...)
+	}
 }
 
 // rec returns table[i], or, for an enum value past the table, the options

@@ -340,6 +340,9 @@ func TestRecorderMethods(t *testing.T) {
 	r.Replayed(5)
 	r.RedisError(ns, "read", tier.RedisTimeout)
 	r.RedisError("", "publish", tier.RedisUnavailable)
+	r.Resource("rates", tier.ResourceLoaded, time.Second)
+	r.Resource("rates", tier.ResourceFetched, time.Millisecond)
+	r.Resource("rates", tier.ResourceEvent(200), 0) // a value a later core may add
 
 	rm := m.collect()
 	for _, tc := range []struct {
@@ -362,6 +365,12 @@ func TestRecorderMethods(t *testing.T) {
 			"error.type=timeout,tiercache.namespace=obj,tiercache.redis.op=read": 1,
 			"error.type=unavailable,tiercache.redis.op=publish":                  1,
 		}},
+		{tierotel.MetricResourceEvents, map[string]int64{
+			"tiercache.resource.event=success,tiercache.resource=rates": 1,
+			// The unknown event's String is the last known one's.
+			"tiercache.resource.event=fetched,tiercache.resource=rates": 2,
+		}},
+		{tierotel.MetricResourceLoadDuration, map[string]int64{"tiercache.resource.event=success,tiercache.resource=rates": 1}},
 	} {
 		equal(t, tc.name, points(rm, tc.name, node), tc.want)
 		if all := points(rm, tc.name); len(all) != len(tc.want) {
@@ -385,6 +394,7 @@ func TestRecordingDoesNotAllocate(t *testing.T) {
 		"Breaker":    func() { r.Breaker(true) },
 		"Replayed":   func() { r.Replayed(1) },
 		"RedisError": func() { r.RedisError(ns, "read", tier.RedisTimeout) },
+		"Resource":   func() { r.Resource("rates", tier.ResourceLoaded, time.Second) },
 	}
 	for name, f := range events {
 		f() // the first event of the namespace builds its attribute sets
