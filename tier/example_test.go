@@ -208,3 +208,119 @@ func ExampleConfig_freshness() {
 	fmt.Println(u.Name, ri.Source, ri.Stale)
 	// Output: Ada fetch false
 }
+
+// GetOrFetch names the source of one call; concurrent callers of the key
+// share it, as they share Fetch.
+func ExampleCache_GetOrFetch() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+	users, _ := tier.New(node, tier.Config[int64, User]{Namespace: "example-getorfetch-users"})
+	u, err := users.GetOrFetch(ctx, 2, func(ctx context.Context, id int64) (User, error) {
+		return db[id], nil
+	})
+	fmt.Println(u.Name, err)
+	// Output: Grace <nil>
+}
+
+// Memoize caches a function of several arguments for the whole fleet; a
+// struct of strings, integers, booleans and times is its own key.
+func ExampleMemoize() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+	type query struct {
+		Prefix string
+		Limit  int
+	}
+	search := func(ctx context.Context, q query) ([]string, error) {
+		var out []string
+		for _, id := range []int64{1, 2} {
+			if name := db[id].Name; len(out) < q.Limit && len(name) >= len(q.Prefix) && name[:len(q.Prefix)] == q.Prefix {
+				out = append(out, name)
+			}
+		}
+		return out, nil
+	}
+	byPrefix, _ := tier.Memoize(node, tier.Config[query, []string]{Namespace: "example-memoize", TTL: time.Minute}, search)
+	names, err := byPrefix.Get(ctx, query{Prefix: "G", Limit: 10})
+	fmt.Println(names, err)
+	// Output: [Grace] <nil>
+}
+
+// GetList answers in the order asked; a key the source lacks has the zero
+// value, and ErrNotFound in the *KeyErrors.
+func ExampleCache_GetList() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+	users, _ := tier.New(node, tier.Config[int64, User]{
+		Namespace: "example-list-users",
+		FetchMany: func(ctx context.Context, ids []int64) (map[int64]User, error) {
+			found := map[int64]User{}
+			for _, id := range ids {
+				if u, ok := db[id]; ok {
+					found[id] = u
+				}
+			}
+			return found, tier.Missing(ids, found)
+		},
+	})
+	list, err := users.GetList(ctx, []int64{2, 3, 1})
+	var ke *tier.KeyErrors[int64]
+	fmt.Println(list[0].Name, list[1].Name == "", list[2].Name, errors.As(err, &ke) && errors.Is(ke.Errs[3], tier.ErrNotFound))
+	// Output: Grace true Ada true
+}
+
+// One write that changes an object and the lists it is in invalidates
+// both, in one round trip and one message.
+func ExampleNode_Invalidate() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+	users, _ := tier.New(node, tier.Config[int64, User]{
+		Namespace: "example-invalidate-users",
+		Fetch:     func(ctx context.Context, id int64) (User, error) { return db[id], nil },
+		Groups:    func(id int64, u User) []string { return []string{"team:1"} },
+	})
+	_, _ = users.Get(ctx, 1)
+	err := node.Invalidate(ctx, tier.KeysOf(users, 1), tier.Groups("team:1"))
+	fmt.Println(err)
+	// Output: <nil>
+}
+
+// A Resource is a whole data set in memory on every node, loaded once for
+// the fleet and reloaded every ReloadEvery.
+func ExampleNewResource() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: exampleRedis})
+	defer rdb.Close()
+	node, _ := tier.NewNode(ctx, rdb, tier.NodeConfig{})
+	defer node.Close()
+	rates, err := tier.NewResource(node, tier.ResourceConfig[string, float64]{
+		Name:        "example-rates",
+		ReloadEvery: 5 * time.Minute,
+		Load: func(ctx context.Context) (map[string]float64, error) {
+			return map[string]float64{"EUR": 1.0, "USD": 1.08}, nil
+		},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := rates.Wait(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	usd, ok := rates.Get("USD")
+	fmt.Println(usd, ok, rates.Len())
+	// Output: 1.08 true 2
+}
