@@ -30,15 +30,35 @@
 // Every refresh is a claimed, fenced fill like any other, so an
 // invalidation during a refresh wins (docs/RACES.md R34, R35). A stale value is
 // only ever served within the window its Config allows, and is reported
-// (ReadInfo.Stale, Stats.StaleServed). [Cache.GetMany] reads many keys with
-// one Redis round trip for all that L1 does not hold.
+// (ReadInfo.Stale, Counts.StaleServed). [Cache.GetMany] and [Cache.GetList]
+// read many keys with one Redis round trip for all that L1 does not hold.
+// [Cache.GetOrFetch] names the source of one call, and [Memoize] caches a
+// function of several arguments; either way the source is shared as Fetch
+// is. "Not found" is [ErrNotFound] everywhere: Fetch returns it, FetchMany
+// returns it per key in a [KeyErrors] ([Missing]).
 //
 // # Writing
 //
 // After writing the source, call [Cache.Invalidate] (or [Cache.Set] to write
-// the new value through). Redis's value and flag go in one round trip; then
-// this node's L1 entry is evicted, its fill epoch bumped and its flight
+// the new value through), or [Node.Invalidate] for keys, namespaces and
+// groups together. Redis's value and flag go in one round trip; then this
+// node's L1 entry is evicted, its fill epoch bumped and its flight
 // forgotten, before the call returns.
+//
+// # Resources
+//
+// A [Resource] is a whole data set held in memory by every node and read
+// without a lock or an allocation. One node loads it for the fleet (a claim
+// in Redis), stores it in chunks under a new version and announces it on
+// the bus; every node swaps it in whole, so no lookup sees half of two
+// versions (R46). A failed load keeps the last good data set.
+//
+// # Observing
+//
+// [Node.Stats], [Cache.Stats] and [Node.CacheStats] count every event;
+// NodeConfig.Recorder and NodeConfig.Tracer hand each to a metrics or
+// tracing adapter (the module tierotel adapts OpenTelemetry), and cost
+// nothing when unset. Warnings and errors go to NodeConfig.Logger.
 //
 // # Guarantee
 //
