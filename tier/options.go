@@ -42,7 +42,7 @@ type ReadInfo struct {
 	// Stale reports a permitted-stale value: one past its FreshFor served
 	// while a refresh runs (stale-while-revalidate), one past its TTL served
 	// because the refresh failed (fail-safe, with ErrStale), or one served
-	// to a loser under LoserServeStale. Counted in Stats.StaleServed, apart
+	// to a loser under LoserServeStale. Counted in Counts.StaleServed, apart
 	// from fresh hits.
 	Stale bool
 	// Shared reports that another Get's load on this node answered this
