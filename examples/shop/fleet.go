@@ -31,9 +31,13 @@ const servers = 3
 // options are the parent's flags.
 type options struct {
 	DSN        string        // the database; the shop makes a schema of its own in it
+	For        time.Duration // how long the load runs
+	Readers    int           // concurrent readers
+	Writes     int           // writes a second
 	Products   int           // rows of the products table
 	Categories int           // categories they are spread over
 	Lease      time.Duration // the servers' NodeConfig.LeaseTTL
+	Seed       uint64        // of the readers' and the writer's choices
 	// Log receives the servers' standard error, each line prefixed with
 	// the server's number. Default os.Stderr.
 	Log io.Writer
@@ -114,7 +118,7 @@ func start(ctx context.Context, o options) (_ *shop, err error) {
 		}
 	}
 	s.client = &http.Client{
-		Transport: &http.Transport{MaxIdleConnsPerHost: 8},
+		Transport: &http.Transport{MaxIdleConnsPerHost: o.Readers + 2*servers + 2},
 		Timeout:   requestTimeout,
 	}
 	return s, nil
