@@ -148,8 +148,8 @@ func productTrigger(channel string) pgnotify.TriggerConfig {
 }
 
 // createSchema creates the schema that db's search_path names, its two
-// tables with their rows, and the trigger on products.
-func createSchema(ctx context.Context, db *sql.DB, schema string, products, categories int) error {
+// tables with their rows, and, if trigger, the trigger on products.
+func createSchema(ctx context.Context, db *sql.DB, schema string, products, categories int, trigger bool) error {
 	var values []string
 	for _, c := range currencies {
 		values = append(values, fmt.Sprintf("('%s', %v)", c.Code, c.Rate))
@@ -168,13 +168,15 @@ func createSchema(ctx context.Context, db *sql.DB, schema string, products, cate
 		{sql: "CREATE TABLE currencies (code text PRIMARY KEY, rate numeric NOT NULL)"},
 		{sql: "INSERT INTO currencies (code, rate) VALUES " + strings.Join(values, ", ")},
 	}
-	// Run once, as a migration would: from now on every write to
-	// products, by any client, notifies the channel named schema.
-	trigger, err := pgnotify.TriggerSQL(productTrigger(schema))
-	if err != nil {
-		return err
+	if trigger {
+		// Run once, as a migration would: from now on every write to
+		// products, by any client, notifies the channel named schema.
+		sql, err := pgnotify.TriggerSQL(productTrigger(schema))
+		if err != nil {
+			return err
+		}
+		steps = append(steps, step{sql: sql})
 	}
-	steps = append(steps, step{sql: trigger})
 	for _, s := range steps {
 		if _, err := db.ExecContext(ctx, s.sql, s.args...); err != nil {
 			return fmt.Errorf("creating schema %s: %w\n%s", schema, err, s.sql)

@@ -41,6 +41,9 @@ type options struct {
 	// Log receives the servers' standard error, each line prefixed with
 	// the server's number. Default os.Stderr.
 	Log io.Writer
+	// noTrigger leaves the trigger out, so that nothing tells the fleet of
+	// the writer's writes: the negative control of TestShopWithoutTrigger.
+	noTrigger bool
 }
 
 // shop is the parent's view of a running shop: the schema it made, the
@@ -94,7 +97,7 @@ func start(ctx context.Context, o options) (_ *shop, err error) {
 		return nil, fmt.Errorf("PostgreSQL did not answer at %s: %w\n%s", o.DSN, err, pgHint)
 	}
 	s.made = true
-	if err := createSchema(ctx, s.db, s.schema, o.Products, o.Categories); err != nil {
+	if err := createSchema(ctx, s.db, s.schema, o.Products, o.Categories, !o.noTrigger); err != nil {
 		return nil, err
 	}
 	bin, err := os.Executable()

@@ -8,6 +8,7 @@ require (
 	github.com/tiercache/tiercache v0.0.0
 	github.com/tiercache/tiercache/pgnotify v0.0.0
 	github.com/tiercache/tiercache/sqlsource v0.0.0
+	go.uber.org/goleak v1.3.0
 )
 
 require (
