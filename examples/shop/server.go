@@ -128,9 +128,9 @@ func newAPI(ctx context.Context, cfg serverConfig, log *slog.Logger) (_ *api, er
 		FetchMany: table.FetchMany, // SELECT ... WHERE id = ANY($1), for the batch endpoint
 		TTL:       10 * time.Minute,
 		L1TTL:     time.Minute,
-		// An unknown id is cached as "not found" too, so that asking for
-		// it again costs neither tier a trip to the database. An INSERT of
-		// that id makes the trigger invalidate it like any other write.
+		// An unknown id is cached as "not found" too, in both tiers, so
+		// that asking for it again does not reach the database. An INSERT
+		// of that id makes the trigger invalidate it like any other write.
 		NotFoundTTL: time.Minute,
 		// A product is in its category's group, so that one
 		// InvalidateGroup reaches every product of a category (a price
