@@ -176,11 +176,10 @@ func (p *process) awaitReady(ctx context.Context, lines <-chan string) error {
 	}
 }
 
-// stop closes the server's standard input and waits for it to exit,
-// killing it if it takes too long.
-func (p *process) stop() error {
-	_ = p.stdin.Close()
-	t := time.NewTimer(stopTimeout)
+// wait waits for the server to exit after its standard input was closed,
+// killing it if it takes past deadline.
+func (p *process) wait(deadline time.Time) error {
+	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {
 	case <-p.exited:
@@ -199,12 +198,23 @@ func (p *process) stop() error {
 // out, whatever start got to. It is idempotent.
 func (s *shop) close() error {
 	s.closeOnce.Do(func() {
-		var errs []error
-		for _, p := range s.procs {
-			errs = append(errs, p.stop())
-		}
+		// The client's idle connections first: a server's Shutdown waits
+		// for a connection that never carried a request (the Transport
+		// dials one now and then that another's return makes needless)
+		// for 5 seconds, unless the client closes it.
 		if s.client != nil {
 			s.client.CloseIdleConnections()
+		}
+		// Then every server at once: each takes a moment to exit (a
+		// second, in a binary built with -race, whose runtime waits that
+		// long at exit).
+		var errs []error
+		for _, p := range s.procs {
+			_ = p.stdin.Close()
+		}
+		deadline := time.Now().Add(stopTimeout)
+		for _, p := range s.procs {
+			errs = append(errs, p.wait(deadline))
 		}
 		if s.made {
 			// Not the run's context: it may be the one Ctrl-C cancelled.
