@@ -132,7 +132,7 @@ func TestShop(t *testing.T) {
 // broken proves nothing.)
 func TestShopWithoutTrigger(t *testing.T) {
 	o := testOptions(t)
-	o.For, o.Lease, o.noTrigger = time.Second, 200*time.Millisecond, true
+	o.For, o.Lease, o.noTrigger = time.Second, 500*time.Millisecond, true
 	rep := runShop(t, startShop(t, o))
 	for _, want := range []string{"not seen everywhere", "stale beyond the bound"} {
 		if !slices.ContainsFunc(rep.Failures, func(f string) bool { return strings.Contains(f, want) }) {
