@@ -44,9 +44,10 @@
 // both nodes until each answers it from its local cache; then node A
 // writes a new value (tiercache: Cache.Set, or a source update and
 // Cache.Invalidate; go-redis/cache: Set; rueidis: a SET through A), and a
-// reader reads back to back, yielding the processor between two reads,
-// until a read returns the new value or 2 s have passed since the write
-// returned. "other-node" reads on B, "same-node" on A, the writer.
+// reader reads, pausing about 30µs between two reads (a nanosleep on a
+// thread of its own, so that it neither spins a CPU away from the nodes
+// nor waits on Go's millisecond timers), until a read returns the new
+// value or 2 s have passed since the write returned. "other-node" reads on B, "same-node" on A, the writer.
 // go-redis/cache tells no other node of a write: B serves the old value
 // until its local TTL, so its rounds end at the cap.
 //
@@ -67,9 +68,9 @@
 // read within the cap counts as the cap (2,000,000 µs), and
 // stale-at-cap/op says what fraction of the rounds did. stale-reads/op is
 // the reads per round that answered the old value after the write had
-// returned: its size grows with how fast a read is, so read it as zero or
-// not zero. The tail of the delays is the scheduling of a busy machine as
-// much as the library: the reader spins on one CPU.
+// returned: its size depends on the pause between reads, so read it as
+// zero or not zero. A delay is late by half a pause on average, and its
+// tail is the scheduling of a busy machine as much as the library.
 //
 // CI runs every benchmark once (-benchtime=1x) so that they cannot rot;
 // that checks the setup, not the speed. The tests in this package check
