@@ -136,13 +136,13 @@ func warmTier(tb testing.TB, n *tier.Node, c *tier.Cache[string, string], keys [
 	fillTier(tb, c, keys, baseValue)
 	ctx := context.Background()
 	for range warmRounds {
-		before := n.Stats().L1Hits
+		before := n.Stats().Caches.L1Hits
 		for _, k := range keys {
 			if _, err := c.Get(ctx, k); err != nil {
 				tb.Fatalf("tiercache warm Get(%q): %v", k, err)
 			}
 		}
-		if n.Stats().L1Hits-before == uint64(len(keys)) {
+		if n.Stats().Caches.L1Hits-before == uint64(len(keys)) {
 			return
 		}
 	}
@@ -155,13 +155,13 @@ func warmTier(tb testing.TB, n *tier.Node, c *tier.Cache[string, string], keys [
 func checkTierHits(tb testing.TB, n *tier.Node, before tier.Stats, l1, l2 uint64) {
 	tb.Helper()
 	after := n.Stats()
-	if d := after.Fetches - before.Fetches; d != 0 {
+	if d := after.Caches.Fetches - before.Caches.Fetches; d != 0 {
 		tb.Fatalf("tiercache: %d fetches in the timed loop; the hit path was not measured", d)
 	}
-	if d := after.L1Hits - before.L1Hits; d != l1 {
+	if d := after.Caches.L1Hits - before.Caches.L1Hits; d != l1 {
 		tb.Fatalf("tiercache: %d L1 hits in the timed loop, want %d", d, l1)
 	}
-	if d := after.L2Hits - before.L2Hits; d != l2 {
+	if d := after.Caches.L2Hits - before.Caches.L2Hits; d != l2 {
 		tb.Fatalf("tiercache: %d L2 hits in the timed loop, want %d", d, l2)
 	}
 }

@@ -196,9 +196,9 @@ func tierFleet(tb testing.TB, srv *redistest.Server, set bool) *fleet {
 	}
 	f.held = func(ctx context.Context, key string, a bool) (string, bool, error) {
 		n, c := pick(a)
-		before := n.Stats().L1Hits
+		before := n.Stats().Caches.L1Hits
 		v, err := c.Get(ctx, key)
-		return v, n.Stats().L1Hits > before, err
+		return v, n.Stats().Caches.L1Hits > before, err
 	}
 	// A node that dropped its whole L1 (a lost bus connection, a lapsed
 	// lease, a new fleet epoch) reads Redis and so looks fresh sooner

@@ -403,14 +403,17 @@ type statsReply struct {
 
 // cacheStats are one cache's counters on this node, with its hit ratio.
 type cacheStats struct {
-	tier.CacheStats
+	Namespace string
+	tier.Counts
 	HitRatio float64 `json:"hit_ratio"`
 }
 
 func (a *api) getStats(w http.ResponseWriter, _ *http.Request) {
 	reply := statsReply{Node: a.node.Stats(), Resources: []tier.ResourceStats{a.rates.Stats()}}
-	for _, cs := range []tier.CacheStats{a.products.Stats(), a.pages.Stats()} {
-		reply.Caches = append(reply.Caches, cacheStats{CacheStats: cs, HitRatio: cs.HitRatio()})
+	products, pages := a.products.Stats(), a.pages.Stats()
+	reply.Caches = []cacheStats{
+		{Namespace: productsNS, Counts: products, HitRatio: products.HitRatio()},
+		{Namespace: pagesNS, Counts: pages, HitRatio: pages.HitRatio()},
 	}
 	if a.listener != nil {
 		ls := a.listener.Stats()
