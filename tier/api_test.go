@@ -32,10 +32,12 @@ func TestGetOrFetch(t *testing.T) {
 	if _, err := c.Get(context.Background(), "k"); !errors.Is(err, tier.ErrConfig) {
 		t.Fatalf("Get on a Cache without Fetch = %v; want ErrConfig", err)
 	}
-	release := make(chan struct{})
+	release, loading := make(chan struct{}), make(chan struct{})
 	var calls atomic.Int64
 	load := func(ctx context.Context, key string) (string, error) {
-		calls.Add(1)
+		if calls.Add(1) == 1 {
+			close(loading)
+		}
 		<-release
 		return "loaded-" + key, nil
 	}
@@ -44,6 +46,7 @@ func TestGetOrFetch(t *testing.T) {
 		v, err := c.GetOrFetch(context.Background(), "k", load)
 		first <- result{v, err}
 	}()
+	wait(t, loading, "GetOrFetch's load to begin")
 	second := goGet(context.Background(), c, "k") // joins the load
 	wait(t, joined, "the Get to join GetOrFetch's load")
 	close(release)

@@ -326,7 +326,7 @@ func (r *Resource[K, V]) update(ctx context.Context, force bool) error {
 	case st.Present && st.Fresh && !force:
 		return nil
 	}
-	return r.loadAndStore(ctx)
+	return r.loadAndStore(ctx, force)
 }
 
 // fetch takes version m of the data set from Redis.
@@ -351,8 +351,10 @@ func (r *Resource[K, V]) fetch(ctx context.Context, m l2.ResourceMeta) error {
 }
 
 // loadAndStore claims the load, loads from the source, stores the result
-// under a new version and announces it.
-func (r *Resource[K, V]) loadAndStore(ctx context.Context) error {
+// under a new version and announces it. Unless force, a data set another
+// node stored between this node's read of the state and its claim is taken
+// instead of loading again.
+func (r *Resource[K, V]) loadAndStore(ctx context.Context, force bool) error {
 	n := r.node
 	token := n.token()
 	ok, err := n.store.ClaimResource(ctx, r.keys, token, r.cfg.LoadTimeout+n.cfg.RedisTimeout)
@@ -362,6 +364,17 @@ func (r *Resource[K, V]) loadAndStore(ctx context.Context) error {
 		return r.loadLocal(ctx)
 	case !ok:
 		return errResourceBusy
+	}
+	if !force {
+		if st, err := n.store.ReadResourceState(ctx, r.keys); err == nil && st.Present && st.Fresh {
+			if err := n.store.ReleaseResource(context.WithoutCancel(ctx), r.keys, token, 0); err != nil {
+				r.redisFailed("release", err)
+			}
+			if cur := r.snap.Load(); cur == nil || cur.version != st.Meta.Version {
+				return r.fetch(ctx, st.Meta)
+			}
+			return nil
+		}
 	}
 	start := time.Now()
 	data, b, err := r.loadEncoded(ctx)
