@@ -85,6 +85,14 @@ type ResourceConfig[K comparable, V any] struct {
 // starts while the source fails takes the last good one from Redis. If
 // Redis is unreachable, each node loads from the source itself, at most
 // once per ReloadEvery.
+//
+// After Refill (or Invalidate) returns, every node that reaches Redis
+// serves the new data set as soon as it hears the announcement, and one
+// that missed it (a lost message, a lapsed lease) reads the version from
+// Redis as soon as it notices, as its L1 would stop serving keys; at the
+// latest at its next check. Unlike keys, a node that cannot reach Redis
+// keeps serving the data set it has, which is a Resource's purpose, and
+// loads from the source itself once ReloadEvery has passed.
 type Resource[K comparable, V any] struct {
 	node  *Node
 	cfg   ResourceConfig[K, V]
