@@ -646,18 +646,7 @@ type write struct {
 // R03). If Redis fails, the local effect still applies and the error says
 // so. Invalid keys are reported before anything is done.
 func (c *Cache[K, V]) Invalidate(ctx context.Context, keys ...K) error {
-	ops := make([]bus.Op, len(keys))
-	for i, k := range keys {
-		s, _, err := c.keys.resolve(k)
-		if err != nil {
-			return fmt.Errorf("tier invalidate: key %d: %w", i, err)
-		}
-		ops[i] = bus.Op{Namespace: c.ns, Key: s}
-	}
-	if c.node.isClosed() {
-		return ErrClosed
-	}
-	if err := c.publish(ctx, ops); err != nil {
+	if _, err := c.node.invalidate(ctx, []Target{KeysOf(c, keys...)}); err != nil {
 		return fmt.Errorf("tier invalidate: %w", err)
 	}
 	return nil
@@ -668,7 +657,7 @@ func (c *Cache[K, V]) Invalidate(ctx context.Context, keys ...K) error {
 // this invalidates that group (cacheme's invalid_all). Entries stay in Redis
 // until they expire or are read (a read removes a stale one).
 func (c *Cache[K, V]) InvalidateAll(ctx context.Context) error {
-	if err := c.node.invalidateGroups(ctx, []string{c.nsGroup}); err != nil {
+	if _, err := c.node.invalidate(ctx, []Target{Namespace(c.ns)}); err != nil {
 		return fmt.Errorf("tier invalidate all: %w", err)
 	}
 	return nil

@@ -101,14 +101,21 @@ func (t Target) record(n *Node, count int) {
 	case t.m != nil:
 		t.m.published(ScopeKeys, count)
 	default:
-		if m := n.meterOf(t.ns); m != nil {
-			m.published(ScopeKeys, count)
-			return
-		}
-		n.stats.invalidate.Add(uint64(count))
-		if n.rec != nil {
-			n.rec.Published(t.ns, ScopeKeys, count)
-		}
+		n.countKeys(t.ns, count)
+	}
+}
+
+// countKeys counts count keys of namespace that this node invalidated, in
+// the counters of its Cache of the namespace if it has one, else in its
+// own.
+func (n *Node) countKeys(namespace string, count int) {
+	if m := n.meterOf(namespace); m != nil {
+		m.published(ScopeKeys, count)
+		return
+	}
+	n.stats.invalidate.Add(uint64(count))
+	if n.rec != nil {
+		n.rec.Published(namespace, ScopeKeys, count)
 	}
 }
 
@@ -133,6 +140,22 @@ func (t Target) groupNames() []string {
 // applies, the invalidations are queued for replay, and the error wraps
 // ErrPending. Invalid targets are reported before anything is done.
 func (n *Node) Invalidate(ctx context.Context, targets ...Target) error {
+	bad, err := n.invalidate(ctx, targets)
+	switch {
+	case bad >= 0:
+		return fmt.Errorf("tier invalidate: target %d: %w", bad, err)
+	case err != nil:
+		return fmt.Errorf("tier invalidate: %w", err)
+	}
+	return nil
+}
+
+// invalidate is every invalidation's way in: Node.Invalidate, and the
+// calls that name one target (Cache.Invalidate, InvalidateAll,
+// Node.InvalidateGroup). It returns the index of the first invalid target
+// and its error, before anything is done, or -1 and the error of the
+// publish (ErrClosed, or one wrapping ErrPending).
+func (n *Node) invalidate(ctx context.Context, targets []Target) (int, error) {
 	var (
 		ops    []bus.Op
 		counts = make([]int, len(targets))
@@ -140,24 +163,21 @@ func (n *Node) Invalidate(ctx context.Context, targets ...Target) error {
 	for i, t := range targets {
 		tops, err := t.ops(n)
 		if err != nil {
-			return fmt.Errorf("tier invalidate: target %d: %w", i, err)
+			return i, err
 		}
 		ops = append(ops, tops...)
 		counts[i] = len(tops)
 	}
 	if len(ops) == 0 {
-		return nil
+		return -1, nil
 	}
 	if n.isClosed() {
-		return ErrClosed
+		return -1, ErrClosed
 	}
 	for i, t := range targets {
 		t.record(n, counts[i])
 	}
-	if err := n.publish(ctx, ops); err != nil {
-		return fmt.Errorf("tier invalidate: %w", err)
-	}
-	return nil
+	return -1, n.publish(ctx, ops)
 }
 
 // meterOf returns the counters of the node's Cache of namespace, or nil.

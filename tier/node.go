@@ -533,31 +533,10 @@ func (n *Node) applyOps(ops []bus.Op) {
 // and within NodeConfig.LeaseTTL at worst. If Redis fails, the local part
 // still applies and the error says so.
 func (n *Node) InvalidateGroup(ctx context.Context, names ...string) error {
-	for _, g := range names {
-		if err := CheckGroup(g); err != nil {
-			return fmt.Errorf("tier invalidate group: %w", err)
-		}
-	}
-	if err := n.invalidateGroups(ctx, names); err != nil {
+	if _, err := n.invalidate(ctx, []Target{Groups(names...)}); err != nil {
 		return fmt.Errorf("tier invalidate group: %w", err)
 	}
 	return nil
-}
-
-func (n *Node) invalidateGroups(ctx context.Context, names []string) error {
-	if len(names) == 0 {
-		return nil
-	}
-	if n.isClosed() {
-		return ErrClosed
-	}
-	ops := make([]bus.Op, len(names))
-	for i, g := range names {
-		ops[i] = bus.Op{Group: g}
-	}
-	n.stats.groupInvalidations.Add(uint64(len(names)))
-	n.recordGroups(names, func(ns string, s Scope, k int) { n.rec.Published(ns, s, k) })
-	return n.publish(ctx, ops)
 }
 
 // recordGroups reports invalidated groups to the Recorder through rec: a

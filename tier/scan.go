@@ -134,11 +134,8 @@ func (n *Node) InvalidatePattern(ctx context.Context, pattern string) (int, erro
 		if len(batch) == 0 {
 			return true
 		}
-		n.stats.invalidate.Add(uint64(len(batch)))
-		if n.rec != nil {
-			for _, op := range batch {
-				n.rec.Published(op.Namespace, ScopeKeys, 1)
-			}
+		for _, op := range batch {
+			n.countKeys(op.Namespace, 1)
 		}
 		if err := n.publish(ctx, batch); err != nil {
 			pubErr = err
