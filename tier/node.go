@@ -777,13 +777,14 @@ func (n *Node) redisFailed(namespace, op string, err error) {
 	if n.rec != nil {
 		n.rec.RedisError(namespace, op, redisErrorKind(err))
 	}
-	if !errors.Is(err, context.Canceled) && !errors.Is(err, l2.ErrUnavailable) {
-		if namespace != "" {
-			n.log.Warn("tiercache: redis "+op+" failed", "namespace", namespace, "err", err)
-		} else {
-			n.log.Warn("tiercache: redis "+op+" failed", "err", err)
-		}
+	if errors.Is(err, context.Canceled) || errors.Is(err, l2.ErrUnavailable) {
+		return
 	}
+	attrs := []any{"err", err}
+	if namespace != "" {
+		attrs = append(attrs, "namespace", namespace)
+	}
+	n.log.Warn("tiercache: redis "+op+" failed", attrs...)
 }
 
 func init() {
