@@ -277,9 +277,6 @@ func (r *Resource[K, V]) notify() {
 	}
 }
 
-// refill is Refill, for Node.RefillResources.
-func (r *Resource[K, V]) refill(ctx context.Context) error { return r.Refill(ctx) }
-
 // run checks the resource at once, then every ReloadEvery/4 (with jitter)
 // and whenever the bus says it changed, until the node closes.
 func (r *Resource[K, V]) run() {
@@ -498,7 +495,7 @@ func (r *Resource[K, V]) record(e ResourceEvent, d time.Duration) {
 // resourcer is the part of a Resource that the node drives.
 type resourcer interface {
 	notify()
-	refill(ctx context.Context) error
+	Refill(ctx context.Context) error
 }
 
 // registerResource registers r under name: one Resource per name.
@@ -541,7 +538,7 @@ func (n *Node) RefillResources(ctx context.Context) error {
 	n.mu.Unlock()
 	var errs []error
 	for _, r := range rs {
-		errs = append(errs, r.refill(ctx))
+		errs = append(errs, r.Refill(ctx))
 	}
 	return errors.Join(errs...)
 }
