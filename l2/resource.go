@@ -190,7 +190,7 @@ func (s *Store) ClaimResource(ctx context.Context, k ResourceKeys, token string,
 // that the fleet leaves the source alone a while (throttle > 0).
 func (s *Store) ReleaseResource(ctx context.Context, k ResourceKeys, token string, throttle time.Duration) error {
 	return s.do(ctx, func(ctx context.Context) error {
-		return releaseResourceScript.Run(ctx, s.rdb, []string{k.Flag}, token, throttle.Milliseconds()).Err()
+		return releaseResourceScript.Run(ctx, s.rdb, []string{k.Flag}, token, ttlMillis(throttle)).Err()
 	})
 }
 
@@ -216,12 +216,13 @@ func (s *Store) StoreResource(ctx context.Context, k ResourceKeys, token string,
 		for i := range m.Chunks {
 			p.Set(ctx, k.Chunk(m.Version, i), data[i*chunkBytes:min((i+1)*chunkBytes, len(data))], ttl)
 		}
-		p.EvalSha(ctx, storeResourceScript.Hash(), []string{k.Flag, k.Meta, k.Fresh}, token, m.Encode(), ttl.Milliseconds(), reloadEvery.Milliseconds())
+		args := []any{token, m.Encode(), ttlMillis(ttl), ttlMillis(reloadEvery)}
+		p.EvalSha(ctx, storeResourceScript.Hash(), []string{k.Flag, k.Meta, k.Fresh}, args...)
 		cmds, err := p.Exec(ctx)
-		if isNoScript(err) {
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
 			// The script was flushed: load it and switch again.
 			var res any
-			res, err = storeResourceScript.Run(ctx, s.rdb, []string{k.Flag, k.Meta, k.Fresh}, token, m.Encode(), ttl.Milliseconds(), reloadEvery.Milliseconds()).Result()
+			res, err = storeResourceScript.Run(ctx, s.rdb, []string{k.Flag, k.Meta, k.Fresh}, args...).Result()
 			return s.afterStore(ctx, k, m, res, err, &stored)
 		}
 		if err != nil && !errors.Is(err, redis.Nil) {
@@ -255,10 +256,6 @@ func (s *Store) afterStore(ctx context.Context, k ResourceKeys, m ResourceMeta, 
 		names[i] = k.Chunk(unused.Version, i)
 	}
 	return s.rdb.Unlink(ctx, names...).Err()
-}
-
-func isNoScript(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }
 
 var (

@@ -97,3 +97,27 @@ func TestReleaseResourceThrottles(t *testing.T) {
 		t.Fatalf("another token's release changed the flag to %q", v)
 	}
 }
+
+// A store after SCRIPT FLUSH (a restarted or replaced Redis) loads its
+// script again and switches the version (R23).
+func TestStoreResourceAfterScriptFlush(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	k := l2.ResourceKeysFor("tc", "rates")
+	if err := f.st.LoadScripts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := f.st.ClaimResource(ctx, k, "v1", time.Minute); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	m, stored, err := f.st.StoreResource(ctx, k, "v1", []byte("data"), 4, time.Hour, 500*time.Microsecond)
+	if err != nil || !stored {
+		t.Fatalf("StoreResource after SCRIPT FLUSH = %v, %v", stored, err)
+	}
+	if b, err := f.st.ReadResource(ctx, k, m); err != nil || string(b) != "data" {
+		t.Fatalf("ReadResource = %q, %v", b, err)
+	}
+}
