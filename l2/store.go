@@ -361,6 +361,9 @@ type Store struct {
 	guard   Guard
 	timeout time.Duration
 
+	replicas    int           // WithWaitReplicas; 0: no WAIT
+	waitTimeout time.Duration // WithWaitReplicas
+
 	abortMu sync.Mutex
 	abort   context.Context // cancelled by Abort; then replaced
 	aborted context.CancelFunc
@@ -422,6 +425,34 @@ func WithGuard(g Guard) Option { return func(s *Store) { s.guard = g } }
 // read timeout and retries. Zero: the caller's context only.
 func WithTimeout(d time.Duration) Option { return func(s *Store) { s.timeout = d } }
 
+// WithWaitReplicas makes every [Store.Apply] (invalidations and writes, with
+// their announcements) wait, after its script and on the same connection,
+// until n replicas have acknowledged it (Redis WAIT), for at most timeout.
+// If fewer did, Apply returns an error wrapping [ErrNotReplicated]: the
+// change was made on the master, but a failover may yet lose it. Each
+// operation's timeout (WithTimeout) is extended by timeout. Fills, claims and
+// releases do not wait: losing one in a failover costs a miss, never a stale
+// value. n <= 0: no waiting, the default.
+func WithWaitReplicas(n int, timeout time.Duration) Option {
+	return func(s *Store) { s.replicas, s.waitTimeout = max(n, 0), timeout }
+}
+
+// ErrNotReplicated reports a change that Redis made but that fewer replicas
+// than [WithWaitReplicas] asked for acknowledged in time: the promotion of a
+// replica that lacks it would undo it.
+var ErrNotReplicated = errors.New("l2: not acknowledged by enough replicas")
+
+// replicaError is ErrNotReplicated with the figures.
+type replicaError struct {
+	got, want int64
+	timeout   time.Duration
+}
+
+func (e *replicaError) Error() string {
+	return fmt.Sprintf("%s: %d of %d within %v", ErrNotReplicated, e.got, e.want, e.timeout)
+}
+func (e *replicaError) Unwrap() error { return ErrNotReplicated }
+
 // NewStore returns a Store over rdb, for keys named under prefix (group
 // stamps and the group sequence are named in the scripts from it).
 func NewStore(rdb redis.UniversalClient, prefix string, opts ...Option) *Store {
@@ -435,6 +466,11 @@ func NewStore(rdb redis.UniversalClient, prefix string, opts ...Option) *Store {
 
 // do runs one Redis operation under the guard and the timeout.
 func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
+	return s.doFor(ctx, 0, op)
+}
+
+// doFor is do with the timeout extended by extra.
+func (s *Store) doFor(ctx context.Context, extra time.Duration, op func(context.Context) error) error {
 	probe := false
 	if s.guard != nil {
 		var err error
@@ -447,7 +483,7 @@ func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
 		cancel context.CancelFunc
 	)
 	if s.timeout > 0 {
-		opCtx, cancel = context.WithTimeout(ctx, s.timeout)
+		opCtx, cancel = context.WithTimeout(ctx, s.timeout+extra)
 	} else {
 		opCtx, cancel = context.WithCancel(ctx)
 	}
@@ -802,15 +838,66 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 			args = append(args, "d")
 		}
 	}
-	var seq int64
-	err := s.do(ctx, func(ctx context.Context) (err error) {
-		seq, err = applyScript.Run(ctx, s.rdb, keys, args...).Int64()
+	var (
+		seq   int64
+		acked = int64(s.replicas)
+	)
+	err := s.doFor(ctx, s.waitTimeout, func(ctx context.Context) (err error) {
+		if s.replicas == 0 {
+			seq, err = applyScript.Run(ctx, s.rdb, keys, args...).Int64()
+			return err
+		}
+		seq, acked, err = s.runAndWait(ctx, applyScript, keys, args)
 		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("l2 apply: %w", err)
 	}
+	if acked < int64(s.replicas) {
+		// Redis answered: not a fault of the connection, so not the guard's
+		// business (do saw no error).
+		return uint64(seq), fmt.Errorf("l2 apply: %w", &replicaError{got: acked, want: int64(s.replicas), timeout: s.waitTimeout})
+	}
 	return uint64(seq), nil
+}
+
+// runAndWait runs sc, then WAIT for the Store's replicas, in one pipeline on
+// one connection (WAIT counts the replicas that acknowledged every write of
+// its own connection). It returns the script's integer reply and the count
+// of replicas that acknowledged.
+func (s *Store) runAndWait(ctx context.Context, sc *redis.Script, keys []string, args []any) (int64, int64, error) {
+	run := func(sha bool) (*redis.Cmd, *redis.Cmd, error) {
+		pipe := s.rdb.Pipeline()
+		var c *redis.Cmd
+		if sha {
+			c = sc.EvalSha(ctx, pipe, keys, args...)
+		} else {
+			c = sc.Eval(ctx, pipe, keys, args...)
+		}
+		// WAIT 0 would block for ever: ttlMillis rounds up to 1ms at least.
+		w := pipe.Do(ctx, "wait", s.replicas, ttlMillis(max(s.waitTimeout, time.Millisecond)))
+		_, err := pipe.Exec(ctx)
+		return c, w, err
+	}
+	c, w, err := run(true)
+	if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+		c, w, err = run(false) // the script cache was flushed (R23)
+	}
+	if c.Err() != nil {
+		return 0, 0, c.Err()
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	seq, err := c.Int64()
+	if err != nil {
+		return 0, 0, err
+	}
+	acked, err := w.Int64()
+	if err != nil {
+		return 0, 0, err
+	}
+	return seq, acked, nil
 }
 
 // DeleteIfEqual deletes k's value if it still holds exactly b: it removes a

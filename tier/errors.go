@@ -3,6 +3,8 @@ package tier
 import (
 	"errors"
 	"fmt"
+
+	"github.com/tiercache/tiercache/l2"
 )
 
 var (
@@ -39,6 +41,11 @@ var (
 	// queued and will be replayed, and announced to the fleet, as soon as
 	// Redis answers again. The error also wraps the cause.
 	ErrPending = errors.New("tier: not yet propagated; queued for replay")
+	// ErrNotReplicated comes with ErrPending from a write that Redis made
+	// but that fewer replicas than NodeConfig.WaitReplicas acknowledged
+	// within WaitTimeout: a failover could undo it, so it is queued and
+	// replayed until enough replicas acknowledge it.
+	ErrNotReplicated = l2.ErrNotReplicated
 	// ErrStale comes with a value that is past its TTL but within
 	// Config.MaxStale, served because Fetch failed or timed out (fail-safe),
 	// or because the loser policy said so: the value is usable, and the

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -122,6 +123,24 @@ type NodeConfig struct {
 	// Tracer makes spans of Gets that L1 does not answer and of calls of
 	// the source (see Tracer; tierotel adapts OpenTelemetry). Default none.
 	Tracer Tracer
+	// WaitReplicas makes every write that changes Redis for the fleet
+	// (Invalidate, Set, InvalidateGroup, InvalidateAll, Flush, and their
+	// replays) wait, after its script, until this many replicas of the
+	// master have acknowledged it (Redis WAIT), for at most WaitTimeout. A
+	// write that returned nil then survives the promotion of any replica
+	// that acknowledged it: replication is asynchronous, and without this a
+	// failover can undo an acknowledged invalidation and bring the old value
+	// back (see README, Failover). A write that fewer replicas acknowledged
+	// in time returns an error wrapping ErrPending and ErrNotReplicated, and
+	// is queued and replayed like any write that did not reach Redis. Fills
+	// do not wait: one lost in a failover costs a miss, never a stale value.
+	// It costs each write the replication round trip (README, Cost). With
+	// fewer replicas than this, every write fails so: NewNode warns.
+	// Default 0: no waiting; negative is an error.
+	WaitReplicas int
+	// WaitTimeout bounds WaitReplicas' wait, on top of RedisTimeout.
+	// Default RedisTimeout; negative is an error.
+	WaitTimeout time.Duration
 }
 
 func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
@@ -175,6 +194,12 @@ func (cfg NodeConfig) withDefaults() (NodeConfig, error) {
 	}
 	if cfg.OutageMaxAge < 0 {
 		return cfg, fmt.Errorf("%w: OutageMaxAge %v is negative", ErrConfig, cfg.OutageMaxAge)
+	}
+	if cfg.WaitReplicas < 0 || cfg.WaitTimeout < 0 {
+		return cfg, fmt.Errorf("%w: WaitReplicas %d and WaitTimeout %v may not be negative", ErrConfig, cfg.WaitReplicas, cfg.WaitTimeout)
+	}
+	if cfg.WaitTimeout == 0 {
+		cfg.WaitTimeout = cfg.RedisTimeout
 	}
 	if cfg.MaxTrackedGroups < 0 {
 		return cfg, fmt.Errorf("%w: MaxTrackedGroups %d is negative", ErrConfig, cfg.MaxTrackedGroups)
@@ -302,7 +327,8 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		}
 		n.log.Warn("tiercache: redis circuit breaker", "from", from.String(), "to", to.String())
 	})
-	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(breakerGuard{n.breaker}), l2.WithTimeout(cfg.RedisTimeout))
+	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(breakerGuard{n.breaker}), l2.WithTimeout(cfg.RedisTimeout),
+		l2.WithWaitReplicas(cfg.WaitReplicas, cfg.WaitTimeout))
 	rdb.AddHook(outageHook{n})
 	if c, ok := rdb.(*redis.Client); ok {
 		if !c.Options().ContextTimeoutEnabled {
@@ -311,6 +337,9 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		if c.Options().ReadTimeout < 0 {
 			n.log.Warn("tiercache: the Redis client has no read timeout: Close can wait for a reconnect stuck in a partition")
 		}
+	}
+	if cfg.WaitReplicas > 0 {
+		n.checkReplicas(ctx)
 	}
 	n.groups.Pin(fleetGroup)
 	_, _ = crand.Read(n.id[:])
@@ -355,6 +384,29 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		n.log.Warn("tiercache: bus subscription not confirmed yet; L1 is off until it is")
 	}
 	return n, nil
+}
+
+// checkReplicas warns if the master has fewer replicas connected than
+// WaitReplicas asks for: every write would then fail until more connect.
+func (n *Node) checkReplicas(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.RedisTimeout)
+	defer cancel()
+	info, err := n.rdb.Info(ctx, "replication").Result()
+	if err != nil {
+		n.log.Warn("tiercache: cannot count the master's replicas for WaitReplicas", "err", err)
+		return
+	}
+	for line := range strings.Lines(info) {
+		v, ok := strings.CutPrefix(strings.TrimSpace(line), "connected_slaves:")
+		if !ok {
+			continue
+		}
+		if got, err := strconv.Atoi(v); err == nil && got < n.cfg.WaitReplicas {
+			n.log.Warn("tiercache: fewer replicas than WaitReplicas; writes fail with ErrNotReplicated until more connect",
+				"replicas", got, "wait_replicas", n.cfg.WaitReplicas)
+		}
+		return
+	}
 }
 
 // Close stops the node's background work and waits for it: fetches in

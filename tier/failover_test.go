@@ -1,0 +1,379 @@
+package tier_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/faultproxy"
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/tier"
+)
+
+// replicated is a master and a replica that follows it through a fault
+// proxy, so that a test can cut replication (as a lagging replica would
+// have missed the last writes), and clients whose address the test moves to
+// the promoted replica by hand, as a virtual IP or a DNS name would.
+type replicated struct {
+	t       *testing.T
+	master  *redistest.Server
+	replica *redistest.Server
+	link    *faultproxy.Proxy // the replica's connection to the master
+	target  atomic.Pointer[string]
+}
+
+func startReplicated(t *testing.T) *replicated {
+	t.Helper()
+	// No delay before the full sync: the replica links up at once.
+	rp := &replicated{t: t, master: redistest.Start(t, "--repl-diskless-sync-delay", "0")}
+	rp.link = faultproxy.Start(t, rp.master.Addr())
+	host, port, err := net.SplitHostPort(rp.link.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp.replica = redistest.Start(t, "--replicaof", host, port)
+	addr := rp.master.Addr()
+	rp.target.Store(&addr)
+	linkUp(t, rp.replica)
+	return rp
+}
+
+// linkUp waits until replica reports its link to the master up.
+func linkUp(t *testing.T, replica *redistest.Server) {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for {
+		info, _ := replica.Do("INFO", "replication").(string)
+		if strings.Contains(info, "master_link_status:up") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica never linked up:\n%s", info)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// client returns a client that dials whichever server is master now.
+func (rp *replicated) client() *redis.Client {
+	rdb := redis.NewClient(&redis.Options{
+		Addr: "master",
+		Dialer: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, *rp.target.Load())
+		},
+		ContextTimeoutEnabled: true,
+		DialTimeout:           200 * time.Millisecond,
+	})
+	rp.t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+func (rp *replicated) node(cfg tier.NodeConfig) *tier.Node {
+	rp.t.Helper()
+	cfg.L1MaxBytes = 1 << 20
+	n, err := tier.NewNode(context.Background(), rp.client(), cfg)
+	if err != nil {
+		rp.t.Fatal(err)
+	}
+	rp.t.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
+// cut stops replication for good: what the master writes from now on, the
+// replica never receives.
+func (rp *replicated) cut() { rp.link.Sink() }
+
+// synced waits until the replica has everything the master wrote so far.
+func (rp *replicated) synced() {
+	rp.t.Helper()
+	if n, _ := rp.master.Do("WAIT", 1, int(guard/time.Millisecond)).(int64); n != 1 {
+		rp.t.Fatalf("WAIT 1 = %d: the replica does not follow", n)
+	}
+}
+
+// failover cuts replication, kills the master (SIGKILL), promotes the
+// replica with what it has, and points every client at it.
+func (rp *replicated) failover() {
+	rp.t.Helper()
+	rp.cut()
+	rp.master.Kill()
+	if ok, _ := rp.replica.Do("REPLICAOF", "NO", "ONE").(string); ok != "OK" {
+		rp.t.Fatalf("REPLICAOF NO ONE = %q", ok)
+	}
+	addr := rp.replica.Addr()
+	rp.target.Store(&addr)
+}
+
+// An invalidation acknowledged with WaitReplicas survives the promotion of
+// the replica that acknowledged it, even if replication is cut the moment
+// it returns; without it, a replica that lagged comes back with the old
+// value (the negative control); and a write that no replica acknowledged
+// fails with ErrNotReplicated, is queued, and lands once a replica follows
+// the new master.
+func TestWaitReplicas(t *testing.T) {
+	cfg := tier.NodeConfig{WaitReplicas: 1, WaitTimeout: guard, LeaseTTL: 500 * time.Millisecond}
+
+	// warm stores v1 for k in Redis, on the replica too, then makes the
+	// source say v2.
+	warm := func(t *testing.T, rp *replicated, c *tier.Cache[string, string], src *source) {
+		t.Helper()
+		src.set("k", "v1")
+		if got := mustGet(t, c, "k"); got != "v1" {
+			t.Fatalf("Get = %q", got)
+		}
+		rp.synced()
+		src.set("k", "v2")
+	}
+	// after reads k on a fresh node of the promoted master.
+	after := func(t *testing.T, rp *replicated, src *source) string {
+		t.Helper()
+		return mustGet(t, cache(t, rp.node(tier.NodeConfig{}), src), "k")
+	}
+
+	t.Run("acknowledged invalidation survives", func(t *testing.T) {
+		rp := startReplicated(t)
+		src := newSource()
+		c := cache(t, rp.node(cfg), src)
+		warm(t, rp, c, src)
+		// The replica lags: the invalidation reaches it 50ms later, and
+		// its acknowledgement 50ms after that. Without the wait, the
+		// failover below would come first.
+		rp.link.Delay(50 * time.Millisecond)
+		if err := c.Invalidate(context.Background(), "k"); err != nil {
+			t.Fatalf("Invalidate: %v", err)
+		}
+		rp.failover()
+		if got := after(t, rp, src); got != "v2" {
+			t.Fatalf("after the failover Get = %q: an acknowledged invalidation was lost", got)
+		}
+	})
+
+	t.Run("negative control: without WaitReplicas it is lost", func(t *testing.T) {
+		rp := startReplicated(t)
+		src := newSource()
+		off := cfg
+		off.WaitReplicas = 0
+		c := cache(t, rp.node(off), src)
+		warm(t, rp, c, src)
+		rp.link.Delay(guard) // the replica lags: the failover comes first
+		if err := c.Invalidate(context.Background(), "k"); err != nil {
+			t.Fatalf("Invalidate: %v", err)
+		}
+		rp.failover()
+		if got := after(t, rp, src); got != "v1" {
+			t.Fatalf("after the failover Get = %q, want the old value back (v1): the control shows nothing", got)
+		}
+	})
+
+	t.Run("unacknowledged write fails, queues and lands later", func(t *testing.T) {
+		rp := startReplicated(t)
+		src := newSource()
+		short := cfg
+		short.WaitTimeout = 200 * time.Millisecond
+		n := rp.node(short)
+		c := cache(t, n, src)
+		warm(t, rp, c, src)
+		rp.cut()
+		err := c.Invalidate(context.Background(), "k")
+		if !errors.Is(err, tier.ErrNotReplicated) || !errors.Is(err, tier.ErrPending) {
+			t.Fatalf("Invalidate with no replica acknowledging = %v, want ErrNotReplicated and ErrPending", err)
+		}
+		// The writer reads its write: the key is pending, Redis is skipped.
+		if got := mustGet(t, c, "k"); got != "v2" {
+			t.Fatalf("Get on the writer = %q, want v2", got)
+		}
+		rp.failover()
+		// The promoted replica never saw the invalidation, and has no
+		// replica of its own: the replay cannot be acknowledged yet.
+		if p := n.Stats().Pending; p == 0 {
+			t.Fatalf("nothing pending after an unacknowledged write")
+		}
+		host, port, _ := net.SplitHostPort(rp.replica.Addr())
+		rp.replica.Do("CONFIG", "SET", "repl-diskless-sync-delay", "0")
+		linkUp(t, redistest.Start(t, "--replicaof", host, port))
+		deadline := time.Now().Add(guard)
+		for n.Stats().Pending > 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the replay never landed: %+v", n.Stats())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := after(t, rp, src); got != "v2" {
+			t.Fatalf("after the replay Get = %q, want v2", got)
+		}
+	})
+}
+
+// versions is what a writer acknowledged: per key, the versions whose
+// invalidation returned nil, with the instant it returned.
+type versions struct {
+	mu    sync.Mutex
+	acked map[string][]ackedAt
+	count int
+}
+
+type ackedAt struct {
+	v  int
+	at time.Time
+}
+
+func (vs *versions) ack(key string, v int) {
+	vs.mu.Lock()
+	defer vs.mu.Unlock()
+	vs.acked[key] = append(vs.acked[key], ackedAt{v, time.Now()})
+	vs.count++
+}
+
+// floor returns the newest version of key acknowledged before t.
+func (vs *versions) floor(key string, t time.Time) int {
+	vs.mu.Lock()
+	defer vs.mu.Unlock()
+	best := 0
+	for _, a := range vs.acked[key] {
+		if a.at.Before(t) && a.v > best {
+			best = a.v
+		}
+	}
+	return best
+}
+
+func (vs *versions) n() int {
+	vs.mu.Lock()
+	defer vs.mu.Unlock()
+	return vs.count
+}
+
+// Under Sentinel, as README recommends it (redis.NewFailoverClient, a
+// master, a replica, three sentinels; WaitReplicas 1): a writer on node A
+// and readers on A and B keep going while the master is SIGKILLed, the
+// sentinels promote the replica, and the old master comes back as the new
+// master's replica. No read on B that began more than LeaseTTL after an
+// invalidation returned nil gets an older version, nor any read on A that
+// began after it returned; writes that no replica could acknowledge in the
+// gap fail with ErrPending and land once one can; every key converges.
+func TestSentinelFailover(t *testing.T) {
+	s := redistest.StartSentinel(t, redistest.SentinelOptions{DownAfter: time.Second})
+	cfg := tier.NodeConfig{
+		L1MaxBytes: 1 << 20, LeaseTTL: 500 * time.Millisecond,
+		RedisTimeout: 300 * time.Millisecond, WaitReplicas: 1, WaitTimeout: 300 * time.Millisecond,
+	}
+	ctx := context.Background()
+	node := func() *tier.Node {
+		n, err := tier.NewNode(ctx, s.FailoverClient(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Close() })
+		return n
+	}
+	src := newSource()
+	keys := []string{"k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"}
+	for _, k := range keys {
+		src.set(k, "0")
+	}
+	na, nb := node(), node()
+	a, b := cache(t, na, src), cache(t, nb, src)
+	vs := &versions{acked: map[string][]ackedAt{}}
+	latest := map[string]int{}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var violations atomic.Int64
+	read := func(c *tier.Cache[string, string], slack time.Duration, who string) {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k := keys[i%len(keys)]
+			began := time.Now()
+			got, err := c.Get(ctx, k)
+			if err != nil {
+				continue // an outage answer; its value is not checked
+			}
+			v, _ := strconv.Atoi(got)
+			if want := vs.floor(k, began.Add(-slack)); v < want {
+				violations.Add(1)
+				t.Errorf("%s read %s = %d, but version %d was acknowledged before the read began (slack %v)", who, k, v, want, slack)
+			}
+		}
+	}
+	wg.Add(3)
+	go read(a, 0, "A")
+	go read(b, cfg.LeaseTTL, "B")
+	go read(b, cfg.LeaseTTL, "B")
+	var pendingErrs atomic.Int64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k := keys[i%len(keys)]
+			latest[k]++
+			src.set(k, strconv.Itoa(latest[k]))
+			switch err := a.Invalidate(ctx, k); {
+			case err == nil:
+				vs.ack(k, latest[k])
+			case errors.Is(err, tier.ErrPending):
+				pendingErrs.Add(1)
+			default:
+				t.Errorf("Invalidate: %v", err)
+			}
+		}
+	}()
+	progress := func(what string, more int) {
+		t.Helper()
+		target := vs.n() + more
+		deadline := time.Now().Add(time.Minute)
+		for vs.n() < target {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d acknowledged writes, waiting for %d", what, vs.n(), target)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	progress("before the failover", 200)
+	old := s.Master()
+	s.KillMaster(t)
+	s.AwaitPromotion(t)
+	old.Restart() // empty; the sentinels make it the new master's replica
+	progress("after the failover", 200)
+	close(stop)
+	wg.Wait()
+
+	deadline := time.Now().Add(guard)
+	for na.Stats().Pending > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("writes still pending: %+v", na.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, k := range keys {
+		want := strconv.Itoa(latest[k])
+		for got := mustGet(t, b, k); got != want; got = mustGet(t, b, k) {
+			if time.Now().After(deadline) {
+				t.Fatalf("B reads %s = %s, want %s", k, got, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	t.Logf("%d writes acknowledged, %d failed with ErrPending during the failover, %d violations", vs.n(), pendingErrs.Load(), violations.Load())
+	if pendingErrs.Load() == 0 {
+		t.Errorf("no write failed while the master was down: the failover was not exercised")
+	}
+}
