@@ -100,6 +100,16 @@ type SubscriberConfig struct {
 	Client redis.UniversalClient
 	// Channel is the bus channel.
 	Channel string
+	// Sharded makes Channel a shard channel (SSUBSCRIBE, Redis 7), for a
+	// Redis Cluster, where the bus's messages are published with SPUBLISH
+	// in the slot of Channel: the subscription goes to the master that
+	// serves that slot, and the lease's pings prove delivery there. When
+	// the slot moves (a reshard) Redis ends the subscription; the
+	// subscriber then counts a disconnect, drops L1, and subscribes again
+	// where the slot went. The WakeChannel stays a classic channel, which a
+	// cluster broadcasts to every node; it must hash to Channel's slot, so
+	// that the one connection goes to Channel's master.
+	Sharded bool
 	// WakeChannel, if set, is a second channel subscribed on the same
 	// connection, whose messages go to Wake as they come: no order, no
 	// sequence, no lease, and nothing lost but latency if one is missed.
@@ -230,7 +240,7 @@ func (s *Subscriber) receive() {
 		s.mu.Unlock()
 		return
 	}
-	s.ps = s.cfg.Client.Subscribe(s.life, s.channels()...)
+	s.ps = s.subscribe()
 	s.replaced = time.Now()
 	ps := s.ps
 	s.mu.Unlock()
@@ -247,7 +257,7 @@ func (s *Subscriber) receive() {
 			// once (the old one's Close unblocked this Receive).
 			s.mu.Lock()
 			if s.retired == ps {
-				s.ps = s.cfg.Client.Subscribe(s.life, s.channels()...)
+				s.ps = s.subscribe()
 				s.replaced, s.retired = time.Now(), nil
 				ps = s.ps
 				s.mu.Unlock()
@@ -275,7 +285,7 @@ func (s *Subscriber) receive() {
 				return
 			}
 			backoff = min(2*backoff, time.Second)
-			_ = ps.Subscribe(s.life, s.channels()...) // a failure shows up in Receive
+			s.resubscribe(ps) // a failure shows up in Receive
 			continue
 		}
 		if err != nil {
@@ -294,8 +304,23 @@ func (s *Subscriber) receive() {
 		backoff = 10 * time.Millisecond
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" && m.Channel == s.cfg.Channel {
+			switch {
+			case m.Channel != s.cfg.Channel:
+			case m.Kind == "subscribe" || m.Kind == "ssubscribe":
 				s.subscribed()
+			case m.Kind == "sunsubscribe":
+				// Redis ended the subscription: the channel's slot moved to
+				// another master (a reshard or a failover's aftermath). What
+				// is published there until this node subscribes again is
+				// lost to it: drop, and subscribe again on a new connection,
+				// which goes to the slot's master as the client now knows it.
+				s.mu.Lock()
+				s.retired = ps
+				s.mu.Unlock()
+				if c, ok := s.cfg.Client.(*redis.ClusterClient); ok {
+					c.ReloadState(s.life)
+				}
+				_ = ps.Close() // the next Receive fails, and the retired path takes over
 			}
 		case *redis.Message:
 			if m.Channel == s.cfg.WakeChannel && s.cfg.Wake != nil {
@@ -309,9 +334,43 @@ func (s *Subscriber) receive() {
 	}
 }
 
-// channels are the channels the subscription listens on.
+// subscribe returns a new subscription to the bus channel and the wake
+// channel.
+func (s *Subscriber) subscribe() *redis.PubSub {
+	if !s.cfg.Sharded {
+		return s.cfg.Client.Subscribe(s.life, s.channels()...)
+	}
+	ps := s.cfg.Client.SSubscribe(s.life, s.cfg.Channel)
+	if s.wakes() {
+		_ = ps.Subscribe(s.life, s.cfg.WakeChannel) // a failure shows up in Receive
+	}
+	return ps
+}
+
+// resubscribe asks ps again for the bus channel and the wake channel.
+func (s *Subscriber) resubscribe(ps *redis.PubSub) {
+	if !s.cfg.Sharded {
+		_ = ps.Subscribe(s.life, s.channels()...)
+		return
+	}
+	_ = ps.SSubscribe(s.life, s.cfg.Channel)
+	if s.wakes() {
+		_ = ps.Subscribe(s.life, s.cfg.WakeChannel)
+	}
+}
+
+// wakes reports whether the subscription listens on a wake channel.
+func (s *Subscriber) wakes() bool { return s.cfg.WakeChannel != "" && s.cfg.Wake != nil }
+
+// channels are the classic channels the subscription listens on: all of
+// them, unless the bus channel is a shard channel.
 func (s *Subscriber) channels() []string {
-	if s.cfg.WakeChannel == "" || s.cfg.Wake == nil {
+	switch {
+	case s.cfg.Sharded && s.wakes():
+		return []string{s.cfg.WakeChannel}
+	case s.cfg.Sharded:
+		return nil
+	case !s.wakes():
 		return []string{s.cfg.Channel}
 	}
 	return []string{s.cfg.Channel, s.cfg.WakeChannel}

@@ -27,8 +27,9 @@ func (s *Store) ReadOrClaimMany(ctx context.Context, ks []Keys, tokens []string,
 	run := func(ctx context.Context, sha bool) error {
 		pipe := s.rdb.Pipeline()
 		for i, k := range ks {
-			keys := []string{k.Value, k.Flag, k.Meta}
-			args := s.readArgs(tokens[i], flagTTL, c)
+			tag := s.tag(k)
+			keys := s.scriptKeys(k, tag)
+			args := s.readArgs(tokens[i], flagTTL, c, tag)
 			if sha {
 				cmds[i] = readOrClaimScript.EvalSha(ctx, pipe, keys, args...)
 			} else {

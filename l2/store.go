@@ -79,12 +79,14 @@ type Read struct {
 }
 
 var (
-	// KEYS: value, flag, meta. ARGV: token, flag TTL in ms, prefix, the
-	// remaining lifetime in ms at or below which a present value is claimed
-	// for a refresh (-1: never), '1' to claim a present value regardless.
-	// Reply: state, value, TTL, group names, group clock (for a claim),
-	// removed-stale, failing, negative.
+	// KEYS: value, flag, meta, group clock. ARGV: token, flag TTL in ms,
+	// prefix, the remaining lifetime in ms at or below which a present value
+	// is claimed for a refresh (-1: never), '1' to claim a present value
+	// regardless, slot tag ('' outside a cluster). Reply: state, value, TTL,
+	// group names, group clock (for a claim), removed-stale, failing,
+	// negative.
 	readOrClaimScript = redis.NewScript(gclockLua + `
+names(ARGV[3], ARGV[6])
 -- A reader that finds the flag held may wait: the flag's holder, when it
 -- fills, releases or fails, announces it on the wake channel (see wakeLua).
 local function waiting()
@@ -105,7 +107,7 @@ if v then
   local ok = m[1] == '1' or m[1] == 'n'
   for i = 2, #m, 2 do
     local g = m[i]
-    if redis.call('GET', ARGV[3] .. ':g:{' .. #g .. ':' .. g .. '}') ~= m[i+1] then
+    if redis.call('GET', skey(g)) ~= m[i+1] then
       ok = false
       break
     end
@@ -122,7 +124,7 @@ if v then
       return {1, v, left, names, '', 0, 0, neg}
     end
     if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-      return {4, v, left, names, gclock(ARGV[3], ARGV[1]), 0, 0, neg}
+      return {4, v, left, names, gclock(ARGV[1]), 0, 0, neg}
     end
     waiting()
     return {5, v, left, names, '', 0, failing(redis.call('GET', KEYS[2])), neg}
@@ -131,23 +133,25 @@ if v then
   stale = 1
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {2, '', 0, {}, gclock(ARGV[3], ARGV[1]), stale, 0, 0}
+  return {2, '', 0, {}, gclock(ARGV[1]), stale, 0, 0}
 end
 waiting()
 return {3, '', redis.call('PTTL', KEYS[2]), {}, '', stale, failing(redis.call('GET', KEYS[2])), 0}
 `)
-	// KEYS: value, flag, meta. ARGV: token, envelope, TTL in ms, the group
-	// clock of the claim, prefix, meta marker ('1', or 'n' for "not found"), group
+	// KEYS: value, flag, meta, group clock. ARGV: token, envelope, TTL in
+	// ms, the group clock of the claim, prefix, meta marker ('1', or 'n' for
+	// "not found"), slot tag ('' outside a cluster), wake channel, group
 	// count n, n names, n fresh tokens.
 	fillScript = redis.NewScript(stampLua + wakeLua + `
+names(ARGV[5], ARGV[7])
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local ttl = tonumber(ARGV[3])
-local meta = stamps(ARGV[5], ARGV, 7, ARGV[4], ttl)
+local meta = stamps(ARGV, 9, ARGV[4], ttl)
 if not meta then
   -- The flag is ours (checked above): give it up, so that the next reader
   -- claims at once instead of waiting for it to expire.
   redis.call('DEL', KEYS[2])
-  wake(KEYS[2], ARGV[5], KEYS[1])
+  wake(KEYS[2], ARGV[8], KEYS[1])
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
@@ -155,10 +159,10 @@ redis.call('DEL', KEYS[2], KEYS[3])
 meta[1] = ARGV[6]
 redis.call('RPUSH', KEYS[3], unpack(meta))
 redis.call('PEXPIRE', KEYS[3], ttl)
-wake(KEYS[2], ARGV[5], KEYS[1])
+wake(KEYS[2], ARGV[8], KEYS[1])
 return 1
 `)
-	// KEYS: flag, value. ARGV: token, prefix.
+	// KEYS: flag, value. ARGV: token, wake channel.
 	releaseScript = redis.NewScript(wakeLua + `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -167,7 +171,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 `)
-	// KEYS: flag, value. ARGV: token, mark TTL in ms, prefix.
+	// KEYS: flag, value. ARGV: token, mark TTL in ms, wake channel.
 	markFailingScript = redis.NewScript(wakeLua + `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], '!' .. ARGV[1], 'PX', ARGV[2])
@@ -181,23 +185,27 @@ return 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
-	// KEYS: the sequence counter if there is an announcement, then value,
-	// flag and meta of each key change. ARGV: channel ('' for no
-	// announcement), message head, message body, prefix, then per change
-	// 'd'; or 's', envelope, TTL in ms, late-after (µs on Redis's clock, 0:
-	// never), the TTL in ms of a late write, group count n, n names, n
-	// fresh tokens; or 'g', group, fresh token, stamp TTL in ms.
+	// KEYS: the anchor (the sequence counter if there is an announcement,
+	// else the group clock), then value, flag and meta of each key change.
+	// ARGV: channel ('' for no announcement), message head, message body,
+	// prefix, slot tag ('' outside a cluster), the publish command ('PUBLISH'
+	// or 'SPUBLISH'), then per change 'd'; or 's', envelope, TTL in ms,
+	// late-after (µs on Redis's clock, 0: never), the TTL in ms of a late
+	// write, group count n, n names, n fresh tokens; or 'g', group, fresh
+	// token, stamp TTL in ms; or 'x', the same as 'g' but replacing the
+	// group's stamp only where it exists (a cluster slot's, see doc.go).
 	applyScript = redis.NewScript(stampLua + `
 local announce = ARGV[1] ~= ''
-local prefix = ARGV[4]
-local k, a = 1, 5
-if announce then k = 2 end
+names(ARGV[4], ARGV[5])
+local k, a = 2, 7
 while a <= #ARGV do
   local op = ARGV[a]
-  if op == 'g' then
-    local g = ARGV[a+1]
-    local clock = tick(prefix, ARGV[a+2])
-    redis.call('SET', prefix .. ':g:{' .. #g .. ':' .. g .. '}', clock .. ':' .. ARGV[a+2], 'PX', ARGV[a+3])
+  if op == 'g' or op == 'x' then
+    local clock = tick(ARGV[a+2])
+    local sk = skey(ARGV[a+1])
+    if op == 'g' or redis.call('EXISTS', sk) == 1 then
+      redis.call('SET', sk, clock .. ':' .. ARGV[a+2], 'PX', ARGV[a+3])
+    end
     a = a + 4
   elseif op == 's' then
     local ttl = tonumber(ARGV[a+2])
@@ -211,7 +219,7 @@ while a <= #ARGV do
       end
     end
     local n = tonumber(ARGV[a+5])
-    local meta = stamps(prefix, ARGV, a + 5, nil, ttl)
+    local meta = stamps(ARGV, a + 5, nil, ttl)
     redis.call('SET', KEYS[k], ARGV[a+1], 'PX', ttl)
     redis.call('UNLINK', KEYS[k+1], KEYS[k+2], KEYS[k+1] .. 'w')
     redis.call('RPUSH', KEYS[k+2], unpack(meta))
@@ -238,7 +246,7 @@ local function u64(n)
 end
 local t = redis.call('TIME')
 local sent = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. u64(seq) .. u64(sent) .. ARGV[3])
+redis.call(ARGV[6], ARGV[1], ARGV[2] .. u64(seq) .. u64(sent) .. ARGV[3])
 return seq
 `)
 	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript, storeResourceScript, releaseResourceScript}
@@ -246,42 +254,57 @@ return seq
 
 // gclockLua defines the group clock, kept in <prefix>:gseq as
 // "<seq>/<id>": seq counts group invalidations, id names the clock's
-// incarnation. The key has no TTL, so maxmemory's allkeys policies may evict
-// it; a clock created afresh gets a new id, so that no sequence number of
-// the lost clock is ever compared with one of the new (docs/RACES.md R36):
+// incarnation. On a cluster every slot has a clock of its own,
+// <prefix>:gseq:{<slot tag>} (see doc.go). The key has no TTL, so
+// maxmemory's allkeys policies may evict it; a clock created afresh gets a
+// new id, so that no sequence number of the lost clock is ever compared
+// with one of the new (docs/RACES.md R36):
 //
+//   - names(prefix, tag) names the clock (CK) and the stamps (skey) of the
+//     slot whose tag is tag, or of the server if tag is '';
 //   - gparse(s) reads "<seq>/<id>" at the start of s (a clock, or a stamp
 //     "<clock>:<token>"), or nil for anything else;
-//   - gclock(prefix, id) returns the clock, creating it as "0/<id>" if it
-//     is missing or not of this form: a claim's reference point;
-//   - tick(prefix, id) advances the clock and returns it, starting a new
+//   - gclock(id) returns the clock, creating it as "0/<id>" if it is
+//     missing or not of this form: a claim's reference point;
+//   - tick(id) advances the clock and returns it, starting a new
 //     incarnation named id if it was missing.
 const gclockLua = `
+local CK, SP, SS
+local function names(prefix, tag)
+  if tag == '' then
+    CK, SP, SS = prefix .. ':gseq', prefix .. ':g:{', '}'
+  else
+    CK, SP, SS = prefix .. ':gseq:{' .. tag .. '}', prefix .. ':g:{' .. tag .. '}:', ''
+  end
+end
+local function skey(g)
+  return SP .. #g .. ':' .. g .. SS
+end
 local function gparse(s)
   local seq, id = string.match(s, '^(%d+)/([^:/]+)')
   if not seq then return nil end
   return tonumber(seq), id
 end
-local function gclock(prefix, id)
-  local c = redis.call('GET', prefix .. ':gseq')
+local function gclock(id)
+  local c = redis.call('GET', CK)
   if c and gparse(c) then return c end
   c = '0/' .. id
-  redis.call('SET', prefix .. ':gseq', c)
+  redis.call('SET', CK, c)
   return c
 end
-local function tick(prefix, id)
-  local c = redis.call('GET', prefix .. ':gseq')
+local function tick(id)
+  local c = redis.call('GET', CK)
   local seq, cid
   if c then seq, cid = gparse(c) end
   if not seq then seq, cid = 0, id end
   c = string.format('%d', seq + 1) .. '/' .. cid
-  redis.call('SET', prefix .. ':gseq', c)
+  redis.call('SET', CK, c)
   return c
 end
 `
 
-// stampLua defines stamps(prefix, argv, at, claim, ttl): for the group count
-// n at argv[at], the names at argv[at+1..at+n] and fresh tokens at
+// stampLua defines stamps(argv, at, claim, ttl), after names: for the group
+// count n at argv[at], the names at argv[at+1..at+n] and fresh tokens at
 // argv[at+n+1..at+2n], it returns the meta list {'1', name, stamp, ...} of the
 // groups' current stamps, creating a missing stamp as "<clock>:<token>" and
 // keeping every stamp alive for at least ttl ms. With a claim (the group
@@ -293,11 +316,11 @@ end
 // incarnation of the clock was written before the claim's incarnation
 // began, hence before the claim.
 const stampLua = gclockLua + `
-local function stamps(prefix, argv, at, claim, ttl)
+local function stamps(argv, at, claim, ttl)
   local n = tonumber(argv[at])
   local meta = {'1'}
   if n == 0 then return meta end
-  local cur = redis.call('GET', prefix .. ':gseq')
+  local cur = redis.call('GET', CK)
   local cseq, cid
   if claim then
     cseq, cid = gparse(claim)
@@ -305,12 +328,12 @@ local function stamps(prefix, argv, at, claim, ttl)
     local _, id = gparse(cur)
     if id ~= cid then return nil end
   elseif not (cur and gparse(cur)) then
-    cur = gclock(prefix, argv[at + n + 1])
+    cur = gclock(argv[at + n + 1])
   end
   local curseq = gparse(cur)
   for i = 1, n do
     local g = argv[at + i]
-    local sk = prefix .. ':g:{' .. #g .. ':' .. g .. '}'
+    local sk = skey(g)
     local s = redis.call('GET', sk)
     if not s then
       if claim and curseq > cseq then return nil end
@@ -331,22 +354,49 @@ local function stamps(prefix, argv, at, claim, ttl)
 end
 `
 
-// wakeLua defines wake(flag, prefix, value): if readers marked flag as
-// waited on, it clears the mark and publishes value's key name on the wake
-// channel (WakeChannel), so that they read again at once instead of at their
-// next poll. A change by Apply wakes them through its announcement instead.
+// wakeLua defines wake(flag, channel, value): if readers marked flag as
+// waited on, it clears the mark and publishes value's key name on channel
+// (the Store's WakeChannel), so that they read again at once instead of at
+// their next poll. A change by Apply wakes them through its announcement
+// instead.
 const wakeLua = `
-local function wake(flag, prefix, value)
+local function wake(flag, channel, value)
   if redis.call('DEL', flag .. 'w') == 1 then
-    redis.call('PUBLISH', prefix .. ':wake', value)
+    redis.call('PUBLISH', channel, value)
   end
 end
 `
 
-// WakeChannel is the channel on which the holder of a flag announces that
-// it filled, released or failed the key, when readers wait for it: the
-// message is the key's Keys.Value.
-func WakeChannel(prefix string) string { return prefix + ":wake" }
+// BusKeys names the keys and channels of the bus under a prefix.
+type BusKeys struct {
+	// Channel carries the bus's messages: a shard channel on a cluster.
+	Channel string
+	// Seq is the counter of the messages' sequence numbers.
+	Seq string
+	// Epoch holds the fleet epoch token.
+	Epoch string
+	// Wake is the channel on which the holder of a flag announces that it
+	// filled, released or failed the key, when readers wait for it: the
+	// message is the key's Keys.Value. A classic channel everywhere.
+	Wake string
+}
+
+// BusKeysFor returns the bus's names under prefix: "<prefix>:bus",
+// "<prefix>:seq", "<prefix>:epoch" and "<prefix>:wake" on one server; on a
+// cluster the same with the hash tag "{<prefix>:bus}" appended, so that the
+// counter, the epoch and the channel share one slot, and a script that draws
+// a sequence number can SPUBLISH the message.
+func BusKeysFor(prefix string, cluster bool) BusKeys {
+	tag := ""
+	if cluster {
+		tag = ":{" + prefix + ":bus}"
+	}
+	return BusKeys{Channel: prefix + ":bus" + tag, Seq: prefix + ":seq" + tag, Epoch: prefix + ":epoch" + tag, Wake: prefix + ":wake" + tag}
+}
+
+// WakeChannel returns the channel of BusKeysFor(prefix, false).Wake: see
+// [Store.WakeChannel] for the Store's own.
+func WakeChannel(prefix string) string { return BusKeysFor(prefix, false).Wake }
 
 // GroupStampTTL is the lifetime of the stamp that a group invalidation
 // writes. Fills keep a stamp alive for as long as their value; a stamp that
@@ -357,7 +407,9 @@ const GroupStampTTL = 7 * 24 * time.Hour
 // concurrent use.
 type Store struct {
 	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // rdb, on a Redis Cluster; else nil
 	prefix  string
+	wake    string // the wake channel
 	guard   Guard
 	timeout time.Duration
 
@@ -457,11 +509,43 @@ func (e *replicaError) Unwrap() error { return ErrNotReplicated }
 // stamps and the group sequence are named in the scripts from it).
 func NewStore(rdb redis.UniversalClient, prefix string, opts ...Option) *Store {
 	s := &Store{rdb: rdb, prefix: prefix}
+	s.cluster, _ = rdb.(*redis.ClusterClient)
+	s.wake = BusKeysFor(prefix, s.cluster != nil).Wake
 	s.abort, s.aborted = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(s)
 	}
 	return s
+}
+
+// Cluster reports whether the Store runs on a Redis Cluster: its client is
+// a *redis.ClusterClient.
+func (s *Store) Cluster() bool { return s.cluster != nil }
+
+// WakeChannel returns the channel on which the Store's scripts wake waiting
+// readers (BusKeys.Wake).
+func (s *Store) WakeChannel() string { return s.wake }
+
+// tag returns the slot tag of k's slot on a cluster, or "" on one server.
+func (s *Store) tag(k Keys) string {
+	if s.cluster == nil {
+		return ""
+	}
+	return SlotTag(Slot(k.Value))
+}
+
+// clockKey returns the name of the group clock of the slot whose tag is
+// tag, or of the server's if tag is "" (gclockLua builds the same).
+func (s *Store) clockKey(tag string) string {
+	if tag == "" {
+		return s.prefix + ":gseq"
+	}
+	return s.prefix + ":gseq:{" + tag + "}"
+}
+
+// scriptKeys returns the KEYS of the read and fill scripts for k.
+func (s *Store) scriptKeys(k Keys, tag string) []string {
+	return []string{k.Value, k.Flag, k.Meta, s.clockKey(tag)}
 }
 
 // do runs one Redis operation under the guard and the timeout.
@@ -570,8 +654,9 @@ type Claim struct {
 	Always bool
 }
 
-// readArgs returns the read script's ARGV for a claim with token under c.
-func (s *Store) readArgs(token string, flagTTL time.Duration, c Claim) []any {
+// readArgs returns the read script's ARGV for a claim with token under c,
+// of a key in the slot whose tag is tag.
+func (s *Store) readArgs(token string, flagTTL time.Duration, c Claim, tag string) []any {
 	below := int64(-1)
 	if c.Below > 0 {
 		below = ttlMillis(c.Below)
@@ -580,7 +665,7 @@ func (s *Store) readArgs(token string, flagTTL time.Duration, c Claim) []any {
 	if c.Always {
 		always = "1"
 	}
-	return []any{token, ttlMillis(flagTTL), s.prefix, below, always}
+	return []any{token, ttlMillis(flagTTL), s.prefix, below, always, tag}
 }
 
 // ReadOrClaimWith is ReadOrClaim that also claims a present value when c
@@ -593,7 +678,8 @@ func (s *Store) ReadOrClaimWith(ctx context.Context, k Keys, token string, flagT
 	}
 	var reply []any
 	err := s.do(ctx, func(ctx context.Context) (err error) {
-		reply, err = readOrClaimScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, s.readArgs(token, flagTTL, c)...).Slice()
+		tag := s.tag(k)
+		reply, err = readOrClaimScript.Run(ctx, s.rdb, s.scriptKeys(k, tag), s.readArgs(token, flagTTL, c, tag)...).Slice()
 		return err
 	})
 	if err != nil {
@@ -683,12 +769,13 @@ func (s *Store) FillEntry(ctx context.Context, k Keys, token string, e Entry, cl
 	if e.Negative {
 		marker = "n"
 	}
-	args := make([]any, 0, 7+2*len(e.Groups))
-	args = append(args, token, e.Envelope, ttlMillis(e.TTL), clock, s.prefix, marker)
+	tag := s.tag(k)
+	args := make([]any, 0, 9+2*len(e.Groups))
+	args = append(args, token, e.Envelope, ttlMillis(e.TTL), clock, s.prefix, marker, tag, s.wake)
 	args = appendGroups(args, e.Groups)
 	var n int64
 	err := s.do(ctx, func(ctx context.Context) (err error) {
-		n, err = fillScript.Run(ctx, s.rdb, []string{k.Value, k.Flag, k.Meta}, args...).Int64()
+		n, err = fillScript.Run(ctx, s.rdb, s.scriptKeys(k, tag), args...).Int64()
 		return err
 	})
 	if err != nil {
@@ -714,7 +801,7 @@ func appendGroups(args []any, groups []string) []any {
 // wait for it to expire. A claimant whose fetch failed calls it.
 func (s *Store) Release(ctx context.Context, k Keys, token string) error {
 	if err := s.do(ctx, func(ctx context.Context) error {
-		return releaseScript.Run(ctx, s.rdb, []string{k.Flag, k.Value}, token, s.prefix).Err()
+		return releaseScript.Run(ctx, s.rdb, []string{k.Flag, k.Value}, token, s.wake).Err()
 	}); err != nil {
 		return fmt.Errorf("l2 release: %w", err)
 	}
@@ -731,7 +818,7 @@ func (s *Store) MarkFailing(ctx context.Context, k Keys, token string, d time.Du
 		return fmt.Errorf("l2 mark failing: %w", errNonPositiveTTL)
 	}
 	if err := s.do(ctx, func(ctx context.Context) error {
-		return markFailingScript.Run(ctx, s.rdb, []string{k.Flag, k.Value}, token, ttlMillis(d), s.prefix).Err()
+		return markFailingScript.Run(ctx, s.rdb, []string{k.Flag, k.Value}, token, ttlMillis(d), s.wake).Err()
 	}); err != nil {
 		return fmt.Errorf("l2 mark failing: %w", err)
 	}
@@ -802,55 +889,63 @@ type Announcement struct {
 // announcement). All keys must live on one server: SeqKey is not
 // hash-tagged with the changes.
 func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (uint64, error) {
-	keys := make([]string, 0, 1+2*len(changes))
-	args := make([]any, 0, 3+3*len(changes))
-	if a != nil {
-		if a.Channel == "" || a.SeqKey == "" {
-			return 0, errors.New("l2 apply: an announcement needs a channel and a sequence key")
-		}
-		keys = append(keys, a.SeqKey)
-		args = append(args, a.Channel, a.Head, a.Body)
-	} else {
-		args = append(args, "", "", "")
+	if a != nil && (a.Channel == "" || a.SeqKey == "") {
+		return 0, errors.New("l2 apply: an announcement needs a channel and a sequence key")
 	}
-	args = append(args, s.prefix)
-	for _, c := range changes {
-		switch {
-		case c.Group != "":
-			args = append(args, "g", c.Group, consistency.NewToken(), ttlMillis(GroupStampTTL))
-		case c.Write:
-			if c.TTL <= 0 {
-				return 0, fmt.Errorf("l2 apply: %w", errNonPositiveTTL)
-			}
-			var lateAfter int64 // µs; 0: never late
-			lateTTL := int64(1)
-			if !c.LateAfter.IsZero() {
-				if c.LateTTL <= 0 {
-					return 0, fmt.Errorf("l2 apply: LateAfter without a positive LateTTL")
-				}
-				lateAfter, lateTTL = max(c.LateAfter.UnixMicro(), 1), ttlMillis(c.LateTTL)
-			}
-			keys = append(keys, c.Keys.Value, c.Keys.Flag, c.Keys.Meta)
-			args = append(args, "s", c.Envelope, ttlMillis(c.TTL), lateAfter, lateTTL)
-			args = appendGroups(args, c.Groups)
-		default:
-			keys = append(keys, c.Keys.Value, c.Keys.Flag, c.Keys.Meta)
-			args = append(args, "d")
+	ops, err := encodeChanges(changes)
+	if err != nil {
+		return 0, err
+	}
+	var calls []scriptCall
+	if s.cluster == nil {
+		c := scriptCall{keys: make([]string, 1, 1+3*len(changes)), args: make([]any, 0, 6+4*len(changes))}
+		if a != nil {
+			c.keys[0] = a.SeqKey
+			c.args = append(c.args, a.Channel, a.Head, a.Body)
+		} else {
+			c.keys[0] = s.clockKey("")
+			c.args = append(c.args, "", "", "")
 		}
+		c.args = append(c.args, s.prefix, "", "PUBLISH")
+		for _, o := range ops {
+			c.keys = append(c.keys, o.keys...)
+			c.args = append(c.args, o.args...)
+		}
+		calls = []scriptCall{c}
+	} else {
+		calls = s.slotCalls(ops)
 	}
 	var (
 		seq   int64
 		acked = int64(s.replicas)
 	)
-	err := s.doFor(ctx, s.waitTimeout, func(ctx context.Context) (err error) {
-		if s.replicas == 0 {
-			seq, err = applyScript.Run(ctx, s.rdb, keys, args...).Int64()
+	err = s.doFor(ctx, s.waitTimeout, func(ctx context.Context) error {
+		cmds, n, err := s.runScripts(ctx, applyScript, calls)
+		if err != nil {
 			return err
 		}
-		seq, acked, err = s.runAndWait(ctx, applyScript, keys, args)
+		acked = n
+		if s.cluster == nil {
+			seq, err = cmds[0].Int64()
+			return err
+		}
+		if a == nil || acked < int64(s.replicas) {
+			return nil
+		}
+		// Every change is made (and acknowledged): announce them. A message
+		// never overtakes the changes it announces (R14); on a cluster the
+		// two are not one atomic step, see doc.go.
+		ann := scriptCall{keys: []string{a.SeqKey}, args: []any{a.Channel, a.Head, a.Body, s.prefix, "", "SPUBLISH"}}
+		if cmds, acked, err = s.runScripts(ctx, applyScript, []scriptCall{ann}); err != nil {
+			return err
+		}
+		seq, err = cmds[0].Int64()
 		return err
 	})
 	if err != nil {
+		if s.cluster != nil && unreachable(err) {
+			s.cluster.ReloadState(ctx) // a failover may have moved slots
+		}
 		return 0, fmt.Errorf("l2 apply: %w", err)
 	}
 	if acked < int64(s.replicas) {
@@ -861,43 +956,192 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 	return uint64(seq), nil
 }
 
-// runAndWait runs sc, then WAIT for the Store's replicas, in one pipeline on
-// one connection (WAIT counts the replicas that acknowledged every write of
-// its own connection). It returns the script's integer reply and the count
-// of replicas that acknowledged.
-func (s *Store) runAndWait(ctx context.Context, sc *redis.Script, keys []string, args []any) (int64, int64, error) {
-	run := func(sha bool) (*redis.Cmd, *redis.Cmd, error) {
-		pipe := s.rdb.Pipeline()
-		var c *redis.Cmd
-		if sha {
-			c = sc.EvalSha(ctx, pipe, keys, args...)
-		} else {
-			c = sc.Eval(ctx, pipe, keys, args...)
+// scriptCall is one run of a script: its KEYS and ARGV.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// encodedChange is one Change as the apply script takes it: the keys it
+// declares and its op's ARGV. A group change declares none.
+type encodedChange struct {
+	keys []string
+	args []any
+}
+
+// encodeChanges checks changes and encodes each for the apply script.
+func encodeChanges(changes []Change) ([]encodedChange, error) {
+	ops := make([]encodedChange, len(changes))
+	for i, c := range changes {
+		switch {
+		case c.Group != "":
+			ops[i].args = []any{"g", c.Group, consistency.NewToken(), ttlMillis(GroupStampTTL)}
+		case c.Write:
+			if c.TTL <= 0 {
+				return nil, fmt.Errorf("l2 apply: %w", errNonPositiveTTL)
+			}
+			var lateAfter int64 // µs; 0: never late
+			lateTTL := int64(1)
+			if !c.LateAfter.IsZero() {
+				if c.LateTTL <= 0 {
+					return nil, fmt.Errorf("l2 apply: LateAfter without a positive LateTTL")
+				}
+				lateAfter, lateTTL = max(c.LateAfter.UnixMicro(), 1), ttlMillis(c.LateTTL)
+			}
+			ops[i].keys = []string{c.Keys.Value, c.Keys.Flag, c.Keys.Meta}
+			ops[i].args = appendGroups([]any{"s", c.Envelope, ttlMillis(c.TTL), lateAfter, lateTTL}, c.Groups)
+		default:
+			ops[i].keys = []string{c.Keys.Value, c.Keys.Flag, c.Keys.Meta}
+			ops[i].args = []any{"d"}
 		}
-		// WAIT 0 would block for ever: ttlMillis rounds up to 1ms at least.
-		w := pipe.Do(ctx, "wait", s.replicas, ttlMillis(max(s.waitTimeout, time.Millisecond)))
-		_, err := pipe.Exec(ctx)
-		return c, w, err
 	}
-	c, w, err := run(true)
-	if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-		c, w, err = run(false) // the script cache was flushed (R23)
+	return ops, nil
+}
+
+// slotCalls splits ops into one apply script per cluster slot, each anchored
+// on its slot's group clock and announcing nothing, keeping the order of
+// ops within each slot. A key's change goes to its slot; a group's goes to
+// every slot, as 'x': it advances every slot's clock, and replaces the
+// group's stamp in the slots that have one (see doc.go, Cluster).
+func (s *Store) slotCalls(ops []encodedChange) []scriptCall {
+	bySlot := make(map[int]*scriptCall)
+	var order []int
+	call := func(slot int) *scriptCall {
+		c := bySlot[slot]
+		if c == nil {
+			tag := SlotTag(slot)
+			c = &scriptCall{keys: []string{s.clockKey(tag)}, args: []any{"", "", "", s.prefix, tag, "PUBLISH"}}
+			bySlot[slot] = c
+			order = append(order, slot)
+		}
+		return c
 	}
-	if c.Err() != nil {
-		return 0, 0, c.Err()
+	for _, o := range ops {
+		if len(o.keys) > 0 {
+			c := call(Slot(o.keys[0]))
+			c.keys = append(c.keys, o.keys...)
+			c.args = append(c.args, o.args...)
+			continue
+		}
+		x := append([]any{"x"}, o.args[1:]...)
+		for slot := range Slots {
+			c := call(slot)
+			c.args = append(c.args, x...)
+		}
 	}
-	if err != nil {
-		return 0, 0, err
+	calls := make([]scriptCall, len(order))
+	for i, slot := range order {
+		calls[i] = *bySlot[slot]
 	}
-	seq, err := c.Int64()
-	if err != nil {
-		return 0, 0, err
+	return calls
+}
+
+// runScripts runs sc once per call and returns the replies, in the order of
+// calls, and how many replicas acknowledged them all (0 when the Store
+// waits for none). With WithWaitReplicas, the calls of each master go in
+// one pipeline on one connection, followed by WAIT, and the count is the
+// smallest of the masters'. On one server a lone call without WAIT is a
+// plain EVALSHA; otherwise the calls are pipelined (go-redis sends a
+// cluster pipeline's commands to their slots' masters, following
+// redirections). A script cache that lost the script (R23) gets it again.
+func (s *Store) runScripts(ctx context.Context, sc *redis.Script, calls []scriptCall) ([]*redis.Cmd, int64, error) {
+	switch {
+	case s.replicas == 0 && s.cluster == nil && len(calls) == 1:
+		c := sc.Run(ctx, s.rdb, calls[0].keys, calls[0].args...)
+		return []*redis.Cmd{c}, 0, c.Err()
+	case s.replicas == 0:
+		return pipeScripts(ctx, s.rdb.Pipeline, sc, calls, 0, 0)
+	case s.cluster == nil:
+		return pipeScripts(ctx, s.rdb.Pipeline, sc, calls, s.replicas, s.waitTimeout)
+	}
+	// WAIT counts the writes of its own connection: each master's calls go
+	// through that master's client, in one pipeline.
+	byMaster := make(map[*redis.Client][]int)
+	var masters []*redis.Client
+	for i, c := range calls {
+		m, err := s.cluster.MasterForKey(ctx, c.keys[0])
+		if err != nil {
+			return nil, 0, err
+		}
+		if _, ok := byMaster[m]; !ok {
+			masters = append(masters, m)
+		}
+		byMaster[m] = append(byMaster[m], i)
+	}
+	cmds := make([]*redis.Cmd, len(calls))
+	acks := make([]int64, len(masters))
+	errs := make([]error, len(masters))
+	var wg sync.WaitGroup
+	for j, m := range masters {
+		wg.Go(func() {
+			idx := byMaster[m]
+			mine := make([]scriptCall, len(idx))
+			for k, i := range idx {
+				mine[k] = calls[i]
+			}
+			got, acked, err := pipeScripts(ctx, m.Pipeline, sc, mine, s.replicas, s.waitTimeout)
+			for k, i := range idx {
+				if k < len(got) {
+					cmds[i] = got[k]
+				}
+			}
+			acks[j], errs[j] = acked, err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, 0, err
+	}
+	acked := int64(s.replicas)
+	for _, a := range acks {
+		acked = min(acked, a)
+	}
+	return cmds, acked, nil
+}
+
+// pipeScripts runs sc once per call in a pipeline made by newPipe, then, if
+// replicas > 0, WAIT for that many replicas for at most timeout, and returns
+// the replies and WAIT's count. Calls that found the script missing are sent
+// again with the script itself, in a second pipeline with WAIT again.
+func pipeScripts(ctx context.Context, newPipe func() redis.Pipeliner, sc *redis.Script, calls []scriptCall, replicas int, timeout time.Duration) ([]*redis.Cmd, int64, error) {
+	cmds := make([]*redis.Cmd, len(calls))
+	pipe := newPipe()
+	for i, c := range calls {
+		cmds[i] = sc.EvalSha(ctx, pipe, c.keys, c.args...)
+	}
+	// WAIT 0 would block for ever: ttlMillis rounds up to 1ms at least.
+	wait := func(p redis.Pipeliner) *redis.Cmd {
+		if replicas == 0 {
+			return nil
+		}
+		return p.Do(ctx, "wait", replicas, ttlMillis(max(timeout, time.Millisecond)))
+	}
+	w := wait(pipe)
+	_, _ = pipe.Exec(ctx) // each command's error is looked at below
+	var again []int
+	for i, c := range cmds {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		pipe = newPipe()
+		for _, i := range again {
+			cmds[i] = sc.Eval(ctx, pipe, calls[i].keys, calls[i].args...)
+		}
+		w = wait(pipe)
+		_, _ = pipe.Exec(ctx)
+	}
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return cmds, 0, err
+		}
+	}
+	if w == nil {
+		return cmds, 0, nil
 	}
 	acked, err := w.Int64()
-	if err != nil {
-		return 0, 0, err
-	}
-	return seq, acked, nil
+	return cmds, acked, err
 }
 
 // DeleteIfEqual deletes k's value if it still holds exactly b: it removes a

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"strings"
 	"time"
 
 	"github.com/tiercache/tiercache/bus"
@@ -219,6 +220,11 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 	}
 	if err := CheckNamespace(cfg.Namespace); err != nil {
 		return nil, err
+	}
+	if n.store.Cluster() && strings.ContainsRune(cfg.Namespace, '}') {
+		// The namespace is inside every key's hash tag: a '}' would end the
+		// tag early and put the whole namespace in one slot.
+		return nil, fmt.Errorf("%w: namespace %q holds '}', which on Redis Cluster would put all its keys in one hash slot", ErrConfig, cfg.Namespace)
 	}
 	z, err := newZones(cfg.TTL, cfg.FreshFor, cfg.MaxStale, cfg.FetchTimeout, cfg.FailSafeThrottle, cfg.EarlyRefresh, cfg.NotFoundTTL, cfg.TTLJitter, cfg.Losers)
 	if err != nil {

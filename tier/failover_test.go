@@ -213,12 +213,25 @@ func TestWaitReplicas(t *testing.T) {
 	})
 }
 
-// versions is what a writer acknowledged: per key, the versions whose
-// invalidation returned nil, with the instant it returned.
-type versions struct {
+// load is a writer and readers working on a fleet while a test injects a
+// fault. The writer bumps a key's version in the source, then invalidates
+// it; each reader checks that no Get returns a version older than one whose
+// invalidation returned nil before the Get began, less the reader's slack
+// (the staleness bound: LeaseTTL for another node's L1, none on the writer's
+// node).
+type load struct {
+	t      *testing.T
+	src    *source
+	keys   []string
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	latest map[string]int // the writer's alone until stop
+
 	mu    sync.Mutex
 	acked map[string][]ackedAt
 	count int
+
+	violations, pendingErrs, outageReads atomic.Int64
 }
 
 type ackedAt struct {
@@ -226,19 +239,81 @@ type ackedAt struct {
 	at time.Time
 }
 
-func (vs *versions) ack(key string, v int) {
-	vs.mu.Lock()
-	defer vs.mu.Unlock()
-	vs.acked[key] = append(vs.acked[key], ackedAt{v, time.Now()})
-	vs.count++
+// reader is a Cache a load reads, with its slack.
+type reader struct {
+	c     *tier.Cache[string, string]
+	slack time.Duration
+	who   string
+}
+
+// startLoad starts the writer on w and one goroutine per reader, over keys
+// whose source versions start at 0.
+func startLoad(t *testing.T, src *source, keys []string, w *tier.Cache[string, string], readers ...reader) *load {
+	l := &load{t: t, src: src, keys: keys, stop: make(chan struct{}), latest: map[string]int{}, acked: map[string][]ackedAt{}}
+	for _, k := range keys {
+		src.set(k, "0")
+	}
+	for _, r := range readers {
+		l.wg.Go(func() { l.read(r) })
+	}
+	l.wg.Go(func() { l.write(w) })
+	return l
+}
+
+func (l *load) stopped() bool {
+	select {
+	case <-l.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *load) write(w *tier.Cache[string, string]) {
+	ctx := context.Background()
+	for i := 0; !l.stopped(); i++ {
+		k := l.keys[i%len(l.keys)]
+		l.latest[k]++
+		v := l.latest[k]
+		l.src.set(k, strconv.Itoa(v))
+		switch err := w.Invalidate(ctx, k); {
+		case err == nil:
+			l.mu.Lock()
+			l.acked[k] = append(l.acked[k], ackedAt{v, time.Now()})
+			l.count++
+			l.mu.Unlock()
+		case errors.Is(err, tier.ErrPending):
+			l.pendingErrs.Add(1)
+		default:
+			l.t.Errorf("Invalidate: %v", err)
+		}
+	}
+}
+
+func (l *load) read(r reader) {
+	ctx := context.Background()
+	for i := 0; !l.stopped(); i++ {
+		k := l.keys[i%len(l.keys)]
+		began := time.Now()
+		got, err := r.c.Get(ctx, k)
+		if err != nil {
+			l.outageReads.Add(1) // an answer of the degraded mode; not checked
+			continue
+		}
+		v, _ := strconv.Atoi(got)
+		if want := l.floor(k, began.Add(-r.slack)); v < want {
+			l.violations.Add(1)
+			l.t.Errorf("%s read %s = %d, but version %d was acknowledged before the read began (slack %v)", r.who, k, v, want, r.slack)
+		}
+	}
 }
 
 // floor returns the newest version of key acknowledged before t.
-func (vs *versions) floor(key string, t time.Time) int {
-	vs.mu.Lock()
-	defer vs.mu.Unlock()
+func (l *load) floor(key string, t time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	best := 0
-	for _, a := range vs.acked[key] {
+	for _, a := range l.acked[key] {
 		if a.at.Before(t) && a.v > best {
 			best = a.v
 		}
@@ -246,10 +321,51 @@ func (vs *versions) floor(key string, t time.Time) int {
 	return best
 }
 
-func (vs *versions) n() int {
-	vs.mu.Lock()
-	defer vs.mu.Unlock()
-	return vs.count
+// progress waits until more writes have been acknowledged.
+func (l *load) progress(what string, more int) {
+	l.t.Helper()
+	l.mu.Lock()
+	target := l.count + more
+	l.mu.Unlock()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		l.mu.Lock()
+		n := l.count
+		l.mu.Unlock()
+		if n >= target {
+			return
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("%s: %d acknowledged writes, waiting for %d", what, n, target)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// finish stops the load, waits until nothing is pending on the writer's
+// node, and until check reads every key's latest version.
+func (l *load) finish(writer *tier.Node, check *tier.Cache[string, string]) {
+	l.t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	deadline := time.Now().Add(guard)
+	for writer.Stats().Pending > 0 {
+		if time.Now().After(deadline) {
+			l.t.Fatalf("writes still pending: %+v", writer.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, k := range l.keys {
+		want := strconv.Itoa(l.latest[k])
+		for got := mustGet(l.t, check, k); got != want; got = mustGet(l.t, check, k) {
+			if time.Now().After(deadline) {
+				l.t.Fatalf("%s reads %s, want %s", k, got, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	l.t.Logf("%d writes acknowledged, %d failed with ErrPending, %d reads answered with an error, %d violations",
+		l.count, l.pendingErrs.Load(), l.outageReads.Load(), l.violations.Load())
 }
 
 // Under Sentinel, as README recommends it (redis.NewFailoverClient, a
@@ -266,9 +382,8 @@ func TestSentinelFailover(t *testing.T) {
 		L1MaxBytes: 1 << 20, LeaseTTL: 500 * time.Millisecond,
 		RedisTimeout: 300 * time.Millisecond, WaitReplicas: 1, WaitTimeout: 300 * time.Millisecond,
 	}
-	ctx := context.Background()
 	node := func() *tier.Node {
-		n, err := tier.NewNode(ctx, s.FailoverClient(t), cfg)
+		n, err := tier.NewNode(context.Background(), s.FailoverClient(t), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,104 +391,18 @@ func TestSentinelFailover(t *testing.T) {
 		return n
 	}
 	src := newSource()
-	keys := []string{"k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"}
-	for _, k := range keys {
-		src.set(k, "0")
-	}
 	na, nb := node(), node()
 	a, b := cache(t, na, src), cache(t, nb, src)
-	vs := &versions{acked: map[string][]ackedAt{}}
-	latest := map[string]int{}
-
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var violations atomic.Int64
-	read := func(c *tier.Cache[string, string], slack time.Duration, who string) {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			k := keys[i%len(keys)]
-			began := time.Now()
-			got, err := c.Get(ctx, k)
-			if err != nil {
-				continue // an outage answer; its value is not checked
-			}
-			v, _ := strconv.Atoi(got)
-			if want := vs.floor(k, began.Add(-slack)); v < want {
-				violations.Add(1)
-				t.Errorf("%s read %s = %d, but version %d was acknowledged before the read began (slack %v)", who, k, v, want, slack)
-			}
-		}
-	}
-	wg.Add(3)
-	go read(a, 0, "A")
-	go read(b, cfg.LeaseTTL, "B")
-	go read(b, cfg.LeaseTTL, "B")
-	var pendingErrs atomic.Int64
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			k := keys[i%len(keys)]
-			latest[k]++
-			src.set(k, strconv.Itoa(latest[k]))
-			switch err := a.Invalidate(ctx, k); {
-			case err == nil:
-				vs.ack(k, latest[k])
-			case errors.Is(err, tier.ErrPending):
-				pendingErrs.Add(1)
-			default:
-				t.Errorf("Invalidate: %v", err)
-			}
-		}
-	}()
-	progress := func(what string, more int) {
-		t.Helper()
-		target := vs.n() + more
-		deadline := time.Now().Add(time.Minute)
-		for vs.n() < target {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d acknowledged writes, waiting for %d", what, vs.n(), target)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	progress("before the failover", 200)
+	l := startLoad(t, src, []string{"k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"}, a,
+		reader{a, 0, "A"}, reader{b, cfg.LeaseTTL, "B"}, reader{b, cfg.LeaseTTL, "B"})
+	l.progress("before the failover", 200)
 	old := s.Master()
 	s.KillMaster(t)
 	s.AwaitPromotion(t)
 	old.Restart() // empty; the sentinels make it the new master's replica
-	progress("after the failover", 200)
-	close(stop)
-	wg.Wait()
-
-	deadline := time.Now().Add(guard)
-	for na.Stats().Pending > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("writes still pending: %+v", na.Stats())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	for _, k := range keys {
-		want := strconv.Itoa(latest[k])
-		for got := mustGet(t, b, k); got != want; got = mustGet(t, b, k) {
-			if time.Now().After(deadline) {
-				t.Fatalf("B reads %s = %s, want %s", k, got, want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	t.Logf("%d writes acknowledged, %d failed with ErrPending during the failover, %d violations", vs.n(), pendingErrs.Load(), violations.Load())
-	if pendingErrs.Load() == 0 {
+	l.progress("after the failover", 200)
+	l.finish(na, b)
+	if l.pendingErrs.Load() == 0 {
 		t.Errorf("no write failed while the master was down: the failover was not exercised")
 	}
 }

@@ -236,7 +236,7 @@ type Node struct {
 	id      bus.NodeID
 	pub     *bus.Publisher
 	sub     *bus.Subscriber
-	names   busNames
+	names   l2.BusKeys
 	live    chan struct{} // closed at the first lease
 	liveOne sync.Once
 	wakers  wakers
@@ -255,10 +255,6 @@ type evictor interface {
 	meter() *meter
 }
 
-// busNames are the Redis names of the bus.
-type busNames struct {
-	channel, seq, epoch string
-}
 
 // NewNode returns a Node that caches through rdb, a single-server or
 // Sentinel client (Redis Cluster is not supported yet: the bus's sequence
@@ -303,11 +299,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		hooks:   hk,
 		caches:  make(map[string]evictor),
 		live:    make(chan struct{}),
-		names: busNames{
-			channel: cfg.Prefix + ":bus",
-			seq:     cfg.Prefix + ":seq",
-			epoch:   cfg.Prefix + ":epoch",
-		},
+		names:   l2.BusKeysFor(cfg.Prefix, isCluster(rdb)),
 	}
 	if cfg.Recorder != nil && cfg.Recorder != Recorder(NopRecorder{}) {
 		n.rec = guardedRecorder{r: cfg.Recorder, n: n}
@@ -330,6 +322,12 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(breakerGuard{n.breaker}), l2.WithTimeout(cfg.RedisTimeout),
 		l2.WithWaitReplicas(cfg.WaitReplicas, cfg.WaitTimeout))
 	rdb.AddHook(outageHook{n})
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		if err := n.checkCluster(ctx, c); err != nil {
+			cache.Close()
+			return nil, err
+		}
+	}
 	if c, ok := rdb.(*redis.Client); ok {
 		if !c.Options().ContextTimeoutEnabled {
 			n.log.Warn("tiercache: the Redis client ignores context deadlines (ContextTimeoutEnabled is false): a stuck connection can hold an operation past RedisTimeout")
@@ -358,13 +356,14 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 	}
 	n.sub, err = bus.NewSubscriber(n.life, bus.SubscriberConfig{
 		Client:   rdb,
-		Channel:  n.names.channel,
-		EpochKey: n.names.epoch,
+		Channel:  n.names.Channel,
+		Sharded:  n.store.Cluster(),
+		EpochKey: n.names.Epoch,
 		Self:     n.id,
 		LeaseTTL: cfg.LeaseTTL,
 		Handler:  busHandler{n},
 		// Waiters are woken on the bus's connection: one subscription.
-		WakeChannel: l2.WakeChannel(cfg.Prefix),
+		WakeChannel: n.names.Wake,
 		Wake:        n.wakers.wake,
 		Logger:      cfg.Logger,
 		Hooks:       bh,
@@ -391,21 +390,24 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 func (n *Node) checkReplicas(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.RedisTimeout)
 	defer cancel()
-	info, err := n.rdb.Info(ctx, "replication").Result()
-	if err != nil {
+	if err := forEachMaster(ctx, n.rdb, func(ctx context.Context, c redis.UniversalClient) error {
+		info, err := c.Info(ctx, "replication").Result()
+		if err != nil {
+			return err
+		}
+		n.checkReplicasIn(info)
+		return nil
+	}); err != nil {
 		n.log.Warn("tiercache: cannot count the master's replicas for WaitReplicas", "err", err)
-		return
 	}
-	for line := range strings.Lines(info) {
-		v, ok := strings.CutPrefix(strings.TrimSpace(line), "connected_slaves:")
-		if !ok {
-			continue
-		}
-		if got, err := strconv.Atoi(v); err == nil && got < n.cfg.WaitReplicas {
-			n.log.Warn("tiercache: fewer replicas than WaitReplicas; writes fail with ErrNotReplicated until more connect",
-				"replicas", got, "wait_replicas", n.cfg.WaitReplicas)
-		}
-		return
+}
+
+// checkReplicasIn warns if INFO replication's info counts fewer replicas
+// than WaitReplicas.
+func (n *Node) checkReplicasIn(info string) {
+	if got, err := strconv.Atoi(infoField(info, "connected_slaves")); err == nil && got < n.cfg.WaitReplicas {
+		n.log.Warn("tiercache: fewer replicas than WaitReplicas; writes fail with ErrNotReplicated until more connect",
+			"replicas", got, "wait_replicas", n.cfg.WaitReplicas)
 	}
 }
 
@@ -468,7 +470,7 @@ func (n *Node) exec(ctx context.Context, b *bus.Batch) error {
 			changes[i].LateAfter, changes[i].LateTTL = n.lateAfter(ctx), n.cfg.LeaseTTL
 		}
 	}
-	a := &l2.Announcement{SeqKey: n.names.seq, Channel: n.names.channel, Head: b.Head, Body: b.Body}
+	a := &l2.Announcement{SeqKey: n.names.Seq, Channel: n.names.Channel, Head: b.Head, Body: b.Body}
 	var err error
 	switch {
 	case n.hooks != nil && n.hooks.LateApply != nil && n.hooks.LateApply(func() { _, _ = n.store.Apply(context.Background(), changes, a) }):

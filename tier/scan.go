@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -152,7 +153,7 @@ func (n *Node) InvalidatePattern(ctx context.Context, pattern string) (int, erro
 	// the pattern can match is deleted, which refuses its fill and costs at
 	// most a fetch.
 	dropClaims := func(names []string) error {
-		if err := n.rdb.Del(ctx, names...).Err(); err != nil {
+		if err := n.del(ctx, names); err != nil {
 			if ctx.Err() == nil {
 				n.redisFailed("", "delete claims", err)
 			}
@@ -215,7 +216,60 @@ type scannedKey struct {
 // With claims set, flag names are parsed too: the key of a raw one goes to
 // page like a value's; a hashed one (its key cannot be read back, since a
 // claim has no envelope) goes to claims, by name.
+//
+// On a cluster it walks every master in turn.
 func (n *Node) scanValues(ctx context.Context, match string, want func(ns string) bool, page func([]scannedKey) bool, claims func(names []string) error) error {
+	masters, err := n.masters(ctx)
+	if err != nil {
+		n.redisFailed("", "scan", err)
+		return err
+	}
+	for _, m := range masters {
+		done, err := n.scanServer(ctx, m, match, want, page, claims)
+		if err != nil || done {
+			return err
+		}
+	}
+	return nil
+}
+
+// masters returns the client of every master on a cluster, or the node's
+// client on one server.
+func (n *Node) masters(ctx context.Context) ([]redis.UniversalClient, error) {
+	c, ok := n.rdb.(*redis.ClusterClient)
+	if !ok {
+		return []redis.UniversalClient{n.rdb}, nil
+	}
+	var (
+		mu  sync.Mutex
+		out []redis.UniversalClient
+	)
+	err := c.ForEachMaster(ctx, func(_ context.Context, m *redis.Client) error {
+		mu.Lock()
+		out = append(out, m)
+		mu.Unlock()
+		return nil
+	})
+	return out, err
+}
+
+// del deletes names: with one DEL on one server, and on a cluster in a
+// pipeline of one DEL per name, since they may lie in different slots.
+func (n *Node) del(ctx context.Context, names []string) error {
+	if !isCluster(n.rdb) {
+		return n.rdb.Del(ctx, names...).Err()
+	}
+	pipe := n.rdb.Pipeline()
+	for _, name := range names {
+		pipe.Del(ctx, name)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// scanServer is scanValues on one server, rdb; done reports that page
+// returned false.
+func (n *Node) scanServer(ctx context.Context, rdb redis.UniversalClient, match string, want func(ns string) bool, page func([]scannedKey) bool, claims func(names []string) error) (done bool, err error) {
 	var (
 		cursor  uint64
 		keys    []scannedKey
@@ -224,14 +278,14 @@ func (n *Node) scanValues(ctx context.Context, match string, want func(ns string
 	)
 	for {
 		if err := ctx.Err(); err != nil {
-			return err
+			return false, err
 		}
-		names, next, err := n.rdb.Scan(ctx, cursor, match, scanCount).Result()
+		names, next, err := rdb.Scan(ctx, cursor, match, scanCount).Result()
 		if err != nil {
 			if ctx.Err() == nil {
 				n.redisFailed("", "scan", err)
 			}
-			return err
+			return false, err
 		}
 		keys, hashed, flagged = keys[:0], hashed[:0], flagged[:0]
 		for _, name := range names {
@@ -247,18 +301,18 @@ func (n *Node) scanValues(ctx context.Context, match string, want func(ns string
 			}
 		}
 		if keys, err = n.resolveHashed(ctx, keys, hashed); err != nil {
-			return err
+			return false, err
 		}
 		if len(flagged) > 0 {
 			if err := claims(flagged); err != nil {
-				return err
+				return false, err
 			}
 		}
 		if len(keys) > 0 && !page(keys) {
-			return nil
+			return true, nil
 		}
 		if cursor = next; cursor == 0 {
-			return nil
+			return false, nil
 		}
 	}
 }

@@ -1,0 +1,360 @@
+package tier_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/bus"
+	"github.com/tiercache/tiercache/internal/hooks"
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/l2"
+	"github.com/tiercache/tiercache/tier"
+)
+
+// clusterFleet is a private Redis Cluster (3 masters, 1 replica each) and
+// the nodes of a test.
+type clusterFleet struct {
+	t *testing.T
+	c *redistest.Cluster
+}
+
+func newClusterFleet(t *testing.T, opts redistest.ClusterOptions) *clusterFleet {
+	t.Helper()
+	return &clusterFleet{t: t, c: redistest.StartCluster(t, opts)}
+}
+
+// node starts a Node with its own cluster client, closed at cleanup.
+func (f *clusterFleet) node(cfg tier.NodeConfig) *tier.Node {
+	f.t.Helper()
+	return f.nodeWithHooks(cfg, nil)
+}
+
+func (f *clusterFleet) nodeWithHooks(cfg tier.NodeConfig, hk *hooks.Points) *tier.Node {
+	f.t.Helper()
+	if cfg.L1MaxBytes == 0 {
+		cfg.L1MaxBytes = 1 << 20
+	}
+	n, err := tier.NewNodeWithHooks(context.Background(), f.c.Client(f.t), cfg, hk)
+	if err != nil {
+		f.t.Fatalf("NewNode: %v", err)
+	}
+	f.t.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
+// client returns an observer's cluster client.
+func (f *clusterFleet) client() *redis.ClusterClient { return f.c.Client(f.t) }
+
+// On a real cluster the basic promises hold: one fetch for the fleet, L2
+// hits on other nodes, read-your-writes, cross-node eviction, groups,
+// InvalidateAll, GetMany, Keys and InvalidatePattern across every master.
+func TestClusterBasics(t *testing.T) {
+	f := newClusterFleet(t, redistest.ClusterOptions{})
+	src := newSource()
+	for i := range 50 {
+		src.set(fmt.Sprint("k", i), "v1")
+	}
+	na, nb := f.node(tier.NodeConfig{}), f.node(tier.NodeConfig{})
+	a, b := cache(t, na, src), cache(t, nb, src)
+	ctx := context.Background()
+	for i := range 50 {
+		k := fmt.Sprint("k", i)
+		if got := mustGet(t, a, k); got != "v1" {
+			t.Fatalf("A Get(%s) = %q", k, got)
+		}
+		if got := mustGet(t, b, k); got != "v1" {
+			t.Fatalf("B Get(%s) = %q", k, got)
+		}
+	}
+	if r := src.reads.Load(); r != 50 {
+		t.Fatalf("source read %d times for 50 keys on 2 nodes", r)
+	}
+	// Invalidate on A: B's L1 copy goes when the message arrives.
+	src.set("k1", "v2")
+	if err := a.Invalidate(ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, a, "k1"); got != "v2" {
+		t.Fatalf("A after its invalidation = %q", got)
+	}
+	eventually(t, func() bool { return mustGet(t, b, "k1") == "v2" }, "B sees k1's invalidation")
+	// Set: read-your-writes on A, eviction on B.
+	if err := a.Set(ctx, "k2", "v3"); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, a, "k2"); got != "v3" {
+		t.Fatalf("A after Set = %q", got)
+	}
+	eventually(t, func() bool { return mustGet(t, b, "k2") == "v3" }, "B sees k2's Set")
+	// InvalidateAll: every key of the namespace, on both tiers.
+	for i := range 50 {
+		src.set(fmt.Sprint("k", i), "v4")
+	}
+	if err := a.InvalidateAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if got := mustGet(t, a, fmt.Sprint("k", i)); got != "v4" {
+			t.Fatalf("A after InvalidateAll: k%d = %q", i, got)
+		}
+	}
+	eventually(t, func() bool {
+		for i := range 50 {
+			if mustGet(t, b, fmt.Sprint("k", i)) != "v4" {
+				return false
+			}
+		}
+		return true
+	}, "B sees InvalidateAll")
+	// GetMany across slots.
+	keys := make([]string, 50)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+	}
+	got, err := b.GetMany(ctx, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if got[k] != "v4" {
+			t.Fatalf("GetMany[%s] = %q", k, got[k])
+		}
+	}
+	// Keys walks every master.
+	var found int
+	for _, err := range a.Keys(ctx) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		found++
+	}
+	if found != 50 {
+		t.Fatalf("Keys found %d keys, want 50", found)
+	}
+	n, err := na.InvalidatePattern(ctx, ns+":k1*")
+	if err != nil || n != 11 {
+		t.Fatalf("InvalidatePattern = %d, %v; want 11", n, err)
+	}
+}
+
+// eventually polls cond under the guard.
+func eventually(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// busMaster returns the master that serves the bus's slot.
+func (f *clusterFleet) busMaster() *redistest.Server {
+	return f.c.MasterOfKey(l2.BusKeysFor(tier.DefaultPrefix, true).Channel)
+}
+
+// keysInSlot returns n keys of namespace ns whose Redis names all lie in
+// one slot, and that slot.
+func keysInSlot(n int) ([]string, int) {
+	slot := l2.Slot(l2.KeysFor(tier.DefaultPrefix, ns, "m0").Value)
+	keys := []string{"m0"}
+	for i := 1; len(keys) < n; i++ {
+		k := fmt.Sprint("m", i)
+		if l2.Slot(l2.KeysFor(tier.DefaultPrefix, ns, k).Value) == slot {
+			keys = append(keys, k)
+		}
+	}
+	return keys, slot
+}
+
+// clusterUnderLoad runs a writer on node A and readers on A and B (see
+// load) on a fresh cluster, injects fault once 200 writes were
+// acknowledged, and checks the bound of every read until 200 more were,
+// then that every key converges.
+func clusterUnderLoad(t *testing.T, cfg tier.NodeConfig, keys []string, fault func(f *clusterFleet)) *load {
+	f := newClusterFleet(t, redistest.ClusterOptions{})
+	src := newSource()
+	na, nb := f.node(cfg), f.node(cfg)
+	a, b := cache(t, na, src), cache(t, nb, src)
+	l := startLoad(t, src, keys, a, reader{a, 0, "A"}, reader{b, cfg.LeaseTTL, "B"}, reader{b, cfg.LeaseTTL, "B"})
+	l.progress("before the fault", 200)
+	fault(f)
+	l.progress("after the fault", 200)
+	l.finish(na, b)
+	return l
+}
+
+// spread are keys whose Redis names lie on every master of a 3-master
+// cluster, several per master.
+var spread = []string{"k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9", "k10", "k11"}
+
+// clusterCfg is the fault tests' node config: a short lease, so that the
+// bound is checked tightly, and a short Redis timeout.
+var clusterCfg = tier.NodeConfig{LeaseTTL: 500 * time.Millisecond, RedisTimeout: 300 * time.Millisecond}
+
+// A master (the bus's own, which also holds cached keys) is SIGKILLed under
+// load, its replica promoted, and the old master brought back as a
+// replica. With WaitReplicas 1, no read misses an acknowledged
+// invalidation beyond the bound; writes to the dead master's slots fail
+// with ErrPending until a replica can acknowledge them, then land.
+func TestClusterKillMaster(t *testing.T) {
+	cfg := clusterCfg
+	cfg.WaitReplicas, cfg.WaitTimeout = 1, 300*time.Millisecond
+	l := clusterUnderLoad(t, cfg, spread, func(f *clusterFleet) {
+		old := f.busMaster()
+		f.c.KillMaster(t, old)
+		f.c.AwaitFailover(t, old)
+		f.c.RestartMember(t, old)
+	})
+	if l.pendingErrs.Load() == 0 {
+		t.Errorf("no write failed while a master was down: the fault was not exercised")
+	}
+}
+
+// CLUSTER FAILOVER swaps the bus's master with its replica under load:
+// coordinated, it loses no write, and the bus follows the new master.
+func TestClusterManualFailover(t *testing.T) {
+	clusterUnderLoad(t, clusterCfg, spread, func(f *clusterFleet) {
+		f.c.ManualFailover(t, f.c.ReplicaOf(f.busMaster()))
+	})
+}
+
+// A slot holding every key of the load is migrated to another master while
+// the writer invalidates them and the readers' misses fill them (fills in
+// flight through the move: ASK, TRYAGAIN).
+func TestClusterMigrateSlot(t *testing.T) {
+	keys, slot := keysInSlot(6)
+	clusterUnderLoad(t, clusterCfg, keys, func(f *clusterFleet) {
+		from := f.c.MasterOfSlot(slot)
+		var to *redistest.Server
+		for _, m := range f.c.Masters() {
+			if m.Addr() != from.Addr() {
+				to = m
+				break
+			}
+		}
+		f.c.MigrateSlot(t, slot, from, to)
+		if got := f.c.MasterOfSlot(slot); got.Addr() != to.Addr() {
+			t.Fatalf("slot %d is on %s after the migration, want %s", slot, got.Addr(), to.Addr())
+		}
+	})
+}
+
+// The subscription to the bus's shard is killed by the server (CLIENT KILL
+// TYPE pubsub): every node drops L1 and subscribes again, and the bound
+// holds throughout.
+func TestClusterPubSubKilled(t *testing.T) {
+	clusterUnderLoad(t, clusterCfg, spread, func(f *clusterFleet) {
+		if n, _ := f.busMaster().Do("CLIENT", "KILL", "TYPE", "pubsub").(int64); n < 2 {
+			t.Fatalf("CLIENT KILL TYPE pubsub killed %d connections, want the 2 nodes'", n)
+		}
+	})
+}
+
+// 10,000 keys spread over the masters of a cluster, each holding its share
+// within 20% of even.
+func TestClusterSpreadsKeys(t *testing.T) {
+	f := newClusterFleet(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	n := f.node(tier.NodeConfig{})
+	c, err := tier.New(n, tier.Config[string, string]{Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 10_000
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Go(func() {
+			for i := w; i < total; i += 16 {
+				if err := c.Set(ctx, fmt.Sprint("user:", i), "v"); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var mu sync.Mutex
+	perMaster := map[string]int{}
+	if err := f.client().ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		var count int
+		iter := m.Scan(ctx, 0, tier.DefaultPrefix+":v:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			count++
+		}
+		mu.Lock()
+		perMaster[m.Options().Addr] = count
+		mu.Unlock()
+		return iter.Err()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sum := 0
+	for _, v := range perMaster {
+		sum += v
+	}
+	even := float64(total) / float64(len(perMaster))
+	for addr, v := range perMaster {
+		if d := (float64(v) - even) / even; d > 0.2 || d < -0.2 {
+			t.Errorf("master %s holds %d values, %+.0f%% from even (%d of %d over %d masters)", addr, v, 100*d, v, sum, len(perMaster))
+		}
+	}
+	if sum != total || len(perMaster) != 3 {
+		t.Fatalf("%d values over %d masters, want %d over 3: %v", sum, len(perMaster), total, perMaster)
+	}
+	t.Logf("values per master: %v", perMaster)
+}
+
+// A message lost on the way to one node (the bus is one shard on a
+// cluster) is detected by its sequence number: the node drops its L1.
+func TestClusterDetectsLostMessage(t *testing.T) {
+	f := newClusterFleet(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	src := newSource()
+	src.set("k", "v1")
+	src.set("other", "o")
+	eb, hb := newBusEvents()
+	var dropOne sync.Once
+	hb.DropMessage = func(payload []byte) bool {
+		dropped := false
+		if m, err := bus.Decode(payload); err == nil && names(m, "other") {
+			dropOne.Do(func() { dropped = true })
+		}
+		return dropped
+	}
+	na, nb := f.node(tier.NodeConfig{}), f.nodeWithHooks(tier.NodeConfig{}, &hooks.Points{Bus: hb})
+	a, b := cache(t, na, src), cache(t, nb, src)
+	mustGet(t, b, "k")
+	// A first message sets B's sequence number.
+	if err := a.Invalidate(context.Background(), "first"); err != nil {
+		t.Fatal(err)
+	}
+	eb.awaitApplied(t, "first")
+	if err := a.Invalidate(context.Background(), "other"); err != nil { // lost on B
+		t.Fatal(err)
+	}
+	src.set("k", "v2")
+	if err := a.Invalidate(context.Background(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	eb.awaitDropped(t, bus.Gap)
+	if got := mustGet(t, b, "k"); got != "v2" {
+		t.Fatalf("B after the gap = %q", got)
+	}
+}
+
+// names reports whether m names key.
+func names(m *bus.Message, key string) bool {
+	for _, g := range m.Groups {
+		if slices.Contains(g.Keys, key) {
+			return true
+		}
+	}
+	return false
+}
