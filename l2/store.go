@@ -261,7 +261,7 @@ return seq
 // with one of the new (docs/RACES.md R36):
 //
 //   - names(prefix, tag) names the clock (CK) and the stamps (skey) of the
-//     slot whose tag is tag, or of the server if tag is '';
+//     slot whose tag is tag, or of the server if tag is empty;
 //   - gparse(s) reads "<seq>/<id>" at the start of s (a clock, or a stamp
 //     "<clock>:<token>"), or nil for anything else;
 //   - gclock(id) returns the clock, creating it as "0/<id>" if it is

@@ -255,10 +255,10 @@ type evictor interface {
 	meter() *meter
 }
 
-
-// NewNode returns a Node that caches through rdb, a single-server or
-// Sentinel client (Redis Cluster is not supported yet: the bus's sequence
-// counter shares scripts with every key); the Node does not close it.
+// NewNode returns a Node that caches through rdb: a client of one server
+// (redis.NewClient), of a Sentinel deployment (redis.NewFailoverClient), or
+// of a Redis Cluster (redis.NewClusterClient, every master Redis 7 or later;
+// see README, Redis Cluster). The Node does not close it.
 //
 // NewNode loads the protocol's scripts and subscribes to the invalidation
 // bus on a connection of its own. It adds a dial hook to rdb, which stays
