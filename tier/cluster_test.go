@@ -2,6 +2,7 @@ package tier_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -177,8 +178,8 @@ func keysInSlot(n int) ([]string, int) {
 // clusterUnderLoad runs a writer on node A and readers on A and B (see
 // load) on a fresh cluster, injects fault once 200 writes were
 // acknowledged, and checks the bound of every read until 200 more were,
-// then that every key converges.
-func clusterUnderLoad(t *testing.T, cfg tier.NodeConfig, keys []string, fault func(f *clusterFleet)) *load {
+// then that every key converges. It returns the load and the two nodes.
+func clusterUnderLoad(t *testing.T, cfg tier.NodeConfig, keys []string, fault func(f *clusterFleet)) (*load, []*tier.Node) {
 	f := newClusterFleet(t, redistest.ClusterOptions{})
 	src := newSource()
 	na, nb := f.node(cfg), f.node(cfg)
@@ -188,7 +189,18 @@ func clusterUnderLoad(t *testing.T, cfg tier.NodeConfig, keys []string, fault fu
 	fault(f)
 	l.progress("after the fault", 200)
 	l.finish(na, b)
-	return l
+	return l, []*tier.Node{na, nb}
+}
+
+// resubscribed fails the test unless every node lost its subscription and
+// subscribed again.
+func resubscribed(t *testing.T, nodes []*tier.Node) {
+	t.Helper()
+	for i, n := range nodes {
+		if st := n.Stats(); st.BusDisconnects == 0 {
+			t.Errorf("node %d never lost its subscription: %+v", i, st)
+		}
+	}
 }
 
 // spread are keys whose Redis names lie on every master of a 3-master
@@ -207,7 +219,7 @@ var clusterCfg = tier.NodeConfig{LeaseTTL: 500 * time.Millisecond, RedisTimeout:
 func TestClusterKillMaster(t *testing.T) {
 	cfg := clusterCfg
 	cfg.WaitReplicas, cfg.WaitTimeout = 1, 300*time.Millisecond
-	l := clusterUnderLoad(t, cfg, spread, func(f *clusterFleet) {
+	l, _ := clusterUnderLoad(t, cfg, spread, func(f *clusterFleet) {
 		old := f.busMaster()
 		f.c.KillMaster(t, old)
 		f.c.AwaitFailover(t, old)
@@ -251,11 +263,12 @@ func TestClusterMigrateSlot(t *testing.T) {
 // TYPE pubsub): every node drops L1 and subscribes again, and the bound
 // holds throughout.
 func TestClusterPubSubKilled(t *testing.T) {
-	clusterUnderLoad(t, clusterCfg, spread, func(f *clusterFleet) {
+	_, nodes := clusterUnderLoad(t, clusterCfg, spread, func(f *clusterFleet) {
 		if n, _ := f.busMaster().Do("CLIENT", "KILL", "TYPE", "pubsub").(int64); n < 2 {
 			t.Fatalf("CLIENT KILL TYPE pubsub killed %d connections, want the 2 nodes'", n)
 		}
 	})
+	resubscribed(t, nodes)
 }
 
 // 10,000 keys spread over the masters of a cluster, each holding its share
@@ -357,4 +370,116 @@ func names(m *bus.Message, key string) bool {
 		}
 	}
 	return false
+}
+
+// A cluster in a failed state (a master with no replica dies, and the
+// others answer CLUSTERDOWN) is an outage, never a wrong answer: reads go
+// to the source, writes are queued (ErrPending); once the cluster is back,
+// the queue is replayed and every node reads the new value.
+func TestClusterDownIsAnOutage(t *testing.T) {
+	f := newClusterFleet(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	src := newSource()
+	na, nb := f.node(clusterCfg), f.node(clusterCfg)
+	a, b := cache(t, na, src), cache(t, nb, src)
+	// A key on a master other than the one that dies, and not the bus's.
+	bm := f.busMaster()
+	var victim *redistest.Server
+	for _, m := range f.c.Masters() {
+		if m.Addr() != bm.Addr() {
+			victim = m
+			break
+		}
+	}
+	key := ""
+	for i := 0; key == ""; i++ {
+		k := fmt.Sprint("d", i)
+		if m := f.c.MasterOfKey(l2.KeysFor(tier.DefaultPrefix, ns, k).Value); m.Addr() != victim.Addr() {
+			key = k
+		}
+	}
+	src.set(key, "v1")
+	if got := mustGet(t, b, key); got != "v1" {
+		t.Fatalf("Get = %q", got)
+	}
+	victim.Kill()
+	rdb := f.client()
+	eventually(t, func() bool {
+		return redis.HasErrorPrefix(rdb.Get(context.Background(), l2.KeysFor(tier.DefaultPrefix, ns, key).Value).Err(), "CLUSTERDOWN")
+	}, "the cluster answers CLUSTERDOWN")
+	src.set(key, "v2")
+	err := a.Invalidate(context.Background(), key)
+	if !errors.Is(err, tier.ErrPending) {
+		t.Fatalf("Invalidate on a failed cluster = %v, want ErrPending", err)
+	}
+	for _, c := range []*tier.Cache[string, string]{a, b} {
+		// B's L1 may serve v1 until its lease lapses (the bus message did
+		// not go out): the bound. Then it reads the source.
+		eventually(t, func() bool { return mustGet(t, c, key) == "v2" }, "reads answered from the source")
+	}
+	f.c.RestartMember(t, victim)
+	eventually(t, func() bool { return na.Stats().Pending == 0 }, "the queued invalidation replayed")
+	if got := mustGet(t, b, key); got != "v2" {
+		t.Fatalf("B after recovery = %q", got)
+	}
+}
+
+// A script cache flushed on one master (SCRIPT FLUSH, or a promoted replica
+// that never loaded the scripts) costs a resend of the script, never an
+// error: reads, fills, writes and group invalidations go on.
+func TestClusterScriptFlushedOnOneMaster(t *testing.T) {
+	f := newClusterFleet(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	src := newSource()
+	n := f.node(tier.NodeConfig{})
+	c := cache(t, n, src)
+	ctx := context.Background()
+	for _, k := range spread {
+		src.set(k, "v1")
+		mustGet(t, c, k)
+	}
+	f.c.Masters()[0].Do("SCRIPT", "FLUSH")
+	for _, k := range spread {
+		src.set(k, "v2")
+		if err := c.Invalidate(ctx, k); err != nil {
+			t.Fatalf("Invalidate(%s): %v", k, err)
+		}
+		if got := mustGet(t, c, k); got != "v2" {
+			t.Fatalf("Get(%s) = %q", k, got)
+		}
+	}
+	f.c.Masters()[1].Do("SCRIPT", "FLUSH")
+	if err := c.InvalidateAll(ctx); err != nil {
+		t.Fatalf("InvalidateAll: %v", err)
+	}
+	if st := n.Stats(); st.Caches.Errors > 0 {
+		t.Fatalf("errors after SCRIPT FLUSH: %+v", st)
+	}
+}
+
+// R31 on a cluster: the group's state is per slot, and a group
+// invalidation advances every slot's clock, so a fill that began before it
+// is refused in whichever slot its key lies.
+func TestRace_R31_GroupInvalidatedDuringFill_Cluster(t *testing.T) {
+	raceGroupInvalidatedDuringFill(t, func(t *testing.T) func(tier.NodeConfig) *tier.Node {
+		f := newClusterFleet(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+		return f.node
+	})
+}
+
+// R50: the bus's own slot moves to another master under load. Redis ends
+// every node's subscription to the shard channel (SUNSUBSCRIBE); each node
+// drops its L1, subscribes again where the slot went, and the bound holds.
+func TestRace_R50_BusSlotMigrated(t *testing.T) {
+	busSlot := l2.Slot(l2.BusKeysFor(tier.DefaultPrefix, true).Channel)
+	_, nodes := clusterUnderLoad(t, clusterCfg, spread, func(f *clusterFleet) {
+		from := f.c.MasterOfSlot(busSlot)
+		var to *redistest.Server
+		for _, m := range f.c.Masters() {
+			if m.Addr() != from.Addr() {
+				to = m
+				break
+			}
+		}
+		f.c.MigrateSlot(t, busSlot, from, to)
+	})
+	resubscribed(t, nodes)
 }

@@ -43,6 +43,15 @@ func byValue(_, value string) []string {
 // Redis, whether its groups come from the key or from the value, and the
 // next read gets the new state.
 func TestRace_R31_GroupInvalidatedDuringFill(t *testing.T) {
+	raceGroupInvalidatedDuringFill(t, func(t *testing.T) func(tier.NodeConfig) *tier.Node {
+		f := newFleet(t)
+		return func(cfg tier.NodeConfig) *tier.Node { return f.node(cfg, nil) }
+	})
+}
+
+// raceGroupInvalidatedDuringFill is R31's test on the deployment that
+// deploy starts for each case, returning how to start a node on it.
+func raceGroupInvalidatedDuringFill(t *testing.T, deploy func(t *testing.T) func(tier.NodeConfig) *tier.Node) {
 	for name, tc := range map[string]struct {
 		groupsOf func(key, value string) []string
 		v1, v2   string
@@ -52,11 +61,11 @@ func TestRace_R31_GroupInvalidatedDuringFill(t *testing.T) {
 		"value-derived": {byValue, "shelf|v1", "shelf|v2", "shelf"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			f := newFleet(t)
+			node := deploy(t)
 			src := newSource()
 			src.set("book:7", tc.v1)
 			src.gated.Store(true)
-			na, nw := f.node(tier.NodeConfig{}, nil), f.node(tier.NodeConfig{}, nil)
+			na, nw := node(tier.NodeConfig{}), node(tier.NodeConfig{})
 			a := grouped(t, na, src, tc.groupsOf)
 			got := goGet(context.Background(), a, "book:7")
 			held := src.next(t)
