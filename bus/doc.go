@@ -58,6 +58,16 @@
 // A node's own messages are not applied again (it applied them before its
 // publish returned) but count for gap detection.
 //
+// On a Redis Cluster the bus is one shard channel (SubscriberConfig.Sharded:
+// SSUBSCRIBE, and SPUBLISH by the publishing script), in the slot of its
+// sequence counter and the fleet epoch: its messages stay within that
+// slot's shard, so the subscription, the pings of the lease and the
+// sequence numbers all live on the one master that serves the slot, and
+// the guarantees above hold as on one server. When that slot moves (a
+// reshard) Redis ends the subscription with SUNSUBSCRIBE: the subscriber
+// treats it as a lost connection, drops L1, and subscribes again where the
+// slot went (R50); a failover of that master is a lost connection too.
+//
 // # Thread-safety
 //
 // Publisher and Subscriber are safe for concurrent use; Handler methods are

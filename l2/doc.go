@@ -63,9 +63,36 @@
 // since which groups changed meanwhile cannot be known (R36). Sequence
 // numbers of two incarnations are never compared.
 
-// Group stamps and the sequence keys are named inside the scripts, not
-// declared: like the bus's sequence counter, this needs a single server
-// (or Sentinel), not Redis Cluster.
+// # Redis Cluster
+//
+// On a cluster (the Store's client is a *redis.ClusterClient) a script may
+// touch keys of one slot only. Every slot therefore keeps the group state
+// of the values it holds beside them, named with the slot's tag
+// ([SlotTag]: a short text whose slot is that slot):
+//
+//	<prefix>:gseq:{<slot tag>}                the slot's group clock, "<seq>/<id>"
+//	<prefix>:g:{<slot tag>}:<len(group)>:<group>  the group's stamp in that slot
+//
+// A read, a fill and a key's change are each one script in the key's slot,
+// as on one server, with the same checks against the slot's clock and
+// stamps (R26, R31, R36 hold per slot). A group invalidation runs in every
+// slot (16,384 scripts, pipelined to the masters: constant time, whatever
+// the group's size): it advances the slot's clock and replaces the group's
+// stamp where the slot has one; a slot without one holds no value filled in
+// the group, and a fill claimed before the invalidation that finds the
+// stamp missing is refused because the slot's clock moved (R49).
+//
+// [Store.Apply] makes the changes first, slot by slot, and only when every
+// one succeeded draws the sequence number and publishes the announcement
+// (SPUBLISH on the bus's shard channel, see [BusKeysFor]) in a second
+// script: a message never overtakes the changes it announces (R14), but the
+// two are not one atomic step. A writer that dies between them announced
+// nothing, as one that died before calling; one whose announcement fails
+// gets an error and queues the whole change for replay (R51).
+//
+// On one server the group state is the server's: <prefix>:gseq and
+// <prefix>:g:{<len(group)>:<group>}, named inside the scripts, and a
+// change and its announcement are one script.
 //
 // # Thread-safety
 //
