@@ -483,3 +483,10 @@ func TestRace_R50_BusSlotMigrated(t *testing.T) {
 	})
 	resubscribed(t, nodes)
 }
+
+// A resource on a cluster: one load for the fleet, its chunks in one slot,
+// its announcement on the bus's shard.
+func TestClusterResourceLoadsOnce(t *testing.T) {
+	f := newClusterFleet(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	resourceLoadsOnce(t, func() *tier.Node { return f.node(tier.NodeConfig{}) })
+}

@@ -105,10 +105,16 @@ func awaitVersion(t *testing.T, r *tier.Resource[string, string], want string) {
 // claims and loads, the others take its result from Redis.
 func TestResourceLoadsOnceForTheFleet(t *testing.T) {
 	f := newFleet(t)
+	resourceLoadsOnce(t, func() *tier.Node { return f.node(tier.NodeConfig{}, nil) })
+}
+
+// resourceLoadsOnce is TestResourceLoadsOnceForTheFleet on the nodes that
+// node starts.
+func resourceLoadsOnce(t *testing.T, node func() *tier.Node) {
 	src := &rates{gate: make(chan struct{})}
 	var rs []*tier.Resource[string, string]
 	for range 3 {
-		rs = append(rs, newResource(t, f.node(tier.NodeConfig{}, nil), src, tier.ResourceConfig[string, string]{}))
+		rs = append(rs, newResource(t, node(), src, tier.ResourceConfig[string, string]{}))
 	}
 	deadline := time.Now().Add(guard)
 	for src.loads.Load() == 0 {
