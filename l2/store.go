@@ -249,7 +249,28 @@ local sent = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call(ARGV[6], ARGV[1], ARGV[2] .. u64(seq) .. u64(sent) .. ARGV[3])
 return seq
 `)
-	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript, storeResourceScript, releaseResourceScript}
+	// KEYS: the group clock of one slot of a cluster master, which routes
+	// the script there. ARGV: prefix, the count n of the master's slots,
+	// their n slot tags (see doc.go, Redis Cluster), then per group: name,
+	// fresh token, stamp TTL in ms. In every slot, each group invalidation
+	// advances the slot's clock and replaces the group's stamp if the slot
+	// has one, as the apply script's 'x' does. Redis 7 lets a script with
+	// this flag reach undeclared keys of any slot its node serves.
+	applyGroupsScript = redis.NewScript("#!lua flags=allow-cross-slot-keys\n" + gclockLua + `
+local n = tonumber(ARGV[2])
+for i = 3, n + 2 do
+  names(ARGV[1], ARGV[i])
+  for a = n + 3, #ARGV, 3 do
+    local clock = tick(ARGV[a+1])
+    local sk = skey(ARGV[a])
+    if redis.call('EXISTS', sk) == 1 then
+      redis.call('SET', sk, clock .. ':' .. ARGV[a+1], 'PX', ARGV[a+2])
+    end
+  end
+end
+return 0
+`)
+	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript, applyGroupsScript, storeResourceScript, releaseResourceScript}
 )
 
 // gclockLua defines the group clock, kept in <prefix>:gseq as
@@ -896,7 +917,10 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 	if err != nil {
 		return 0, err
 	}
-	var calls []scriptCall
+	var (
+		calls    []scriptCall
+		groupOps []encodedChange // on a cluster
+	)
 	if s.cluster == nil {
 		c := scriptCall{keys: make([]string, 1, 1+3*len(changes)), args: make([]any, 0, 6+4*len(changes))}
 		if a != nil {
@@ -913,7 +937,18 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		}
 		calls = []scriptCall{c}
 	} else {
-		calls = s.slotCalls(ops)
+		// Keys first, then groups: a group invalidated in the same batch
+		// as a write of one of its members makes that write stale, at
+		// worst a miss, whatever order the batch had.
+		var keyOps []encodedChange
+		for _, o := range ops {
+			if len(o.keys) > 0 {
+				keyOps = append(keyOps, o)
+			} else {
+				groupOps = append(groupOps, o)
+			}
+		}
+		calls = s.slotCalls(keyOps)
 	}
 	var (
 		seq   int64
@@ -928,6 +963,12 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		if s.cluster == nil {
 			seq, err = cmds[0].Int64()
 			return err
+		}
+		if len(groupOps) > 0 {
+			if n, err = s.invalidateGroups(ctx, groupOps); err != nil {
+				return err
+			}
+			acked = min(acked, n)
 		}
 		if a == nil || acked < int64(s.replicas) {
 			return nil
@@ -1034,6 +1075,59 @@ func (s *Store) slotCalls(ops []encodedChange) []scriptCall {
 		calls[i] = *bySlot[slot]
 	}
 	return calls
+}
+
+// invalidateGroups makes the group invalidations ops on a cluster: in every
+// slot, as the apply script's 'x' op does, but with one script per master
+// over every slot it serves (applyGroupsScript). If the slot map moved
+// meanwhile (a reshard, a failover), a master refuses the slots it does not
+// serve, and every slot gets an apply script of its own, which the client
+// routes and redirects (MOVED, ASK); ticking a slot's clock twice only
+// refuses more fills. It returns how many replicas acknowledged, as
+// runScripts.
+func (s *Store) invalidateGroups(ctx context.Context, ops []encodedChange) (int64, error) {
+	var groups []any // name, token, TTL: the 'g' op's ARGV without the op
+	for _, o := range ops {
+		groups = append(groups, o.args[1:]...)
+	}
+	if calls, err := s.masterCalls(ctx, groups); err == nil {
+		if _, acked, err := s.runScripts(ctx, applyGroupsScript, calls); err == nil {
+			return acked, nil
+		}
+	}
+	_, acked, err := s.runScripts(ctx, applyScript, s.slotCalls(ops))
+	return acked, err
+}
+
+// masterCalls returns one applyGroupsScript call per master of the
+// cluster's slot map, over the group clocks of all its slots.
+func (s *Store) masterCalls(ctx context.Context, groups []any) ([]scriptCall, error) {
+	ranges, err := s.cluster.ClusterSlots(ctx).Result()
+	if err != nil {
+		return nil, err
+	}
+	byMaster := make(map[string]*scriptCall)
+	var calls []*scriptCall
+	for _, r := range ranges {
+		if len(r.Nodes) == 0 {
+			return nil, fmt.Errorf("l2: slots %d-%d have no master", r.Start, r.End)
+		}
+		c := byMaster[r.Nodes[0].Addr]
+		if c == nil {
+			c = &scriptCall{keys: []string{s.clockKey(SlotTag(int(r.Start)))}, args: []any{s.prefix, 0}}
+			byMaster[r.Nodes[0].Addr] = c
+			calls = append(calls, c)
+		}
+		for slot := r.Start; slot <= r.End; slot++ {
+			c.args = append(c.args, SlotTag(int(slot)))
+		}
+	}
+	out := make([]scriptCall, len(calls))
+	for i, c := range calls {
+		c.args[1] = len(c.args) - 2
+		out[i] = scriptCall{keys: c.keys, args: append(c.args, groups...)}
+	}
+	return out, nil
 }
 
 // runScripts runs sc once per call and returns the replies, in the order of

@@ -1,0 +1,106 @@
+package l2
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// A group invalidation on a cluster advances the clock of every one of the
+// 16,384 slots and replaces the group's stamp in the slots that have one,
+// and creates none elsewhere, whether it runs one script per master or,
+// when the slot map has moved, one per slot.
+func TestClusterGroupInvalidationReachesEverySlot(t *testing.T) {
+	c := redistest.StartCluster(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	rdb := c.Client(t)
+	s := NewStore(rdb, "tc")
+	ctx := context.Background()
+	// A value of group g in one slot: its stamp exists there only.
+	k := KeysFor("tc", "ns", "k")
+	r, err := s.ReadOrClaim(ctx, k, "tok", minute)
+	if err != nil || r.State != Claimed {
+		t.Fatalf("claim = %+v, %v", r, err)
+	}
+	if ok, err := s.FillInGroups(ctx, k, "tok", []byte("v"), minute, []string{"g"}, r.Clock); !ok || err != nil {
+		t.Fatalf("fill = %v, %v", ok, err)
+	}
+	slot := Slot(k.Value)
+	stamp := "tc:g:{" + SlotTag(slot) + "}:1:g"
+	before := get(t, rdb, stamp)
+
+	ops, err := encodeChanges([]Change{{Group: "g"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, run := range map[string]func() error{
+		"per master": func() error { _, err := s.invalidateGroups(ctx, ops); return err },
+		"per slot":   func() error { _, _, err := s.runScripts(ctx, applyScript, s.slotCalls(ops)); return err },
+	} {
+		clocks := allClocks(t, rdb)
+		if err := run(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		after := allClocks(t, rdb)
+		for i := range Slots {
+			if after[i] == clocks[i] || !strings.Contains(after[i], "/") {
+				t.Fatalf("%s: slot %d's clock %q -> %q: not advanced", name, i, clocks[i], after[i])
+			}
+		}
+		now := get(t, rdb, stamp)
+		if now == before || !strings.HasPrefix(now, after[slot]+":") {
+			t.Fatalf("%s: the stamp in slot %d is %q (was %q), want one of clock %q", name, slot, now, before, after[slot])
+		}
+		before = now
+		if n := countKeys(t, c, "tc:g:*"); n != 1 {
+			t.Fatalf("%s: %d stamps in the cluster, want only the one that existed", name, n)
+		}
+	}
+	// The value filled under the old stamp is stale now.
+	if r, err := s.ReadOrClaim(ctx, k, "tok2", minute); err != nil || !r.Stale {
+		t.Fatalf("read after the group invalidation = %+v, %v; want stale", r, err)
+	}
+}
+
+const minute = time.Minute
+
+func get(t *testing.T, rdb *redis.ClusterClient, key string) string {
+	t.Helper()
+	v, err := rdb.Get(context.Background(), key).Result()
+	if err != nil {
+		t.Fatalf("GET %s: %v", key, err)
+	}
+	return v
+}
+
+// allClocks returns every slot's group clock ("" where there is none).
+func allClocks(t *testing.T, rdb *redis.ClusterClient) []string {
+	t.Helper()
+	ctx := context.Background()
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, Slots)
+	for i := range Slots {
+		cmds[i] = pipe.Get(ctx, "tc:gseq:{"+SlotTag(i)+"}")
+	}
+	_, _ = pipe.Exec(ctx)
+	out := make([]string, Slots)
+	for i, c := range cmds {
+		out[i] = c.Val()
+	}
+	return out
+}
+
+// countKeys counts the keys matching pattern on every master.
+func countKeys(t *testing.T, c *redistest.Cluster, pattern string) int {
+	t.Helper()
+	n := 0
+	for _, m := range c.Masters() {
+		keys, _ := m.Do("KEYS", pattern).([]any)
+		n += len(keys)
+	}
+	return n
+}
