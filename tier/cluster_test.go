@@ -156,6 +156,22 @@ func eventually(t *testing.T, cond func() bool, what string) {
 	}
 }
 
+// migrate moves slot, with its keys, to another master.
+func (f *clusterFleet) migrate(slot int) {
+	f.t.Helper()
+	from := f.c.MasterOfSlot(slot)
+	for _, to := range f.c.Masters() {
+		if to.Addr() != from.Addr() {
+			f.c.MigrateSlot(f.t, slot, from, to)
+			if got := f.c.MasterOfSlot(slot); got.Addr() != to.Addr() {
+				f.t.Fatalf("slot %d is on %s after the migration, want %s", slot, got.Addr(), to.Addr())
+			}
+			return
+		}
+	}
+	f.t.Fatalf("no master but %s", from.Addr())
+}
+
 // busMaster returns the master that serves the bus's slot.
 func (f *clusterFleet) busMaster() *redistest.Server {
 	return f.c.MasterOfKey(l2.BusKeysFor(tier.DefaultPrefix, true).Channel)
@@ -243,20 +259,7 @@ func TestClusterManualFailover(t *testing.T) {
 // flight through the move: ASK, TRYAGAIN).
 func TestClusterMigrateSlot(t *testing.T) {
 	keys, slot := keysInSlot(6)
-	clusterUnderLoad(t, clusterCfg, keys, func(f *clusterFleet) {
-		from := f.c.MasterOfSlot(slot)
-		var to *redistest.Server
-		for _, m := range f.c.Masters() {
-			if m.Addr() != from.Addr() {
-				to = m
-				break
-			}
-		}
-		f.c.MigrateSlot(t, slot, from, to)
-		if got := f.c.MasterOfSlot(slot); got.Addr() != to.Addr() {
-			t.Fatalf("slot %d is on %s after the migration, want %s", slot, got.Addr(), to.Addr())
-		}
-	})
+	clusterUnderLoad(t, clusterCfg, keys, func(f *clusterFleet) { f.migrate(slot) })
 }
 
 // The subscription to the bus's shard is killed by the server (CLIENT KILL
@@ -470,17 +473,7 @@ func TestRace_R31_GroupInvalidatedDuringFill_Cluster(t *testing.T) {
 // drops its L1, subscribes again where the slot went, and the bound holds.
 func TestRace_R50_BusSlotMigrated(t *testing.T) {
 	busSlot := l2.Slot(l2.BusKeysFor(tier.DefaultPrefix, true).Channel)
-	_, nodes := clusterUnderLoad(t, clusterCfg, spread, func(f *clusterFleet) {
-		from := f.c.MasterOfSlot(busSlot)
-		var to *redistest.Server
-		for _, m := range f.c.Masters() {
-			if m.Addr() != from.Addr() {
-				to = m
-				break
-			}
-		}
-		f.c.MigrateSlot(t, busSlot, from, to)
-	})
+	_, nodes := clusterUnderLoad(t, clusterCfg, spread, func(f *clusterFleet) { f.migrate(busSlot) })
 	resubscribed(t, nodes)
 }
 

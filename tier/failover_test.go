@@ -139,37 +139,35 @@ func TestWaitReplicas(t *testing.T) {
 		return mustGet(t, cache(t, rp.node(tier.NodeConfig{}), src), "k")
 	}
 
-	t.Run("acknowledged invalidation survives", func(t *testing.T) {
+	// lagging invalidates k (v1 -> v2) on a node of cfg while the replica
+	// lags by lag each way, fails over the moment Invalidate returns, and
+	// returns what a node of the promoted replica reads.
+	lagging := func(t *testing.T, cfg tier.NodeConfig, lag time.Duration) string {
 		rp := startReplicated(t)
 		src := newSource()
 		c := cache(t, rp.node(cfg), src)
 		warm(t, rp, c, src)
-		// The replica lags: the invalidation reaches it 50ms later, and
-		// its acknowledgement 50ms after that. Without the wait, the
-		// failover below would come first.
-		rp.link.Delay(50 * time.Millisecond)
+		rp.link.Delay(lag)
 		if err := c.Invalidate(context.Background(), "k"); err != nil {
 			t.Fatalf("Invalidate: %v", err)
 		}
 		rp.failover()
-		if got := after(t, rp, src); got != "v2" {
+		return after(t, rp, src)
+	}
+
+	t.Run("acknowledged invalidation survives", func(t *testing.T) {
+		// The invalidation reaches the replica 50ms later, and its
+		// acknowledgement 50ms after that: without the wait, the failover
+		// would come first.
+		if got := lagging(t, cfg, 50*time.Millisecond); got != "v2" {
 			t.Fatalf("after the failover Get = %q: an acknowledged invalidation was lost", got)
 		}
 	})
 
 	t.Run("negative control: without WaitReplicas it is lost", func(t *testing.T) {
-		rp := startReplicated(t)
-		src := newSource()
 		off := cfg
 		off.WaitReplicas = 0
-		c := cache(t, rp.node(off), src)
-		warm(t, rp, c, src)
-		rp.link.Delay(guard) // the replica lags: the failover comes first
-		if err := c.Invalidate(context.Background(), "k"); err != nil {
-			t.Fatalf("Invalidate: %v", err)
-		}
-		rp.failover()
-		if got := after(t, rp, src); got != "v1" {
+		if got := lagging(t, off, guard); got != "v1" {
 			t.Fatalf("after the failover Get = %q, want the old value back (v1): the control shows nothing", got)
 		}
 	})
