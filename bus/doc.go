@@ -43,7 +43,10 @@
 // The lease: the subscriber pings its connection every LeaseTTL/4. A pong
 // proves that every message published before its ping was sent has been
 // received, and, since the handler applies messages in order before the
-// pong is read, applied. The handler's Renew(sentAt) then lets L1 serve until
+// pong is read, applied. That holds on the server that publishes; with
+// SubscriberConfig.SeqKey the proof does not rest on it: the subscriber
+// reads the sequence counter just before each ping, and renews from the
+// pong only once it has received every message up to that number (R53). The handler's Renew(sentAt) then lets L1 serve until
 // sentAt + LeaseTTL. Hence the staleness bound: no node serves a value from
 // L1 more than LeaseTTL after the invalidation that removed it, whatever is
 // lost or cut, as long as L1 checks the lease against the monotonic clock

@@ -118,6 +118,18 @@ type SubscriberConfig struct {
 	Wake        func(payload string)
 	// EpochKey holds the fleet epoch token.
 	EpochKey string
+	// SeqKey, if set, is the counter the publishers draw sequence numbers
+	// from. The subscriber then reads it before every subscription and
+	// before every ping, and renews the lease from a ping only once it has
+	// received every message numbered up to what the counter held when the
+	// ping was about to be sent: the proof of delivery no longer rests on
+	// which server answered the ping. On a cluster the subscription can
+	// land on a replica of the bus's shard (a client whose slot map is out
+	// of date after a failover), which relays the master's messages late,
+	// or not at all until it has learnt its new role, while answering pings
+	// at once (R53). Without SeqKey, the pong alone proves delivery, which
+	// holds when the subscription is on the server that publishes.
+	SeqKey string
 	// Self is this node's ID: its own messages are not applied again.
 	Self NodeID
 	// LeaseTTL is how long one answered ping lets L1 serve. Required.
@@ -153,9 +165,18 @@ type Subscriber struct {
 	gen       uint64     // connection generation: pongs of older ones are void
 	confirmed bool       // the current connection's subscription is confirmed
 	lastSeq   uint64     // 0: no message since (re)subscribing
-	leased    bool       // a lease was granted and has not been revoked
-	leaseEnd  time.Time
-	epoch     string
+	// base is SeqKey's value read before the current subscription was
+	// asked for (0 without SeqKey): messages up to it were published
+	// before, and the first one after it must be base+1. nextBase is the
+	// value read for the subscription asked for next.
+	base, nextBase uint64
+	// lagging is when a pong first came back before the messages its ping
+	// had to cover (zero: not lagging): a connection that lags for a whole
+	// lease is replaced.
+	lagging  time.Time
+	leased   bool // a lease was granted and has not been revoked
+	leaseEnd time.Time
+	epoch    string
 	// retired is a subscription connection being replaced: it went silent
 	// (no message, pong or error) while no lease ran; replaced is when the
 	// current one was made.
@@ -177,6 +198,7 @@ type Subscriber struct {
 type sentPing struct {
 	at  time.Time
 	gen uint64
+	seq uint64 // SeqKey's value read after at, before the ping was sent
 }
 
 type pong struct {
@@ -235,6 +257,9 @@ func (s *Subscriber) receive() {
 	if h := s.cfg.Hooks.BeforeSubscribe; h != nil {
 		h()
 	}
+	if !s.readBase() {
+		return
+	}
 	s.mu.Lock()
 	if s.life.Err() != nil {
 		s.mu.Unlock()
@@ -256,15 +281,20 @@ func (s *Subscriber) receive() {
 			// A connection retired for silence: subscribe on a new one at
 			// once (the old one's Close unblocked this Receive).
 			s.mu.Lock()
-			if s.retired == ps {
+			retired := s.retired == ps
+			s.mu.Unlock()
+			if retired {
+				s.disconnected(err)
+				if !s.readBase() {
+					return
+				}
+				s.mu.Lock()
 				s.ps = s.subscribe()
 				s.replaced, s.retired = time.Now(), nil
 				ps = s.ps
 				s.mu.Unlock()
-				s.disconnected(err)
 				continue
 			}
-			s.mu.Unlock()
 		}
 		var reply redis.Error
 		if errors.As(err, &reply) {
@@ -285,6 +315,9 @@ func (s *Subscriber) receive() {
 				return
 			}
 			backoff = min(2*backoff, time.Second)
+			if !s.readBase() {
+				return
+			}
 			s.resubscribe(ps) // a failure shows up in Receive
 			continue
 		}
@@ -293,12 +326,16 @@ func (s *Subscriber) receive() {
 			if h := s.cfg.Hooks.AfterReceiveError; h != nil {
 				h(err)
 			}
-			// The next Receive reconnects and resubscribes; do not spin
-			// while Redis is unreachable.
+			// The next Receive reconnects and resubscribes (a ping cannot:
+			// none is sent until the subscription is confirmed); do not
+			// spin while Redis is unreachable.
 			if wait.Sleep(s.life, backoff) != nil {
 				return
 			}
 			backoff = min(2*backoff, time.Second)
+			if !s.readBase() {
+				return
+			}
 			continue
 		}
 		backoff = 10 * time.Millisecond
@@ -332,6 +369,50 @@ func (s *Subscriber) receive() {
 			s.pong(m.Payload)
 		}
 	}
+}
+
+// readBase reads SeqKey for the subscription about to be asked for (see
+// SubscriberConfig.SeqKey), retrying with backoff while Redis does not
+// answer, each failure counted as a failed reconnect: no subscription is
+// asked for without it. It returns false once the subscriber is closing.
+func (s *Subscriber) readBase() bool {
+	if s.cfg.SeqKey == "" {
+		return s.life.Err() == nil
+	}
+	backoff := 10 * time.Millisecond
+	for {
+		seq, err := s.readSeq()
+		if err == nil {
+			s.mu.Lock()
+			s.nextBase = seq
+			s.mu.Unlock()
+			return true
+		}
+		if s.life.Err() != nil {
+			return false
+		}
+		// As a failed reconnect: Redis does not answer, and nothing is
+		// subscribed meanwhile.
+		s.disconnected(err)
+		if h := s.cfg.Hooks.AfterReceiveError; h != nil {
+			h(err)
+		}
+		if wait.Sleep(s.life, backoff) != nil {
+			return false
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// readSeq returns SeqKey's value, 0 if it is missing.
+func (s *Subscriber) readSeq() (uint64, error) {
+	ctx, cancel := context.WithTimeout(s.life, s.cfg.LeaseTTL)
+	defer cancel()
+	v, err := s.cfg.Client.Get(ctx, s.cfg.SeqKey).Uint64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	return v, err
 }
 
 // subscribe returns a new subscription to the bus channel and the wake
@@ -402,6 +483,8 @@ func (s *Subscriber) subscribed() {
 	}
 	s.confirmed = true
 	s.lastSeq = 0
+	s.base = s.nextBase
+	s.lagging = time.Time{}
 	s.mu.Unlock()
 	select {
 	case s.pingNow <- struct{}{}:
@@ -422,7 +505,7 @@ func (s *Subscriber) message(payload []byte) {
 		return
 	}
 	s.mu.Lock()
-	if s.lastSeq != 0 && m.Seq != s.lastSeq+1 {
+	if last := max(s.lastSeq, s.base); last != 0 && m.Seq != last+1 {
 		// Lost, repeated or reordered: delete-only messages commute, but a
 		// skipped number means an invalidation this node never saw.
 		s.n.gaps.Add(1)
@@ -503,15 +586,23 @@ func (s *Subscriber) ping() {
 	if ps == nil || !ok {
 		return
 	}
-	id := s.pingID.Add(1)
 	now := time.Now()
+	var seq uint64
+	if s.cfg.SeqKey != "" {
+		// Every message published before now is numbered at most seq.
+		var err error
+		if seq, err = s.readSeq(); err != nil {
+			return // nothing this ping could prove; the next tick tries again
+		}
+	}
+	id := s.pingID.Add(1)
 	s.sentMu.Lock()
 	for k, p := range s.sent {
 		if now.Sub(p.at) > s.cfg.LeaseTTL {
 			delete(s.sent, k) // its pong could not renew anything any more
 		}
 	}
-	s.sent[id] = sentPing{at: now, gen: gen}
+	s.sent[id] = sentPing{at: now, gen: gen, seq: seq}
 	s.sentMu.Unlock()
 	// Bounded: a reconnect inside Ping (the client's dial and handshake)
 	// must not hold the subscription's lock, and so Close, past the lease.
@@ -536,10 +627,18 @@ func (s *Subscriber) checkLapse() {
 	// to give up, so that L1 serves again soon after the path heals. One
 	// replacement per lease at most.
 	silent := time.Since(s.born) - time.Duration(s.heard.Load())
-	if !s.leased && s.ps != nil && s.retired == nil && silent >= s.cfg.LeaseTTL && now.Sub(s.replaced) >= s.cfg.LeaseTTL {
+	lags := !s.lagging.IsZero() && now.Sub(s.lagging) >= s.cfg.LeaseTTL
+	if !s.leased && s.ps != nil && s.retired == nil && (silent >= s.cfg.LeaseTTL || lags) && now.Sub(s.replaced) >= s.cfg.LeaseTTL {
 		s.retired = s.ps
 		s.n.replaced.Add(1)
-		s.log.Warn("tiercache bus: subscription silent; replacing its connection")
+		if lags {
+			s.log.Warn("tiercache bus: subscription lags behind the bus; replacing its connection")
+			if c, ok := s.cfg.Client.(*redis.ClusterClient); ok {
+				c.ReloadState(s.life) // it may sit on a replica an old slot map named
+			}
+		} else {
+			s.log.Warn("tiercache bus: subscription silent; replacing its connection")
+		}
 		old := s.ps
 		s.wg.Add(1)
 		go func() { // Close may wait for a ping in flight on the connection
@@ -563,6 +662,17 @@ func (s *Subscriber) renew(p sentPing) {
 		s.mu.Unlock()
 		return // answered on a connection that has failed since
 	}
+	if max(s.lastSeq, s.base) < p.seq {
+		// The pong overtook messages published before the ping: the
+		// subscription is on a server that relays them late (R53). No
+		// renewal from this ping; one that lags for a lease is replaced.
+		if s.lagging.IsZero() {
+			s.lagging = time.Now()
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.lagging = time.Time{}
 	if s.epoch != "" && epoch != s.epoch {
 		s.n.epochs.Add(1)
 		s.log.Warn("tiercache bus: fleet epoch changed (Redis flushed or restarted); dropping L1")

@@ -228,6 +228,7 @@ type subOpts struct {
 	hooks   *bus.Hooks
 	onApply func(*bus.Message)
 	srv     *redistest.Server
+	seq     bool // set SubscriberConfig.SeqKey
 }
 
 func startSub(t *testing.T, o subOpts) *fixture {
@@ -264,7 +265,7 @@ func startSub(t *testing.T, o subOpts) *fixture {
 			applied(m)
 		}
 	}
-	sub, err := bus.NewSubscriber(t.Context(), bus.SubscriberConfig{
+	cfg := bus.SubscriberConfig{
 		Client:   f.rdb,
 		Channel:  channel,
 		EpochKey: epochKey,
@@ -272,7 +273,11 @@ func startSub(t *testing.T, o subOpts) *fixture {
 		LeaseTTL: o.lease,
 		Handler:  f.rec,
 		Hooks:    &hooks,
-	})
+	}
+	if o.seq {
+		cfg.SeqKey = seqKey
+	}
+	sub, err := bus.NewSubscriber(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("NewSubscriber: %v", err)
 	}
@@ -989,5 +994,39 @@ func TestRace_R47_OtherWireVersionIsAGap(t *testing.T) {
 	f.rec.waitFor(t, mark, "Apply of the next readable message", isApply(s3))
 	if c := f.sub.Counters(); c.Garbage != 1 || c.Gaps != 1 {
 		t.Fatalf("counters %+v; want the old message as garbage, and one gap", c)
+	}
+}
+
+// R53: a subscription on a server that relays the bus late, or loses a
+// message while its connection lives (on a cluster, a replica of the bus's
+// shard that an out-of-date slot map named), still answers pings at once.
+// With SeqKey, a ping renews the lease only once every message numbered
+// before it has arrived: here the last message is lost and none follows,
+// so the lease lapses, the lagging connection is replaced, and renewals
+// resume on the new one. The negative control, without SeqKey, renews
+// through the loss, which no later message reveals.
+func TestRace_R53_LaggingSubscriptionDoesNotRenew(t *testing.T) {
+	for name, withSeq := range map[string]bool{"SeqKey": true, "negative control: no SeqKey": false} {
+		t.Run(name, func(t *testing.T) {
+			var lose atomic.Uint64 // the seq to lose
+			f := startSub(t, subOpts{lease: time.Second, seq: withSeq, hooks: &bus.Hooks{DropMessage: func(payload []byte) bool {
+				m, err := bus.Decode(payload)
+				return err == nil && m.Seq == lose.Load()
+			}}})
+			f.renewed(t, 0)
+			lose.Store(2)
+			f.publishKeys(t, other, "ns", "a")
+			f.publishKeys(t, other, "ns", "b") // lost; nothing follows it
+			i, _ := f.rec.waitFor(t, 0, "Apply of seq 1", isApply(1))
+			if !withSeq {
+				f.quietFor(t, 8, "a lease lapse the loss should not cause without SeqKey", isDrop(bus.LeaseLapsed))
+				return
+			}
+			i, _ = f.rec.waitFor(t, i, "Drop(LeaseLapsed)", isDrop(bus.LeaseLapsed))
+			f.renewed(t, i)
+			if c := f.sub.Counters(); c.Replacements == 0 {
+				t.Fatalf("the lagging connection was not replaced: %+v", c)
+			}
+		})
 	}
 }

@@ -38,6 +38,12 @@ const minClusterVersion = 7
 // from the source until it answers.
 func (n *Node) checkCluster(ctx context.Context, c *redis.ClusterClient) error {
 	o := c.Options()
+	if o.ReadOnly || o.RouteByLatency || o.RouteRandomly {
+		// A replica answers reads with what it has replicated so far: the
+		// bus's counter, a value or a claim read there may be behind the
+		// master that every write goes to.
+		return fmt.Errorf("%w: the cluster client reads from replicas (ReadOnly, RouteByLatency or RouteRandomly); tiercache needs every read on the masters", ErrConfig)
+	}
 	if !o.ContextTimeoutEnabled {
 		n.log.Warn("tiercache: the Redis client ignores context deadlines (ContextTimeoutEnabled is false): a stuck connection can hold an operation past RedisTimeout")
 	}

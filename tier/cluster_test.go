@@ -483,3 +483,21 @@ func TestClusterResourceLoadsOnce(t *testing.T) {
 	f := newClusterFleet(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
 	resourceLoadsOnce(t, func() *tier.Node { return f.node(tier.NodeConfig{}) })
 }
+
+// What a cluster cannot serve is refused: a client that reads from
+// replicas, and a namespace that would break the keys' hash tag.
+func TestClusterRefusesBadConfig(t *testing.T) {
+	f := newClusterFleet(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	ro := redis.NewClusterClient(&redis.ClusterOptions{Addrs: f.c.Addrs(), ReadOnly: true})
+	t.Cleanup(func() { _ = ro.Close() })
+	if _, err := tier.NewNode(context.Background(), ro, tier.NodeConfig{}); !errors.Is(err, tier.ErrConfig) {
+		t.Fatalf("NewNode with a ReadOnly cluster client = %v, want ErrConfig", err)
+	}
+	n := f.node(tier.NodeConfig{})
+	if _, err := tier.New(n, tier.Config[string, string]{Namespace: "a}b", Fetch: newSource().fetch}); !errors.Is(err, tier.ErrConfig) {
+		t.Fatalf("namespace with '}' on a cluster = %v, want ErrConfig", err)
+	}
+	if _, err := tier.New(n, tier.Config[string, string]{Namespace: "a{b", Fetch: newSource().fetch}); err != nil {
+		t.Fatalf("namespace with '{' on a cluster = %v, want nil", err)
+	}
+}

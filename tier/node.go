@@ -321,13 +321,13 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 	})
 	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(breakerGuard{n.breaker}), l2.WithTimeout(cfg.RedisTimeout),
 		l2.WithWaitReplicas(cfg.WaitReplicas, cfg.WaitTimeout))
-	rdb.AddHook(outageHook{n})
 	if c, ok := rdb.(*redis.ClusterClient); ok {
 		if err := n.checkCluster(ctx, c); err != nil {
 			cache.Close()
 			return nil, err
 		}
 	}
+	rdb.AddHook(outageHook{n})
 	if c, ok := rdb.(*redis.Client); ok {
 		if !c.Options().ContextTimeoutEnabled {
 			n.log.Warn("tiercache: the Redis client ignores context deadlines (ContextTimeoutEnabled is false): a stuck connection can hold an operation past RedisTimeout")
@@ -359,6 +359,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		Channel:  n.names.Channel,
 		Sharded:  n.store.Cluster(),
 		EpochKey: n.names.Epoch,
+		SeqKey:   n.names.Seq,
 		Self:     n.id,
 		LeaseTTL: cfg.LeaseTTL,
 		Handler:  busHandler{n},
