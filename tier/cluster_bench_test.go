@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/internal/hooks"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/l2"
@@ -256,4 +257,207 @@ func (now clusterCost) report(b *testing.B, before clusterCost) {
 	perOp := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(b.N) }
 	b.ReportMetric(perOp(now.redisCPU-before.redisCPU), "redis-cpu-µs/op")
 	b.ReportMetric(perOp(now.clientCPU-before.clientCPU), "client-cpu-µs/op")
+}
+
+// shardSubscribers subscribes n bare go-redis PubSubs to the shard channel
+// channel (SSUBSCRIBE), each on a cluster client of its own, and returns
+// once every subscription is confirmed. Each has a goroutine that calls
+// deliver for every message, with the time it was received. The goroutines
+// stop at cleanup, before the clients close.
+func shardSubscribers(tb testing.TB, cl *redistest.Cluster, channel string, n int, deliver func(r int, payload string, at time.Time)) {
+	tb.Helper()
+	clients := make([]*redis.ClusterClient, n)
+	for r := range clients {
+		clients[r] = cl.Client(tb)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var (
+		wg   sync.WaitGroup
+		subs []*redis.PubSub
+	)
+	tb.Cleanup(func() {
+		cancel()
+		for _, ps := range subs {
+			_ = ps.Close() // unblocks its Receive
+		}
+		wg.Wait()
+	})
+	for r, rdb := range clients {
+		ps := rdb.SSubscribe(ctx, channel)
+		subs = append(subs, ps)
+		msg, err := ps.Receive(ctx)
+		if err != nil {
+			tb.Fatalf("raw subscriber %d: ssubscribe: %v", r, err)
+		}
+		if s, ok := msg.(*redis.Subscription); !ok || s.Kind != "ssubscribe" || s.Channel != channel {
+			tb.Fatalf("raw subscriber %d: got %v, want the subscription's confirmation", r, msg)
+		}
+		wg.Go(func() {
+			for {
+				msg, err := ps.Receive(ctx)
+				at := time.Now()
+				if ctx.Err() != nil {
+					return
+				}
+				if err != nil {
+					tb.Errorf("raw subscriber %d: %v", r, err)
+					return
+				}
+				if m, ok := msg.(*redis.Message); ok {
+					deliver(r, m.Payload, at)
+				}
+			}
+		})
+	}
+}
+
+// awaitRound waits for one delivery of id to each of propReceivers
+// receivers, and appends to delays the time from sent to each receipt (0 if
+// the receipt came first). It fails b if a receiver gets anything else, or
+// if the deliveries do not all come within busBenchGuard.
+func awaitRound(b *testing.B, round int, id string, sent time.Time, deliveries <-chan delivery, guard *time.Timer, delays []time.Duration) []time.Duration {
+	b.Helper()
+	guard.Reset(busBenchGuard)
+	var seen [propReceivers]bool
+	for got := range propReceivers {
+		select {
+		case d := <-deliveries:
+			if d.id != id || seen[d.receiver] {
+				b.Fatalf("round %d: receiver %d got %q (seen before: %v), want %q once", round, d.receiver, d.id, seen[d.receiver], id)
+			}
+			seen[d.receiver] = true
+			delays = append(delays, max(0, d.at.Sub(sent)))
+		case <-guard.C:
+			b.Fatalf("round %d: after %v, only %d of %d receivers got %q", round, busBenchGuard, got, propReceivers, id)
+		}
+	}
+	return delays
+}
+
+// BenchmarkClusterPropagation is BenchmarkPropagation on a cluster: how long
+// after an Invalidate returns on one node each of 8 other nodes has applied
+// it, against a bare SPUBLISH of a payload of the same size to 8 bare
+// SSUBSCRIBE subscribers, on a shard channel in the bus's slot (so on the
+// same master). Each iteration sends one message and waits for all 8
+// receipts: latency, not throughput. A delay counts from the return of
+// Invalidate (or SPublish) to the receiver's time of receipt, and is 0 if
+// the receipt came first. p50-µs, p99-µs and max-µs are over every
+// receiver's every delivery; ns/op is a whole round.
+//
+// On a cluster an Invalidate is two scripts, one after the other: the
+// change in the key's slot, then the announcement (SPUBLISH) in the bus's
+// slot; the delay counts from the return of the second.
+func BenchmarkClusterPropagation(b *testing.B) {
+	cl := redistest.StartCluster(b, redistest.ClusterOptions{})
+	ctx := context.Background()
+
+	pub := clusterBenchNode(b, cl.Client(b), tier.NodeConfig{LeaseTTL: time.Minute}, nil)
+	c := benchCache[string](b, pub, busBenchNamespace, benchTTL)
+	quit := make(chan struct{}) // closed at cleanup: unblocks the receivers
+	applied := make(chan delivery, 4*propReceivers)
+	for r := range propReceivers {
+		hk := &hooks.Points{Bus: &bus.Hooks{Applied: func(m *bus.Message) {
+			at := time.Now()
+			for _, g := range m.Groups {
+				if g.Namespace != busBenchNamespace {
+					continue
+				}
+				for _, k := range g.Keys {
+					select {
+					case applied <- delivery{receiver: r, id: k, at: at}:
+					case <-quit:
+						return
+					}
+				}
+			}
+		}}}
+		n := clusterBenchNode(b, cl.Client(b), tier.NodeConfig{LeaseTTL: time.Minute}, hk)
+		benchCache[string](b, n, busBenchNamespace, benchTTL)
+	}
+	busChannel := l2.BusKeysFor(tier.DefaultPrefix, true).Channel
+	// The bus's hash tag puts the bare channel in the bus's slot.
+	rawChannel := "bench:raw-propagation:{" + tier.DefaultPrefix + ":bus}"
+	if l2.Slot(rawChannel) != l2.Slot(busChannel) {
+		b.Fatalf("%q is in slot %d, the bus %q in %d", rawChannel, l2.Slot(rawChannel), busChannel, l2.Slot(busChannel))
+	}
+	received := make(chan delivery, 4*propReceivers)
+	shardSubscribers(b, cl, rawChannel, propReceivers, func(r int, payload string, at time.Time) {
+		select {
+		case received <- delivery{receiver: r, id: payload, at: at}:
+		case <-quit:
+		}
+	})
+	rawPub := cl.Client(b)
+	// Registered last, so it runs first: no receiver stays blocked on a
+	// send while its node or subscriber is being closed.
+	b.Cleanup(func() { close(quit) })
+
+	// Keys are distinct across every run, of fixed width so that every
+	// message, and every bare payload, has the same size.
+	next := 0
+	freshKeys := func(n int) []string {
+		keys := make([]string, n)
+		for i := range keys {
+			keys[i] = fmt.Sprintf("prop:%010d", next)
+			next++
+		}
+		return keys
+	}
+	spublish := func(payload string) error {
+		n, err := rawPub.SPublish(ctx, rawChannel, payload).Result()
+		if err == nil && n != propReceivers {
+			err = fmt.Errorf("SPUBLISH reached %d subscribers, want %d", n, propReceivers)
+		}
+		return err
+	}
+
+	// measure runs b.N rounds of send(i), each waiting for deliveries of
+	// ids[i] to every receiver, and reports the delays' percentiles.
+	measure := func(b *testing.B, ids []string, deliveries <-chan delivery, send func(i int) error) {
+		delays := make([]time.Duration, 0, b.N*propReceivers)
+		guard := time.NewTimer(busBenchGuard)
+		defer guard.Stop()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			if err := send(i); err != nil {
+				b.Fatal(err)
+			}
+			delays = awaitRound(b, i, ids[i], time.Now(), deliveries, guard, delays)
+		}
+		b.StopTimer()
+		reportLatency(b, delays)
+	}
+
+	// One untimed round of each, so that every connection is dialled and
+	// every subscription carries messages before a timed one.
+	guard := time.NewTimer(busBenchGuard)
+	defer guard.Stop()
+	warmKey := freshKeys(1)[0]
+	if err := c.Invalidate(ctx, warmKey); err != nil {
+		b.Fatal(err)
+	}
+	awaitRound(b, 0, warmKey, time.Now(), applied, guard, nil)
+	warmPayload := busBenchPayload(b, freshKeys(1)[0], 1)
+	if err := spublish(warmPayload); err != nil {
+		b.Fatal(err)
+	}
+	awaitRound(b, 0, warmPayload, time.Now(), received, guard, nil)
+
+	b.Run("tiercache", func(b *testing.B) {
+		keys := freshKeys(b.N)
+		before := pub.Stats()
+		measure(b, keys, applied, func(i int) error { return c.Invalidate(ctx, keys[i]) })
+		if d := pub.Stats().Published - before.Published; d != uint64(b.N) {
+			b.Fatalf("%d Invalidates published %d messages, want one each", b.N, d)
+		}
+	})
+	b.Run("raw-SPUBLISH", func(b *testing.B) {
+		keys := freshKeys(b.N)
+		payloads := make([]string, b.N)
+		for i, k := range keys {
+			payloads[i] = busBenchPayload(b, k, uint64(i+1))
+		}
+		measure(b, payloads, received, func(i int) error { return spublish(payloads[i]) })
+	})
 }
