@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/internal/hooks"
@@ -29,6 +30,12 @@ const (
 	// clusterParallelism is the goroutines per GOMAXPROCS of the parallel
 	// L2-hit sub-benchmarks: enough to keep three masters busy.
 	clusterParallelism = 8
+	// clusterGroupMembers is the size of the big group of
+	// BenchmarkClusterInvalidateGroup.
+	clusterGroupMembers = 100_000
+	// clusterFillWorkers bounds the Sets in flight while that group is
+	// populated.
+	clusterFillWorkers = 64
 )
 
 // clusterBenchNode starts a Node over client, closed at cleanup (before the
@@ -459,5 +466,143 @@ func BenchmarkClusterPropagation(b *testing.B) {
 			payloads[i] = busBenchPayload(b, k, uint64(i+1))
 		}
 		measure(b, payloads, received, func(i int) error { return spublish(payloads[i]) })
+	})
+}
+
+// BenchmarkClusterInvalidateGroup is BenchmarkInvalidateGroup on a cluster:
+// invalidating a group of one member against a group of 100,000, in one
+// run. On a cluster a group invalidation runs a script in every one of the
+// 16384 slots whatever the group's size; a slot that holds members of the
+// group also replaces the group's stamp there, and the 100,000 members lie
+// in nearly every slot, the single one in one. The ratio of their ns/op is
+// the figure (target under 2); "interleaved" measures it with the two
+// alternating in one loop, which a shared machine's drift in load between
+// two runs does not skew.
+//
+// After each timed loop, a sample of members of the group invalidated, and
+// of the other group, are read: the first must be fetched again (stale),
+// the second not, or the loop did not invalidate what it claims.
+func BenchmarkClusterInvalidateGroup(b *testing.B) {
+	const namespace = "bench-cluster-groups"
+	cl := redistest.StartCluster(b, redistest.ClusterOptions{})
+	rdb := cl.Client(b)
+	// Every group invalidation pipelines 16384 scripts: give it more than
+	// the default 500ms on this loaded machine (and under -race), so that a
+	// slow one is measured rather than queued as pending.
+	n := clusterBenchNode(b, rdb, tier.NodeConfig{LeaseTTL: time.Minute, RedisTimeout: 10 * time.Second}, nil)
+	c, err := tier.New(n, tier.Config[string, string]{
+		Namespace: namespace,
+		Fetch:     func(context.Context, string) (string, error) { return benchValue, nil },
+		TTL:       benchTTL,
+		Groups: func(key, _ string) []string {
+			if key == "one" {
+				return []string{"group-of-1"}
+			}
+			return []string{"group-of-100k"}
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	start := time.Now()
+	if err := c.Set(ctx, "one", benchValue); err != nil {
+		b.Fatal(err)
+	}
+	var g errgroup.Group
+	g.SetLimit(clusterFillWorkers)
+	for i := range clusterGroupMembers {
+		g.Go(func() error { return c.Set(ctx, fmt.Sprint("member:", i), benchValue) })
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	// Every member is in Redis, on every master.
+	var (
+		mu        sync.Mutex
+		perMaster = map[string]int{}
+	)
+	if err := rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		count := 0
+		iter := m.Scan(ctx, 0, l2.ValueKeyPattern(tier.DefaultPrefix, namespace), 1000).Iterator()
+		for iter.Next(ctx) {
+			count++
+		}
+		mu.Lock()
+		perMaster[m.Options().Addr] = count
+		mu.Unlock()
+		return iter.Err()
+	}); err != nil {
+		b.Fatal(err)
+	}
+	total := 0
+	for _, v := range perMaster {
+		total += v
+	}
+	if total != clusterGroupMembers+1 || len(perMaster) != 3 {
+		b.Fatalf("Redis holds %d values over %d masters (%v), want %d over 3", total, len(perMaster), perMaster, clusterGroupMembers+1)
+	}
+	b.Logf("%d Sets in %v", clusterGroupMembers+1, time.Since(start).Round(time.Millisecond))
+
+	sample := []string{"member:0", "member:1", "member:49999", "member:99999"}
+	// check fails b unless every key of stale must be fetched again, and
+	// no key of fresh.
+	check := func(b *testing.B, what string, stale, fresh []string) {
+		b.Helper()
+		fetches := func(keys []string) uint64 {
+			before := c.Stats().Fetches
+			for _, k := range keys {
+				if _, err := c.Get(ctx, k); err != nil {
+					b.Fatalf("Get(%q): %v", k, err)
+				}
+			}
+			return c.Stats().Fetches - before
+		}
+		if f := fetches(stale); f != uint64(len(stale)) {
+			b.Fatalf("after %s, %d of %v were fetched again, want all", what, f, stale)
+		}
+		if f := fetches(fresh); f != 0 {
+			b.Fatalf("after %s, %d of %v were fetched again, want none", what, f, fresh)
+		}
+	}
+	cases := []struct {
+		group        string
+		stale, fresh []string
+	}{
+		{"group-of-1", []string{"one"}, sample},
+		{"group-of-100k", sample, []string{"one"}},
+	}
+	for _, tc := range cases {
+		b.Run(tc.group, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := n.InvalidateGroup(ctx, tc.group); err != nil {
+					b.Fatal(err)
+				}
+			}
+			check(b, "InvalidateGroup("+tc.group+")", tc.stale, tc.fresh)
+		})
+	}
+	// The two, one after the other in every iteration, so that the drift
+	// of a shared machine's load between the runs above does not enter
+	// their ratio: ns/op is the pair; group-of-1-ms and group-of-100k-ms
+	// are each one's mean, ratio the second's over the first's.
+	b.Run("interleaved", func(b *testing.B) {
+		b.ReportAllocs()
+		var took [2]time.Duration
+		for b.Loop() {
+			for j, tc := range cases {
+				start := time.Now()
+				if err := n.InvalidateGroup(ctx, tc.group); err != nil {
+					b.Fatal(err)
+				}
+				took[j] += time.Since(start)
+			}
+		}
+		check(b, "InvalidateGroup of both groups", append([]string{"one"}, sample...), nil)
+		for j, tc := range cases {
+			b.ReportMetric(float64(took[j])/float64(time.Millisecond)/float64(b.N), tc.group+"-ms")
+		}
+		b.ReportMetric(float64(took[1])/float64(took[0]), "ratio")
 	})
 }
