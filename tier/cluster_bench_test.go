@@ -3,6 +3,7 @@ package tier_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,19 +103,28 @@ func BenchmarkClusterGetL2Hit(b *testing.B) {
 
 	// loop runs read(i) b.N times, serially or in parallel, over the keys
 	// in turn, and checks that the cluster ran scripts EVALSHAs per read.
-	// A shared counter gives every read a key of its own: no two
-	// goroutines read one key at once, so no Get joins another's read (a
-	// flight).
+	// In parallel, each goroutine reads a block of the keys of its own: no
+	// two read one key at once, so no Get joins another's read (a flight)
+	// and every Get is a read of Redis.
 	loop := func(b *testing.B, parallel bool, scripts int, read func(i int) error) {
-		var next atomic.Int64
 		b.ReportAllocs()
 		before := clusterCostNow(b, rdb)
 		b.ResetTimer()
 		if parallel {
 			b.SetParallelism(clusterParallelism)
+			goroutines := clusterParallelism * runtime.GOMAXPROCS(0) // RunParallel's
+			if goroutines > benchKeyCount {
+				b.Fatalf("%d goroutines for %d keys: some would share keys", goroutines, benchKeyCount)
+			}
+			var ids atomic.Int64
 			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if err := read(int(next.Add(1) % benchKeyCount)); err != nil {
+				id := int(ids.Add(1) - 1)
+				lo, hi := id*benchKeyCount/goroutines, (id+1)*benchKeyCount/goroutines
+				for i := lo; pb.Next(); i++ {
+					if i == hi {
+						i = lo
+					}
+					if err := read(i); err != nil {
 						b.Error(err)
 						return
 					}
