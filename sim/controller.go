@@ -30,8 +30,10 @@ func newController(r *run, skips map[FaultKind]string) *controller {
 // its minima (Config.MinWrites, Config.Drives) hold it open. A timed run
 // lasts until every window has been opened, and closed if it ends before
 // 1 (run.faultsLeft): a fault that outlasts its slot (a pause's cycle) may
-// hold the next one up, never leave it out. A window the run ended before
-// is listed as skipped.
+// hold the next one up, never leave it out, and a window opens only once
+// every earlier one that the schedule ends before it has closed, so that
+// faults held up do not overlap. A window the run ended before is listed
+// as skipped.
 func (c *controller) loop(ctx context.Context) {
 	c.r.faultsLeft.Store(int64(len(c.r.cfg.Faults)))
 	t := time.NewTicker(tick)
@@ -45,10 +47,11 @@ func (c *controller) loop(ctx context.Context) {
 		now := c.r.clock.now()
 		for i, fl := range c.r.cfg.Faults {
 			switch {
-			case next[i] == 0 && f >= fl.Start && !stopped:
+			case next[i] == 0 && f >= fl.Start && !stopped && !c.heldUp(i, next):
 				next[i] = 1
 				winOf[i] = len(c.windows)
-				w := window{Kind: fl.Kind, Node: fl.Node % c.r.cfg.Nodes, Start: now, Skipped: c.skips[fl.Kind]}
+				// Not now: an earlier window's end may have held this pass up.
+				w := window{Kind: fl.Kind, Node: fl.Node % c.r.cfg.Nodes, Start: c.r.clock.now(), Skipped: c.skips[fl.Kind]}
 				c.windows = append(c.windows, w)
 				if w.Skipped == "" {
 					if err := c.begin(ctx, w); err != nil {
@@ -90,6 +93,18 @@ func (c *controller) loop(ctx context.Context) {
 		}
 		<-t.C
 	}
+}
+
+// heldUp reports whether window i must wait for an earlier window, one the
+// schedule ends before i begins, that is still open (next[j] == 1).
+func (c *controller) heldUp(i int, next []int) bool {
+	fs := c.r.cfg.Faults
+	for j := range i {
+		if next[j] == 1 && fs[j].End <= fs[i].Start {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *controller) progress(f float64) Progress {
