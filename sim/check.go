@@ -284,9 +284,51 @@ func check(h *history, cfg Config) *Result {
 	bound := int64(cfg.Bound())
 	for _, rd := range h.reads {
 		p := phaseOf(rd.Start)
-		p.Reads++
+		v := verdict{err: rd.Err}
+		switch {
+		case rd.Err:
+		case rd.WrongKey:
+			v.class, v.first = ViolationKey, write{End: rd.Start}
+		default:
+			k := int(rd.Key)
+			req := fx[k].required(rd.Start)
+			mine := ox[[3]int{k, int(rd.Node), int(rd.Inc)}].required(rd.Start)
+			sk := [2]int32{rd.Worker, rd.Key}
+			last := seen[sk]
+			seen[sk] = max(last, rd.Version)
+			v.permitted = rd.Permitted
+			if rd.Version >= max(req, mine) {
+				break // fresh
+			}
+			v.inversion = last > rd.Version && int(last) <= len(okEnd[k]) && okEnd[k][last-1] >= 0 && okEnd[k][last-1] < rd.Start
+			if rd.Version < mine {
+				v.class, v.required, v.first = ViolationRYW, mine, ox[[3]int{k, int(rd.Node), int(rd.Inc)}].since(rd.Version)
+				break
+			}
+			v.required, v.first = req, fx[k].since(rd.Version)
+			own := rd.Source == tier.SourceL1 || rd.Shared || rd.Many // the node's own state
+			switch {
+			case own && rd.Start-v.first.End <= bound:
+				v.behind = true // within the bound: permitted, or in bound
+			case rd.Many:
+				v.class = ViolationMany
+			case rd.Source == tier.SourceL1:
+				v.class = ViolationL1
+			case rd.Shared:
+				v.class = ViolationShared
+			case rd.Source == tier.SourceL2:
+				v.class = ViolationL2
+			case rd.Source == tier.SourceFetch:
+				v.class = ViolationFetch
+			default:
+				v.class = ViolationUncache
+			}
+		}
+		p.count(v, rd)
+		if v.class != "" {
+			res.violate(p, v.class, rd, v.required, v.first)
+		}
 		if rd.Err {
-			p.Errors++
 			continue
 		}
 		if rd.NotFound {
@@ -297,55 +339,6 @@ func check(h *history, cfg Config) *Result {
 		} else if ts := tiers[rd.Source]; ts != nil {
 			ts.Reads++
 			ts.lat = append(ts.lat, rd.End-rd.Start)
-		}
-		k := int(rd.Key)
-		if rd.WrongKey {
-			res.violate(p, ViolationKey, rd, 0, write{End: rd.Start})
-			continue
-		}
-		req := fx[k].required(rd.Start)
-		mine := ox[[3]int{k, int(rd.Node), int(rd.Inc)}].required(rd.Start)
-		sk := [2]int32{rd.Worker, rd.Key}
-		last := seen[sk]
-		seen[sk] = max(last, rd.Version)
-		behind := rd.Version < max(req, mine)
-		if !behind {
-			if rd.Permitted {
-				p.PermittedStale++
-			} else {
-				p.Fresh++
-			}
-			continue
-		}
-		if last > rd.Version && int(last) <= len(okEnd[k]) && okEnd[k][last-1] >= 0 && okEnd[k][last-1] < rd.Start {
-			p.Inversions++
-		}
-		if rd.Version < mine {
-			p.RYW++
-			res.violate(p, ViolationRYW, rd, mine, ox[[3]int{k, int(rd.Node), int(rd.Inc)}].since(rd.Version))
-			continue
-		}
-		first := fx[k].since(rd.Version)
-		age := rd.Start - first.End
-		switch {
-		case (rd.Source == tier.SourceL1 || rd.Shared || rd.Many) && age <= bound && rd.Permitted:
-			p.PermittedStale++
-			p.PermittedBehind++
-		case (rd.Source == tier.SourceL1 || rd.Shared || rd.Many) && age <= bound:
-			p.StaleInBound++
-			p.ages = append(p.ages, age)
-		case rd.Many:
-			res.violate(p, ViolationMany, rd, req, first)
-		case rd.Source == tier.SourceL1:
-			res.violate(p, ViolationL1, rd, req, first)
-		case rd.Shared:
-			res.violate(p, ViolationShared, rd, req, first)
-		case rd.Source == tier.SourceL2:
-			res.violate(p, ViolationL2, rd, req, first)
-		case rd.Source == tier.SourceFetch:
-			res.violate(p, ViolationFetch, rd, req, first)
-		default:
-			res.violate(p, ViolationUncache, rd, req, first)
 		}
 	}
 
@@ -381,19 +374,60 @@ func check(h *history, cfg Config) *Result {
 	return res
 }
 
-// violate counts a violation and keeps the first examples.
+// verdict is the checker's judgement of one read.
+type verdict struct {
+	err       bool   // the read failed: not judged
+	permitted bool   // tier marked it permitted-stale
+	behind    bool   // older than required, within the bound, from the node's own state
+	inversion bool   // older than a version its worker had seen, after that version's write returned
+	class     string // the violation class, or "" for none
+	required  int64  // the version required, for a violation
+	first     write  // the first newer write that had returned when the read began, if older than required
+}
+
+// count counts a read's verdict in p.
+func (p *Phase) count(v verdict, rd read) {
+	p.Reads++
+	switch {
+	case v.err:
+		p.Errors++
+		return
+	case v.inversion:
+		p.Inversions++
+	}
+	age := rd.Start - v.first.End
+	switch {
+	case v.class != "":
+		p.Violations++
+		p.ByClass[v.class]++
+		if v.class == ViolationRYW {
+			p.RYW++
+		}
+		p.ages = append(p.ages, age)
+	case v.behind && v.permitted:
+		p.PermittedStale++
+		p.PermittedBehind++
+	case v.behind:
+		p.StaleInBound++
+		p.ages = append(p.ages, age)
+	case v.permitted:
+		p.PermittedStale++
+	default:
+		p.Fresh++
+	}
+}
+
+// violate counts a driven violation and keeps the first examples; p has
+// counted it.
 func (res *Result) violate(p *Phase, class string, rd read, required int64, first write) {
 	age := rd.Start - first.End
 	src := rd.Source.String()
 	if rd.Many {
 		src = "get-many"
 	}
-	p.Violations++
-	p.ByClass[class]++
 	if rd.Worker >= res.Config.driverWorker(0) {
 		res.DrivenViolations++
 	}
-	p.ages = append(p.ages, age)
 	if len(res.Examples) < 20 {
 		res.Examples = append(res.Examples, Example{
 			Class: class, Phase: p.Name, Key: int(rd.Key), Node: int(rd.Node), Source: src,
