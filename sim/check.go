@@ -106,12 +106,16 @@ type Example struct {
 type FaultWindow struct {
 	// Kind is the fault class and Node the node it targeted (Partition
 	// and RedisLatency only); Start and End are on the run's clock;
-	// Skipped says why the backend could not inject it, if it could not.
+	// Skipped says why the backend could not inject it, if it could not;
+	// Detail says what it did, for the faults that decide as they run
+	// (Failover: which master, and when it was replaced; Reshard: which
+	// slots moved where).
 	Kind    FaultKind     `json:"kind"`
 	Node    int           `json:"node"`
 	Start   time.Duration `json:"start_ns"`
 	End     time.Duration `json:"end_ns"`
 	Skipped string        `json:"skipped_by_backend,omitempty"`
+	Detail  string        `json:"detail,omitempty"`
 }
 
 // Result is a judged run.
@@ -166,6 +170,11 @@ type Result struct {
 	// Procs describes a run of node processes (Config.Procs), nil
 	// otherwise.
 	Procs *ProcStats `json:"procs,omitempty"`
+	// Shards count the reads and writes of a run on a Redis Cluster per
+	// shard, and Moves are the slots the Reshard fault moved; nil on one
+	// server.
+	Shards []Shard    `json:"shards,omitempty"`
+	Moves  []SlotMove `json:"slot_moves,omitempty"`
 	// Short, if set, says what a run held open by MinWrites or Drives
 	// lacked when its Deadline (or cancellation) ended it: such a run
 	// proves nothing either way.
@@ -260,14 +269,16 @@ func check(h *history, cfg Config) *Result {
 
 	phases := map[string]*Phase{}
 	var order []string
-	phaseOf := func(t int64) *Phase {
-		name := Steady
+	phaseName := func(t int64) string {
 		for _, w := range h.windows {
 			if w.Skipped == "" && t >= w.Start && (t < w.End || w.End == 0) {
-				name = string(w.Kind)
-				break
+				return string(w.Kind)
 			}
 		}
+		return Steady
+	}
+	phaseOf := func(t int64) *Phase {
+		name := phaseName(t)
 		p := phases[name]
 		if p == nil {
 			p = &Phase{Name: name, ByClass: map[string]int64{}}
@@ -276,6 +287,7 @@ func check(h *history, cfg Config) *Result {
 		}
 		return p
 	}
+	shards := newShardCounts(h.cluster)
 	tiers := map[tier.Source]*TierStats{}
 	for _, s := range []tier.Source{tier.SourceL1, tier.SourceL2, tier.SourceFetch, tier.SourceUncached} {
 		tiers[s] = &TierStats{Tier: s.String()}
@@ -284,6 +296,7 @@ func check(h *history, cfg Config) *Result {
 	bound := int64(cfg.Bound())
 	for _, rd := range h.reads {
 		p := phaseOf(rd.Start)
+		sp := shards.at(int(rd.Key), rd.Start, p.Name)
 		v := verdict{err: rd.Err}
 		switch {
 		case rd.Err:
@@ -325,6 +338,9 @@ func check(h *history, cfg Config) *Result {
 			}
 		}
 		p.count(v, rd)
+		if sp != nil {
+			sp.Reads.count(v, rd)
+		}
 		if v.class != "" {
 			res.violate(p, v.class, rd, v.required, v.first)
 		}
@@ -339,6 +355,11 @@ func check(h *history, cfg Config) *Result {
 		} else if ts := tiers[rd.Source]; ts != nil {
 			ts.Reads++
 			ts.lat = append(ts.lat, rd.End-rd.Start)
+		}
+	}
+	if shards != nil {
+		for _, w := range h.writes {
+			shards.at(int(w.Key), w.Start, phaseName(w.Start)).countWrite(w)
 		}
 	}
 
@@ -364,8 +385,12 @@ func check(h *history, cfg Config) *Result {
 		res.Phases = append(res.Phases, *p)
 	}
 	res.Total.summarize()
+	res.Shards = shards.result(order, cfg.Keys)
+	if h.cluster != nil {
+		res.Moves = h.cluster.moves
+	}
 	for _, w := range h.windows {
-		res.Faults = append(res.Faults, FaultWindow{Kind: w.Kind, Node: w.Node, Start: time.Duration(w.Start), End: time.Duration(w.End), Skipped: w.Skipped})
+		res.Faults = append(res.Faults, FaultWindow{Kind: w.Kind, Node: w.Node, Start: time.Duration(w.Start), End: time.Duration(w.End), Skipped: w.Skipped, Detail: w.Detail})
 	}
 	res.SourceReads = int64(len(h.fetches))
 	if res.Writes > 0 {

@@ -287,7 +287,7 @@ func configure(fl flags, given map[string]bool, stderr io.Writer) (cfg sim.Confi
 		cfg.PauseFor = *fl.pauseFor
 	}
 	if set["faults"] {
-		kinds, err := sim.ParseFaults(*fl.faults, cfg.Procs)
+		kinds, err := sim.ParseFaults(*fl.faults, cfg.Procs, false)
 		if err != nil {
 			return cfg, nil, err
 		}
