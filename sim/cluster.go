@@ -369,7 +369,7 @@ func (c *clusterRun) reshard(ctx context.Context, end <-chan struct{}) (string, 
 	} else {
 		order = c.rng(Reshard).Perm(c.r.cfg.Keys)
 	}
-	var did []string
+	var did []SlotMove
 	for cycle := 0; ; cycle++ {
 		key := order[cycle%len(order)]
 		for _, k := range []int{key, -1} {
@@ -379,16 +379,36 @@ func (c *clusterRun) reshard(ctx context.Context, end <-chan struct{}) (string, 
 			}
 			m, err := c.migrate(ctx, slot, k)
 			if err != nil {
-				return strings.Join(did, "; "), err
+				return movesText(did), err
 			}
-			did = append(did, m.String())
+			did = append(did, m)
 		}
 		select {
 		case <-end:
-			return strings.Join(did, "; "), nil
+			return movesText(did), nil
 		default:
 		}
 	}
+}
+
+// movesText describes moves for the table: each, or past four the first
+// two and a summary of the rest (Result.Moves lists them all).
+func movesText(moves []SlotMove) string {
+	var parts []string
+	for i, m := range moves {
+		if i == 2 && len(moves) > 4 {
+			break
+		}
+		parts = append(parts, m.String())
+	}
+	if rest := moves[len(parts):]; len(rest) > 0 {
+		lo, hi := rest[0].End-rest[0].Start, time.Duration(0)
+		for _, m := range rest {
+			lo, hi = min(lo, m.End-m.Start), max(hi, m.End-m.Start)
+		}
+		parts = append(parts, fmt.Sprintf("%d more moves like them, %s to %s each", len(rest), dur(lo), dur(hi)))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // migrate moves slot (of key, or the bus's if key is -1) from the master
