@@ -139,6 +139,9 @@ func (p privateCluster) Name() string {
 func (p privateCluster) Addr() string    { return p.c.Addrs()[0] }
 func (p privateCluster) Seeds() []string { return p.c.Addrs() }
 func (p privateCluster) Owned() bool     { return true }
+
+// Restart restarts every member without persistence: the cluster comes
+// back with its roles and slots, and no key.
 func (p privateCluster) Restart() error {
 	ctx, cancel := context.WithTimeout(context.Background(), procWait)
 	defer cancel()
