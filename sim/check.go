@@ -106,12 +106,16 @@ type Example struct {
 type FaultWindow struct {
 	// Kind is the fault class and Node the node it targeted (Partition
 	// and RedisLatency only); Start and End are on the run's clock;
-	// Skipped says why the backend could not inject it, if it could not.
+	// Skipped says why the backend could not inject it, if it could not;
+	// Detail says what it did, for the faults that decide as they run
+	// (Failover: which master, and when it was replaced; Reshard: which
+	// slots moved where).
 	Kind    FaultKind     `json:"kind"`
 	Node    int           `json:"node"`
 	Start   time.Duration `json:"start_ns"`
 	End     time.Duration `json:"end_ns"`
 	Skipped string        `json:"skipped_by_backend,omitempty"`
+	Detail  string        `json:"detail,omitempty"`
 }
 
 // Result is a judged run.
@@ -166,6 +170,11 @@ type Result struct {
 	// Procs describes a run of node processes (Config.Procs), nil
 	// otherwise.
 	Procs *ProcStats `json:"procs,omitempty"`
+	// Shards count the reads and writes of a run on a Redis Cluster per
+	// shard, and Moves are the slots the Reshard fault moved; nil on one
+	// server.
+	Shards []Shard    `json:"shards,omitempty"`
+	Moves  []SlotMove `json:"slot_moves,omitempty"`
 	// Short, if set, says what a run held open by MinWrites or Drives
 	// lacked when its Deadline (or cancellation) ended it: such a run
 	// proves nothing either way.
@@ -260,14 +269,16 @@ func check(h *history, cfg Config) *Result {
 
 	phases := map[string]*Phase{}
 	var order []string
-	phaseOf := func(t int64) *Phase {
-		name := Steady
+	phaseName := func(t int64) string {
 		for _, w := range h.windows {
 			if w.Skipped == "" && t >= w.Start && (t < w.End || w.End == 0) {
-				name = string(w.Kind)
-				break
+				return string(w.Kind)
 			}
 		}
+		return Steady
+	}
+	phaseOf := func(t int64) *Phase {
+		name := phaseName(t)
 		p := phases[name]
 		if p == nil {
 			p = &Phase{Name: name, ByClass: map[string]int64{}}
@@ -276,6 +287,7 @@ func check(h *history, cfg Config) *Result {
 		}
 		return p
 	}
+	shards := newShardCounts(h.cluster)
 	tiers := map[tier.Source]*TierStats{}
 	for _, s := range []tier.Source{tier.SourceL1, tier.SourceL2, tier.SourceFetch, tier.SourceUncached} {
 		tiers[s] = &TierStats{Tier: s.String()}
@@ -284,9 +296,55 @@ func check(h *history, cfg Config) *Result {
 	bound := int64(cfg.Bound())
 	for _, rd := range h.reads {
 		p := phaseOf(rd.Start)
-		p.Reads++
+		sp := shards.at(int(rd.Key), rd.Start, p.Name)
+		v := verdict{err: rd.Err}
+		switch {
+		case rd.Err:
+		case rd.WrongKey:
+			v.class, v.first = ViolationKey, write{End: rd.Start}
+		default:
+			k := int(rd.Key)
+			req := fx[k].required(rd.Start)
+			mine := ox[[3]int{k, int(rd.Node), int(rd.Inc)}].required(rd.Start)
+			sk := [2]int32{rd.Worker, rd.Key}
+			last := seen[sk]
+			seen[sk] = max(last, rd.Version)
+			v.permitted = rd.Permitted
+			if rd.Version >= max(req, mine) {
+				break // fresh
+			}
+			v.inversion = last > rd.Version && int(last) <= len(okEnd[k]) && okEnd[k][last-1] >= 0 && okEnd[k][last-1] < rd.Start
+			if rd.Version < mine {
+				v.class, v.required, v.first = ViolationRYW, mine, ox[[3]int{k, int(rd.Node), int(rd.Inc)}].since(rd.Version)
+				break
+			}
+			v.required, v.first = req, fx[k].since(rd.Version)
+			own := rd.Source == tier.SourceL1 || rd.Shared || rd.Many // the node's own state
+			switch {
+			case own && rd.Start-v.first.End <= bound:
+				v.behind = true // within the bound: permitted, or in bound
+			case rd.Many:
+				v.class = ViolationMany
+			case rd.Source == tier.SourceL1:
+				v.class = ViolationL1
+			case rd.Shared:
+				v.class = ViolationShared
+			case rd.Source == tier.SourceL2:
+				v.class = ViolationL2
+			case rd.Source == tier.SourceFetch:
+				v.class = ViolationFetch
+			default:
+				v.class = ViolationUncache
+			}
+		}
+		p.count(v, rd)
+		if sp != nil {
+			sp.Reads.count(v, rd)
+		}
+		if v.class != "" {
+			res.violate(p, v.class, rd, v.required, v.first)
+		}
 		if rd.Err {
-			p.Errors++
 			continue
 		}
 		if rd.NotFound {
@@ -298,54 +356,10 @@ func check(h *history, cfg Config) *Result {
 			ts.Reads++
 			ts.lat = append(ts.lat, rd.End-rd.Start)
 		}
-		k := int(rd.Key)
-		if rd.WrongKey {
-			res.violate(p, ViolationKey, rd, 0, write{End: rd.Start})
-			continue
-		}
-		req := fx[k].required(rd.Start)
-		mine := ox[[3]int{k, int(rd.Node), int(rd.Inc)}].required(rd.Start)
-		sk := [2]int32{rd.Worker, rd.Key}
-		last := seen[sk]
-		seen[sk] = max(last, rd.Version)
-		behind := rd.Version < max(req, mine)
-		if !behind {
-			if rd.Permitted {
-				p.PermittedStale++
-			} else {
-				p.Fresh++
-			}
-			continue
-		}
-		if last > rd.Version && int(last) <= len(okEnd[k]) && okEnd[k][last-1] >= 0 && okEnd[k][last-1] < rd.Start {
-			p.Inversions++
-		}
-		if rd.Version < mine {
-			p.RYW++
-			res.violate(p, ViolationRYW, rd, mine, ox[[3]int{k, int(rd.Node), int(rd.Inc)}].since(rd.Version))
-			continue
-		}
-		first := fx[k].since(rd.Version)
-		age := rd.Start - first.End
-		switch {
-		case (rd.Source == tier.SourceL1 || rd.Shared || rd.Many) && age <= bound && rd.Permitted:
-			p.PermittedStale++
-			p.PermittedBehind++
-		case (rd.Source == tier.SourceL1 || rd.Shared || rd.Many) && age <= bound:
-			p.StaleInBound++
-			p.ages = append(p.ages, age)
-		case rd.Many:
-			res.violate(p, ViolationMany, rd, req, first)
-		case rd.Source == tier.SourceL1:
-			res.violate(p, ViolationL1, rd, req, first)
-		case rd.Shared:
-			res.violate(p, ViolationShared, rd, req, first)
-		case rd.Source == tier.SourceL2:
-			res.violate(p, ViolationL2, rd, req, first)
-		case rd.Source == tier.SourceFetch:
-			res.violate(p, ViolationFetch, rd, req, first)
-		default:
-			res.violate(p, ViolationUncache, rd, req, first)
+	}
+	if shards != nil {
+		for _, w := range h.writes {
+			shards.at(int(w.Key), w.Start, phaseName(w.Start)).countWrite(w)
 		}
 	}
 
@@ -371,8 +385,12 @@ func check(h *history, cfg Config) *Result {
 		res.Phases = append(res.Phases, *p)
 	}
 	res.Total.summarize()
+	res.Shards = shards.result(order, cfg.Keys)
+	if h.cluster != nil {
+		res.Moves = h.cluster.moves
+	}
 	for _, w := range h.windows {
-		res.Faults = append(res.Faults, FaultWindow{Kind: w.Kind, Node: w.Node, Start: time.Duration(w.Start), End: time.Duration(w.End), Skipped: w.Skipped})
+		res.Faults = append(res.Faults, FaultWindow{Kind: w.Kind, Node: w.Node, Start: time.Duration(w.Start), End: time.Duration(w.End), Skipped: w.Skipped, Detail: w.Detail})
 	}
 	res.SourceReads = int64(len(h.fetches))
 	if res.Writes > 0 {
@@ -381,19 +399,60 @@ func check(h *history, cfg Config) *Result {
 	return res
 }
 
-// violate counts a violation and keeps the first examples.
+// verdict is the checker's judgement of one read.
+type verdict struct {
+	err       bool   // the read failed: not judged
+	permitted bool   // tier marked it permitted-stale
+	behind    bool   // older than required, within the bound, from the node's own state
+	inversion bool   // older than a version its worker had seen, after that version's write returned
+	class     string // the violation class, or "" for none
+	required  int64  // the version required, for a violation
+	first     write  // the first newer write that had returned when the read began, if older than required
+}
+
+// count counts a read's verdict in p.
+func (p *Phase) count(v verdict, rd read) {
+	p.Reads++
+	switch {
+	case v.err:
+		p.Errors++
+		return
+	case v.inversion:
+		p.Inversions++
+	}
+	age := rd.Start - v.first.End
+	switch {
+	case v.class != "":
+		p.Violations++
+		p.ByClass[v.class]++
+		if v.class == ViolationRYW {
+			p.RYW++
+		}
+		p.ages = append(p.ages, age)
+	case v.behind && v.permitted:
+		p.PermittedStale++
+		p.PermittedBehind++
+	case v.behind:
+		p.StaleInBound++
+		p.ages = append(p.ages, age)
+	case v.permitted:
+		p.PermittedStale++
+	default:
+		p.Fresh++
+	}
+}
+
+// violate counts a driven violation and keeps the first examples; p has
+// counted it.
 func (res *Result) violate(p *Phase, class string, rd read, required int64, first write) {
 	age := rd.Start - first.End
 	src := rd.Source.String()
 	if rd.Many {
 		src = "get-many"
 	}
-	p.Violations++
-	p.ByClass[class]++
 	if rd.Worker >= res.Config.driverWorker(0) {
 		res.DrivenViolations++
 	}
-	p.ages = append(p.ages, age)
 	if len(res.Examples) < 20 {
 		res.Examples = append(res.Examples, Example{
 			Class: class, Phase: p.Name, Key: int(rd.Key), Node: int(rd.Node), Source: src,

@@ -125,6 +125,16 @@ type Config struct {
 	RedisTimeout time.Duration
 	// BreakerPause is tier.NodeConfig.BreakerPause. Default 200ms.
 	BreakerPause time.Duration
+	// WaitReplicas and WaitTimeout are tier.NodeConfig.WaitReplicas and
+	// WaitTimeout: every write that changes Redis waits until that many
+	// replicas acknowledged it, or returns ErrPending. A run with the
+	// Failover fault needs 1 (the private cluster has one replica per
+	// master): without it, a failover can undo an acknowledged
+	// invalidation, and the checker reports the old value the promoted
+	// replica serves as a violation. Defaults 0 (no waiting) and tier's
+	// (RedisTimeout).
+	WaitReplicas int
+	WaitTimeout  time.Duration
 	// L1TTL and TTL are the Cache's lifetimes in L1 and Redis. Defaults 1m
 	// and 10m.
 	L1TTL, TTL time.Duration
@@ -227,6 +237,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("sim: Zipf %v must be 0 (uniform) or above 1", c.Zipf)
 	case c.Many < 0 || c.Many > 100 || c.ManyKeys < 1:
 		return c, fmt.Errorf("sim: Many %d must be a percentage and ManyKeys %d positive", c.Many, c.ManyKeys)
+	case c.WaitReplicas < 0 || c.WaitTimeout < 0:
+		return c, errors.New("sim: WaitReplicas and WaitTimeout may not be negative")
 	case c.Ops < 0 || c.Duration < 0 || c.MinWrites < 0 || c.Drives < 0 || c.Deadline < 0:
 		return c, errors.New("sim: Ops, Duration, MinWrites, Drives and Deadline may not be negative")
 	case c.Drives > 0 && drivers[c.Break] == nil && c.Break != CoarseLease:
@@ -250,6 +262,9 @@ func (c Config) withDefaults() (Config, error) {
 		for _, g := range c.Faults[:i] {
 			if slices.Contains(ProcFaults, f.Kind) && slices.Contains(ProcFaults, g.Kind) && f.Start < g.End && g.Start < f.End {
 				return c, fmt.Errorf("sim: the windows of %s and %s overlap: a node process is paused or killed at a time", g.Kind, f.Kind)
+			}
+			if slices.Contains(ClusterFaults, f.Kind) && slices.Contains(ClusterFaults, g.Kind) && f.Start < g.End && g.Start < f.End {
+				return c, fmt.Errorf("sim: the windows of %s and %s overlap: a cluster is failed over or resharded one change at a time", g.Kind, f.Kind)
 			}
 		}
 	}

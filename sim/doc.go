@@ -99,6 +99,30 @@
 // read its node began the moment it resumed was answered from L1 with a
 // value other nodes overwrote meanwhile, Config.Drives times.
 //
+// # Redis Cluster
+//
+// On a ClusterBackend (LaunchCluster, a private cluster of three masters
+// with one replica each; ExternalCluster) every node has a
+// redis.ClusterClient of its own, which reloads its slot map every second
+// (at go-redis's default, a minute, a node would send a failed-over
+// shard's commands to the dead master that long). A node that a Partition
+// or Latency fault targets has a fault proxy in front of every member, so
+// that it is cut off from, or slowed to, the whole cluster; sub-cut kills
+// the subscriptions on every member, flush empties every master, restart
+// restarts every member without persistence. Two faults are the cluster's
+// own: Failover kills a master and waits for its replica's promotion
+// before it brings it back as a replica, and Reshard moves slots, of hot
+// keys and of the bus, between masters while the nodes use them (see
+// FaultKind). A failover undoes acknowledged writes that its replica had
+// not yet received unless writes wait for a replica (Config.WaitReplicas).
+//
+// The run takes the shards as it finds them when it begins (the slots of
+// each master, ordered by the lowest), and the checker counts every read
+// and write for the shard that served its key's Redis name when it began
+// (Result.Shards), per phase: a failed-over shard keeps its index under
+// its new master, and a slot that a reshard moved counts for its new shard
+// from the end of the move.
+//
 // Run is safe to call from several goroutines with different backends;
 // each run owns its nodes, clients, proxies and node processes and closes
 // (or kills) them before it returns, on every way out.

@@ -42,6 +42,23 @@ const (
 	// its claims expire, and the new process starts with an empty L1.
 	// Config.Procs only.
 	NodeKill FaultKind = "node-kill"
+	// Failover SIGKILLs the master of one shard of a Redis Cluster (one
+	// that holds keys of the run, picked by the seed) at the start of the
+	// window, waits until its replica has taken its slots over, and starts
+	// it again, empty, to rejoin as the new master's replica: writes to
+	// its slots fail until the promotion (and, with WaitReplicas, until
+	// the promoted master has a replica again), its connections and, if it
+	// served the bus's slot, every subscription break. A cluster the
+	// simulation owns only (ClusterBackend).
+	Failover FaultKind = "failover"
+	// Reshard moves slots to the next master with their keys (CLUSTER
+	// SETSLOT, MIGRATE), in cycles for the window, while the nodes read and
+	// write them: each cycle the slot of a hot key of the run (the most
+	// popular first under Zipf, else by the seed), then the bus's slot,
+	// whose move ends every subscription. Commands meet ASK, TRYAGAIN and
+	// MOVED meanwhile. A cluster the simulation owns only
+	// (ClusterBackend).
+	Reshard FaultKind = "reshard"
 )
 
 // Steady is the phase of reads that begin outside every fault window.
@@ -52,6 +69,7 @@ var faultKinds = map[FaultKind]bool{
 	SubCut: false, Partition: true, Restart: false, Flush: false,
 	SlowFetch: false, FetchError: false, RedisLatency: true,
 	Pause: true, NodeKill: true,
+	Failover: false, Reshard: false,
 }
 
 // proxiedKinds are the faults that need their node behind a fault proxy.
@@ -65,24 +83,34 @@ var AllFaults = []FaultKind{SubCut, Partition, Restart, Flush, SlowFetch, FetchE
 // process (Config.Procs); a full schedule of such a run ends with them.
 var ProcFaults = []FaultKind{Pause, NodeKill}
 
+// ClusterFaults lists the fault classes that need a Redis Cluster the
+// simulation owns (a ClusterBackend); a full schedule of a run on one
+// lists them after AllFaults. Their windows may not overlap: the cluster
+// is failed over or resharded one change at a time.
+var ClusterFaults = []FaultKind{Failover, Reshard}
+
 // ParseFaults reads a comma-separated list of fault classes; "all" is
-// every class of AllFaults (and, if procs, of ProcFaults too), and "" or
-// "none" is none.
-func ParseFaults(s string, procs bool) ([]FaultKind, error) {
+// every class of AllFaults, and of ClusterFaults if cluster, and of
+// ProcFaults if procs, in that order; "" or "none" is none.
+func ParseFaults(s string, procs, cluster bool) ([]FaultKind, error) {
 	switch s {
 	case "", "none":
 		return nil, nil
 	case "all":
-		if procs {
-			return slices.Concat(AllFaults, ProcFaults), nil
+		out := slices.Clone(AllFaults)
+		if cluster {
+			out = append(out, ClusterFaults...)
 		}
-		return slices.Clone(AllFaults), nil
+		if procs {
+			out = append(out, ProcFaults...)
+		}
+		return out, nil
 	}
 	var out []FaultKind
 	for _, f := range strings.Split(s, ",") {
 		k := FaultKind(strings.TrimSpace(f))
 		if _, ok := faultKinds[k]; !ok {
-			return nil, fmt.Errorf("sim: unknown fault %q (want %s or all)", k, joinKinds(slices.Concat(AllFaults, ProcFaults)))
+			return nil, fmt.Errorf("sim: unknown fault %q (want %s or all)", k, joinKinds(slices.Concat(AllFaults, ClusterFaults, ProcFaults)))
 		}
 		out = append(out, k)
 	}

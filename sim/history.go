@@ -65,6 +65,7 @@ type window struct {
 	Node       int
 	Start, End int64
 	Skipped    string // why the backend could not inject it, if it could not
+	Detail     string // what it did, if that was decided as it ran
 }
 
 // history is everything a run recorded.
@@ -75,7 +76,8 @@ type history struct {
 	fetches []int64
 	end     int64
 	stats   FleetStats
-	procs   *ProcStats // with Config.Procs
+	procs   *ProcStats  // with Config.Procs
+	cluster *clusterRun // on a ClusterBackend
 }
 
 // isPermittedStale reports whether a Get's answer is a stale value that

@@ -39,7 +39,7 @@ type nodeSpec struct {
 	Config Config
 	Node   int
 	Inc    uint16
-	Addr   string // Redis, through the node's fault proxy if it has one
+	Redis  target // through the node's fault proxies if it has them
 	Prefix string
 	Name   string          // of its Redis connections (CLIENT SETNAME)
 	Skip   map[int32]int64 // operations of each worker done by earlier incarnations
@@ -127,7 +127,7 @@ func serveNode(in io.Reader, out io.Writer) int {
 	}
 	np.cfg = np.spec.Config
 	ctx := context.Background()
-	m, err := openMember(ctx, np.cfg, np.spec.Prefix, np.spec.Addr, np.spec.Name, procPoints(np.cfg.Break), np)
+	m, err := openMember(ctx, np.cfg, np.spec.Prefix, np.spec.Redis, np.spec.Name, procPoints(np.cfg.Break), np)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sim node %d: %v\n", np.spec.Node, err)
 		return 2

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tiercache/tiercache/l1"
 	"github.com/tiercache/tiercache/tier"
 )
@@ -138,7 +140,7 @@ func (r *run) runProcs(ctx context.Context, skips map[FaultKind]string) (h *hist
 	t := time.NewTicker(tick)
 	for !r.stopped.Load() {
 		<-t.C
-		if ctx.Err() != nil || p.failure() != nil || (r.cfg.Ops > 0 && p.idle()) || (r.cfg.Ops == 0 && r.over()) {
+		if ctx.Err() != nil || p.failure() != nil || r.failure() != nil || (r.cfg.Ops > 0 && p.idle()) || (r.cfg.Ops == 0 && r.over()) {
 			r.stopped.Store(true)
 		}
 	}
@@ -149,7 +151,7 @@ func (r *run) runProcs(ctx context.Context, skips map[FaultKind]string) (h *hist
 	if err := p.failure(); err != nil {
 		return nil, err
 	}
-	h = &history{windows: ctl.windows, fetches: r.src.fetchTimes(), end: end}
+	h = &history{windows: ctl.windows, fetches: r.src.fetchTimes(), end: end, cluster: r.cluster}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, c := range p.all {
@@ -197,7 +199,7 @@ func (p *procs) start(i int, inc uint16, skip map[int32]int64) (*child, error) {
 	p.mu.Unlock()
 	p.wg.Add(1)
 	go c.readLoop(stdout)
-	spec := nodeSpec{Config: r.cfg, Node: i, Inc: inc, Addr: r.addr(i), Prefix: r.prefix, Name: c.name, Skip: skip}
+	spec := nodeSpec{Config: r.cfg, Node: i, Inc: inc, Redis: r.target(i), Prefix: r.prefix, Name: c.name, Skip: skip}
 	spec.Config.Progress = nil
 	_ = c.in.sendJSON(fSpec, spec)
 	t := time.NewTimer(procWait)
@@ -467,8 +469,16 @@ func (c *child) awaitRedisLetGo(r *run) {
 	ctx, cancel := context.WithTimeout(context.Background(), procWait)
 	defer cancel()
 	for ctx.Err() == nil {
-		list, err := r.admin.ClientList(ctx).Result()
-		if err != nil || !strings.Contains(list, " name="+c.name+" ") {
+		var mu sync.Mutex
+		held := false
+		err := onEveryServer(ctx, r.admin, func(ctx context.Context, s *redis.Client) error {
+			list, err := s.ClientList(ctx).Result()
+			mu.Lock()
+			held = held || strings.Contains(list, " name="+c.name+" ")
+			mu.Unlock()
+			return err
+		})
+		if err != nil || !held {
 			return
 		}
 		t := time.NewTimer(time.Millisecond)

@@ -36,13 +36,47 @@ type Progress struct {
 }
 
 // member is one node of the fleet, with its own Redis client and, if a
-// fault targets it, its own fault proxy. In a run of node processes the
+// fault targets it, its own fault proxies. In a run of node processes the
 // parent holds only the proxies; each node process holds its node.
 type member struct {
-	node  *tier.Node
-	cache *tier.Cache[int, Value]
-	rdb   *redis.Client
-	proxy *faultproxy.Proxy
+	node    *tier.Node
+	cache   *tier.Cache[int, Value]
+	rdb     redis.UniversalClient
+	proxies proxies
+}
+
+// proxies are one node's fault proxies, by the address of the server each
+// stands in front of: the one server, or every member of a cluster.
+type proxies map[string]*faultproxy.Proxy
+
+func (ps proxies) blackhole() {
+	for _, p := range ps {
+		p.Blackhole()
+	}
+}
+
+func (ps proxies) delay(d time.Duration) {
+	for _, p := range ps {
+		p.Delay(d)
+	}
+}
+
+func (ps proxies) pass() {
+	for _, p := range ps {
+		p.Pass()
+	}
+}
+
+// via maps each server's address to its proxy's, for target.Via.
+func (ps proxies) via() map[string]string {
+	if len(ps) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(ps))
+	for addr, p := range ps {
+		m[addr] = p.Addr()
+	}
+	return m
 }
 
 // run is one simulation in progress; with Config.Procs, its parent side.
@@ -54,7 +88,8 @@ type run struct {
 	fleet   []member
 	nodes   []*fleetNode // in one process only
 	procs   *procs       // with Config.Procs only
-	admin   *redis.Client
+	cluster *clusterRun  // on a ClusterBackend only
+	admin   redis.UniversalClient
 	prefix  string
 	locks   []sync.Mutex // one per key: writes of a key are serialized
 	applied []*seqWatch  // per node, for the publish-before-delete control
@@ -64,6 +99,9 @@ type run struct {
 	stopped atomic.Bool
 
 	faultsLeft atomic.Int64 // fault windows not yet opened, or not yet closed (controller.loop)
+
+	failMu sync.Mutex
+	failed error // a fault that could not be carried out to its end
 
 	// The negative control's driver (drive.go), or the pause fault's
 	// (procs.go): Result.Driven.
@@ -77,10 +115,11 @@ type run struct {
 }
 
 // Run drives one simulation against backend and judges every read. It
-// returns an error only if the fleet could not be set up, or (with
-// Config.Procs) a node process died without being killed by a fault;
-// violations are in the Result. It starts and stops its own nodes,
-// clients, proxies and processes.
+// returns an error only if the fleet could not be set up, a fault could
+// not be carried out to its end (a cluster that did not fail over or
+// settle), or (with Config.Procs) a node process died without being
+// killed by a fault; violations are in the Result. It starts and stops its
+// own nodes, clients, proxies and processes.
 func Run(ctx context.Context, cfg Config, backend Backend) (*Result, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -92,7 +131,6 @@ func Run(ctx context.Context, cfg Config, backend Backend) (*Result, error) {
 		cfg:     cfg,
 		backend: backend,
 		clock:   newClock(),
-		admin:   newClient(backend.Addr(), cfg),
 		prefix:  "tcsim" + hex.EncodeToString(tag[:]),
 		locks:   make([]sync.Mutex, cfg.keySpace()),
 		applied: make([]*seqWatch, cfg.Nodes),
@@ -101,7 +139,13 @@ func Run(ctx context.Context, cfg Config, backend Backend) (*Result, error) {
 	for i := range r.applied {
 		r.applied[i] = newSeqWatch()
 	}
+	r.admin = r.target(-1).client(cfg, "")
 	defer r.admin.Close()
+	if cb, ok := backend.(ClusterBackend); ok {
+		if r.cluster, err = newClusterRun(ctx, r, cb, r.admin.(*redis.ClusterClient)); err != nil {
+			return nil, err
+		}
+	}
 	r.src = newSource(cfg, r.clock)
 	skips := r.probe(ctx)
 	if err := r.startProxies(); err != nil {
@@ -113,6 +157,9 @@ func Run(ctx context.Context, cfg Config, backend Backend) (*Result, error) {
 		h, err = r.runProcs(ctx, skips)
 	} else {
 		h, err = r.runHere(ctx, skips)
+	}
+	if err == nil {
+		err = r.failure()
 	}
 	if err != nil {
 		return nil, err
@@ -161,7 +208,7 @@ func (r *run) runHere(ctx context.Context, skips map[FaultKind]string) (*history
 	r.stopped.Store(true)
 	r.driveWG.Wait()
 	<-ctlDone
-	h := &history{windows: ctl.windows, fetches: r.src.fetchTimes(), end: r.clock.now()}
+	h := &history{windows: ctl.windows, fetches: r.src.fetchTimes(), end: r.clock.now(), cluster: r.cluster}
 	for _, m := range r.fleet {
 		h.stats.add(m.node.Stats())
 	}
@@ -194,8 +241,24 @@ func (s *sliceRecorder) op(int32) { s.r.done.Add(1) }
 // Deadline has passed.
 func (r *run) over() bool {
 	t := r.clock.now()
-	return t >= int64(r.cfg.Deadline) ||
+	return t >= int64(r.cfg.Deadline) || r.failure() != nil ||
 		t >= int64(r.cfg.Duration) && r.writes.Load() >= r.cfg.MinWrites && r.driven.Load() >= int64(r.cfg.Drives) && r.faultsLeft.Load() == 0
+}
+
+// fail records a fault that could not be carried out to its end: the run
+// stops, and Run returns the first such error.
+func (r *run) fail(err error) {
+	r.failMu.Lock()
+	defer r.failMu.Unlock()
+	if r.failed == nil {
+		r.failed = err
+	}
+}
+
+func (r *run) failure() error {
+	r.failMu.Lock()
+	defer r.failMu.Unlock()
+	return r.failed
 }
 
 // short says what a timed run lacked when it ended, or "".
@@ -266,58 +329,53 @@ func (f *FleetStats) sum(g FleetStats) {
 	f.FailSafe += g.FailSafe
 }
 
-// newClient is a node's or the admin's go-redis client: bounded timeouts,
-// context deadlines honoured (tier.NodeConfig.RedisTimeout relies on it).
-// name, if set, names its connections (CLIENT SETNAME).
-func newClient(addr string, cfg Config, name ...string) *redis.Client {
-	o := &redis.Options{
-		Addr:                  addr,
-		DialTimeout:           time.Second,
-		ReadTimeout:           time.Second,
-		WriteTimeout:          time.Second,
-		ContextTimeoutEnabled: true,
-		PoolSize:              cfg.Goroutines + 4,
-	}
-	if len(name) > 0 {
-		o.ClientName = name[0]
-	}
-	return redis.NewClient(o)
-}
-
 // startProxies gives every node that a Partition or RedisLatency fault
-// targets a fault proxy of its own, through which it reaches Redis.
+// targets fault proxies of its own, through which it reaches Redis: one in
+// front of the server, or of each member of a cluster.
 func (r *run) startProxies() error {
 	r.fleet = make([]member, r.cfg.Nodes)
+	servers := []string{r.backend.Addr()}
+	if r.cluster != nil {
+		servers = r.cluster.members
+	}
 	for _, f := range r.cfg.Faults {
 		i := f.Node % r.cfg.Nodes
-		if !proxiedKinds[f.Kind] || r.fleet[i].proxy != nil {
+		if !proxiedKinds[f.Kind] || r.fleet[i].proxies != nil {
 			continue
 		}
-		p, err := faultproxy.New(r.backend.Addr())
-		if err != nil {
-			return err
+		r.fleet[i].proxies = proxies{}
+		for _, addr := range servers {
+			p, err := faultproxy.New(addr)
+			if err != nil {
+				return err
+			}
+			r.fleet[i].proxies[addr] = p
 		}
-		r.fleet[i].proxy = p
 	}
 	return nil
 }
 
-// addr is the Redis address node i dials: its proxy's, if it has one.
-func (r *run) addr(i int) string {
-	if p := r.fleet[i].proxy; p != nil {
-		return p.Addr()
+// target is how node i reaches Redis (through its proxies, if it has
+// them), or the admin if i is -1.
+func (r *run) target(i int) target {
+	t := target{Addr: r.backend.Addr()}
+	if cb, ok := r.backend.(ClusterBackend); ok {
+		t.Cluster = cb.Seeds()
 	}
-	return r.backend.Addr()
+	if i >= 0 {
+		t.Via = r.fleet[i].proxies.via()
+	}
+	return t
 }
 
 // startFleet starts every node in this process, each with its own client.
 func (r *run) startFleet(ctx context.Context) error {
 	for i := range r.cfg.Nodes {
-		m, err := openMember(ctx, r.cfg, r.prefix, r.addr(i), "", r.breakPoints(i), r)
+		m, err := openMember(ctx, r.cfg, r.prefix, r.target(i), "", r.breakPoints(i), r)
 		if err != nil {
 			return fmt.Errorf("sim: node %d: %w", i, err)
 		}
-		m.proxy = r.fleet[i].proxy
+		m.proxies = r.fleet[i].proxies
 		r.fleet[i] = m
 		r.nodes = append(r.nodes, &fleetNode{i: i, cfg: r.cfg, m: m, clock: r.clock, world: r, pad: r.src.pad})
 	}
@@ -327,8 +385,8 @@ func (r *run) startFleet(ctx context.Context) error {
 // openMember opens a node: its Redis client (named name, if set), its
 // tier.Node (with the hooks p, if any) and its Cache over the source w.
 // On error, whatever it opened is closed.
-func openMember(ctx context.Context, cfg Config, prefix, addr, name string, p *hooks.Points, w world) (member, error) {
-	m := member{rdb: newClient(addr, cfg, name)}
+func openMember(ctx context.Context, cfg Config, prefix string, to target, name string, p *hooks.Points, w world) (member, error) {
+	m := member{rdb: to.client(cfg, name)}
 	ncfg := tier.NodeConfig{
 		Prefix:       prefix,
 		L1MaxBytes:   16 << 20,
@@ -337,6 +395,8 @@ func openMember(ctx context.Context, cfg Config, prefix, addr, name string, p *h
 		LeaseTTL:     cfg.LeaseTTL,
 		RedisTimeout: cfg.RedisTimeout,
 		BreakerPause: cfg.BreakerPause,
+		WaitReplicas: cfg.WaitReplicas,
+		WaitTimeout:  cfg.WaitTimeout,
 	}
 	var err error
 	if p == nil {
@@ -352,7 +412,7 @@ func openMember(ctx context.Context, cfg Config, prefix, addr, name string, p *h
 		return member{}, err
 	}
 	tc := tier.Config[int, Value]{
-		Namespace:        "sim",
+		Namespace:        namespace,
 		Fetch:            w.fetch,
 		TTL:              cfg.TTL,
 		L1TTL:            cfg.L1TTL,
@@ -375,7 +435,7 @@ func openMember(ctx context.Context, cfg Config, prefix, addr, name string, p *h
 	return m, nil
 }
 
-// close closes the member's node and client (not its proxy).
+// close closes the member's node and client (not its proxies).
 func (m member) close() {
 	if m.node != nil {
 		_ = m.node.Close()
@@ -388,9 +448,9 @@ func (m member) close() {
 func (r *run) stopFleet() {
 	for _, m := range r.fleet {
 		m.close()
-		if m.proxy != nil {
-			m.proxy.Pass() // let held closes through before closing
-			_ = m.proxy.Close()
+		m.proxies.pass() // let held closes through before closing
+		for _, p := range m.proxies {
+			_ = p.Close()
 		}
 	}
 }
@@ -437,13 +497,20 @@ func (r *run) probe(ctx context.Context) map[FaultKind]string {
 		want[f.Kind] = true
 	}
 	if want[SubCut] {
-		if err := r.admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		if err := killSubscriptions(ctx, r.admin); err != nil {
 			skips[SubCut] = "CLIENT KILL TYPE pubsub: " + err.Error()
 		}
 	}
 	if !r.backend.Owned() {
 		skips[Flush] = "will not FLUSHALL a server the simulation does not own"
 		skips[Restart] = "will not restart a server the simulation does not own"
+		skips[Failover] = "will not kill a master of a cluster the simulation does not own"
+		skips[Reshard] = "will not move slots of a cluster the simulation does not own"
+	}
+	if r.cluster == nil {
+		for _, k := range ClusterFaults {
+			skips[k] = "needs a Redis Cluster (-cluster, or -redis with several addresses)"
+		}
 	}
 	for _, k := range ProcFaults {
 		switch {

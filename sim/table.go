@@ -30,6 +30,13 @@ func (r *Result) WriteTable(w io.Writer) error {
 		fmt.Fprintf(&b, "cache    %s\n", f)
 	}
 	fmt.Fprintf(&b, "redis    %s\n", r.Backend)
+	if c.WaitReplicas > 0 {
+		wt := c.WaitTimeout
+		if wt == 0 {
+			wt = c.RedisTimeout
+		}
+		fmt.Fprintf(&b, "writes   wait for %s to acknowledge them, at most %s (WaitReplicas, WaitTimeout)\n", plural(int64(c.WaitReplicas), "replica"), wt)
+	}
 	if r.Break != BreakNone {
 		fmt.Fprintf(&b, "BROKEN   negative control %q: the protocol is broken on purpose\n", r.Break)
 	}
@@ -77,6 +84,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 			dur(p.AgeP50), dur(p.AgeP99), dur(p.AgeMax))
 	}
 	_ = tw.Flush()
+	r.writeShards(&b)
 
 	if len(r.Faults) > 0 {
 		b.WriteString("\nfaults")
@@ -93,7 +101,11 @@ func (r *Result) WriteTable(w io.Writer) error {
 				fmt.Fprintf(&b, "%s%-20s SKIPPED BY BACKEND: %s\n", sep, what, f.Skipped)
 				continue
 			}
-			fmt.Fprintf(&b, "%s%-20s %s .. %s\n", sep, what, f.Start.Round(time.Millisecond), f.End.Round(time.Millisecond))
+			fmt.Fprintf(&b, "%s%-20s %s .. %s", sep, what, f.Start.Round(time.Millisecond), f.End.Round(time.Millisecond))
+			if f.Detail != "" {
+				fmt.Fprintf(&b, "  %s", f.Detail)
+			}
+			b.WriteString("\n")
 		}
 	}
 	fmt.Fprintf(&b, "\nbound    stale L1 reads on other nodes are allowed up to %s after the write returned (LeaseTTL %s + slack %s)\n",
@@ -113,6 +125,37 @@ func (r *Result) WriteTable(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeShards writes the shards of a run on a Redis Cluster: what each
+// served, and its reads and writes per phase.
+func (r *Result) writeShards(b *strings.Builder) {
+	if len(r.Shards) == 0 {
+		return
+	}
+	b.WriteString("\n")
+	for i, sh := range r.Shards {
+		label := "shards"
+		if i > 0 {
+			label = ""
+		}
+		fmt.Fprintf(b, "%-8s %d  slots %s (%s), master %s", label, sh.Index, sh.Slots, plural(int64(sh.Keys), "key"), strings.Join(sh.Masters, " → "))
+		if sh.Bus {
+			b.WriteString(", the bus")
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "shard\tphase\treads\terrors\tfresh\tstale<=bound\tpermitted\tVIOLATIONS\tage max\twrites\tpending\tfailed\t")
+	for _, sh := range r.Shards {
+		for _, sp := range append(slices.Clone(sh.Phases), sh.Total) {
+			p := sp.Reads
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", sh.Index, p.Name, count(p.Reads), count(p.Errors), count(p.Fresh),
+				count(p.StaleInBound), count(p.PermittedStale), count(p.Violations), dur(p.AgeMax), count(sp.Writes), count(sp.Pending), count(sp.Failed))
+		}
+	}
+	_ = tw.Flush()
 }
 
 // freshness describes the Cache's freshness settings and the workload's

@@ -70,8 +70,15 @@ type ClusterOptions struct {
 // second for it before asking the next. The methods report failures on the testing.TB given to
 // [StartCluster], or on the one they take; all are safe for concurrent use.
 type Cluster struct {
-	t       testing.TB
-	members []*member // in start order; fixed once StartCluster returns
+	t testing.TB
+	*cluster
+}
+
+// cluster is what [Cluster] and [LaunchedCluster] share: the members, and
+// every look at and change of the cluster, each returning its failure
+// instead of failing a test.
+type cluster struct {
+	members []*member // in start order; fixed once the cluster is up
 	byID    map[string]*member
 	byAddr  map[string]*member
 
@@ -115,16 +122,39 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redistest: redis-server not found on PATH (%v); these tests need a private Redis, install it with: %s", err, installHint)
 	}
+	c := newCluster()
+	t.Cleanup(c.closeAdmins)
+	err := c.join(context.Background(), opts, func(k kind) (*Server, error) {
+		return start(t, k), nil // t.Cleanup kills it
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Cluster{t: t, cluster: c}
+}
+
+func newCluster() *cluster {
+	return &cluster{
+		byID:   make(map[string]*member),
+		byAddr: make(map[string]*member),
+		downed: make(map[*member]downRecord),
+	}
+}
+
+// join starts the members opts asks for with launch, joins them with
+// redis-cli --cluster create, and waits until the cluster has settled.
+// The members it started are in c.members, also when it fails.
+func (c *cluster) join(ctx context.Context, opts ClusterOptions, launch func(kind) (*Server, error)) error {
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
-		t.Fatalf("redistest: redis-cli not found on PATH (%v); StartCluster joins the cluster with redis-cli --cluster create, install it with: %s", err, cliInstallHint)
+		return fmt.Errorf("redistest: redis-cli not found on PATH (%v); a cluster is joined with redis-cli --cluster create, install it with: %s", err, cliInstallHint)
 	}
 	masters, replicas := opts.Masters, opts.ReplicasPerMaster
 	switch {
 	case masters == 0:
 		masters = 3
 	case masters < 3:
-		t.Fatalf("redistest: StartCluster with %d masters: Redis Cluster needs at least 3", masters)
+		return fmt.Errorf("redistest: a cluster of %d masters: Redis Cluster needs at least 3", masters)
 	}
 	switch {
 	case replicas == 0:
@@ -137,16 +167,9 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	case timeout == 0:
 		timeout = defaultNodeTimeout
 	case timeout < time.Millisecond:
-		t.Fatalf("redistest: StartCluster with NodeTimeout %v: it must be at least 1ms", timeout)
+		return fmt.Errorf("redistest: a cluster with NodeTimeout %v: it must be at least 1ms", timeout)
 	}
 
-	c := &Cluster{
-		t:      t,
-		byID:   make(map[string]*member),
-		byAddr: make(map[string]*member),
-		downed: make(map[*member]downRecord),
-	}
-	t.Cleanup(c.closeAdmins)
 	k := kind{
 		bus:  true,
 		args: opts.Args,
@@ -162,12 +185,15 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		},
 	}
 	for range masters * (1 + replicas) {
-		s := start(t, k)
+		s, err := launch(k)
+		if err != nil {
+			return err
+		}
 		m := &member{srv: s, admin: newAdmin(s.Addr())}
 		c.members = append(c.members, m)
 		id, err := queryString(m.admin, "CLUSTER", "MYID")
 		if err != nil {
-			t.Fatalf("redistest: CLUSTER MYID on %s: %v\n%s", s.Addr(), err, c.report())
+			return fmt.Errorf("redistest: CLUSTER MYID on %s: %v\n%s", s.Addr(), err, c.report())
 		}
 		m.id = id
 		c.byID[id] = m
@@ -176,23 +202,22 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
 	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
-	ctx, cancel := context.WithTimeout(context.Background(), awaitTimeout)
+	cctx, cancel := context.WithTimeout(ctx, awaitTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, cli, args...)
+	cmd := exec.CommandContext(cctx, cli, args...)
 	cmd.SysProcAttr = sysProcAttr()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("redistest: %s %s: %v\n--- its output ---\n%s\n%s", cli, strings.Join(args, " "), err, out, c.report())
+		return fmt.Errorf("redistest: %s %s: %v\n--- its output ---\n%s\n%s", cli, strings.Join(args, " "), err, out, c.report())
 	}
-	await(t, "a settled cluster after redis-cli --cluster create", func() error {
+	return waitFor(ctx, "a settled cluster after redis-cli --cluster create", func() error {
 		_, err := c.settled(nil)
 		return err
 	}, c.report)
-	return c
 }
 
 // Members returns every member of the cluster, running or not, in the order
 // they were started. The slice is the caller's.
-func (c *Cluster) Members() []*Server {
+func (c *cluster) Members() []*Server {
 	out := make([]*Server, len(c.members))
 	for i, m := range c.members {
 		out[i] = m.srv
@@ -201,8 +226,8 @@ func (c *Cluster) Members() []*Server {
 }
 
 // Addrs returns the address of every member, running or not, in the order of
-// [Cluster.Members].
-func (c *Cluster) Addrs() []string {
+// Members.
+func (c *cluster) Addrs() []string {
 	out := make([]string, len(c.members))
 	for i, m := range c.members {
 		out[i] = m.srv.Addr()
@@ -210,12 +235,29 @@ func (c *Cluster) Addrs() []string {
 	return out
 }
 
+// must fails c.t with err, if any.
+func (c *Cluster) must(err error) {
+	c.t.Helper()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // Masters returns the members the cluster currently sees as masters, failed
 // ones left out, ordered by the lowest slot they serve. A master killed a
 // moment ago is still among them until the cluster marks it as failed.
 func (c *Cluster) Masters() []*Server {
 	c.t.Helper()
-	v := c.view()
+	out, err := c.masters()
+	c.must(err)
+	return out
+}
+
+func (c *cluster) masters() ([]*Server, error) {
+	v, err := c.view()
+	if err != nil {
+		return nil, err
+	}
 	var ns []viewNode
 	for _, n := range v.nodes {
 		if n.isMaster && !n.isFailed && c.byID[n.id] != nil {
@@ -232,14 +274,15 @@ func (c *Cluster) Masters() []*Server {
 	for i, n := range ns {
 		out[i] = c.byID[n.id].srv
 	}
-	return out
+	return out, nil
 }
 
 // Replicas returns the members the cluster currently sees as replicas,
 // failed ones left out, in the order of [Cluster.Members].
 func (c *Cluster) Replicas() []*Server {
 	c.t.Helper()
-	v := c.view()
+	v, err := c.view()
+	c.must(err)
 	var out []*Server
 	for _, m := range c.members {
 		if n := v.node(m.id); n != nil && !n.isMaster && !n.isFailed {
@@ -253,15 +296,24 @@ func (c *Cluster) Replicas() []*Server {
 // as master.
 func (c *Cluster) MasterOfSlot(slot int) *Server {
 	c.t.Helper()
+	s, err := c.masterOfSlot(slot)
+	c.must(err)
+	return s
+}
+
+func (c *cluster) masterOfSlot(slot int) (*Server, error) {
 	if slot < 0 || slot >= numSlots {
-		c.t.Fatalf("redistest: MasterOfSlot(%d): slots run from 0 to %d", slot, numSlots-1)
+		return nil, fmt.Errorf("redistest: MasterOfSlot(%d): slots run from 0 to %d", slot, numSlots-1)
 	}
-	v := c.view()
+	v, err := c.view()
+	if err != nil {
+		return nil, err
+	}
 	m := c.byID[v.owner(slot)]
 	if m == nil {
-		c.t.Fatalf("redistest: no member serves slot %d\n%s", slot, v.raw)
+		return nil, fmt.Errorf("redistest: no member serves slot %d\n%s", slot, v.raw)
 	}
-	return m.srv
+	return m.srv, nil
 }
 
 // KeySlot returns the hash slot of key, as CLUSTER KEYSLOT computes it
@@ -299,8 +351,10 @@ func (c *Cluster) MasterOfKey(key string) *Server {
 // It fails the test if master has no such replica.
 func (c *Cluster) ReplicaOf(master *Server) *Server {
 	c.t.Helper()
-	m := c.member(c.t, master)
-	v := c.view()
+	m, err := c.member(master)
+	c.must(err)
+	v, err := c.view()
+	c.must(err)
 	ids := v.replicasOf(m.id)
 	for _, r := range c.members {
 		if slices.Contains(ids, r.id) {
@@ -356,7 +410,9 @@ func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
 // [Cluster.RestartMember] to bring it back as a replica.
 func (c *Cluster) KillMaster(t testing.TB, master *Server) {
 	t.Helper()
-	c.downMaster(t, "KillMaster", master, master.Kill)
+	if err := c.downMaster("KillMaster", master, master.Kill); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // PauseMaster stops master with SIGSTOP (see [Server.Pause]), which must
@@ -367,26 +423,34 @@ func (c *Cluster) KillMaster(t testing.TB, master *Server) {
 // rejoins as a replica of the promoted one.
 func (c *Cluster) PauseMaster(t testing.TB, master *Server) {
 	t.Helper()
-	c.downMaster(t, "PauseMaster", master, master.Pause)
+	if err := c.downMaster("PauseMaster", master, master.Pause); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // downMaster records what AwaitFailover needs to know of master, then takes
 // it down with down.
-func (c *Cluster) downMaster(t testing.TB, op string, master *Server, down func()) {
-	t.Helper()
-	m := c.member(t, master)
-	v := c.view()
+func (c *cluster) downMaster(op string, master *Server, down func()) error {
+	m, err := c.member(master)
+	if err != nil {
+		return err
+	}
+	v, err := c.view()
+	if err != nil {
+		return err
+	}
 	n := v.node(m.id)
 	switch {
 	case n == nil || !n.isMaster || n.isFailed || len(n.slots) == 0:
-		t.Fatalf("redistest: %s(%s): it is not a master serving slots\n%s", op, master.Addr(), v.raw)
+		return fmt.Errorf("redistest: %s(%s): it is not a master serving slots\n%s", op, master.Addr(), v.raw)
 	case len(v.replicasOf(m.id)) == 0:
-		t.Fatalf("redistest: %s(%s): it has no replica to fail over to\n%s", op, master.Addr(), v.raw)
+		return fmt.Errorf("redistest: %s(%s): it has no replica to fail over to\n%s", op, master.Addr(), v.raw)
 	}
 	c.mu.Lock()
 	c.downed[m] = downRecord{slots: n.slots, replicas: v.replicasOf(m.id)}
 	c.mu.Unlock()
 	down()
+	return nil
 }
 
 // AwaitFailover waits until one of the replicas old had when
@@ -401,15 +465,26 @@ func (c *Cluster) downMaster(t testing.TB, op string, master *Server, down func(
 // tail.
 func (c *Cluster) AwaitFailover(t testing.TB, old *Server) *Server {
 	t.Helper()
-	m := c.member(t, old)
+	s, err := c.awaitFailover(context.Background(), old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (c *cluster) awaitFailover(ctx context.Context, old *Server) (*Server, error) {
+	m, err := c.member(old)
+	if err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
 	rec, ok := c.downed[m]
 	c.mu.Unlock()
 	if !ok {
-		t.Fatalf("redistest: AwaitFailover(%s): it was not taken down by KillMaster or PauseMaster", old.Addr())
+		return nil, fmt.Errorf("redistest: AwaitFailover(%s): it was not taken down by KillMaster or PauseMaster", old.Addr())
 	}
 	var promoted *member
-	await(t, fmt.Sprintf("failover of master %s", old.Addr()), func() error {
+	err = waitFor(ctx, fmt.Sprintf("failover of master %s", old.Addr()), func() error {
 		v, err := c.settled(m)
 		if err != nil {
 			return err
@@ -424,10 +499,13 @@ func (c *Cluster) AwaitFailover(t testing.TB, old *Server) *Server {
 		promoted = c.byID[owner]
 		return nil
 	}, c.report)
+	if err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
 	delete(c.downed, m)
 	c.mu.Unlock()
-	return promoted.srv
+	return promoted.srv, nil
 }
 
 // ManualFailover runs CLUSTER FAILOVER on replica, which swaps roles with
@@ -437,8 +515,14 @@ func (c *Cluster) AwaitFailover(t testing.TB, old *Server) *Server {
 // settled as for [Cluster.AwaitFailover].
 func (c *Cluster) ManualFailover(t testing.TB, replica *Server) {
 	t.Helper()
-	m := c.member(t, replica)
-	v := c.view()
+	m, err := c.member(replica)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.view()
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := v.node(m.id)
 	if n == nil || n.isMaster {
 		t.Fatalf("redistest: ManualFailover(%s): it is not a replica\n%s", replica.Addr(), v.raw)
@@ -486,48 +570,79 @@ func (c *Cluster) ManualFailover(t testing.TB, replica *Server) {
 // MIGRATE fail (BUSYKEY); MigrateSlot then fails the test.
 func (c *Cluster) MigrateSlot(t testing.TB, slot int, from, to *Server) {
 	t.Helper()
-	if slot < 0 || slot >= numSlots {
-		t.Fatalf("redistest: MigrateSlot(%d): slots run from 0 to %d", slot, numSlots-1)
+	if err := c.migrateSlot(context.Background(), slot, from, to); err != nil {
+		t.Fatal(err)
 	}
-	src, dst := c.member(t, from), c.member(t, to)
-	v := c.view()
+}
+
+func (c *cluster) migrateSlot(ctx context.Context, slot int, from, to *Server) error {
+	if slot < 0 || slot >= numSlots {
+		return fmt.Errorf("redistest: MigrateSlot(%d): slots run from 0 to %d", slot, numSlots-1)
+	}
+	src, err := c.member(from)
+	if err != nil {
+		return err
+	}
+	dst, err := c.member(to)
+	if err != nil {
+		return err
+	}
+	v, err := c.view()
+	if err != nil {
+		return err
+	}
 	if owner := v.owner(slot); owner != src.id {
-		t.Fatalf("redistest: MigrateSlot(%d): it is served by %s, not by %s\n%s", slot, c.addrOf(owner), from.Addr(), v.raw)
+		return fmt.Errorf("redistest: MigrateSlot(%d): it is served by %s, not by %s\n%s", slot, c.addrOf(owner), from.Addr(), v.raw)
 	}
 	if n := v.node(dst.id); n == nil || !n.isMaster || n.isFailed || dst == src {
-		t.Fatalf("redistest: MigrateSlot(%d): %s is not another master\n%s", slot, to.Addr(), v.raw)
+		return fmt.Errorf("redistest: MigrateSlot(%d): %s is not another master\n%s", slot, to.Addr(), v.raw)
 	}
-	run := func(m *member, args ...any) any {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), migrateTimeout+clientTimeout)
+	run := func(m *member, args ...any) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, migrateTimeout+clientTimeout)
 		defer cancel()
 		r, err := m.admin.Do(ctx, args...).Result()
 		if err != nil {
-			t.Fatalf("redistest: MigrateSlot(%d): %v on %s: %v\n%s", slot, args, m.srv.Addr(), err, c.report())
+			return nil, fmt.Errorf("redistest: MigrateSlot(%d): %v on %s: %v\n%s", slot, args, m.srv.Addr(), err, c.report())
 		}
-		return r
+		return r, nil
 	}
-	run(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", src.id)
-	run(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst.id)
+	if _, err := run(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", src.id); err != nil {
+		return err
+	}
+	if _, err := run(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst.id); err != nil {
+		return err
+	}
 	for {
-		keys, ok := run(src, "CLUSTER", "GETKEYSINSLOT", slot, migrateBatch).([]any)
+		r, err := run(src, "CLUSTER", "GETKEYSINSLOT", slot, migrateBatch)
+		if err != nil {
+			return err
+		}
+		keys, ok := r.([]any)
 		if !ok {
-			t.Fatalf("redistest: MigrateSlot(%d): CLUSTER GETKEYSINSLOT did not answer a list", slot)
+			return fmt.Errorf("redistest: MigrateSlot(%d): CLUSTER GETKEYSINSLOT did not answer a list", slot)
 		}
 		if len(keys) == 0 {
 			break
 		}
 		args := []any{"MIGRATE", "127.0.0.1", to.Port(), "", 0, migrateTimeout.Milliseconds(), "KEYS"}
-		run(src, append(args, keys...)...)
-	}
-	run(dst, "CLUSTER", "SETSLOT", slot, "NODE", dst.id)
-	run(src, "CLUSTER", "SETSLOT", slot, "NODE", dst.id)
-	for _, n := range v.nodes {
-		if m := c.byID[n.id]; m != nil && m != src && m != dst && n.isMaster && !n.isFailed && m.srv.running() {
-			run(m, "CLUSTER", "SETSLOT", slot, "NODE", dst.id)
+		if _, err := run(src, append(args, keys...)...); err != nil {
+			return err
 		}
 	}
-	await(t, fmt.Sprintf("slot %d served by %s on every member", slot, to.Addr()), func() error {
+	if _, err := run(dst, "CLUSTER", "SETSLOT", slot, "NODE", dst.id); err != nil {
+		return err
+	}
+	if _, err := run(src, "CLUSTER", "SETSLOT", slot, "NODE", dst.id); err != nil {
+		return err
+	}
+	for _, n := range v.nodes {
+		if m := c.byID[n.id]; m != nil && m != src && m != dst && n.isMaster && !n.isFailed && m.srv.running() {
+			if _, err := run(m, "CLUSTER", "SETSLOT", slot, "NODE", dst.id); err != nil {
+				return err
+			}
+		}
+	}
+	return waitFor(ctx, fmt.Sprintf("slot %d served by %s on every member", slot, to.Addr()), func() error {
 		v, err := c.settled(nil)
 		if err != nil {
 			return err
@@ -547,11 +662,20 @@ func (c *Cluster) MigrateSlot(t testing.TB, slot int, from, to *Server) {
 // taken over rejoins as a replica of the promoted one.
 func (c *Cluster) RestartMember(t testing.TB, s *Server) {
 	t.Helper()
-	m := c.member(t, s)
-	if err := s.Relaunch(); err != nil {
-		t.Fatalf("%v", err)
+	if err := c.restartMember(context.Background(), s); err != nil {
+		t.Fatal(err)
 	}
-	await(t, fmt.Sprintf("%s back in the cluster", s.Addr()), func() error {
+}
+
+func (c *cluster) restartMember(ctx context.Context, s *Server) error {
+	m, err := c.member(s)
+	if err != nil {
+		return err
+	}
+	if err := s.Relaunch(); err != nil {
+		return err
+	}
+	return waitFor(ctx, fmt.Sprintf("%s back in the cluster", s.Addr()), func() error {
 		v, err := c.settled(nil)
 		if err != nil {
 			return err
@@ -569,7 +693,13 @@ func (c *Cluster) RestartMember(t testing.TB, s *Server) {
 // cluster through [Server] methods or commands of their own.
 func (c *Cluster) AwaitSettled(t testing.TB) {
 	t.Helper()
-	await(t, "a settled cluster", func() error {
+	if err := c.awaitSettled(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *cluster) awaitSettled(ctx context.Context) error {
+	return waitFor(ctx, "a settled cluster", func() error {
 		_, err := c.settled(nil)
 		return err
 	}, c.report)
@@ -579,7 +709,7 @@ func (c *Cluster) AwaitSettled(t testing.TB) {
 // but skip, if each answers cluster_state:ok, sees all slots served, knows
 // every member, shares that view with the others and, if it is a replica,
 // has its link to its master up. Otherwise it says what is missing.
-func (c *Cluster) settled(skip *member) (*clusterView, error) {
+func (c *cluster) settled(skip *member) (*clusterView, error) {
 	var agreed *clusterView
 	var agreedBy *member
 	for _, m := range c.members {
@@ -644,9 +774,8 @@ func ownerOfAll(v *clusterView, ranges [][2]int) (string, error) {
 }
 
 // view returns the view of the cluster of the first running member that
-// answers CLUSTER NODES; it fails c.t if none does.
-func (c *Cluster) view() *clusterView {
-	c.t.Helper()
+// answers CLUSTER NODES.
+func (c *cluster) view() (*clusterView, error) {
 	var lastErr error = errors.New("no member is running")
 	for _, m := range c.members {
 		if !m.srv.running() {
@@ -659,29 +788,27 @@ func (c *Cluster) view() *clusterView {
 		}
 		v, err := parseClusterNodes(raw)
 		if err != nil {
-			c.t.Fatalf("redistest: CLUSTER NODES on %s: %v", m.srv.Addr(), err)
+			return nil, fmt.Errorf("redistest: CLUSTER NODES on %s: %v", m.srv.Addr(), err)
 		}
-		return v
+		return v, nil
 	}
-	c.t.Fatalf("redistest: no member of the cluster answers: %v\n%s", lastErr, c.report())
-	return nil
+	return nil, fmt.Errorf("redistest: no member of the cluster answers: %v\n%s", lastErr, c.report())
 }
 
-// member returns the member s is, failing t if s is not one.
-func (c *Cluster) member(t testing.TB, s *Server) *member {
-	t.Helper()
+// member returns the member s is, or an error if s is not one.
+func (c *cluster) member(s *Server) (*member, error) {
 	if s == nil {
-		t.Fatalf("redistest: a nil *Server is not a member of the cluster")
+		return nil, errors.New("redistest: a nil *Server is not a member of the cluster")
 	}
 	m := c.byAddr[s.Addr()]
 	if m == nil || m.srv != s {
-		t.Fatalf("redistest: %s is not a member of this cluster", s.Addr())
+		return nil, fmt.Errorf("redistest: %s is not a member of this cluster", s.Addr())
 	}
-	return m
+	return m, nil
 }
 
 // addrOf names node id for messages.
-func (c *Cluster) addrOf(id string) string {
+func (c *cluster) addrOf(id string) string {
 	if m := c.byID[id]; m != nil {
 		return m.srv.Addr()
 	}
@@ -693,7 +820,7 @@ func (c *Cluster) addrOf(id string) string {
 
 // report pictures every member for a failure message: whether it runs, its
 // CLUSTER NODES, and its log's last lines.
-func (c *Cluster) report() string {
+func (c *cluster) report() string {
 	var b strings.Builder
 	for _, m := range c.members {
 		fmt.Fprintf(&b, "--- member %s (node %s, %s) ---\n", m.srv.Addr(), m.id, runningWord(m.srv))
@@ -710,7 +837,7 @@ func (c *Cluster) report() string {
 }
 
 // closeAdmins closes the package's own clients; registered with t.Cleanup.
-func (c *Cluster) closeAdmins() {
+func (c *cluster) closeAdmins() {
 	for _, m := range c.members {
 		_ = m.admin.Close()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -432,4 +433,49 @@ func addrsOf(servers []*redistest.Server) []string {
 		out[i] = s.Addr()
 	}
 	return out
+}
+
+// LaunchCluster starts a cluster outside any test; RestartAll restarts
+// every member without persistence, so every key is gone and every role
+// is as before; Stop kills every member.
+func TestLaunchClusterRestartAll(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := redistest.LaunchCluster(ctx, redistest.ClusterOptions{})
+	if err != nil {
+		t.Fatalf("LaunchCluster: %v", err)
+	}
+	defer c.Stop()
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), MaxRedirects: 8})
+	defer func() { _ = cc.Close() }()
+	key := func(i int) string { return fmt.Sprint("launched:", i) }
+	const n = 30
+	setAll(t, cc, key, n, "v")
+	before, err := c.Masters()
+	if err != nil || len(before) != 3 {
+		t.Fatalf("Masters() = %v, %v; want 3", addrsOf(before), err)
+	}
+	if err := c.RestartAll(ctx); err != nil {
+		t.Fatalf("RestartAll: %v", err)
+	}
+	after, err := c.Masters()
+	if err != nil || !slices.Equal(addrsOf(before), addrsOf(after)) {
+		t.Fatalf("Masters() after RestartAll = %v, %v; want %v", addrsOf(after), err, addrsOf(before))
+	}
+	eventually(t, "every key gone after RestartAll", func() error {
+		for i := range n {
+			if err := cc.Get(ctx, key(i)).Err(); !errors.Is(err, redis.Nil) {
+				return fmt.Errorf("GET %s: %v", key(i), err)
+			}
+		}
+		return nil
+	})
+	c.Stop()
+	for _, s := range c.Members() {
+		if conn, err := net.DialTimeout("tcp", s.Addr(), time.Second); err == nil {
+			_ = conn.Close()
+			t.Fatalf("%s still listens after Stop", s.Addr())
+		}
+	}
 }

@@ -25,6 +25,12 @@
 // from the cluster or the sentinels, never cached, because failovers change
 // them.
 //
+// Outside tests, where no testing.TB exists (TestMain, the simulation's
+// command), [Launch] starts a server and [LaunchCluster] a cluster; they
+// and their methods return errors instead of failing a test, through the
+// same code as [Start] and [StartCluster], and the caller stops what they
+// started ([Server.Stop], [LaunchedCluster.Stop]).
+//
 // Every process a test starts, in any of these forms, is killed with
 // SIGKILL and reaped by t.Cleanup, and on Linux the kernel kills it too if
 // the test binary dies without running its cleanups. Clients the package

@@ -67,18 +67,30 @@ func queryString(c *redis.Client, args ...any) (string, error) {
 // processes involved.
 func await(t testing.TB, what string, check func() error, report func() string) {
 	t.Helper()
+	if err := waitFor(context.Background(), what, check, report); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor is await returning its failure: it polls check until it returns
+// nil, ctx is done, or awaitTimeout passes.
+func waitFor(ctx context.Context, what string, check func() error, report func() string) error {
 	start := time.Now()
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {
 		err := check()
 		if err == nil {
-			return
+			return nil
 		}
 		if time.Since(start) > awaitTimeout {
-			t.Fatalf("redistest: %s: not reached after %v: %v\n%s", what, awaitTimeout, err, report())
+			return fmt.Errorf("redistest: %s: not reached after %v: %v\n%s", what, awaitTimeout, err, report())
 		}
-		<-tick.C
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("redistest: %s: %w (last: %v)", what, ctx.Err(), err)
+		}
 	}
 }
 

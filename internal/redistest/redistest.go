@@ -128,21 +128,35 @@ func start(t testing.TB, k kind) *Server {
 	if err != nil {
 		t.Fatalf("redistest: redis-server not found on PATH (%v); these tests need a private Redis, install it with: %s", err, installHint)
 	}
-	dir := t.TempDir()
-	s := &Server{
-		t:       t,
+	s := newServer(bin, t.TempDir(), k)
+	s.t = t
+	// Registered before the first launch so a Fatalf below still reaps.
+	t.Cleanup(s.cleanup)
+	if err := s.launchKind(k); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// newServer returns a server of kind k, not yet launched, that runs bin in
+// dir.
+func newServer(bin, dir string, k kind) *Server {
+	return &Server{
 		bin:     bin,
 		bus:     k.bus,
 		dir:     dir,
 		logPath: filepath.Join(dir, logName),
 		ioPath:  filepath.Join(dir, stdioName),
 	}
-	// Registered before the first launch so a Fatalf below still reaps.
-	t.Cleanup(s.cleanup)
+}
+
+// launchKind prepares the server's directory and arguments as k says and
+// launches it for the first time.
+func (s *Server) launchKind(k kind) error {
 	if k.setup != nil {
-		conf, args, err := k.setup(dir)
+		conf, args, err := k.setup(s.dir)
 		if err != nil {
-			t.Fatalf("redistest: preparing redis-server in %s: %v", dir, err)
+			return fmt.Errorf("redistest: preparing redis-server in %s: %w", s.dir, err)
 		}
 		s.conf = conf
 		s.extra = args
@@ -150,9 +164,9 @@ func start(t testing.TB, k kind) *Server {
 	// The caller's arguments come last, so they win over the kind's.
 	s.extra = append(s.extra, k.args...)
 	if err := s.launchFirst(); err != nil {
-		t.Fatalf("redistest: starting redis-server failed: %v", err)
+		return fmt.Errorf("redistest: starting redis-server failed: %w", err)
 	}
-	return s
+	return nil
 }
 
 // StartForMain starts a server outside any test, for TestMain and the
@@ -174,6 +188,11 @@ func StartForMain(args ...string) (addr string, stop func(), err error) {
 // Restart, Pause, Resume, Flush or Do, on such a Server: those report
 // through a test.
 func Launch(args ...string) (*Server, error) {
+	return launch(kind{args: args})
+}
+
+// launch is Launch for any kind of server.
+func launch(k kind) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redistest: redis-server not found on PATH (%w); install it with: %s", err, installHint)
@@ -182,16 +201,10 @@ func Launch(args ...string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redistest: %w", err)
 	}
-	s := &Server{
-		bin:     bin,
-		extra:   append([]string(nil), args...),
-		dir:     dir,
-		logPath: filepath.Join(dir, logName),
-		ioPath:  filepath.Join(dir, stdioName),
-	}
-	if err := s.launchFirst(); err != nil {
+	s := newServer(bin, dir, k)
+	if err := s.launchKind(k); err != nil {
 		s.Stop()
-		return nil, fmt.Errorf("redistest: starting redis-server failed: %w", err)
+		return nil, err
 	}
 	return s, nil
 }

@@ -6,12 +6,25 @@
 //	go run ./sim/cmd/tiersim -scenario R15        # one docs/RACES.md scenario
 //	go run ./sim/cmd/tiersim -nodes 8 -ops 1000000 -faults all
 //	go run ./sim/cmd/tiersim -procs               # every node its own process, pause and node-kill too
+//	go run ./sim/cmd/tiersim -cluster             # a private Redis Cluster, failover and reshard too
 //
 // It needs nothing installed: it starts a private redis-server when one is
 // on PATH, and otherwise an embedded in-process Redis (miniredis), and says
 // which; -redis ADDR uses a server you give it (never flushed nor
 // restarted: those faults are then skipped). Faults a backend cannot inject
 // are reported as skipped by the backend, never silently left out.
+//
+// With -cluster it starts a private Redis Cluster of three masters with one
+// replica each (redis-server and redis-cli must be on PATH), and -redis
+// with several addresses, A,B,C, uses a cluster you give it (never flushed,
+// restarted, failed over nor resharded). Every node then has a cluster
+// client of its own; the failover fault kills the master of a shard that
+// holds keys and brings it back as a replica once its replica took over,
+// and the reshard fault moves slots of hot keys (and the bus's) to another
+// master while the nodes read and write them; the table counts the reads
+// and writes of each shard, per phase. On a cluster every write waits for
+// one replica's acknowledgement (-wait-replicas 1), without which a
+// failover may undo an acknowledged invalidation.
 //
 // With -procs every node is its own process (this program started again):
 // the pause fault stops one (SIGSTOP) while others write keys it holds, and
@@ -52,18 +65,33 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache/sim"
 	"github.com/tiercache/tiercache/tier"
 )
 
 func main() {
-	sim.NodeProcess() // -procs starts this program again as each node
+	sim.NodeProcess()             // -procs starts this program again as each node
+	redis.SetLogger(quietRedis{}) // dial failures are the faults' doing
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
+
+// quietRedis drops go-redis's own log lines.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
+
+// clusterMix is the default mix on a cluster: no group invalidations. Each
+// runs a script in every one of the 16,384 slots, which takes a local
+// cluster 0.2-0.5s with every master busy meanwhile; one in a hundred
+// operations would leave a run a few hundred operations a second.
+const clusterMix = "90/6/4/0"
 
 // flags are the command's workload flags.
 type flags struct {
@@ -82,6 +110,8 @@ type flags struct {
 	many, manyKeys                               *int
 	procs                                        *bool
 	pauseFor                                     *time.Duration
+	waitReplicas                                 *int
+	waitTimeout, redisTimeout                    *time.Duration
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -97,7 +127,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ops:      fs.Int64("ops", 0, "total operations (0: run for -duration)"),
 		duration: fs.Duration("duration", 10*time.Second, "length of the run when -ops is 0"),
 		fetch:    fs.String("fetch-latency", "0", "fetch latency, uniform: `MIN[-MAX]`, e.g. 1ms-5ms"),
-		faults:   fs.String("faults", "all", "fault classes, comma-separated, spread over the run: "+strings.Join(kindNames(), ",")+", all (pause and node-kill with -procs only) or none"),
+		faults:   fs.String("faults", "all", "fault classes, comma-separated, spread over the run: "+strings.Join(kindNames(), ",")+", all (failover and reshard on a cluster only, pause and node-kill with -procs only) or none"),
 		procs:    fs.Bool("procs", false, "every node its own OS process (this program started again); needed by the pause and node-kill faults; Linux"),
 		pauseFor: fs.Duration("pause", 0, "how long the pause fault keeps a node stopped in each cycle (0: twice -lease, the least)"),
 		seed:     fs.Int64("seed", 1, "seed of the operations and the fault schedule"),
@@ -119,16 +149,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		absent:       fs.Bool("absent", false, "every key is absent from the source (not found) until its first write inserts it"),
 		many:         fs.Int("many", 0, "percentage of reads done as one GetMany of -many-keys keys"),
 		manyKeys:     fs.Int("many-keys", 4, "keys per GetMany"),
+		waitReplicas: fs.Int("wait-replicas", 0, "NodeConfig.WaitReplicas: writes wait until this many replicas acknowledged them (default 1 on a cluster, else 0)"),
+		waitTimeout:  fs.Duration("wait-timeout", 0, "NodeConfig.WaitTimeout (0: tier's default, the Redis timeout)"),
+		redisTimeout: fs.Duration("redis-timeout", sim.DefaultRedisTimeout, "NodeConfig.RedisTimeout: the bound on every Redis operation"),
 	}
 	var (
-		redisAddr = fs.String("redis", "", "use the Redis at `ADDR` (it is neither flushed nor restarted); default: a private redis-server if on PATH, else embedded miniredis")
+		redisAddr = fs.String("redis", "", "use the Redis at `ADDR`, or the Redis Cluster at ADDR,ADDR,... (never flushed, restarted, failed over nor resharded); default: a private redis-server if on PATH, else embedded miniredis")
+		cluster   = fs.Bool("cluster", false, "run on a private Redis Cluster of 3 masters with 1 replica each (redis-server and redis-cli on PATH), or with -redis on the cluster it names")
 		embedded  = fs.Bool("embedded", false, "use the embedded miniredis even if redis-server is on PATH")
 		asJSON    = fs.Bool("json", false, "write the result as JSON instead of a table")
 		report    = fs.String("report", "", "write plots (PNG) to `DIR`")
 		quiet     = fs.Bool("q", false, "no progress line")
 	)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: tiersim [flags]\n\nRuns a fleet of tiercache nodes against one Redis with faults injected, judges every read, and exits 1 on any violation.")
+		fmt.Fprintln(stderr, "usage: tiersim [flags]\n\nRuns a fleet of tiercache nodes against one Redis, or a Redis Cluster, with faults injected, judges every read, and exits 1 on any violation.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -142,13 +176,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	cfg, redisArgs, err := configure(fl, given, stderr)
+	onCluster := *cluster || strings.Contains(*redisAddr, ",")
+	cfg, redisArgs, err := configure(fl, given, onCluster, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "tiersim:", err)
 		return 2
 	}
 
-	backend, stop, err := pickBackend(*redisAddr, *embedded, redisArgs, stderr)
+	backend, stop, err := pickBackend(*redisAddr, onCluster, *embedded, redisArgs, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "tiersim:", err)
 		return 2
@@ -206,8 +241,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // configure builds the run from the flags: a scenario's or the command's
 // defaults, overridden by the flags given; -break alone (with no workload
-// flag) takes the workload that shows its bug.
-func configure(fl flags, given map[string]bool, stderr io.Writer) (cfg sim.Config, redisArgs []string, err error) {
+// flag) takes the workload that shows its bug. On a cluster, "all" faults
+// include the cluster's, and writes wait for one replica unless
+// -wait-replicas says otherwise.
+func configure(fl flags, given map[string]bool, onCluster bool, stderr io.Writer) (cfg sim.Config, redisArgs []string, err error) {
 	set := maps.Clone(given)
 	if *fl.scenario != "" {
 		s, ok := sim.ScenarioNamed(*fl.scenario)
@@ -235,7 +272,7 @@ func configure(fl flags, given map[string]bool, stderr io.Writer) (cfg sim.Confi
 		name string
 		dst  *time.Duration
 		src  *time.Duration
-	}{{"lease", &cfg.LeaseTTL, fl.lease}, {"flag-ttl", &cfg.FlagTTL, fl.flagTTL}, {"slack", &cfg.Slack, fl.slack},
+	}{{"lease", &cfg.LeaseTTL, fl.lease}, {"flag-ttl", &cfg.FlagTTL, fl.flagTTL}, {"slack", &cfg.Slack, fl.slack}, {"redis-timeout", &cfg.RedisTimeout, fl.redisTimeout},
 		{"ttl", &cfg.TTL, fl.ttl}, {"l1-ttl", &cfg.L1TTL, fl.l1TTL}, {"fresh-for", &cfg.FreshFor, fl.freshFor},
 		{"max-stale", &cfg.MaxStale, fl.maxStale}, {"fetch-timeout", &cfg.FetchTimeout, fl.fetchTimeout},
 		{"fail-safe-throttle", &cfg.FailSafeThrottle, fl.throttle}, {"not-found-ttl", &cfg.NotFoundTTL, fl.notFoundTTL}}
@@ -270,8 +307,12 @@ func configure(fl flags, given map[string]bool, stderr io.Writer) (cfg sim.Confi
 	if set["duration"] && cfg.Ops == 0 {
 		cfg.Duration = *fl.duration
 	}
+	mix, groupless := *fl.mix, false
+	if set["mix"] && onCluster && !given["mix"] {
+		mix, groupless = clusterMix, true
+	}
 	if set["mix"] {
-		if cfg.Mix, err = parseMix(*fl.mix); err != nil {
+		if cfg.Mix, err = parseMix(mix); err != nil {
 			return cfg, nil, err
 		}
 	}
@@ -287,7 +328,7 @@ func configure(fl flags, given map[string]bool, stderr io.Writer) (cfg sim.Confi
 		cfg.PauseFor = *fl.pauseFor
 	}
 	if set["faults"] {
-		kinds, err := sim.ParseFaults(*fl.faults, cfg.Procs)
+		kinds, err := sim.ParseFaults(*fl.faults, cfg.Procs, onCluster)
 		if err != nil {
 			return cfg, nil, err
 		}
@@ -303,24 +344,48 @@ func configure(fl flags, given map[string]bool, stderr io.Writer) (cfg sim.Confi
 		workload := false
 		for name := range given {
 			switch name {
-			case "break", "seed", "q", "json", "report", "redis", "embedded", "procs":
+			case "break", "seed", "q", "json", "report", "redis", "embedded", "procs", "cluster":
 			default:
 				workload = true
 			}
 		}
 		if !workload {
-			cfg = sim.NegativeControl(b, *fl.seed)
+			cfg, groupless = sim.NegativeControl(b, *fl.seed), false
 		}
 		cfg.Break = b
+	}
+	if groupless {
+		fmt.Fprintf(stderr, "tiersim: on a cluster every group invalidation runs a script in each of the 16,384 slots: -mix %s unless given (e.g. -mix 90/6/3/1 -redis-timeout 1s)\n", clusterMix)
+	}
+	switch {
+	case given["wait-replicas"]:
+		cfg.WaitReplicas = *fl.waitReplicas
+	case onCluster:
+		cfg.WaitReplicas = 1
+	}
+	if given["wait-timeout"] {
+		cfg.WaitTimeout = *fl.waitTimeout
 	}
 	return cfg, redisArgs, nil
 }
 
-// pickBackend chooses the Redis: the given address, else a private
+// pickBackend chooses the Redis: the given address (a cluster's if
+// onCluster), else a private cluster if onCluster, else a private
 // redis-server if one is on PATH, else the embedded miniredis.
-func pickBackend(addr string, embedded bool, redisArgs []string, stderr io.Writer) (sim.Backend, func(), error) {
-	if addr != "" {
+func pickBackend(addr string, onCluster, embedded bool, redisArgs []string, stderr io.Writer) (sim.Backend, func(), error) {
+	switch {
+	case onCluster && addr != "":
+		return sim.ExternalCluster(strings.Split(addr, ",")), func() {}, nil
+	case addr != "":
 		return sim.External(addr), func() {}, nil
+	case onCluster && embedded:
+		return nil, nil, errors.New("-cluster and -embedded: the embedded Redis is no cluster")
+	case onCluster:
+		b, stop, err := sim.LaunchCluster(redisArgs...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("-cluster: %w", err)
+		}
+		return b, stop, nil
 	}
 	if !embedded {
 		if _, err := exec.LookPath("redis-server"); err == nil {
@@ -336,7 +401,7 @@ func pickBackend(addr string, embedded bool, redisArgs []string, stderr io.Write
 
 func kindNames() []string {
 	var out []string
-	for _, k := range append(sim.AllFaults, sim.ProcFaults...) {
+	for _, k := range slices.Concat(sim.AllFaults, sim.ClusterFaults, sim.ProcFaults) {
 		out = append(out, string(k))
 	}
 	return out

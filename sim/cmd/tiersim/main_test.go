@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/tiercache/tiercache/sim"
@@ -15,6 +16,7 @@ import (
 
 func TestMain(m *testing.M) {
 	sim.NodeProcess() // -procs starts this binary as its nodes
+	redis.SetLogger(quietRedis{})
 	goleak.VerifyTestMain(m)
 }
 
@@ -101,5 +103,42 @@ func TestProcs(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "l1-beyond-bound") {
 		t.Fatalf("-break coarse-lease without stale L1 reads:\n%s", &out)
+	}
+}
+
+// -cluster runs the fleet on a private Redis Cluster with the failover and
+// reshard faults: no read is a violation, both faults ran (a master
+// replaced by its replica, a hot key's slot and the bus's moved), writes
+// waited for a replica, group invalidations were left out of the mix, and
+// the table counts every shard.
+func TestCluster(t *testing.T) {
+	var out, errs bytes.Buffer
+	code := run([]string{"-cluster", "-q", "-faults", "reshard,failover", "-duration", "2s", "-keys", "32"}, &out, &errs)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, &out, &errs)
+	}
+	for _, want := range []string{"private Redis Cluster, 3 masters with 1 replica each", "mix read/inv/set/group 90/6/4/0",
+		"wait for 1 replica to acknowledge them", "shards   0  slots 0-5460", "promoted", "back as its replica", "(the bus) shard",
+		"  failover  ", "  reshard  ", "RESULT   0 violations"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("no %q in the table:\n%s\nstderr:\n%s", want, &out, &errs)
+		}
+	}
+	if strings.Contains(out.String(), "SKIPPED") || !strings.Contains(errs.String(), "each of the 16,384 slots") {
+		t.Fatalf("stdout:\n%s\nstderr:\n%s", &out, &errs)
+	}
+	t.Logf("\n%s", &out)
+}
+
+// -redis with several addresses names a cluster's seeds: the run asks them
+// for the cluster's slots. -cluster cannot be the embedded Redis.
+func TestClusterFlags(t *testing.T) {
+	var out, errs bytes.Buffer
+	if code := run([]string{"-q", "-redis", "127.0.0.1:1,127.0.0.1:2", "-faults", "none"}, &out, &errs); code != 2 || !strings.Contains(errs.String(), "CLUSTER SLOTS") {
+		t.Fatalf("-redis A,B with no cluster there: exit %d, want 2 and CLUSTER SLOTS asked\nstderr:\n%s", code, &errs)
+	}
+	errs.Reset()
+	if code := run([]string{"-q", "-cluster", "-embedded"}, &out, &errs); code != 2 || !strings.Contains(errs.String(), "no cluster") {
+		t.Fatalf("-cluster -embedded: exit %d, want 2\nstderr:\n%s", code, &errs)
 	}
 }
