@@ -495,7 +495,8 @@ func WithGuard(g Guard) Option { return func(s *Store) { s.guard = g } }
 
 // WithTimeout bounds every operation to d (and to its caller's context), so
 // that an unreachable Redis costs at most d per operation, not the client's
-// read timeout and retries. Zero: the caller's context only.
+// read timeout and retries; a group invalidation on a cluster, which runs in
+// every slot, gets 4d. Zero: the caller's context only.
 func WithTimeout(d time.Duration) Option { return func(s *Store) { s.timeout = d } }
 
 // WithWaitReplicas makes every [Store.Apply] (invalidations and writes, with
@@ -954,7 +955,13 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		seq   int64
 		acked = int64(s.replicas)
 	)
-	err = s.doFor(ctx, s.waitTimeout, func(ctx context.Context) error {
+	extra := s.waitTimeout
+	if len(groupOps) > 0 {
+		// A group invalidation on a cluster runs in every slot of every
+		// master: four times the timeout of one operation.
+		extra += 3 * s.timeout
+	}
+	err = s.doFor(ctx, extra, func(ctx context.Context) error {
 		cmds, n, err := s.runScripts(ctx, applyScript, calls)
 		if err != nil {
 			return err

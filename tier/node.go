@@ -76,7 +76,9 @@ type NodeConfig struct {
 	// RedisTimeout bounds every operation on Redis (and the caller's
 	// context bounds it too), so that a Get facing a slow or unreachable
 	// Redis falls back to the source after at most this long, not after
-	// the client's read timeout and retries. For this to hold on a stuck
+	// the client's read timeout and retries. On a Redis Cluster a group
+	// invalidation (InvalidateGroup, InvalidateAll), which runs in every
+	// slot, gets four times as long. For this to hold on a stuck
 	// connection, the client must honour context deadlines
 	// (redis.Options.ContextTimeoutEnabled); NewNode warns if it does not.
 	// Default 500ms.
