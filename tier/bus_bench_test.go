@@ -79,10 +79,21 @@ func busBenchPayload(tb testing.TB, key string, seq uint64) string {
 // was received. The goroutines stop at cleanup, before the clients close.
 func rawSubscribers(tb testing.TB, srv *redistest.Server, channel string, n int, deliver func(r int, payload string, at time.Time)) {
 	tb.Helper()
-	clients := make([]*redis.Client, n)
-	for r := range clients {
-		clients[r] = srv.Client(tb)
+	opens := make([]func(context.Context) *redis.PubSub, n)
+	for r := range opens {
+		rdb := srv.Client(tb)
+		opens[r] = func(ctx context.Context) *redis.PubSub { return rdb.Subscribe(ctx, channel) }
 	}
+	subscribers(tb, "subscribe", channel, opens, deliver)
+}
+
+// subscribers opens a PubSub with each of opens, each confirmed by a
+// subscription message of kind on channel, and runs a goroutine per PubSub
+// that calls deliver for every message, with the time it was received. The
+// goroutines stop at cleanup, before the clients behind opens close (the
+// caller made them first).
+func subscribers(tb testing.TB, kind, channel string, opens []func(context.Context) *redis.PubSub, deliver func(r int, payload string, at time.Time)) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var (
 		wg   sync.WaitGroup
@@ -95,14 +106,14 @@ func rawSubscribers(tb testing.TB, srv *redistest.Server, channel string, n int,
 		}
 		wg.Wait()
 	})
-	for r, rdb := range clients {
-		ps := rdb.Subscribe(ctx, channel)
+	for r, open := range opens {
+		ps := open(ctx)
 		subs = append(subs, ps)
 		msg, err := ps.Receive(ctx)
 		if err != nil {
-			tb.Fatalf("raw subscriber %d: subscribe: %v", r, err)
+			tb.Fatalf("raw subscriber %d: %s: %v", r, kind, err)
 		}
-		if s, ok := msg.(*redis.Subscription); !ok || s.Kind != "subscribe" || s.Channel != channel {
+		if s, ok := msg.(*redis.Subscription); !ok || s.Kind != kind || s.Channel != channel {
 			tb.Fatalf("raw subscriber %d: got %v, want the subscription's confirmation", r, msg)
 		}
 		wg.Go(func() {

@@ -290,49 +290,12 @@ func (now clusterCost) report(b *testing.B, before clusterCost) {
 // stop at cleanup, before the clients close.
 func shardSubscribers(tb testing.TB, cl *redistest.Cluster, channel string, n int, deliver func(r int, payload string, at time.Time)) {
 	tb.Helper()
-	clients := make([]*redis.ClusterClient, n)
-	for r := range clients {
-		clients[r] = cl.Client(tb)
+	opens := make([]func(context.Context) *redis.PubSub, n)
+	for r := range opens {
+		rdb := cl.Client(tb)
+		opens[r] = func(ctx context.Context) *redis.PubSub { return rdb.SSubscribe(ctx, channel) }
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var (
-		wg   sync.WaitGroup
-		subs []*redis.PubSub
-	)
-	tb.Cleanup(func() {
-		cancel()
-		for _, ps := range subs {
-			_ = ps.Close() // unblocks its Receive
-		}
-		wg.Wait()
-	})
-	for r, rdb := range clients {
-		ps := rdb.SSubscribe(ctx, channel)
-		subs = append(subs, ps)
-		msg, err := ps.Receive(ctx)
-		if err != nil {
-			tb.Fatalf("raw subscriber %d: ssubscribe: %v", r, err)
-		}
-		if s, ok := msg.(*redis.Subscription); !ok || s.Kind != "ssubscribe" || s.Channel != channel {
-			tb.Fatalf("raw subscriber %d: got %v, want the subscription's confirmation", r, msg)
-		}
-		wg.Go(func() {
-			for {
-				msg, err := ps.Receive(ctx)
-				at := time.Now()
-				if ctx.Err() != nil {
-					return
-				}
-				if err != nil {
-					tb.Errorf("raw subscriber %d: %v", r, err)
-					return
-				}
-				if m, ok := msg.(*redis.Message); ok {
-					deliver(r, m.Payload, at)
-				}
-			}
-		})
-	}
+	subscribers(tb, "ssubscribe", channel, opens, deliver)
 }
 
 // awaitRound waits for one delivery of id to each of propReceivers
@@ -587,23 +550,7 @@ func BenchmarkClusterInvalidateGroup(b *testing.B) {
 		b.Fatal(err)
 	}
 	// Every member is in Redis, on every master.
-	var (
-		mu        sync.Mutex
-		perMaster = map[string]int{}
-	)
-	if err := rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-		count := 0
-		iter := m.Scan(ctx, 0, l2.ValueKeyPattern(tier.DefaultPrefix, namespace), 1000).Iterator()
-		for iter.Next(ctx) {
-			count++
-		}
-		mu.Lock()
-		perMaster[m.Options().Addr] = count
-		mu.Unlock()
-		return iter.Err()
-	}); err != nil {
-		b.Fatal(err)
-	}
+	perMaster := countPerMaster(b, rdb, l2.ValueKeyPattern(tier.DefaultPrefix, namespace))
 	total := 0
 	for _, v := range perMaster {
 		total += v

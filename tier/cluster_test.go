@@ -297,21 +297,7 @@ func TestClusterSpreadsKeys(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	var mu sync.Mutex
-	perMaster := map[string]int{}
-	if err := f.client().ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-		var count int
-		iter := m.Scan(ctx, 0, tier.DefaultPrefix+":v:*", 1000).Iterator()
-		for iter.Next(ctx) {
-			count++
-		}
-		mu.Lock()
-		perMaster[m.Options().Addr] = count
-		mu.Unlock()
-		return iter.Err()
-	}); err != nil {
-		t.Fatal(err)
-	}
+	perMaster := countPerMaster(t, f.client(), tier.DefaultPrefix+":v:*")
 	sum := 0
 	for _, v := range perMaster {
 		sum += v
@@ -500,4 +486,28 @@ func TestClusterRefusesBadConfig(t *testing.T) {
 	if _, err := tier.New(n, tier.Config[string, string]{Namespace: "a{b", Fetch: newSource().fetch}); err != nil {
 		t.Fatalf("namespace with '{' on a cluster = %v, want nil", err)
 	}
+}
+
+// countPerMaster counts the keys matching pattern on each master, by
+// address.
+func countPerMaster(tb testing.TB, rdb *redis.ClusterClient, pattern string) map[string]int {
+	tb.Helper()
+	var (
+		mu        sync.Mutex
+		perMaster = map[string]int{}
+	)
+	if err := rdb.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+		count := 0
+		iter := m.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			count++
+		}
+		mu.Lock()
+		perMaster[m.Options().Addr] = count
+		mu.Unlock()
+		return iter.Err()
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	return perMaster
 }
