@@ -151,16 +151,52 @@ type delivery struct {
 // A delay counts from the return of Invalidate (or Publish) to the receiver's
 // time of receipt, and is 0 if the receipt came first. p50-µs, p99-µs and
 // max-µs are over every receiver's every delivery; ns/op is a whole round.
+// "interleaved" alternates a round of each in one loop, for their ratio on a
+// shared machine.
 func BenchmarkPropagation(b *testing.B) {
 	srv := redistest.Start(b)
-	ctx := context.Background()
+	rig := newPropagationRig(b, benchNode(b, srv), func(applied func(*bus.Message)) *tier.Node {
+		return busBenchNode(b, srv, applied)
+	})
+	const rawChannel = "bench:raw-propagation"
+	rawSubscribers(b, srv, rawChannel, propReceivers, rig.receive)
+	rawPub := srv.Client(b)
+	rig.run(b, "raw-publish", func(payload string) error {
+		n, err := rawPub.Publish(rig.ctx, rawChannel, payload).Result()
+		if err == nil && n != propReceivers {
+			err = fmt.Errorf("PUBLISH reached %d subscribers, want %d", n, propReceivers)
+		}
+		return err
+	})
+}
 
-	pub := benchNode(b, srv)
-	c := benchCache[string](b, pub, busBenchNamespace, benchTTL)
-	quit := make(chan struct{}) // closed at cleanup: unblocks the receivers
-	applied := make(chan delivery, 4*propReceivers)
+// propagationRig is what the propagation benchmarks share: a publishing
+// node and its cache, the receipts of propReceivers receiving nodes and of
+// as many bare subscribers, and fresh keys.
+type propagationRig struct {
+	ctx               context.Context
+	pub               *tier.Node
+	c                 *tier.Cache[string, string]
+	quit              chan struct{} // closed at cleanup: unblocks the receivers
+	applied, received chan delivery
+	next              int
+}
+
+// newPropagationRig makes a rig publishing on pub, and propReceivers
+// receiving nodes through receiver, which starts a node whose bus calls
+// applied for every message it handles. The caller subscribes the bare
+// subscribers with rig.receive, then calls run.
+func newPropagationRig(b *testing.B, pub *tier.Node, receiver func(applied func(*bus.Message)) *tier.Node) *propagationRig {
+	rig := &propagationRig{
+		ctx:      context.Background(),
+		pub:      pub,
+		c:        benchCache[string](b, pub, busBenchNamespace, benchTTL),
+		quit:     make(chan struct{}),
+		applied:  make(chan delivery, 4*propReceivers),
+		received: make(chan delivery, 4*propReceivers),
+	}
 	for r := range propReceivers {
-		n := busBenchNode(b, srv, func(m *bus.Message) {
+		n := receiver(func(m *bus.Message) {
 			at := time.Now()
 			for _, g := range m.Groups {
 				if g.Namespace != busBenchNamespace {
@@ -168,8 +204,8 @@ func BenchmarkPropagation(b *testing.B) {
 				}
 				for _, k := range g.Keys {
 					select {
-					case applied <- delivery{receiver: r, id: k, at: at}:
-					case <-quit:
+					case rig.applied <- delivery{receiver: r, id: k, at: at}:
+					case <-rig.quit:
 						return
 					}
 				}
@@ -177,82 +213,123 @@ func BenchmarkPropagation(b *testing.B) {
 		})
 		benchCache[string](b, n, busBenchNamespace, benchTTL)
 	}
-	const rawChannel = "bench:raw-propagation"
-	received := make(chan delivery, 4*propReceivers)
-	rawSubscribers(b, srv, rawChannel, propReceivers, func(r int, payload string, at time.Time) {
-		select {
-		case received <- delivery{receiver: r, id: payload, at: at}:
-		case <-quit:
-		}
-	})
-	rawPub := srv.Client(b)
+	return rig
+}
+
+// receive records bare subscriber r's receipt of payload at at.
+func (rig *propagationRig) receive(r int, payload string, at time.Time) {
+	select {
+	case rig.received <- delivery{receiver: r, id: payload, at: at}:
+	case <-rig.quit:
+	}
+}
+
+// freshKeys returns n keys distinct across every run, of fixed width so
+// that every message, and every bare payload, has the same size.
+func (rig *propagationRig) freshKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("prop:%010d", rig.next)
+		rig.next++
+	}
+	return keys
+}
+
+// run warms both paths with an untimed round each, so that every connection
+// is dialled and every subscription carries messages, then runs the
+// sub-benchmarks "tiercache" (Invalidate), raw (rawSend of a payload as
+// large as the node's message) and "interleaved" (a round of each per
+// iteration, reporting tiercache-p50-µs, tiercache-p99-µs, raw-p50-µs,
+// raw-p99-µs and their p99-ratio, free of the drift of a shared machine's
+// load between two runs).
+func (rig *propagationRig) run(b *testing.B, raw string, rawSend func(payload string) error) {
 	// Registered last, so it runs first: no receiver stays blocked on a
 	// send while its node or subscriber is being closed.
-	b.Cleanup(func() { close(quit) })
-
-	// Keys are distinct across every run, of fixed width so that every
-	// message, and every bare payload, has the same size.
-	next := 0
-	freshKeys := func(n int) []string {
-		keys := make([]string, n)
-		for i := range keys {
-			keys[i] = fmt.Sprintf("prop:%010d", next)
-			next++
-		}
-		return keys
+	b.Cleanup(func() { close(rig.quit) })
+	guard := time.NewTimer(busBenchGuard)
+	defer guard.Stop()
+	warmKey := rig.freshKeys(1)[0]
+	if err := rig.c.Invalidate(rig.ctx, warmKey); err != nil {
+		b.Fatal(err)
 	}
-
-	// measure runs b.N rounds of send(i), each waiting for deliveries of
-	// ids[i] to every receiver, and reports the delays' percentiles.
-	measure := func(b *testing.B, ids []string, deliveries <-chan delivery, send func(i int) error) {
-		delays := make([]time.Duration, 0, b.N*propReceivers)
-		guard := time.NewTimer(busBenchGuard)
-		defer guard.Stop()
-		var seen [propReceivers]bool
-		b.ReportAllocs()
-		b.ResetTimer()
-		for i := range b.N {
-			if err := send(i); err != nil {
-				b.Fatal(err)
-			}
-			sent := time.Now()
-			guard.Reset(busBenchGuard)
-			clear(seen[:])
-			for range propReceivers {
-				select {
-				case d := <-deliveries:
-					if d.id != ids[i] || seen[d.receiver] {
-						b.Fatalf("round %d: receiver %d got %q (seen before: %v), want %q once", i, d.receiver, d.id, seen[d.receiver], ids[i])
-					}
-					seen[d.receiver] = true
-					delays = append(delays, max(0, d.at.Sub(sent)))
-				case <-guard.C:
-					b.Fatalf("round %d: after %v, only %d of %d receivers got %q", i, busBenchGuard, len(delays)-i*propReceivers, propReceivers, ids[i])
-				}
-			}
+	awaitRound(b, 0, warmKey, time.Now(), rig.applied, guard, nil)
+	warmPayload := busBenchPayload(b, rig.freshKeys(1)[0], 1)
+	if err := rawSend(warmPayload); err != nil {
+		b.Fatal(err)
+	}
+	awaitRound(b, 0, warmPayload, time.Now(), rig.received, guard, nil)
+	payloads := func(n int) []string {
+		out := make([]string, n)
+		for i, k := range rig.freshKeys(n) {
+			out[i] = busBenchPayload(b, k, uint64(i+1))
 		}
-		b.StopTimer()
-		reportLatency(b, delays)
+		return out
+	}
+	published := func(b *testing.B, before tier.Stats) {
+		if d := rig.pub.Stats().Published - before.Published; d != uint64(b.N) {
+			b.Fatalf("%d Invalidates published %d messages, want one each", b.N, d)
+		}
 	}
 
 	b.Run("tiercache", func(b *testing.B) {
-		keys := freshKeys(b.N)
-		measure(b, keys, applied, func(i int) error { return c.Invalidate(ctx, keys[i]) })
+		keys := rig.freshKeys(b.N)
+		before := rig.pub.Stats()
+		rig.measure(b, keys, rig.applied, func(i int) error { return rig.c.Invalidate(rig.ctx, keys[i]) })
+		published(b, before)
 	})
-	b.Run("raw-publish", func(b *testing.B) {
-		keys := freshKeys(b.N)
-		payloads := make([]string, b.N)
-		for i, k := range keys {
-			payloads[i] = busBenchPayload(b, k, uint64(i+1))
-		}
-		measure(b, payloads, received, func(i int) error {
-			n, err := rawPub.Publish(ctx, rawChannel, payloads[i]).Result()
-			if err == nil && n != propReceivers {
-				err = fmt.Errorf("PUBLISH reached %d subscribers, want %d", n, propReceivers)
+	b.Run(raw, func(b *testing.B) {
+		ps := payloads(b.N)
+		rig.measure(b, ps, rig.received, func(i int) error { return rawSend(ps[i]) })
+	})
+	b.Run("interleaved", func(b *testing.B) {
+		keys, ps := rig.freshKeys(b.N), payloads(b.N)
+		var delays [2][]time.Duration
+		before := rig.pub.Stats()
+		guard := time.NewTimer(busBenchGuard)
+		defer guard.Stop()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			if err := rig.c.Invalidate(rig.ctx, keys[i]); err != nil {
+				b.Fatal(err)
 			}
-			return err
-		})
+			delays[0] = awaitRound(b, i, keys[i], time.Now(), rig.applied, guard, delays[0])
+			if err := rawSend(ps[i]); err != nil {
+				b.Fatal(err)
+			}
+			delays[1] = awaitRound(b, i, ps[i], time.Now(), rig.received, guard, delays[1])
+		}
+		b.StopTimer()
+		published(b, before)
+		var p99 [2]float64
+		for j, name := range []string{"tiercache", "raw"} {
+			slices.Sort(delays[j])
+			b.ReportMetric(nearestRank(delays[j], 0.50), name+"-p50-µs")
+			p99[j] = nearestRank(delays[j], 0.99)
+			b.ReportMetric(p99[j], name+"-p99-µs")
+		}
+		if p99[1] > 0 {
+			b.ReportMetric(p99[0]/p99[1], "p99-ratio")
+		}
 	})
+}
+
+// measure runs b.N rounds of send(i), each waiting for deliveries of ids[i]
+// to every receiver, and reports the delays' percentiles.
+func (rig *propagationRig) measure(b *testing.B, ids []string, deliveries <-chan delivery, send func(i int) error) {
+	delays := make([]time.Duration, 0, b.N*propReceivers)
+	guard := time.NewTimer(busBenchGuard)
+	defer guard.Stop()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if err := send(i); err != nil {
+			b.Fatal(err)
+		}
+		delays = awaitRound(b, i, ids[i], time.Now(), deliveries, guard, delays)
+	}
+	b.StopTimer()
+	reportLatency(b, delays)
 }
 
 // reportLatency reports the median, 99th percentile (nearest rank) and
@@ -262,13 +339,39 @@ func reportLatency(b *testing.B, delays []time.Duration) {
 		return
 	}
 	slices.Sort(delays)
-	rank := func(q float64) float64 {
-		i := max(int(math.Ceil(q*float64(len(delays))))-1, 0)
-		return float64(delays[i]) / float64(time.Microsecond)
+	b.ReportMetric(nearestRank(delays, 0.50), "p50-µs")
+	b.ReportMetric(nearestRank(delays, 0.99), "p99-µs")
+	b.ReportMetric(nearestRank(delays, 1), "max-µs")
+}
+
+// nearestRank returns the q-quantile (nearest rank) of sorted delays, in
+// microseconds.
+func nearestRank(sorted []time.Duration, q float64) float64 {
+	i := max(int(math.Ceil(q*float64(len(sorted))))-1, 0)
+	return float64(sorted[i]) / float64(time.Microsecond)
+}
+
+// awaitRound waits for one delivery of id to each of propReceivers
+// receivers, and appends to delays the time from sent to each receipt (0 if
+// the receipt came first). It fails b if a receiver gets anything else, or
+// if the deliveries do not all come within busBenchGuard.
+func awaitRound(b *testing.B, round int, id string, sent time.Time, deliveries <-chan delivery, guard *time.Timer, delays []time.Duration) []time.Duration {
+	b.Helper()
+	guard.Reset(busBenchGuard)
+	var seen [propReceivers]bool
+	for got := range propReceivers {
+		select {
+		case d := <-deliveries:
+			if d.id != id || seen[d.receiver] {
+				b.Fatalf("round %d: receiver %d got %q (seen before: %v), want %q once", round, d.receiver, d.id, seen[d.receiver], id)
+			}
+			seen[d.receiver] = true
+			delays = append(delays, max(0, d.at.Sub(sent)))
+		case <-guard.C:
+			b.Fatalf("round %d: after %v, only %d of %d receivers got %q", round, busBenchGuard, got, propReceivers, id)
+		}
 	}
-	b.ReportMetric(rank(0.50), "p50-µs")
-	b.ReportMetric(rank(0.99), "p99-µs")
-	b.ReportMetric(rank(1), "max-µs")
+	return delays
 }
 
 // appliedCounter counts what one receiver applied, and marks the time at

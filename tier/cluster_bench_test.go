@@ -3,9 +3,7 @@ package tier_test
 import (
 	"context"
 	"fmt"
-	"math"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -298,29 +296,6 @@ func shardSubscribers(tb testing.TB, cl *redistest.Cluster, channel string, n in
 	subscribers(tb, "ssubscribe", channel, opens, deliver)
 }
 
-// awaitRound waits for one delivery of id to each of propReceivers
-// receivers, and appends to delays the time from sent to each receipt (0 if
-// the receipt came first). It fails b if a receiver gets anything else, or
-// if the deliveries do not all come within busBenchGuard.
-func awaitRound(b *testing.B, round int, id string, sent time.Time, deliveries <-chan delivery, guard *time.Timer, delays []time.Duration) []time.Duration {
-	b.Helper()
-	guard.Reset(busBenchGuard)
-	var seen [propReceivers]bool
-	for got := range propReceivers {
-		select {
-		case d := <-deliveries:
-			if d.id != id || seen[d.receiver] {
-				b.Fatalf("round %d: receiver %d got %q (seen before: %v), want %q once", round, d.receiver, d.id, seen[d.receiver], id)
-			}
-			seen[d.receiver] = true
-			delays = append(delays, max(0, d.at.Sub(sent)))
-		case <-guard.C:
-			b.Fatalf("round %d: after %v, only %d of %d receivers got %q", round, busBenchGuard, got, propReceivers, id)
-		}
-	}
-	return delays
-}
-
 // BenchmarkClusterPropagation is BenchmarkPropagation on a cluster: how long
 // after an Invalidate returns on one node each of 8 other nodes has applied
 // it, against a bare SPUBLISH of a payload of the same size to 8 bare
@@ -338,166 +313,24 @@ func awaitRound(b *testing.B, round int, id string, sent time.Time, deliveries <
 // slot; the delay counts from the return of the second.
 func BenchmarkClusterPropagation(b *testing.B) {
 	cl := redistest.StartCluster(b, redistest.ClusterOptions{})
-	ctx := context.Background()
-
-	pub := clusterBenchNode(b, cl.Client(b), tier.NodeConfig{LeaseTTL: time.Minute}, nil)
-	c := benchCache[string](b, pub, busBenchNamespace, benchTTL)
-	quit := make(chan struct{}) // closed at cleanup: unblocks the receivers
-	applied := make(chan delivery, 4*propReceivers)
-	for r := range propReceivers {
-		hk := &hooks.Points{Bus: &bus.Hooks{Applied: func(m *bus.Message) {
-			at := time.Now()
-			for _, g := range m.Groups {
-				if g.Namespace != busBenchNamespace {
-					continue
-				}
-				for _, k := range g.Keys {
-					select {
-					case applied <- delivery{receiver: r, id: k, at: at}:
-					case <-quit:
-						return
-					}
-				}
-			}
-		}}}
-		n := clusterBenchNode(b, cl.Client(b), tier.NodeConfig{LeaseTTL: time.Minute}, hk)
-		benchCache[string](b, n, busBenchNamespace, benchTTL)
-	}
+	rig := newPropagationRig(b, clusterBenchNode(b, cl.Client(b), tier.NodeConfig{LeaseTTL: time.Minute}, nil), func(applied func(*bus.Message)) *tier.Node {
+		return clusterBenchNode(b, cl.Client(b), tier.NodeConfig{LeaseTTL: time.Minute}, &hooks.Points{Bus: &bus.Hooks{Applied: applied}})
+	})
 	busChannel := l2.BusKeysFor(tier.DefaultPrefix, true).Channel
 	// The bus's hash tag puts the bare channel in the bus's slot.
 	rawChannel := "bench:raw-propagation:{" + tier.DefaultPrefix + ":bus}"
 	if l2.Slot(rawChannel) != l2.Slot(busChannel) {
 		b.Fatalf("%q is in slot %d, the bus %q in %d", rawChannel, l2.Slot(rawChannel), busChannel, l2.Slot(busChannel))
 	}
-	received := make(chan delivery, 4*propReceivers)
-	shardSubscribers(b, cl, rawChannel, propReceivers, func(r int, payload string, at time.Time) {
-		select {
-		case received <- delivery{receiver: r, id: payload, at: at}:
-		case <-quit:
-		}
-	})
+	shardSubscribers(b, cl, rawChannel, propReceivers, rig.receive)
 	rawPub := cl.Client(b)
-	// Registered last, so it runs first: no receiver stays blocked on a
-	// send while its node or subscriber is being closed.
-	b.Cleanup(func() { close(quit) })
-
-	// Keys are distinct across every run, of fixed width so that every
-	// message, and every bare payload, has the same size.
-	next := 0
-	freshKeys := func(n int) []string {
-		keys := make([]string, n)
-		for i := range keys {
-			keys[i] = fmt.Sprintf("prop:%010d", next)
-			next++
-		}
-		return keys
-	}
-	spublish := func(payload string) error {
-		n, err := rawPub.SPublish(ctx, rawChannel, payload).Result()
+	rig.run(b, "raw-SPUBLISH", func(payload string) error {
+		n, err := rawPub.SPublish(rig.ctx, rawChannel, payload).Result()
 		if err == nil && n != propReceivers {
 			err = fmt.Errorf("SPUBLISH reached %d subscribers, want %d", n, propReceivers)
 		}
 		return err
-	}
-
-	// measure runs b.N rounds of send(i), each waiting for deliveries of
-	// ids[i] to every receiver, and reports the delays' percentiles.
-	measure := func(b *testing.B, ids []string, deliveries <-chan delivery, send func(i int) error) {
-		delays := make([]time.Duration, 0, b.N*propReceivers)
-		guard := time.NewTimer(busBenchGuard)
-		defer guard.Stop()
-		b.ReportAllocs()
-		b.ResetTimer()
-		for i := range b.N {
-			if err := send(i); err != nil {
-				b.Fatal(err)
-			}
-			delays = awaitRound(b, i, ids[i], time.Now(), deliveries, guard, delays)
-		}
-		b.StopTimer()
-		reportLatency(b, delays)
-	}
-
-	// One untimed round of each, so that every connection is dialled and
-	// every subscription carries messages before a timed one.
-	guard := time.NewTimer(busBenchGuard)
-	defer guard.Stop()
-	warmKey := freshKeys(1)[0]
-	if err := c.Invalidate(ctx, warmKey); err != nil {
-		b.Fatal(err)
-	}
-	awaitRound(b, 0, warmKey, time.Now(), applied, guard, nil)
-	warmPayload := busBenchPayload(b, freshKeys(1)[0], 1)
-	if err := spublish(warmPayload); err != nil {
-		b.Fatal(err)
-	}
-	awaitRound(b, 0, warmPayload, time.Now(), received, guard, nil)
-
-	b.Run("tiercache", func(b *testing.B) {
-		keys := freshKeys(b.N)
-		before := pub.Stats()
-		measure(b, keys, applied, func(i int) error { return c.Invalidate(ctx, keys[i]) })
-		if d := pub.Stats().Published - before.Published; d != uint64(b.N) {
-			b.Fatalf("%d Invalidates published %d messages, want one each", b.N, d)
-		}
 	})
-	b.Run("raw-SPUBLISH", func(b *testing.B) {
-		keys := freshKeys(b.N)
-		payloads := make([]string, b.N)
-		for i, k := range keys {
-			payloads[i] = busBenchPayload(b, k, uint64(i+1))
-		}
-		measure(b, payloads, received, func(i int) error { return spublish(payloads[i]) })
-	})
-	// The two, one round of each in every iteration, so that the drift of
-	// a shared machine's load between the runs above does not enter their
-	// ratio: ns/op is the pair; tiercache-p50-µs, tiercache-p99-µs,
-	// raw-p50-µs and raw-p99-µs are as above, p99-ratio tiercache's p99
-	// over the raw one's.
-	b.Run("interleaved", func(b *testing.B) {
-		keys := freshKeys(b.N)
-		payloads := make([]string, b.N)
-		for i := range payloads {
-			payloads[i] = busBenchPayload(b, freshKeys(1)[0], uint64(i+1))
-		}
-		var delays [2][]time.Duration
-		before := pub.Stats()
-		guard := time.NewTimer(busBenchGuard)
-		defer guard.Stop()
-		b.ReportAllocs()
-		b.ResetTimer()
-		for i := range b.N {
-			if err := c.Invalidate(ctx, keys[i]); err != nil {
-				b.Fatal(err)
-			}
-			delays[0] = awaitRound(b, i, keys[i], time.Now(), applied, guard, delays[0])
-			if err := spublish(payloads[i]); err != nil {
-				b.Fatal(err)
-			}
-			delays[1] = awaitRound(b, i, payloads[i], time.Now(), received, guard, delays[1])
-		}
-		b.StopTimer()
-		if d := pub.Stats().Published - before.Published; d != uint64(b.N) {
-			b.Fatalf("%d Invalidates published %d messages, want one each", b.N, d)
-		}
-		var p99 [2]float64
-		for j, name := range []string{"tiercache", "raw"} {
-			slices.Sort(delays[j])
-			b.ReportMetric(nearestRank(delays[j], 0.50), name+"-p50-µs")
-			p99[j] = nearestRank(delays[j], 0.99)
-			b.ReportMetric(p99[j], name+"-p99-µs")
-		}
-		if p99[1] > 0 {
-			b.ReportMetric(p99[0]/p99[1], "p99-ratio")
-		}
-	})
-}
-
-// nearestRank returns the q-quantile (nearest rank) of sorted delays, in
-// microseconds.
-func nearestRank(sorted []time.Duration, q float64) float64 {
-	i := max(int(math.Ceil(q*float64(len(sorted))))-1, 0)
-	return float64(sorted[i]) / float64(time.Microsecond)
 }
 
 // BenchmarkClusterInvalidateGroup is BenchmarkInvalidateGroup on a cluster:
