@@ -418,43 +418,33 @@ func (s *Subscriber) readSeq() (uint64, error) {
 // subscribe returns a new subscription to the bus channel and the wake
 // channel.
 func (s *Subscriber) subscribe() *redis.PubSub {
-	if !s.cfg.Sharded {
-		return s.cfg.Client.Subscribe(s.life, s.channels()...)
+	var ps *redis.PubSub
+	if s.cfg.Sharded {
+		ps = s.cfg.Client.SSubscribe(s.life)
+	} else {
+		ps = s.cfg.Client.Subscribe(s.life)
 	}
-	ps := s.cfg.Client.SSubscribe(s.life, s.cfg.Channel)
-	if s.wakes() {
-		_ = ps.Subscribe(s.life, s.cfg.WakeChannel) // a failure shows up in Receive
-	}
+	s.resubscribe(ps)
 	return ps
 }
 
-// resubscribe asks ps again for the bus channel and the wake channel.
+// resubscribe asks ps for the bus channel and the wake channel. A failure
+// shows up in Receive.
 func (s *Subscriber) resubscribe(ps *redis.PubSub) {
-	if !s.cfg.Sharded {
-		_ = ps.Subscribe(s.life, s.channels()...)
-		return
-	}
-	_ = ps.SSubscribe(s.life, s.cfg.Channel)
-	if s.wakes() {
-		_ = ps.Subscribe(s.life, s.cfg.WakeChannel)
-	}
-}
-
-// wakes reports whether the subscription listens on a wake channel.
-func (s *Subscriber) wakes() bool { return s.cfg.WakeChannel != "" && s.cfg.Wake != nil }
-
-// channels are the classic channels the subscription listens on: all of
-// them, unless the bus channel is a shard channel.
-func (s *Subscriber) channels() []string {
+	wakes := s.cfg.WakeChannel != "" && s.cfg.Wake != nil
 	switch {
-	case s.cfg.Sharded && s.wakes():
-		return []string{s.cfg.WakeChannel}
-	case s.cfg.Sharded:
-		return nil
-	case !s.wakes():
-		return []string{s.cfg.Channel}
+	case !s.cfg.Sharded && wakes:
+		_ = ps.Subscribe(s.life, s.cfg.Channel, s.cfg.WakeChannel)
+	case !s.cfg.Sharded:
+		_ = ps.Subscribe(s.life, s.cfg.Channel)
+	default:
+		// The bus channel first: a cluster client sends the connection to
+		// the master of its first channel's slot.
+		_ = ps.SSubscribe(s.life, s.cfg.Channel)
+		if wakes {
+			_ = ps.Subscribe(s.life, s.cfg.WakeChannel)
+		}
 	}
-	return []string{s.cfg.Channel, s.cfg.WakeChannel}
 }
 
 // disconnected drops L1 and ends the lease: whatever is published until the
