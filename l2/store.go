@@ -920,7 +920,7 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 	}
 	var (
 		calls    []scriptCall
-		groupOps []encodedChange // on a cluster
+		groupOps []scriptCall // on a cluster
 	)
 	if s.cluster == nil {
 		c := scriptCall{keys: make([]string, 1, 1+3*len(changes)), args: make([]any, 0, 6+4*len(changes))}
@@ -941,7 +941,7 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		// Keys first, then groups: a group invalidated in the same batch
 		// as a write of one of its members makes that write stale, at
 		// worst a miss, whatever order the batch had.
-		var keyOps []encodedChange
+		var keyOps []scriptCall
 		for _, o := range ops {
 			if len(o.keys) > 0 {
 				keyOps = append(keyOps, o)
@@ -1010,16 +1010,10 @@ type scriptCall struct {
 	args []any
 }
 
-// encodedChange is one Change as the apply script takes it: the keys it
-// declares and its op's ARGV. A group change declares none.
-type encodedChange struct {
-	keys []string
-	args []any
-}
-
-// encodeChanges checks changes and encodes each for the apply script.
-func encodeChanges(changes []Change) ([]encodedChange, error) {
-	ops := make([]encodedChange, len(changes))
+// encodeChanges checks changes and encodes each for the apply script: the
+// keys it declares (none for a group) and its op's ARGV.
+func encodeChanges(changes []Change) ([]scriptCall, error) {
+	ops := make([]scriptCall, len(changes))
 	for i, c := range changes {
 		switch {
 		case c.Group != "":
@@ -1051,7 +1045,7 @@ func encodeChanges(changes []Change) ([]encodedChange, error) {
 // ops within each slot. A key's change goes to its slot; a group's goes to
 // every slot, as 'x': it advances every slot's clock, and replaces the
 // group's stamp in the slots that have one (see doc.go, Cluster).
-func (s *Store) slotCalls(ops []encodedChange) []scriptCall {
+func (s *Store) slotCalls(ops []scriptCall) []scriptCall {
 	bySlot := make(map[int]*scriptCall)
 	var order []int
 	call := func(slot int) *scriptCall {
@@ -1092,7 +1086,7 @@ func (s *Store) slotCalls(ops []encodedChange) []scriptCall {
 // routes and redirects (MOVED, ASK); ticking a slot's clock twice only
 // refuses more fills. It returns how many replicas acknowledged, as
 // runScripts.
-func (s *Store) invalidateGroups(ctx context.Context, ops []encodedChange) (int64, error) {
+func (s *Store) invalidateGroups(ctx context.Context, ops []scriptCall) (int64, error) {
 	var groups []any // name, token, TTL: the 'g' op's ARGV without the op
 	for _, o := range ops {
 		groups = append(groups, o.args[1:]...)
