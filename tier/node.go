@@ -132,11 +132,12 @@ type NodeConfig struct {
 	// write that returned nil then survives the promotion of any replica
 	// that acknowledged it: replication is asynchronous, and without this a
 	// failover can undo an acknowledged invalidation and bring the old value
-	// back (see README, Failover). A write that fewer replicas acknowledged
+	// back (README, Redis Cluster, Sentinel and failover). A write that fewer replicas acknowledged
 	// in time returns an error wrapping ErrPending and ErrNotReplicated, and
 	// is queued and replayed like any write that did not reach Redis. Fills
 	// do not wait: one lost in a failover costs a miss, never a stale value.
-	// It costs each write the replication round trip (README, Cost). With
+	// It costs each write the replication round trip (the same section of
+	// README gives the figures). With
 	// fewer replicas than this, every write fails so: NewNode warns.
 	// Default 0: no waiting; negative is an error.
 	WaitReplicas int

@@ -236,15 +236,11 @@ func (n *Node) scanValues(ctx context.Context, match string, want func(ns string
 // masters returns the client of every master on a cluster, or the node's
 // client on one server.
 func (n *Node) masters(ctx context.Context) ([]redis.UniversalClient, error) {
-	c, ok := n.rdb.(*redis.ClusterClient)
-	if !ok {
-		return []redis.UniversalClient{n.rdb}, nil
-	}
 	var (
 		mu  sync.Mutex
 		out []redis.UniversalClient
 	)
-	err := c.ForEachMaster(ctx, func(_ context.Context, m *redis.Client) error {
+	err := forEachMaster(ctx, n.rdb, func(_ context.Context, m redis.UniversalClient) error {
 		mu.Lock()
 		out = append(out, m)
 		mu.Unlock()
