@@ -142,6 +142,12 @@ func TestClusterBasics(t *testing.T) {
 	if err != nil || n != 11 {
 		t.Fatalf("InvalidatePattern = %d, %v; want 11", n, err)
 	}
+	// Flush: an announcement with no change.
+	drops := nb.Stats().Drops
+	if err := na.Flush(ctx); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	eventually(t, func() bool { return nb.Stats().Drops > drops }, "B drops its L1 on the fleet's Flush")
 }
 
 // eventually polls cond under the guard.
