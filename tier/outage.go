@@ -15,8 +15,11 @@ import (
 // every operation in flight gives up, instead of each caller waiting for
 // RedisTimeout while the client retries; a dial that succeeds while the
 // breaker is open makes its probe due at once, so that a restart of Redis
-// costs the time it takes, not a BreakerPause. It stays on the client
-// after Close, where it does nothing.
+// costs the time it takes, not a BreakerPause. On a Redis Cluster a refused
+// dial is proof only that one member is down, while the others serve their
+// slots: it is left to the breaker's count of failed operations, and the
+// operations on the dead member's slots fail at once by themselves. It
+// stays on the client after Close, where it does nothing.
 type outageHook struct{ n *Node }
 
 func (h outageHook) DialHook(next redis.DialHook) redis.DialHook {
@@ -29,7 +32,7 @@ func (h outageHook) DialHook(next redis.DialHook) redis.DialHook {
 			// reconnect, typically): probe now, not a BreakerPause after
 			// the breaker opened.
 			h.n.breaker.Expedite()
-		case refused(err):
+		case refused(err) && !isCluster(h.n.rdb):
 			h.n.outage()
 		}
 		return conn, err
