@@ -81,8 +81,8 @@
 //
 // Errors wrap the package's sentinels ([ErrNotFound], [ErrConfig],
 // [ErrEmptyKey], [ErrKeyTooLarge], [ErrValueTooLarge], [ErrBadGroup],
-// [ErrFetchPanic], [ErrPanic], [ErrPending], [ErrStale], [ErrUnreachable],
-// [ErrClosed]) so that errors.Is tells them apart. Bytes in Redis that do
+// [ErrFetchPanic], [ErrPanic], [ErrPending], [ErrNotReplicated], [ErrStale],
+// [ErrUnreachable], [ErrClosed]) so that errors.Is tells them apart. Bytes in Redis that do
 // not decode are a miss: removed, refetched and counted, never a panic. A
 // callback of the caller's that panics (Fetch, Key, Groups, the Codec,
 // OnHit, OnMiss) becomes an error wrapping [ErrPanic] for the calls
@@ -92,7 +92,7 @@
 //
 // Every Redis operation is bounded by NodeConfig.RedisTimeout and its
 // caller's context; a circuit breaker per node sends reads straight to the
-// source while Redis is unreachable (at once when Redis refuses
+// source while Redis is unreachable (at once when a single server refuses
 // connections, R41), and probes for its return. A write that cannot reach
 // Redis applies locally, returns an error wrapping [ErrPending], and is
 // queued and replayed to the fleet on recovery; until then the node never
@@ -100,7 +100,16 @@
 // caller gave up lives at most LeaseTTL there (R44). L1 follows the bus
 // lease; concurrent Gets of a key keep sharing one fetch (R42), and
 // NodeConfig.OutageMaxAge turns on a degraded mode that answers from L1 as
-// stale (R45).
+// stale (R45). With NodeConfig.WaitReplicas, a write returns nil only once
+// that many replicas have it, so that no failover undoes it (R52).
+//
+// # Deployments
+//
+// NewNode takes a client of one Redis server, of a Sentinel deployment
+// (redis.NewFailoverClient) or of a Redis Cluster (redis.NewClusterClient,
+// Redis 7 or later), with the same guarantees: on a cluster every slot
+// keeps the group state of its own values, and the bus is one shard
+// channel (see package l2, package bus, and docs/RACES.md R28, R49-R53).
 //
 // # Thread-safety
 //
