@@ -712,14 +712,15 @@ func (l *Listener) invalidate(targets []tier.Target, why string) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, tier.ErrPending):
-		l.count(&l.c.pending, 1)
+		// Logged before counted: whoever sees the count sees the record.
 		l.log.Warn("pgnotify: invalidation applied here, queued for the fleet", "channel", l.channel, "cause", why, "err", err)
+		l.count(&l.c.pending, 1)
 		return nil
 	case l.ctx.Err() != nil:
 		return l.ctx.Err()
 	case errors.Is(err, tier.ErrClosed):
-		l.count(&l.c.invalidateErrors, 1)
 		l.log.Error("pgnotify: invalidation failed", "channel", l.channel, "cause", why, "err", err)
+		l.count(&l.c.invalidateErrors, 1)
 		return err
 	}
 	// Node.Invalidate checks its targets before it does anything, and has
