@@ -146,7 +146,7 @@ func TestFillEntry_Negative(t *testing.T) {
 // silent otherwise.
 func TestWake(t *testing.T) {
 	f := newFixture(t)
-	sub := f.srv.Client(t).Subscribe(t.Context(), l2.WakeChannel("tc"))
+	sub := f.srv.Client(t).Subscribe(t.Context(), l2.BusKeysFor("tc", false).Wake)
 	t.Cleanup(func() { _ = sub.Close() })
 	if _, err := sub.Receive(t.Context()); err != nil { // the subscription's confirmation
 		t.Fatal(err)

@@ -415,10 +415,6 @@ func BusKeysFor(prefix string, cluster bool) BusKeys {
 	return BusKeys{Channel: prefix + ":bus" + tag, Seq: prefix + ":seq" + tag, Epoch: prefix + ":epoch" + tag, Wake: prefix + ":wake" + tag}
 }
 
-// WakeChannel returns the channel of BusKeysFor(prefix, false).Wake: see
-// [Store.WakeChannel] for the Store's own.
-func WakeChannel(prefix string) string { return BusKeysFor(prefix, false).Wake }
-
 // GroupStampTTL is the lifetime of the stamp that a group invalidation
 // writes. Fills keep a stamp alive for as long as their value; a stamp that
 // expires makes its entries unknown (refused), never fresh.

@@ -302,7 +302,6 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		hooks:   hk,
 		caches:  make(map[string]evictor),
 		live:    make(chan struct{}),
-		names:   l2.BusKeysFor(cfg.Prefix, isCluster(rdb)),
 	}
 	if cfg.Recorder != nil && cfg.Recorder != Recorder(NopRecorder{}) {
 		n.rec = guardedRecorder{r: cfg.Recorder, n: n}
@@ -324,6 +323,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 	})
 	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(breakerGuard{n.breaker}), l2.WithTimeout(cfg.RedisTimeout),
 		l2.WithWaitReplicas(cfg.WaitReplicas, cfg.WaitTimeout))
+	n.names = l2.BusKeysFor(cfg.Prefix, n.store.Cluster())
 	if c, ok := rdb.(*redis.ClusterClient); ok {
 		if err := n.checkCluster(ctx, c); err != nil {
 			cache.Close()

@@ -32,7 +32,7 @@ func (h outageHook) DialHook(next redis.DialHook) redis.DialHook {
 			// reconnect, typically): probe now, not a BreakerPause after
 			// the breaker opened.
 			h.n.breaker.Expedite()
-		case refused(err) && !isCluster(h.n.rdb):
+		case refused(err) && !h.n.store.Cluster():
 			h.n.outage()
 		}
 		return conn, err

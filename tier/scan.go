@@ -252,7 +252,7 @@ func (n *Node) masters(ctx context.Context) ([]redis.UniversalClient, error) {
 // del deletes names: with one DEL on one server, and on a cluster in a
 // pipeline of one DEL per name, since they may lie in different slots.
 func (n *Node) del(ctx context.Context, names []string) error {
-	if !isCluster(n.rdb) {
+	if !n.store.Cluster() {
 		return n.rdb.Del(ctx, names...).Err()
 	}
 	pipe := n.rdb.Pipeline()

@@ -12,7 +12,7 @@ import (
 // wakers are the loads on this node waiting for another claimant's value,
 // by the key's Redis name. A claimant that fills, releases or fails a key
 // that readers marked as waited on announces it on the wake channel
-// (l2.WakeChannel); an invalidation wakes them through the bus. Either way
+// (l2.Store.WakeChannel); an invalidation wakes them through the bus. Either way
 // they read again at once instead of at their next poll. A lost message
 // costs one poll interval, never correctness: waiters still poll.
 type wakers struct {
