@@ -919,15 +919,7 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		groupOps []scriptCall // on a cluster
 	)
 	if s.cluster == nil {
-		c := scriptCall{keys: make([]string, 1, 1+3*len(changes)), args: make([]any, 0, 6+4*len(changes))}
-		if a != nil {
-			c.keys[0] = a.SeqKey
-			c.args = append(c.args, a.Channel, a.Head, a.Body)
-		} else {
-			c.keys[0] = s.clockKey("")
-			c.args = append(c.args, "", "", "")
-		}
-		c.args = append(c.args, s.prefix, "", "PUBLISH")
+		c := s.applyCall(a, "", "PUBLISH")
 		for _, o := range ops {
 			c.keys = append(c.keys, o.keys...)
 			c.args = append(c.args, o.args...)
@@ -979,7 +971,7 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		// Every change is made (and acknowledged): announce them. A message
 		// never overtakes the changes it announces (R14); on a cluster the
 		// two are not one atomic step, see doc.go.
-		ann := scriptCall{keys: []string{a.SeqKey}, args: []any{a.Channel, a.Head, a.Body, s.prefix, "", "SPUBLISH"}}
+		ann := s.applyCall(a, "", "SPUBLISH")
 		if cmds, acked, err = s.runScripts(ctx, applyScript, []scriptCall{ann}); err != nil {
 			return err
 		}
@@ -998,6 +990,17 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		return uint64(seq), fmt.Errorf("l2 apply: %w", &replicaError{got: acked, want: int64(s.replicas), timeout: s.waitTimeout})
 	}
 	return uint64(seq), nil
+}
+
+// applyCall starts a call of the apply script, before its changes: anchored
+// on a's sequence counter announcing a with publish (PUBLISH or SPUBLISH),
+// or, with a nil, on the group clock of the slot whose tag is tag (of the
+// server if tag is ""), announcing nothing.
+func (s *Store) applyCall(a *Announcement, tag, publish string) scriptCall {
+	if a == nil {
+		return scriptCall{keys: []string{s.clockKey(tag)}, args: []any{"", "", "", s.prefix, tag, publish}}
+	}
+	return scriptCall{keys: []string{a.SeqKey}, args: []any{a.Channel, a.Head, a.Body, s.prefix, tag, publish}}
 }
 
 // scriptCall is one run of a script: its KEYS and ARGV.
@@ -1047,8 +1050,8 @@ func (s *Store) slotCalls(ops []scriptCall) []scriptCall {
 	call := func(slot int) *scriptCall {
 		c := bySlot[slot]
 		if c == nil {
-			tag := SlotTag(slot)
-			c = &scriptCall{keys: []string{s.clockKey(tag)}, args: []any{"", "", "", s.prefix, tag, "PUBLISH"}}
+			call := s.applyCall(nil, SlotTag(slot), "PUBLISH")
+			c = &call
 			bySlot[slot] = c
 			order = append(order, slot)
 		}
