@@ -150,18 +150,6 @@ func TestClusterBasics(t *testing.T) {
 	eventually(t, func() bool { return nb.Stats().Drops > drops }, "B drops its L1 on the fleet's Flush")
 }
 
-// eventually polls cond under the guard.
-func eventually(t *testing.T, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(guard)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // migrate moves slot, with its keys, to another master.
 func (f *clusterFleet) migrate(slot int) {
 	f.t.Helper()

@@ -49,17 +49,10 @@ func startReplicated(t *testing.T) *replicated {
 // linkUp waits until replica reports its link to the master up.
 func linkUp(t *testing.T, replica *redistest.Server) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for {
+	eventually(t, func() bool {
 		info, _ := replica.Do("INFO", "replication").(string)
-		if strings.Contains(info, "master_link_status:up") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replica never linked up:\n%s", info)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return strings.Contains(info, "master_link_status:up")
+	}, "the replica's link up")
 }
 
 // client returns a client that dials whichever server is master now.
@@ -198,13 +191,7 @@ func TestWaitReplicas(t *testing.T) {
 		host, port, _ := net.SplitHostPort(rp.replica.Addr())
 		rp.replica.Do("CONFIG", "SET", "repl-diskless-sync-delay", "0")
 		linkUp(t, redistest.Start(t, "--replicaof", host, port))
-		deadline := time.Now().Add(guard)
-		for n.Stats().Pending > 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("the replay never landed: %+v", n.Stats())
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		eventually(t, func() bool { return n.Stats().Pending == 0 }, "the replay landed")
 		if got := after(t, rp, src); got != "v2" {
 			t.Fatalf("after the replay Get = %q, want v2", got)
 		}
@@ -345,21 +332,10 @@ func (l *load) finish(writer *tier.Node, check *tier.Cache[string, string]) {
 	l.t.Helper()
 	close(l.stop)
 	l.wg.Wait()
-	deadline := time.Now().Add(guard)
-	for writer.Stats().Pending > 0 {
-		if time.Now().After(deadline) {
-			l.t.Fatalf("writes still pending: %+v", writer.Stats())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(l.t, func() bool { return writer.Stats().Pending == 0 }, "no write pending")
 	for _, k := range l.keys {
 		want := strconv.Itoa(l.latest[k])
-		for got := mustGet(l.t, check, k); got != want; got = mustGet(l.t, check, k) {
-			if time.Now().After(deadline) {
-				l.t.Fatalf("%s reads %s, want %s", k, got, want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		eventually(l.t, func() bool { return mustGet(l.t, check, k) == want }, k+" read as its latest version, "+want)
 	}
 	l.t.Logf("%d writes acknowledged, %d failed with ErrPending, %d reads answered with an error, %d violations",
 		l.count, l.pendingErrs.Load(), l.outageReads.Load(), l.violations.Load())

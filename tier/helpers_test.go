@@ -215,3 +215,16 @@ func wait[T any](t *testing.T, ch <-chan T, what string) T {
 		return zero
 	}
 }
+
+// eventually polls cond until it holds, failing the test if it does not
+// within the guard: for conditions only Redis or the bus decides when.
+func eventually(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
