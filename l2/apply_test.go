@@ -92,7 +92,7 @@ func TestApply_DeletesWritesAndPublishes(t *testing.T) {
 	}
 	f.mustAbsent(t, del.Value)
 	f.mustAbsent(t, del.Flag)
-	f.mustHold(t, wr.Value, string(env))
+	f.mustHoldEnvelope(t, wr.Value, string(env))
 	f.mustAbsent(t, wr.Flag)
 	if d := f.pttl(t, wr.Value); d <= 0 || d > valueTTL {
 		t.Errorf("written value PTTL = %v; want in (0, %v]", d, valueTTL)
@@ -153,7 +153,7 @@ func TestApply_RefusesFillInProgress(t *testing.T) {
 				t.Fatalf("Fill after Apply = %v, %v; want false, nil", ok, err)
 			}
 			if write {
-				f.mustHold(t, k.Value, string(written))
+				f.mustHoldEnvelope(t, k.Value, string(written))
 			} else {
 				f.mustAbsent(t, k.Value)
 			}

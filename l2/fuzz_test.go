@@ -81,3 +81,31 @@ func FuzzKeysFor(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseStored proves ParseStored never panics, reports a value
+// without a header as ErrNoHeader and every other failure as ErrCorrupt,
+// and that whatever it accepts is an even list of pairs and an envelope
+// that ends the input, which AppendStored writes back to bytes that parse
+// to the same.
+// Seeds: testdata/fuzz/FuzzParseStored.
+func FuzzParseStored(f *testing.F) {
+	f.Fuzz(func(t *testing.T, v string) {
+		st, err := l2.ParseStored(v)
+		if err != nil {
+			if !errors.Is(err, l2.ErrCorrupt) && !errors.Is(err, l2.ErrNoHeader) {
+				t.Fatalf("ParseStored(%q) error %v wraps neither ErrCorrupt nor ErrNoHeader", v, err)
+			}
+			if errors.Is(err, l2.ErrNoHeader) != (v == "" || v[0] != 'T') {
+				t.Fatalf("ParseStored(%q) = %v: ErrNoHeader iff the header's 'T' is missing", v, err)
+			}
+			return
+		}
+		if len(st.Pairs)%2 != 0 || !strings.HasSuffix(v, st.Envelope) || st.Negative != (st.Envelope == "") {
+			t.Fatalf("ParseStored(%q) = %+v: odd pairs, or an envelope that does not end the input", v, st)
+		}
+		again, err := l2.ParseStored(string(l2.AppendStored(nil, st)))
+		if err != nil || again.Negative != st.Negative || again.Expiry != st.Expiry || again.Envelope != st.Envelope || strings.Join(again.Pairs, "\x00") != strings.Join(st.Pairs, "\x00") || len(again.Pairs) != len(st.Pairs) {
+			t.Fatalf("ParseStored(AppendStored(%+v)) = %+v, %v", st, again, err)
+		}
+	})
+}

@@ -185,7 +185,11 @@ func TestRace_R03_FlagABA_Store(t *testing.T) {
 		if !ok {
 			t.Fatalf("no value after both fills")
 		}
-		e, err := l2.DecodeEnvelope([]byte(raw))
+		st, err := l2.ParseStored(raw)
+		if err != nil {
+			t.Fatalf("ParseStored: %v", err)
+		}
+		e, err := l2.DecodeEnvelope([]byte(st.Envelope))
 		if err != nil {
 			t.Fatalf("DecodeEnvelope: %v", err)
 		}

@@ -37,15 +37,21 @@ func TestApplyMixedBatchAndGroupKeys(t *testing.T) {
 	}
 	f.mustAbsent(t, k1.Value)
 	f.mustAbsent(t, k3.Value)
-	f.mustHold(t, k2.Value, string(envelope(t, "k2", "two")))
-	f.mustHold(t, k4.Value, string(envelope(t, "k4", "four")))
-	m2, _ := f.rdb.LRange(ctx, k2.Meta, 0, -1).Result()
-	m4, _ := f.rdb.LRange(ctx, k4.Meta, 0, -1).Result()
-	if len(m2) != 7 || m2[0] != "1" || m2[1] != odd[1] || m2[3] != odd[2] || m2[5] != odd[3] {
-		t.Fatalf("meta k2 = %q", m2)
+	f.mustHoldEnvelope(t, k2.Value, string(envelope(t, "k2", "two")))
+	f.mustHoldEnvelope(t, k4.Value, string(envelope(t, "k4", "four")))
+	pairs := func(k l2.Keys) []string {
+		v, _ := f.get(t, k.Value)
+		st, err := l2.ParseStored(v)
+		if err != nil {
+			t.Fatalf("ParseStored(%q): %v", v, err)
+		}
+		return st.Pairs
 	}
-	if len(m4) != 1 || m4[0] != "1" {
-		t.Fatalf("meta k4 = %q", m4)
+	if p2 := pairs(k2); len(p2) != 6 || p2[0] != odd[1] || p2[2] != odd[2] || p2[4] != odd[3] {
+		t.Fatalf("groups of k2 = %q", p2)
+	}
+	if p4 := pairs(k4); len(p4) != 0 {
+		t.Fatalf("groups of k4 = %q", p4)
 	}
 	for i, g := range odd {
 		if _, ok := f.get(t, l2.GroupKey("tc", g)); !ok {

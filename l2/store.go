@@ -85,7 +85,7 @@ var (
 	// regardless, slot tag ('' outside a cluster). Reply: state, value, TTL,
 	// group names, group clock (for a claim), removed-stale, failing,
 	// negative.
-	readOrClaimScript = redis.NewScript(gclockLua + `
+	readOrClaimScript = redis.NewScript(gclockLua + headerLua + `
 names(ARGV[3], ARGV[6])
 -- A reader that finds the flag held may wait: the flag's holder, when it
 -- fills, releases or fails, announces it on the wake channel (see wakeLua).
@@ -99,24 +99,28 @@ end
 local v = redis.call('GET', KEYS[1])
 local stale = 0
 if v then
-  local m = redis.call('LRANGE', KEYS[3], 0, -1)
-  -- Every value is written with its meta, which starts with the marker
-  -- '1' ('n' for a stored "not found"): a value without it lost its meta
-  -- (evicted under maxmemory), so its groups are unknown, never assumed
-  -- fresh (R26).
-  local ok = m[1] == '1' or m[1] == 'n'
-  for i = 2, #m, 2 do
-    local g = m[i]
-    if redis.call('GET', skey(g)) ~= m[i+1] then
+  -- The value's header names its groups with their stamps (value.go). A
+  -- value without one was written by an earlier version, with its groups
+  -- in the meta list, which starts with the marker '1' ('n' for a stored
+  -- "not found"): one without the marker lost its meta (evicted under
+  -- maxmemory), so its groups are unknown, never assumed fresh (R26).
+  local marker, m = unheader(v)
+  if not marker then
+    m = redis.call('LRANGE', KEYS[3], 0, -1)
+    marker = table.remove(m, 1)
+  end
+  local ok = marker == '1' or marker == 'n'
+  for i = 1, #m, 2 do
+    if redis.call('GET', skey(m[i])) ~= m[i+1] then
       ok = false
       break
     end
   end
   if ok then
     local names = {}
-    for i = 2, #m, 2 do names[#names + 1] = m[i] end
+    for i = 1, #m, 2 do names[#names + 1] = m[i] end
     local neg = 0
-    if m[1] == 'n' then neg = 1 end
+    if marker == 'n' then neg = 1 end
     local left = redis.call('PTTL', KEYS[1])
     local below = tonumber(ARGV[4])
     -- A stored "not found" has no refresh zone: it lives its short TTL.
@@ -142,7 +146,7 @@ return {3, '', redis.call('PTTL', KEYS[2]), {}, '', stale, failing(redis.call('G
 	// ms, the group clock of the claim, prefix, meta marker ('1', or 'n' for
 	// "not found"), slot tag ('' outside a cluster), wake channel, group
 	// count n, n names, n fresh tokens.
-	fillScript = redis.NewScript(stampLua + wakeLua + `
+	fillScript = redis.NewScript(stampLua + headerLua + wakeLua + `
 names(ARGV[5], ARGV[7])
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local ttl = tonumber(ARGV[3])
@@ -154,11 +158,8 @@ if not meta then
   wake(KEYS[2], ARGV[8], KEYS[1])
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+redis.call('SET', KEYS[1], header(ARGV[6], ttl, meta) .. ARGV[2], 'PX', ttl)
 redis.call('DEL', KEYS[2], KEYS[3])
-meta[1] = ARGV[6]
-redis.call('RPUSH', KEYS[3], unpack(meta))
-redis.call('PEXPIRE', KEYS[3], ttl)
 wake(KEYS[2], ARGV[8], KEYS[1])
 return 1
 `)
@@ -181,8 +182,13 @@ end
 return 0
 `)
 	// KEYS: value. ARGV: bytes.
-	deleteIfEqualScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+	deleteIfEqualScript = redis.NewScript(headerLua + `
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local marker, _, at = unheader(v)
+if v == ARGV[1] or (marker and string.sub(v, at) == ARGV[1]) then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 `)
 	// KEYS: the anchor (the sequence counter if there is an announcement,
@@ -194,7 +200,7 @@ return 0
 	// write, group count n, n names, n fresh tokens; or 'g', group, fresh
 	// token, stamp TTL in ms; or 'x', the same as 'g' but replacing the
 	// group's stamp only where it exists (a cluster slot's, see doc.go).
-	applyScript = redis.NewScript(stampLua + `
+	applyScript = redis.NewScript(stampLua + headerLua + `
 local announce = ARGV[1] ~= ''
 names(ARGV[4], ARGV[5])
 local k, a = 2, 7
@@ -220,10 +226,8 @@ while a <= #ARGV do
     end
     local n = tonumber(ARGV[a+5])
     local meta = stamps(ARGV, a + 5, nil, ttl)
-    redis.call('SET', KEYS[k], ARGV[a+1], 'PX', ttl)
+    redis.call('SET', KEYS[k], header('1', ttl, meta) .. ARGV[a+1], 'PX', ttl)
     redis.call('UNLINK', KEYS[k+1], KEYS[k+2], KEYS[k+1] .. 'w')
-    redis.call('RPUSH', KEYS[k+2], unpack(meta))
-    redis.call('PEXPIRE', KEYS[k+2], ttl)
     a = a + 6 + 2 * n
     k = k + 3
   else
@@ -734,6 +738,13 @@ func parseRead(reply []any) (Read, error) {
 		return Read{}, fmt.Errorf("l2 read: %w: a claim without a group clock", ErrUnexpectedReply)
 	}
 	if r.State == Hit || r.State == StaleClaimed || r.State == StaleBusy {
+		// A value without a header is an earlier version's: the envelope
+		// alone. One with a header the script accepted but ParseStored
+		// does not goes on whole: the caller cannot decode it, and
+		// removes it.
+		if v, err := ParseStored(value); err == nil {
+			value = v.Envelope
+		}
 		r.Value = []byte(value)
 		for _, n := range names {
 			name, ok := n.(string)

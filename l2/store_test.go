@@ -72,6 +72,23 @@ func (f *fixture) mustHold(t *testing.T, key, want string) {
 	}
 }
 
+// mustHoldEnvelope fails unless the value key holds env behind a header
+// that ParseStored accepts, with an expiry no later than the key's.
+func (f *fixture) mustHoldEnvelope(t *testing.T, key, env string) {
+	t.Helper()
+	v, ok := f.get(t, key)
+	if !ok {
+		t.Fatalf("%q is absent; want it to hold %q", key, env)
+	}
+	st, err := l2.ParseStored(v)
+	if err != nil || st.Envelope != env {
+		t.Fatalf("%q = %q: ParseStored = %+v, %v; want envelope %q", key, v, st, err, env)
+	}
+	if left := time.Until(time.UnixMilli(st.Expiry)); left > f.pttl(t, key)+time.Second {
+		t.Fatalf("%q: header expiry %v away, PTTL %v; want the header's no later", key, left, f.pttl(t, key))
+	}
+}
+
 // pttl returns the remaining lifetime of key as Redis reports it.
 func (f *fixture) pttl(t *testing.T, key string) time.Duration {
 	t.Helper()
@@ -214,19 +231,33 @@ func TestReadOrClaim_HitWithoutExpiry(t *testing.T) {
 	}
 }
 
-// TestReadOrClaim_ValueWithoutMetaIsUnknown proves R26 for the meta list: a
-// value whose meta was lost (evicted under maxmemory) is removed and
-// reported stale, never served, since its groups are unknown.
-func TestReadOrClaim_ValueWithoutMetaIsUnknown(t *testing.T) {
+// TestReadOrClaim_EarlierVersionsValue proves that a value written by an
+// earlier version of the package (an envelope without a header, its groups
+// in the meta list) is still read through the meta list while the fleet
+// upgrades, and that one whose meta list was lost (evicted under
+// maxmemory) is unknown, never fresh (R26).
+func TestReadOrClaim_EarlierVersionsValue(t *testing.T) {
 	f := newFixture(t)
+	ctx := t.Context()
 	k := l2.KeysFor("tc", "ns", "k")
-	if err := f.st.Write(t.Context(), k, []byte("v"), time.Minute); err != nil {
-		t.Fatalf("Write: %v", err)
+	env := envelope(t, "k", "v")
+	if err := f.rdb.Set(ctx, k.Value, env, time.Minute).Err(); err != nil {
+		t.Fatalf("SET: %v", err)
 	}
-	if err := f.rdb.Del(t.Context(), k.Meta).Err(); err != nil {
+	if err := f.rdb.RPush(ctx, k.Meta, "1").Err(); err != nil {
+		t.Fatalf("RPUSH meta: %v", err)
+	}
+	if _, ok, err := f.st.Peek(ctx, k, nil, l2.Claim{}); err != nil || ok {
+		t.Fatalf("Peek = %v, %v; want it left to the script", ok, err)
+	}
+	r, err := f.st.ReadOrClaim(ctx, k, consistency.NewToken(), flagTTL)
+	if err != nil || r.State != l2.Hit || string(r.Value) != string(env) {
+		t.Fatalf("ReadOrClaim = %+v, %v; want a Hit of the envelope", r, err)
+	}
+	if err := f.rdb.Del(ctx, k.Meta).Err(); err != nil {
 		t.Fatalf("DEL meta: %v", err)
 	}
-	r, err := f.st.ReadOrClaim(t.Context(), k, consistency.NewToken(), flagTTL)
+	r, err = f.st.ReadOrClaim(ctx, k, consistency.NewToken(), flagTTL)
 	if err != nil || r.State != l2.Claimed || !r.Stale {
 		t.Fatalf("ReadOrClaim = %+v, %v; want a stale miss, claimed", r, err)
 	}
@@ -262,7 +293,7 @@ func TestFill_LandsWithCurrentToken(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("Fill = %v, %v; want true, nil", ok, err)
 	}
-	f.mustHold(t, k.Value, string(env))
+	f.mustHoldEnvelope(t, k.Value, string(env))
 	if d := f.pttl(t, k.Value); d <= 0 || d > valueTTL {
 		t.Errorf("value PTTL = %v; want in (0, %v]", d, valueTTL)
 	}
@@ -271,7 +302,7 @@ func TestFill_LandsWithCurrentToken(t *testing.T) {
 	if ok, err := f.st.Fill(t.Context(), k, tok, envelope(t, "k", "v2"), valueTTL); err != nil || ok {
 		t.Errorf("second Fill with a used token = %v, %v; want false, nil", ok, err)
 	}
-	f.mustHold(t, k.Value, string(env))
+	f.mustHoldEnvelope(t, k.Value, string(env))
 }
 
 // TestFill_SubMillisecondTTLRoundsUp proves a positive TTL below one
@@ -364,7 +395,7 @@ func TestRace_R05_TokenSteal(t *testing.T) {
 	if ok, err := f.st.Fill(t.Context(), k, tokB, envB, valueTTL); err != nil || !ok {
 		t.Fatalf("B's Fill = %v, %v; want true, nil", ok, err)
 	}
-	f.mustHold(t, k.Value, string(envB))
+	f.mustHoldEnvelope(t, k.Value, string(envB))
 }
 
 // TestRelease_OnlyOwnToken proves Release clears the flag only for its own
@@ -401,7 +432,7 @@ func TestWrite_SetsValueAndClearsFlag(t *testing.T) {
 	if err := f.st.Write(t.Context(), k, env, valueTTL); err != nil {
 		t.Fatalf("Write: %v", err)
 	}
-	f.mustHold(t, k.Value, string(env))
+	f.mustHoldEnvelope(t, k.Value, string(env))
 	f.mustAbsent(t, k.Flag)
 	if d := f.pttl(t, k.Value); d <= 0 || d > valueTTL {
 		t.Errorf("value PTTL = %v; want in (0, %v]", d, valueTTL)
@@ -409,13 +440,13 @@ func TestWrite_SetsValueAndClearsFlag(t *testing.T) {
 	if ok, err := f.st.Fill(t.Context(), k, tok, envelope(t, "k", "fetched"), valueTTL); err != nil || ok {
 		t.Fatalf("Fill after Write = %v, %v; want false, nil", ok, err)
 	}
-	f.mustHold(t, k.Value, string(env))
+	f.mustHoldEnvelope(t, k.Value, string(env))
 	// Write over an existing value replaces it and its TTL.
 	env2 := envelope(t, "k", "again")
 	if err := f.st.Write(t.Context(), k, env2, time.Minute); err != nil {
 		t.Fatalf("second Write: %v", err)
 	}
-	f.mustHold(t, k.Value, string(env2))
+	f.mustHoldEnvelope(t, k.Value, string(env2))
 	if d := f.pttl(t, k.Value); d <= 0 || d > time.Minute {
 		t.Errorf("value PTTL after second Write = %v; want in (0, 1m]", d)
 	}
@@ -453,8 +484,8 @@ func TestInvalidate_ZeroOneMany(t *testing.T) {
 			if _, ok := f.get(t, bystander.Value); !ok {
 				t.Fatalf("Invalidate deleted a key it was not given")
 			}
-			if got, err := f.rdb.DBSize(ctx).Result(); err != nil || got != 2 {
-				t.Fatalf("DBSIZE = %d, %v; want 2 (the bystander's value and meta)", got, err)
+			if got, err := f.rdb.DBSize(ctx).Result(); err != nil || got != 1 {
+				t.Fatalf("DBSIZE = %d, %v; want 1 (the bystander's value)", got, err)
 			}
 		})
 	}
@@ -596,7 +627,7 @@ func runEveryOperation(t *testing.T, f *fixture, around func(op string, scripted
 			if ok, err := f.st.Fill(ctx, k, tok, env, valueTTL); err != nil || !ok {
 				t.Fatalf("Fill = %v, %v; want true", ok, err)
 			}
-			f.mustHold(t, k.Value, string(env))
+			f.mustHoldEnvelope(t, k.Value, string(env))
 			f.mustAbsent(t, k.Flag)
 		}},
 		{"Write", true, func(k l2.Keys, tok string) {
@@ -604,7 +635,7 @@ func runEveryOperation(t *testing.T, f *fixture, around func(op string, scripted
 			if err := f.st.Write(ctx, k, env, valueTTL); err != nil {
 				t.Fatalf("Write: %v", err)
 			}
-			f.mustHold(t, k.Value, string(env))
+			f.mustHoldEnvelope(t, k.Value, string(env))
 			f.mustAbsent(t, k.Flag)
 		}},
 		{"MarkFailing", true, func(k l2.Keys, tok string) {

@@ -136,7 +136,7 @@ func (f *fleet) stored(key string) string {
 	if err != nil {
 		f.t.Fatalf("GET: %v", err)
 	}
-	env, err := l2.DecodeEnvelope(b)
+	env, err := l2.DecodeValue(b)
 	if err != nil {
 		f.t.Fatalf("stored envelope: %v", err)
 	}

@@ -337,7 +337,7 @@ func (n *Node) resolveHashed(ctx context.Context, keys, hashed []scannedKey) ([]
 				}
 				return keys, err
 			}
-			env, err := l2.DecodeEnvelope(b)
+			env, err := l2.DecodeValue(b)
 			// The name must be the one KeysFor gives the envelope's key: a
 			// corrupt or planted envelope names nothing.
 			if err != nil || l2.KeysFor(n.cfg.Prefix, h.ns, env.Key).Value != h.key {

@@ -663,7 +663,7 @@ func TestCodecs(t *testing.T) {
 		t.Fatalf("raw Get = %q, %v", v, err)
 	}
 	b, _ := f.rdb.Get(context.Background(), l2.KeysFor(tier.DefaultPrefix, "raw", "k").Value).Bytes()
-	if env, err := l2.DecodeEnvelope(b); err != nil || string(env.Data) != "bytes" {
+	if env, err := l2.DecodeValue(b); err != nil || string(env.Data) != "bytes" {
 		t.Fatalf("stored data = %q, %v; the custom codec was not used", env.Data, err)
 	}
 }

@@ -163,18 +163,32 @@ func readKey(ctx context.Context, rdb redis.UniversalClient, o inspectOptions, n
 		return r, fmt.Errorf("inspect: %w", err)
 	}
 
+	// The groups and the marker: in the value's header, or, for a value
+	// of an earlier version, in its meta list.
 	m := meta.Val()
-	switch {
-	case len(m) > 0 && m[0] == "1":
-		r.Meta = "ok"
-	case len(m) > 0 && m[0] == "n":
-		r.Meta, r.Negative = "negative", true
-	}
 	if b, err := value.Bytes(); err == nil {
 		r.Present = true
 		r.Bytes = len(b)
 		r.TTLMillis = millis(valueTTL.Val())
-		if !r.Negative { // a stored "not found" holds no envelope
+		st, err := l2.ParseStored(string(b))
+		switch {
+		case err == nil:
+			m = append([]string{"1"}, st.Pairs...)
+			if st.Negative {
+				m[0] = "n"
+			}
+			b = []byte(st.Envelope)
+		case errors.Is(err, l2.ErrNoHeader):
+		default:
+			m = []string{"1"}
+			r.Corrupt = err.Error()
+		}
+		if len(m) > 0 && m[0] == "n" {
+			r.Meta, r.Negative = "negative", true
+		} else if len(m) > 0 && m[0] == "1" {
+			r.Meta = "ok"
+		}
+		if !r.Negative && r.Corrupt == "" { // a stored "not found" holds no envelope
 			decodeValue(b, key, &r)
 		}
 	} else {
