@@ -1,0 +1,334 @@
+package l2
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Peek reads k's value without a script, in one round trip of plain
+// commands: an MGET of the value and of the current stamps of the groups
+// in known (one atomic read), and the server's clock (TIME), which with
+// the expiry in the value's header gives its remaining lifetime (on a
+// cluster, through the client of the key's master: its clock). It answers, with ok, only what ReadOrClaimWith
+// would answer as a Hit: a value with a header (value.go) whose every
+// group still has the stamp the value was written with, and that c does
+// not claim for a refresh. A group of the value's that known lacks costs
+// a second MGET, of its stamp, after the first: a stamp read later than
+// the value can only be newer, so a match still proves the group
+// unchanged since the value was written (stamps never repeat, R26).
+//
+// Everything else (no value, a stale one, one written by an earlier
+// version, one due for a refresh, c.Always) comes back with ok false and
+// nothing changed in Redis: the caller goes on with ReadOrClaimWith, which
+// decides atomically and claims.
+func (s *Store) Peek(ctx context.Context, k Keys, known []string, c Claim) (Read, bool, error) {
+	reads, oks, err := s.PeekMany(ctx, []Keys{k}, known, c)
+	if err != nil {
+		return Read{}, false, err
+	}
+	return reads[0], oks[0], nil
+}
+
+// PeekMany is Peek for many keys in one round trip (and one more for the
+// stamps of groups that known lacks, if any value has one): on one server
+// a single MGET of every value and the known groups' stamps, and TIME; on
+// a cluster the same per master, with an MGET per slot. oks[i] says whether
+// reads[i] answers ks[i]. It returns an error only if Redis could not be
+// read.
+func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim) ([]Read, []bool, error) {
+	reads := make([]Read, len(ks))
+	oks := make([]bool, len(ks))
+	if len(ks) == 0 || c.Always {
+		return reads, oks, nil
+	}
+	p, err := s.peekFirst(ctx, ks, known)
+	if err != nil {
+		return nil, nil, &opError{op: "peek", err: err}
+	}
+	// What each value is, and which stamps are still to be read.
+	var extra []peekExtra
+	for i := range ks {
+		v, ok := p.value(i).(string)
+		if !ok {
+			continue // absent
+		}
+		st, err := ParseStored(v)
+		if err != nil {
+			continue // an earlier version's, or malformed: the script decides
+		}
+		left, ok := p.left(i, st.Expiry)
+		if !ok {
+			continue
+		}
+		matched := true
+		for j := 0; j+1 < len(st.Pairs) && matched; j += 2 {
+			g, stamp := st.Pairs[j], st.Pairs[j+1]
+			if at := indexOf(known, g); at >= 0 {
+				cur, _ := p.stamp(i, at).(string)
+				matched = cur == stamp
+			} else {
+				extra = append(extra, peekExtra{i: i, key: s.stampKey(s.tag(ks[i]), g), stamp: stamp})
+			}
+		}
+		if !matched || (!st.Negative && c.Below > 0 && left >= 0 && left <= c.Below) {
+			continue
+		}
+		reads[i] = Read{State: Hit, TTL: left, Groups: st.Groups(), Negative: st.Negative}
+		if !st.Negative {
+			reads[i].Value = []byte(st.Envelope)
+		}
+		oks[i] = true
+	}
+	if len(extra) > 0 {
+		if err := s.peekExtra(ctx, extra); err != nil {
+			return nil, nil, &opError{op: "peek", err: err}
+		}
+		for _, e := range extra {
+			if !e.matched {
+				oks[e.i], reads[e.i] = false, Read{}
+			}
+		}
+	}
+	return reads, oks, nil
+}
+
+// peekReply is the first round trip of PeekMany: for each key, the MGET
+// reply of its slot (its value, then the known groups' stamps of the slot
+// after the slot's values) and its master's clock.
+type peekReply struct {
+	known  int
+	vals   [][]any // per key: its MGET's reply
+	at     []int   // per key: the index of its value in vals[i]
+	now    []time.Time
+	pttl   []time.Duration // per key, for a batch of one key: its PTTL
+	missed []bool          // per key: its master answered with an error (MOVED...)
+}
+
+func (p *peekReply) value(i int) any {
+	if p.missed[i] {
+		return nil
+	}
+	return p.vals[i][p.at[i]]
+}
+
+func (p *peekReply) stamp(i, at int) any {
+	v := p.vals[i]
+	return v[len(v)-p.known+at]
+}
+
+// left returns the remaining lifetime of key i's value, which expires at
+// expiry (ms on its master's clock), negative for none, and false if it
+// expired meanwhile. A batch of one key asks Redis (PTTL), so that a TTL
+// changed behind the library's back is seen; a larger batch reckons it
+// from the header and its master's clock.
+func (p *peekReply) left(i int, expiry int64) (time.Duration, bool) {
+	if p.now[i].IsZero() {
+		d := p.pttl[i]
+		return d, d > 0 || d == -1
+	}
+	d := time.Duration(expiry-p.now[i].UnixMilli()) * time.Millisecond
+	return d, d > 0
+}
+
+// peekBatch is what PeekMany sends one server: one MGET per slot (one for
+// all on one server), and TIME.
+type peekBatch struct {
+	client redis.Cmdable
+	slots  [][]int // indexes into ks, per MGET
+}
+
+// peekFirst sends PeekMany's first round trip: on one server, one
+// pipeline; on a cluster, one per master, concurrently, each through the
+// master's own client, so that TIME is the clock of the master whose
+// values it times. A master that answers with an error reply (a slot that
+// moved: MOVED, ASK) leaves its keys to the read script, which the
+// cluster client redirects.
+func (s *Store) peekFirst(ctx context.Context, ks []Keys, known []string) (*peekReply, error) {
+	p := &peekReply{
+		known:  len(known),
+		vals:   make([][]any, len(ks)),
+		at:     make([]int, len(ks)),
+		now:    make([]time.Time, len(ks)),
+		pttl:   make([]time.Duration, len(ks)),
+		missed: make([]bool, len(ks)),
+	}
+	err := s.do(ctx, func(ctx context.Context) error {
+		if s.cluster == nil {
+			all := make([]int, len(ks))
+			for i := range all {
+				all[i] = i
+			}
+			return s.peekBatch(ctx, p, ks, known, peekBatch{client: s.rdb, slots: [][]int{all}})
+		}
+		batches, err := s.peekBatches(ctx, ks)
+		if err != nil {
+			return err
+		}
+		if len(batches) == 1 {
+			return s.peekBatch(ctx, p, ks, known, batches[0])
+		}
+		errs := make([]error, len(batches))
+		var wg sync.WaitGroup
+		for j, b := range batches {
+			wg.Go(func() { errs[j] = s.peekBatch(ctx, p, ks, known, b) })
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	})
+	return p, err
+}
+
+// peekBatches groups ks by master, then by slot.
+func (s *Store) peekBatches(ctx context.Context, ks []Keys) ([]peekBatch, error) {
+	var (
+		out      []peekBatch
+		byMaster = make(map[*redis.Client]int)
+		bySlot   = make(map[int][2]int)
+	)
+	for i, k := range ks {
+		slot := Slot(k.Value)
+		if at, ok := bySlot[slot]; ok {
+			out[at[0]].slots[at[1]] = append(out[at[0]].slots[at[1]], i)
+			continue
+		}
+		m, err := s.cluster.MasterForKey(ctx, k.Value)
+		if err != nil {
+			return nil, err
+		}
+		b, ok := byMaster[m]
+		if !ok {
+			b = len(out)
+			byMaster[m] = b
+			out = append(out, peekBatch{client: m})
+		}
+		bySlot[slot] = [2]int{b, len(out[b].slots)}
+		out[b].slots = append(out[b].slots, []int{i})
+	}
+	return out, nil
+}
+
+// peekBatch sends one batch and files its replies in p.
+func (s *Store) peekBatch(ctx context.Context, p *peekReply, ks []Keys, known []string, b peekBatch) error {
+	pipe := b.client.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(b.slots))
+	for j, idx := range b.slots {
+		tag := s.tag(ks[idx[0]])
+		names := make([]string, 0, len(idx)+len(known))
+		for _, i := range idx {
+			names = append(names, ks[i].Value)
+		}
+		for _, g := range known {
+			names = append(names, s.stampKey(tag, g))
+		}
+		cmds[j] = pipe.MGet(ctx, names...)
+	}
+	var (
+		now  *redis.TimeCmd
+		pttl *redis.DurationCmd
+	)
+	if one := len(b.slots) == 1 && len(b.slots[0]) == 1; one {
+		pttl = pipe.PTTL(ctx, ks[b.slots[0][0]].Value)
+	} else {
+		now = pipe.Time(ctx)
+	}
+	_, err := pipe.Exec(ctx)
+	var reply redis.Error
+	if errors.As(err, &reply) {
+		for _, idx := range b.slots {
+			for _, i := range idx {
+				p.missed[i] = true
+			}
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for j, idx := range b.slots {
+		vals := cmds[j].Val()
+		if len(vals) != len(idx)+len(known) {
+			return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, len(idx)+len(known), len(vals))
+		}
+		for at, i := range idx {
+			p.vals[i], p.at[i] = vals, at
+			if now != nil {
+				p.now[i] = now.Val()
+			} else {
+				p.pttl[i] = pttl.Val()
+			}
+		}
+	}
+	return nil
+}
+
+// peekExtra is a stamp that PeekMany reads in its second round trip: of a
+// group of ks[i] that known lacked.
+type peekExtra struct {
+	i       int
+	key     string
+	stamp   string // the value's
+	matched bool
+}
+
+// peekExtra reads the stamps of extra, one MGET per key (each key's
+// stamps share its slot on a cluster), and marks those still current.
+func (s *Store) peekExtra(ctx context.Context, extra []peekExtra) error {
+	return s.do(ctx, func(ctx context.Context) error {
+		pipe := s.rdb.Pipeline()
+		var cmds []*redis.SliceCmd
+		for from := 0; from < len(extra); {
+			to := from + 1
+			for to < len(extra) && extra[to].i == extra[from].i {
+				to++
+			}
+			names := make([]string, 0, to-from)
+			for _, e := range extra[from:to] {
+				names = append(names, e.key)
+			}
+			cmds = append(cmds, pipe.MGet(ctx, names...))
+			from = to
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+		at := 0
+		for _, cmd := range cmds {
+			for _, v := range cmd.Val() {
+				if at == len(extra) {
+					return fmt.Errorf("%w: MGET gave more stamps than asked", ErrUnexpectedReply)
+				}
+				cur, _ := v.(string)
+				extra[at].matched = cur == extra[at].stamp
+				at++
+			}
+		}
+		if at != len(extra) {
+			return fmt.Errorf("%w: MGET gave %d stamps of %d", ErrUnexpectedReply, at, len(extra))
+		}
+		return nil
+	})
+}
+
+// stampKey names group's stamp in the slot whose tag is tag, or the
+// server's if tag is "" (gclockLua's skey builds the same).
+func (s *Store) stampKey(tag, group string) string {
+	if tag == "" {
+		return GroupKey(s.prefix, group)
+	}
+	return s.prefix + ":g:{" + tag + "}:" + strconv.Itoa(len(group)) + ":" + group
+}
+
+func indexOf(list []string, s string) int {
+	for i, x := range list {
+		if x == s {
+			return i
+		}
+	}
+	return -1
+}
