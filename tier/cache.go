@@ -168,7 +168,8 @@ type Cache[K comparable, V any] struct {
 	keys      keyer[K]
 	flights   flights[loaded[V]]
 	groupFn   func(K, V) []string
-	nsGroup   string // the group of every entry of the namespace
+	nsGroup   string   // the group of every entry of the namespace
+	known     []string // fleetGroup and nsGroup: the groups every read checks
 	z         zones
 	onHit     func(K, Source) error // Config.OnHit, a panic an error
 	onMiss    func(K) error
@@ -249,6 +250,7 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 		keys:      kr,
 		groupFn:   cfg.Groups,
 		nsGroup:   namespaceGroup(cfg.Namespace),
+		known:     []string{fleetGroup, namespaceGroup(cfg.Namespace)},
 		z:         z,
 		onHit:     hitHook(n, cfg.Namespace, cfg.OnHit),
 		onMiss:    missHook(n, cfg.Namespace, cfg.OnMiss),
@@ -683,6 +685,7 @@ func (c *Cache[K, V]) meter() *meter { return c.m }
 // flight forgotten.
 func (c *Cache[K, V]) evictLocal(s string, h uint64) {
 	c.node.l1.Evict(h)
+	c.node.present.clear(h)
 	c.node.wakeKey(c.ns, s)
 	if c.node.hooks == nil || !c.node.hooks.NoForget {
 		c.flights.forget(s)

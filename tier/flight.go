@@ -119,6 +119,14 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 	}
 }
 
+// has reports whether a flight of key is running.
+func (g *flights[T]) has(key string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	_, ok := g.m[key]
+	return ok
+}
+
 // forget ends the membership of key's flight: later calls start a new one.
 // The old flight runs on for the callers it already has.
 func (g *flights[T]) forget(key string) {

@@ -61,11 +61,94 @@ func (c *Cache[K, V]) getSlow(ctx context.Context, key K, mode loadMode) (V, Rea
 		r, err := c.load(ctx, key, s, h, mode)
 		return r.v, r.ri, err
 	}
+	var peekErr error
+	if c.peeks(ctx, h, mode) && !c.flights.has(s) {
+		out, err, how := c.peek(ctx, key, s, h)
+		switch how {
+		case peekAnswered:
+			return out.v, out.ri, err
+		case peekFailed:
+			peekErr = err
+		}
+	}
 	r, shared, err := c.flights.do(ctx, c.node, s, func(ctx context.Context) (loaded[V], error) {
+		if peekErr != nil {
+			// Redis just failed this caller's read: do not wait for it
+			// a second time.
+			f := fence{ticket: c.node.l1.Ticket(h), gen: c.node.groups.Gen()}
+			return c.withoutRedis(ctx, key, s, h, f, nil, mode, peekErr)
+		}
 		return c.load(ctx, key, s, h, mode)
 	})
 	r.ri.Shared = shared
 	return r.v, r.ri, err
+}
+
+// peeked is what peek leaves a Get to do.
+type peeked uint8
+
+const (
+	// peekMissed: load, in a flight.
+	peekMissed peeked = iota
+	// peekAnswered: peek's answer is the Get's.
+	peekAnswered
+	// peekFailed: Redis failed (the error is recorded): answer without it.
+	peekFailed
+)
+
+// peeks reports whether a Get of the key hashed h may try peek first: a
+// plain Get (not a refresh) of a key that Redis likely holds (presence:
+// else the read script claims in the same round trip), of a Cache without
+// Config.Groups, whose entries are in the fleet's and the namespace's
+// groups only, which peek reads with the value (an entry in groups of its
+// own would cost a second round trip, where the read script costs one), by
+// a caller that waits at least RedisTimeout. A caller that gives up sooner
+// leaves its read to a flight, which runs it to the end and tells the
+// breaker how it went.
+func (c *Cache[K, V]) peeks(ctx context.Context, h uint64, mode loadMode) bool {
+	if mode != modeGet || c.groupFn != nil || !c.node.present.has(h) {
+		return false
+	}
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) > c.node.cfg.RedisTimeout
+}
+
+// peek answers a Get from Redis without a script or a flight, in the
+// caller's goroutine, when Redis holds a value it can trust at once
+// (l2.Store.Peek: a plain MGET of the value and the stamps of the fleet's
+// and the namespace's groups). Anything else is left to a flight's load:
+// a miss, a value that is stale, due for a refresh, corrupt, of an earlier
+// version, or blocked by a pending write (peekMissed); an error of
+// Redis's, returned with peekFailed.
+func (c *Cache[K, V]) peek(ctx context.Context, key K, s string, h uint64) (loaded[V], error, peeked) {
+	n := c.node
+	// Taken before the read, as by load (R12, R13).
+	f := fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()}
+	if n.pending.blocks(c.ns, s, nil) {
+		return loaded[V]{}, nil, peekMissed
+	}
+	keys := l2.KeysFor(n.cfg.Prefix, c.ns, s)
+	start := time.Now()
+	r, hit, err := n.store.Peek(ctx, keys, c.known, l2.Claim{Below: c.z.below})
+	if n.hooks != nil && n.hooks.AfterRead != nil {
+		n.hooks.AfterRead(s)
+	}
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return loaded[V]{}, ctx.Err(), peekAnswered
+	case err != nil:
+		n.redisFailed(c.ns, "read", err)
+		return loaded[V]{}, err, peekFailed
+	case !hit:
+		return loaded[V]{}, nil, peekMissed
+	}
+	// A corrupt value is the load's to remove and count: as if seen once.
+	st := readState[V]{corrupt: true}
+	next, out, err := c.settle(ctx, key, s, h, keys, "", f, r, start, modeGet, &st)
+	if next != stepDone {
+		return loaded[V]{}, nil, peekMissed
+	}
+	return out, err, peekAnswered
 }
 
 // load reads L2 or claims, then fetches and fills, or waits for another
@@ -260,6 +343,7 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 	claimed := r.State == l2.Claimed || r.State == l2.StaleClaimed
 	var cur *staleValue[V] // the value Redis holds, if any
 	if r.State == l2.Hit || r.State == l2.StaleClaimed || r.State == l2.StaleBusy {
+		n.present.mark(h)
 		if n.pending.blocks(c.ns, s, r.Groups) {
 			// One of its groups was invalidated here while Redis was
 			// unreachable, and that has not landed yet.
@@ -520,6 +604,7 @@ func (c *Cache[K, V]) fill(ctx context.Context, key K, s string, h uint64, keys 
 		return out, nil
 	}
 	c.m.fill(FillLanded)
+	n.present.mark(h)
 	keep, fresh := c.l1Window(life - time.Since(start))
 	c.fillL1(h, key, copied, len(env), keep, fresh, f, gs)
 	return out, nil
@@ -549,6 +634,7 @@ func (c *Cache[K, V]) fillNegative(ctx context.Context, h uint64, key K, keys l2
 		c.m.fill(FillRefused)
 	default:
 		c.m.fill(FillLanded)
+		n.present.mark(h)
 		c.fillNegativeL1(h, key, c.z.notFound-time.Since(start), f, gs)
 	}
 }

@@ -61,7 +61,8 @@ type miss[K comparable] struct {
 }
 
 // GetMany returns the values of keys: first from this node's L1, then from
-// Redis in one pipelined round trip for all the rest, then from the source:
+// Redis (the keys this node has seen there with one MGET, the rest with the
+// read script, one pipelined round trip each), then from the source:
 // through Config.FetchMany in one call if it is set, else through Fetch,
 // concurrently, one load per key. Every key is claimed, fenced and filled
 // as by Get, with the same guarantees; a key that another claimant is
@@ -154,10 +155,47 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 		return nil, ErrClosed
 	}
 
-	// Redis, in one round trip.
-	var toRead []miss[K]
+	// Redis: what it likely holds with plain commands (PeekMany), the
+	// rest with the read script, which claims; one round trip each.
+	var (
+		toPeek, toRead []miss[K]
+		claimed        []claim[K, V] // ours to fetch and fill
+		uncached       []claim[K, V] // to fetch without caching
+		slow           []miss[K]     // for Get: busy, corrupt, blocked, or Redis failed
+	)
 	for _, m := range misses {
-		if m.tok != "" {
+		switch {
+		case m.tok == "":
+			slow = append(slow, m)
+		case c.peeks(ctx, m.h, modeGet):
+			toPeek = append(toPeek, m)
+		default:
+			toRead = append(toRead, m)
+		}
+	}
+	if len(toPeek) > 0 {
+		ks := make([]l2.Keys, len(toPeek))
+		for i, m := range toPeek {
+			ks[i] = m.keys
+		}
+		readAt := time.Now()
+		reads, oks, err := n.store.PeekMany(ctx, ks, c.known, l2.Claim{Below: c.z.below})
+		if err != nil {
+			n.redisFailed(c.ns, "read many", err)
+		}
+		for i, m := range toPeek {
+			if err != nil {
+				slow = append(slow, m)
+				continue
+			}
+			if oks[i] {
+				// A corrupt value is the script's to remove: as if seen once.
+				st := readState[V]{corrupt: true}
+				if next, l, err := c.settle(ctx, m.key, m.s, m.h, m.keys, "", m.f, reads[i], readAt, modeGet, &st); next == stepDone {
+					record(m.key, l.v, l.ri, err)
+					continue
+				}
+			}
 			toRead = append(toRead, m)
 		}
 	}
@@ -174,16 +212,6 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	}
 
 	// What each read leaves to do, decided as by Get.
-	var (
-		claimed  []claim[K, V] // ours to fetch and fill
-		uncached []claim[K, V] // to fetch without caching
-		slow     []miss[K]     // for Get: busy, corrupt, blocked, or Redis failed
-	)
-	for _, m := range misses {
-		if m.tok == "" {
-			slow = append(slow, m)
-		}
-	}
 	for i, m := range toRead {
 		if reads == nil || readErrs[i] != nil {
 			slow = append(slow, m)

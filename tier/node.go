@@ -229,6 +229,7 @@ type Node struct {
 	groups  *groups.Table
 	breaker *breaker.Breaker
 	pending *pending
+	present *presence // which keys Redis likely holds: see presence
 	hooks   *hooks.Points
 	stats   counters
 	rec     Recorder        // guarded; nil: none
@@ -297,6 +298,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		log:     cfg.Logger,
 		rdb:     rdb,
 		pending: newPending(cfg.MaxPending),
+		present: newPresence(),
 		l1:      cache,
 		groups:  groups.New(cfg.MaxTrackedGroups),
 		hooks:   hk,
