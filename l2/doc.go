@@ -10,7 +10,7 @@
 //	<prefix>:v:{<len(ns)>:<ns>:=<key>}     value of a key up to RawKeyMax bytes
 //	<prefix>:f:{<len(ns)>:<ns>:=<key>}     its flag
 //	<prefix>:v:{<len(ns)>:<ns>:#<hash>}    value of a longer key (128-bit xxhash, hex)
-//	<prefix>:m:{...}                        "1", then the groups the value was filled in, with their stamps
+//	<prefix>:m:{...}                        an earlier version's meta list (see Envelope); deleted with the value
 //	<prefix>:g:{<len(group)>:<group>}       a group's stamp: "<clock>:<random token>"
 //	<prefix>:gseq                           the group clock, "<seq>/<id>": seq is bumped by every group
 //	                                        invalidation; id names the clock's incarnation (R36)
@@ -25,10 +25,29 @@
 //
 // # Envelope
 //
-// A stored value is a CBOR array [version, key, data]: the format version
-// (currently 1), the full user key, and the bytes of the value as its codec
-// encoded them. Bytes that do not decode as a version-1 envelope are
-// reported as [ErrCorrupt]; the caller treats them as a miss.
+// A stored value is a header, then an envelope (value.go, [ParseStored]).
+// The header, written by the scripts, says whether the entry is a stored
+// "not found", when it expires (on the clock of the server that holds it),
+// and the groups it was filled in with the stamp each had then; so a plain
+// GET brings everything needed to trust a value, and no eviction can part
+// a value from its groups. The envelope is a CBOR array [version, key,
+// data]: the format version (currently 1), the full user key, and the
+// bytes of the value as its codec encoded them. Bytes that do not decode as
+// a version-1 envelope are reported as [ErrCorrupt]; the caller treats them
+// as a miss. A value written by an earlier version of the package, an
+// envelope without a header whose groups are in the meta list, is still
+// read, by the read script, while a fleet upgrades.
+//
+// # Reads without a script
+//
+// [Store.Peek] and [Store.PeekMany] read values with plain commands: one
+// MGET of the values and the current stamps of the groups every value is
+// in (the caller names them), and the lifetime (PTTL for one key, TIME and
+// the header's expiry for a batch). They answer only what the read script
+// would answer as a plain hit, and leave everything else (a miss, a stale
+// value, one due for a refresh, an earlier version's, a slot that moved)
+// to [Store.ReadOrClaimWith], which decides atomically and claims
+// (docs/RACES.md R54). A hit so costs about a GET: no script runs.
 //
 // # Flag protocol
 //
@@ -45,12 +64,13 @@
 //
 // A group invalidation gives the group a new stamp, "<clock>:<token>" with
 // the clock advanced by one and a random token, so that no restart or flush
-// can make an old stamp valid again. A value's meta list records the stamps
+// can make an old stamp valid again. A value's header records the stamps
 // its groups had when it was filled; [Store.ReadOrClaim] compares them with
 // the current stamps in the same script that reads the value, and removes a
 // value whose stamps changed or vanished (a vanished stamp is unknown, never
 // fresh: R26), so the cost of a read does not depend on whether groups come
-// from the key or the value. The claim returns the group clock, and
+// from the key or the value. [Store.Peek] compares them too, with the
+// stamps it reads in the same MGET as the value. The claim returns the group clock, and
 // [Store.FillInGroups] refuses a fill if any of its groups was invalidated
 // after that (R31): a fetch that began before a group invalidation never
 // lands as fresh. Invalidating a group writes one key, whatever its size

@@ -32,25 +32,11 @@ type wireEnvelope struct {
 	Data []byte
 }
 
-var (
-	envEnc cbor.EncMode
-	envDec cbor.DecMode
-)
+var envEnc cbor.EncMode
 
 func init() {
 	var err error
 	if envEnc, err = cbor.CoreDetEncOptions().EncMode(); err != nil {
-		panic(err) // static options; cannot fail
-	}
-	envDec, err = cbor.DecOptions{
-		MaxNestedLevels:  4,
-		MaxArrayElements: 16,
-		MaxMapPairs:      16,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-		TagsMd:           cbor.TagsForbidden,
-	}.DecMode()
-	if err != nil {
 		panic(err) // static options; cannot fail
 	}
 }
@@ -65,14 +51,84 @@ func EncodeEnvelope(key string, data []byte) ([]byte, error) {
 }
 
 // DecodeEnvelope parses stored bytes. Any error wraps ErrCorrupt. It never
-// panics, whatever the input.
+// panics, whatever the input. Data shares b's memory.
 func DecodeEnvelope(b []byte) (Envelope, error) {
-	var w wireEnvelope
-	if err := envDec.Unmarshal(b, &w); err != nil {
-		return Envelope{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	key, data, err := SplitEnvelope(b)
+	if err != nil {
+		return Envelope{}, err
 	}
-	if w.Version != EnvelopeVersion {
-		return Envelope{}, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, w.Version, EnvelopeVersion)
+	return Envelope{Key: string(key), Data: data}, nil
+}
+
+// SplitEnvelope is DecodeEnvelope without a copy: key and data share b's
+// memory. It reads the one shape EncodeEnvelope writes, a CBOR array of
+// the version and two definite-length byte strings (or null), and nothing
+// after it.
+func SplitEnvelope(b []byte) (key, data []byte, err error) {
+	if len(b) == 0 || b[0] != 0x83 {
+		return nil, nil, fmt.Errorf("%w: not an array of 3", ErrCorrupt)
 	}
-	return Envelope{Key: string(w.Key), Data: w.Data}, nil
+	version, rest, ok := cborHead(b[1:], 0)
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: version", ErrCorrupt)
+	}
+	if version != EnvelopeVersion {
+		return nil, nil, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, version, EnvelopeVersion)
+	}
+	if key, rest, ok = cborBytes(rest); !ok {
+		return nil, nil, fmt.Errorf("%w: key", ErrCorrupt)
+	}
+	if data, rest, ok = cborBytes(rest); !ok {
+		return nil, nil, fmt.Errorf("%w: data", ErrCorrupt)
+	}
+	if len(rest) != 0 {
+		return nil, nil, fmt.Errorf("%w: %d bytes after the envelope", ErrCorrupt, len(rest))
+	}
+	return key, data, nil
+}
+
+// cborHead reads the head of a CBOR item of major type major with a
+// definite argument, and returns the argument.
+func cborHead(b []byte, major byte) (uint64, []byte, bool) {
+	if len(b) == 0 || b[0]>>5 != major {
+		return 0, b, false
+	}
+	info := b[0] & 0x1f
+	b = b[1:]
+	var n int
+	switch {
+	case info < 24:
+		return uint64(info), b, true
+	case info == 24:
+		n = 1
+	case info == 25:
+		n = 2
+	case info == 26:
+		n = 4
+	case info == 27:
+		n = 8
+	default:
+		return 0, b, false // reserved, or an indefinite length
+	}
+	if len(b) < n {
+		return 0, b, false
+	}
+	var v uint64
+	for _, c := range b[:n] {
+		v = v<<8 | uint64(c)
+	}
+	return v, b[n:], true
+}
+
+// cborBytes reads a definite-length CBOR byte string, or null (how nil
+// data is encoded) as nil.
+func cborBytes(b []byte) ([]byte, []byte, bool) {
+	if len(b) > 0 && b[0] == 0xf6 {
+		return nil, b[1:], true
+	}
+	n, rest, ok := cborHead(b, 2)
+	if !ok || n > uint64(len(rest)) {
+		return nil, b, false
+	}
+	return rest[:n], rest[n:], true
 }

@@ -6,12 +6,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/fxamacker/cbor/v2"
+
 	"github.com/tiercache/tiercache/l2"
 )
 
 // FuzzDecodeEnvelope proves DecodeEnvelope never panics, reports every
-// failure as ErrCorrupt, and that whatever it accepts survives a re-encode
-// and decode unchanged, with a canonical stored form.
+// failure as ErrCorrupt, accepts nothing that the CBOR library would not
+// decode to the same envelope, and that whatever it accepts survives a
+// re-encode and decode unchanged, with a canonical stored form.
 // Seeds: testdata/fuzz/FuzzDecodeEnvelope.
 func FuzzDecodeEnvelope(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -21,6 +24,15 @@ func FuzzDecodeEnvelope(f *testing.F) {
 				t.Fatalf("DecodeEnvelope(% x) error %v does not wrap ErrCorrupt", b, err)
 			}
 			return
+		}
+		var w struct {
+			_       struct{} `cbor:",toarray"`
+			Version uint64
+			Key     []byte
+			Data    []byte
+		}
+		if err := cbor.Unmarshal(b, &w); err != nil || w.Version != l2.EnvelopeVersion || string(w.Key) != e.Key || !bytes.Equal(w.Data, e.Data) {
+			t.Fatalf("DecodeEnvelope(% x) = %+v, but the CBOR library reads %+v, %v", b, e, w, err)
 		}
 		re, err := l2.EncodeEnvelope(e.Key, e.Data)
 		if err != nil {

@@ -17,9 +17,11 @@ type Keys struct {
 	Value string
 	// Flag holds the token of the fill in progress, if any.
 	Flag string
-	// Meta lists the groups the value was filled in, each with the stamp it
-	// had then: a Redis list of the marker "1", then name, stamp, name,
-	// stamp... A value whose meta lacks the marker is unknown, never fresh.
+	// Meta is where a value written by an earlier version of this package
+	// keeps its groups: a Redis list of the marker "1", then name, stamp,
+	// name, stamp... Values now carry them in their header (ParseStored);
+	// the read script still consults Meta for a value without one, and
+	// every change deletes it with the value.
 	Meta string
 }
 
@@ -33,7 +35,7 @@ func KeysFor(prefix, namespace, key string) Keys {
 	if len(key) <= RawKeyMax {
 		n += len(key)
 	}
-	b := make([]byte, 0, n)
+	b := make([]byte, 0, 3*n)
 	b = append(b, prefix...)
 	b = append(b, ":v:{"...)
 	b = strconv.AppendInt(b, int64(len(namespace)), 10)
@@ -48,11 +50,14 @@ func KeysFor(prefix, namespace, key string) Keys {
 		b = appendHash128(b, key)
 	}
 	b = append(b, '}')
-	value := string(b)
-	b[len(prefix)+1] = 'f'
-	flag := string(b)
-	b[len(prefix)+1] = 'm'
-	return Keys{Value: value, Flag: flag, Meta: string(b)}
+	// The three names differ in one letter: one string holds them all.
+	l := len(b)
+	b = append(b, b...)
+	b = append(b, b[:l]...)
+	b[l+len(prefix)+1] = 'f'
+	b[2*l+len(prefix)+1] = 'm'
+	all := string(b)
+	return Keys{Value: all[:l], Flag: all[l : 2*l], Meta: all[2*l:]}
 }
 
 // GroupKey returns the name of group's stamp under prefix:

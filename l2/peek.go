@@ -26,7 +26,8 @@ import (
 // Everything else (no value, a stale one, one written by an earlier
 // version, one due for a refresh, c.Always) comes back with ok false and
 // nothing changed in Redis: the caller goes on with ReadOrClaimWith, which
-// decides atomically and claims.
+// decides atomically and claims. Read.Groups may be known itself: the
+// caller must not change either.
 func (s *Store) Peek(ctx context.Context, k Keys, known []string, c Claim) (Read, bool, error) {
 	reads, oks, err := s.PeekMany(ctx, []Keys{k}, known, c)
 	if err != nil {
@@ -52,13 +53,17 @@ func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim
 		return nil, nil, &opError{op: "peek", err: err}
 	}
 	// What each value is, and which stamps are still to be read.
-	var extra []peekExtra
+	var (
+		extra []peekExtra
+		pairs []string // reused: nothing keeps st.Pairs
+	)
 	for i := range ks {
 		v, ok := p.value(i).(string)
 		if !ok {
 			continue // absent
 		}
-		st, err := ParseStored(v)
+		st, err := parseStored(v, pairs)
+		pairs = st.Pairs
 		if err != nil {
 			continue // an earlier version's, or malformed: the script decides
 		}
@@ -79,7 +84,7 @@ func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim
 		if !matched || (!st.Negative && c.Below > 0 && left >= 0 && left <= c.Below) {
 			continue
 		}
-		reads[i] = Read{State: Hit, TTL: left, Groups: st.Groups(), Negative: st.Negative}
+		reads[i] = Read{State: Hit, TTL: left, Groups: st.groupsOr(known), Negative: st.Negative}
 		if !st.Negative {
 			reads[i].Value = []byte(st.Envelope)
 		}
@@ -100,25 +105,29 @@ func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim
 
 // peekReply is the first round trip of PeekMany: for each key, the MGET
 // reply of its slot (its value, then the known groups' stamps of the slot
-// after the slot's values) and its master's clock.
+// after the slot's values) and its master's clock or its PTTL.
 type peekReply struct {
-	known  int
-	vals   [][]any // per key: its MGET's reply
-	at     []int   // per key: the index of its value in vals[i]
-	now    []time.Time
-	pttl   []time.Duration // per key, for a batch of one key: its PTTL
-	missed []bool          // per key: its master answered with an error (MOVED...)
+	known int
+	keys  []peekKey
+}
+
+type peekKey struct {
+	vals   []any // its MGET's reply
+	at     int   // the index of its value in vals
+	now    time.Time
+	pttl   time.Duration // for a batch of one key
+	missed bool          // its master answered with an error (MOVED...)
 }
 
 func (p *peekReply) value(i int) any {
-	if p.missed[i] {
+	if p.keys[i].missed {
 		return nil
 	}
-	return p.vals[i][p.at[i]]
+	return p.keys[i].vals[p.keys[i].at]
 }
 
 func (p *peekReply) stamp(i, at int) any {
-	v := p.vals[i]
+	v := p.keys[i].vals
 	return v[len(v)-p.known+at]
 }
 
@@ -128,19 +137,19 @@ func (p *peekReply) stamp(i, at int) any {
 // changed behind the library's back is seen; a larger batch reckons it
 // from the header and its master's clock.
 func (p *peekReply) left(i int, expiry int64) (time.Duration, bool) {
-	if p.now[i].IsZero() {
-		d := p.pttl[i]
-		return d, d > 0 || d == -1
+	k := &p.keys[i]
+	if k.now.IsZero() {
+		return k.pttl, k.pttl > 0 || k.pttl == -1
 	}
-	d := time.Duration(expiry-p.now[i].UnixMilli()) * time.Millisecond
+	d := time.Duration(expiry-k.now.UnixMilli()) * time.Millisecond
 	return d, d > 0
 }
 
-// peekBatch is what PeekMany sends one server: one MGET per slot (one for
-// all on one server), and TIME.
+// peekBatch is what PeekMany sends one server: one MGET per slot, or one
+// for all keys on one server, and TIME (PTTL for a batch of one key).
 type peekBatch struct {
 	client redis.Cmdable
-	slots  [][]int // indexes into ks, per MGET
+	slots  [][]int // indexes into ks, per MGET; nil: all of ks in one
 }
 
 // peekFirst sends PeekMany's first round trip: on one server, one
@@ -150,21 +159,10 @@ type peekBatch struct {
 // moved: MOVED, ASK) leaves its keys to the read script, which the
 // cluster client redirects.
 func (s *Store) peekFirst(ctx context.Context, ks []Keys, known []string) (*peekReply, error) {
-	p := &peekReply{
-		known:  len(known),
-		vals:   make([][]any, len(ks)),
-		at:     make([]int, len(ks)),
-		now:    make([]time.Time, len(ks)),
-		pttl:   make([]time.Duration, len(ks)),
-		missed: make([]bool, len(ks)),
-	}
+	p := &peekReply{known: len(known), keys: make([]peekKey, len(ks))}
 	err := s.do(ctx, func(ctx context.Context) error {
 		if s.cluster == nil {
-			all := make([]int, len(ks))
-			for i := range all {
-				all[i] = i
-			}
-			return s.peekBatch(ctx, p, ks, known, peekBatch{client: s.rdb, slots: [][]int{all}})
+			return s.peekBatch(ctx, p, ks, known, peekBatch{client: s.rdb})
 		}
 		batches, err := s.peekBatches(ctx, ks)
 		if err != nil {
@@ -215,34 +213,53 @@ func (s *Store) peekBatches(ctx context.Context, ks []Keys) ([]peekBatch, error)
 
 // peekBatch sends one batch and files its replies in p.
 func (s *Store) peekBatch(ctx context.Context, p *peekReply, ks []Keys, known []string, b peekBatch) error {
+	groups, keysOf := len(b.slots), func(j int) []int { return b.slots[j] }
+	if b.slots == nil {
+		groups, keysOf = 1, nil
+	}
+	count := func(j int) int {
+		if keysOf == nil {
+			return len(ks)
+		}
+		return len(keysOf(j))
+	}
+	index := func(j, at int) int {
+		if keysOf == nil {
+			return at
+		}
+		return keysOf(j)[at]
+	}
+	// The clock or the lifetime first: read before the values, they can
+	// only overstate how long ago the values were written, never how long
+	// they live (R54).
 	pipe := b.client.Pipeline()
-	cmds := make([]*redis.SliceCmd, len(b.slots))
-	for j, idx := range b.slots {
-		tag := s.tag(ks[idx[0]])
-		names := make([]string, 0, len(idx)+len(known))
-		for _, i := range idx {
-			names = append(names, ks[i].Value)
+	var (
+		now  *redis.TimeCmd
+		pttl *redis.DurationCmd
+	)
+	if groups == 1 && count(0) == 1 {
+		pttl = pipe.PTTL(ctx, ks[index(0, 0)].Value)
+	} else {
+		now = pipe.Time(ctx)
+	}
+	cmds := make([]*redis.SliceCmd, groups)
+	for j := range groups {
+		tag := s.tag(ks[index(j, 0)])
+		names := make([]string, 0, count(j)+len(known))
+		for at := range count(j) {
+			names = append(names, ks[index(j, at)].Value)
 		}
 		for _, g := range known {
 			names = append(names, s.stampKey(tag, g))
 		}
 		cmds[j] = pipe.MGet(ctx, names...)
 	}
-	var (
-		now  *redis.TimeCmd
-		pttl *redis.DurationCmd
-	)
-	if one := len(b.slots) == 1 && len(b.slots[0]) == 1; one {
-		pttl = pipe.PTTL(ctx, ks[b.slots[0][0]].Value)
-	} else {
-		now = pipe.Time(ctx)
-	}
 	_, err := pipe.Exec(ctx)
 	var reply redis.Error
 	if errors.As(err, &reply) {
-		for _, idx := range b.slots {
-			for _, i := range idx {
-				p.missed[i] = true
+		for j := range groups {
+			for at := range count(j) {
+				p.keys[index(j, at)].missed = true
 			}
 		}
 		return nil
@@ -250,17 +267,18 @@ func (s *Store) peekBatch(ctx context.Context, p *peekReply, ks []Keys, known []
 	if err != nil {
 		return err
 	}
-	for j, idx := range b.slots {
+	for j := range groups {
 		vals := cmds[j].Val()
-		if len(vals) != len(idx)+len(known) {
-			return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, len(idx)+len(known), len(vals))
+		if len(vals) != count(j)+len(known) {
+			return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, count(j)+len(known), len(vals))
 		}
-		for at, i := range idx {
-			p.vals[i], p.at[i] = vals, at
+		for at := range count(j) {
+			k := &p.keys[index(j, at)]
+			k.vals, k.at = vals, at
 			if now != nil {
-				p.now[i] = now.Val()
+				k.now = now.Val()
 			} else {
-				p.pttl[i] = pttl.Val()
+				k.pttl = pttl.Val()
 			}
 		}
 	}
@@ -319,10 +337,21 @@ func (s *Store) peekExtra(ctx context.Context, extra []peekExtra) error {
 // server's if tag is "" (gclockLua's skey builds the same).
 func (s *Store) stampKey(tag, group string) string {
 	if tag == "" {
-		return GroupKey(s.prefix, group)
+		if k, ok := s.stampNames.Load(group); ok {
+			return k.(string)
+		}
+		k := GroupKey(s.prefix, group)
+		if s.stampCount.Add(1) <= maxStampNames {
+			s.stampNames.Store(group, k)
+		}
+		return k
 	}
 	return s.prefix + ":g:{" + tag + "}:" + strconv.Itoa(len(group)) + ":" + group
 }
+
+// maxStampNames bounds the stamp names a Store remembers: the groups every
+// read names (the fleet's and each namespace's) are few.
+const maxStampNames = 1024
 
 func indexOf(list []string, s string) int {
 	for i, x := range list {

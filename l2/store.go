@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -433,6 +434,11 @@ type Store struct {
 	wake    string // the wake channel
 	guard   Guard
 	timeout time.Duration
+
+	// stampNames remembers the names of the stamps Peek reads on one
+	// server (group -> key), up to maxStampNames of them (stampCount).
+	stampNames sync.Map
+	stampCount atomic.Int64
 
 	replicas    int           // WithWaitReplicas; 0: no WAIT
 	waitTimeout time.Duration // WithWaitReplicas

@@ -3,6 +3,7 @@ package l2
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -41,8 +42,23 @@ type Stored struct {
 
 // Groups returns the names of the value's groups.
 func (v Stored) Groups() []string {
+	return v.groupsOr(nil)
+}
+
+// groupsOr is Groups, but returns known itself (no copy) if the names are
+// known's, in order.
+func (v Stored) groupsOr(known []string) []string {
 	if len(v.Pairs) == 0 {
 		return nil
+	}
+	if len(v.Pairs) == 2*len(known) {
+		same := true
+		for i, g := range known {
+			same = same && v.Pairs[2*i] == g
+		}
+		if same {
+			return known
+		}
 	}
 	out := make([]string, len(v.Pairs)/2)
 	for i := range out {
@@ -64,6 +80,11 @@ const maxHeaderGroups = 1 << 12
 // It wraps ErrCorrupt for a malformed header; it never panics, and the
 // strings it returns share v's memory.
 func ParseStored(v string) (Stored, error) {
+	return parseStored(v, nil)
+}
+
+// parseStored is ParseStored, with Pairs appended to pairs[:0].
+func parseStored(v string, pairs []string) (Stored, error) {
 	if len(v) == 0 || v[0] != 'T' {
 		return Stored{}, ErrNoHeader
 	}
@@ -82,7 +103,7 @@ func ParseStored(v string) (Stored, error) {
 	}
 	out.Expiry = exp
 	if n > 0 {
-		out.Pairs = make([]string, 2*n)
+		out.Pairs = slices.Grow(pairs[:0], int(2*n))[:2*n]
 	}
 	for i := range out.Pairs {
 		l, r, ok := number(rest)

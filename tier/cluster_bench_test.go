@@ -112,7 +112,7 @@ func BenchmarkClusterGetL2Hit(b *testing.B) {
 	// and every Get is a read of Redis.
 	loop := func(b *testing.B, parallel bool, scripts int, read func(i int) error) {
 		b.ReportAllocs()
-		before := clusterCostNow(b, rdb)
+		before := costNow(b, rdb)
 		b.ResetTimer()
 		if parallel {
 			b.SetParallelism(clusterParallelism)
@@ -145,7 +145,7 @@ func BenchmarkClusterGetL2Hit(b *testing.B) {
 		if b.Failed() {
 			b.FailNow()
 		}
-		after := clusterCostNow(b, rdb)
+		after := costNow(b, rdb)
 		if d := after.evalsha - before.evalsha; d != int64(scripts*b.N) {
 			b.Fatalf("%d reads ran %d EVALSHAs on the cluster, want %d each", b.N, d, scripts)
 		}
@@ -227,26 +227,32 @@ func BenchmarkClusterGetL2Hit(b *testing.B) {
 	})
 }
 
-// clusterCost is what a cluster and this process have done so far: the
-// EVALSHAs its members ran (INFO commandstats; a command a script runs is
-// not one, and replicas receive a script's effects, not the script) and the
-// CPU time the members' processes (INFO cpu, masters and replicas) and this
-// process (getrusage) used.
-type clusterCost struct {
+// serverCost is what a Redis server or cluster and this process have done
+// so far: the EVALSHAs its members ran (INFO commandstats; a command a
+// script runs is not one, and replicas receive a script's effects, not the
+// script) and the CPU time the members' processes (INFO cpu, masters and
+// replicas) and this process (getrusage) used.
+type serverCost struct {
 	evalsha   int64
 	redisCPU  time.Duration
 	clientCPU time.Duration
 }
 
-// clusterCostNow reads every member's INFO commandstats and cpu sections,
-// one command each, and this process's rusage.
-func clusterCostNow(tb testing.TB, rdb *redis.ClusterClient) clusterCost {
+// costNow reads INFO commandstats and cpu of rdb's server, or of every
+// member of its cluster, one command each, and this process's rusage.
+func costNow(tb testing.TB, rdb redis.UniversalClient) serverCost {
 	tb.Helper()
 	var (
 		mu  sync.Mutex
-		out clusterCost
+		out serverCost
 	)
-	err := rdb.ForEachShard(context.Background(), func(ctx context.Context, m *redis.Client) error {
+	each := func(ctx context.Context, fn func(context.Context, *redis.Client) error) error {
+		if cl, ok := rdb.(*redis.ClusterClient); ok {
+			return cl.ForEachShard(ctx, fn)
+		}
+		return fn(ctx, rdb.(*redis.Client))
+	}
+	err := each(context.Background(), func(ctx context.Context, m *redis.Client) error {
 		info, err := m.Info(ctx, "commandstats", "cpu").Result()
 		if err != nil {
 			return err
@@ -291,9 +297,9 @@ func clusterCostNow(tb testing.TB, rdb *redis.ClusterClient) clusterCost {
 	return out
 }
 
-// report reports the CPU time of the cluster and of this process per
-// operation of b since before.
-func (now clusterCost) report(b *testing.B, before clusterCost) {
+// report reports the CPU time of the server or cluster and of this process
+// per operation of b since before.
+func (now serverCost) report(b *testing.B, before serverCost) {
 	perOp := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(b.N) }
 	b.ReportMetric(perOp(now.redisCPU-before.redisCPU), "redis-cpu-µs/op")
 	b.ReportMetric(perOp(now.clientCPU-before.clientCPU), "client-cpu-µs/op")
@@ -442,13 +448,13 @@ func BenchmarkClusterInvalidateGroup(b *testing.B) {
 	for _, tc := range cases {
 		b.Run(tc.group, func(b *testing.B) {
 			b.ReportAllocs()
-			before := clusterCostNow(b, rdb)
+			before := costNow(b, rdb)
 			for b.Loop() {
 				if err := n.InvalidateGroup(ctx, tc.group); err != nil {
 					b.Fatal(err)
 				}
 			}
-			clusterCostNow(b, rdb).report(b, before)
+			costNow(b, rdb).report(b, before)
 			check(b, "InvalidateGroup("+tc.group+")", tc.stale, tc.fresh)
 		})
 	}
@@ -459,7 +465,7 @@ func BenchmarkClusterInvalidateGroup(b *testing.B) {
 	b.Run("interleaved", func(b *testing.B) {
 		b.ReportAllocs()
 		var took [2]time.Duration
-		before := clusterCostNow(b, rdb)
+		before := costNow(b, rdb)
 		for b.Loop() {
 			for j, tc := range cases {
 				start := time.Now()
@@ -469,7 +475,7 @@ func BenchmarkClusterInvalidateGroup(b *testing.B) {
 				took[j] += time.Since(start)
 			}
 		}
-		clusterCostNow(b, rdb).report(b, before)
+		costNow(b, rdb).report(b, before)
 		check(b, "InvalidateGroup of both groups", append([]string{"one"}, sample...), nil)
 		for j, tc := range cases {
 			b.ReportMetric(float64(took[j])/float64(time.Millisecond)/float64(b.N), tc.group+"-ms")

@@ -9,13 +9,19 @@
 //
 // # Reading
 //
-// [Cache.Get] serves a valid L1 entry without allocating. Otherwise
-// concurrent Gets of one key on a node share one load, which reads Redis in
-// one round trip: the value if present, else a claim of the key's flag with
-// a fresh random token. The claimant fetches from the source and fills Redis
-// with a script that writes only if the flag still holds its token; the
-// losers, on any node, wait for its value. L1 is filled under a fill-epoch
-// ticket taken before Redis was read.
+// [Cache.Get] serves a valid L1 entry without allocating. Otherwise, a key
+// that this node has seen in Redis (and no invalidation of which it has
+// learnt since) is read with plain commands in the caller's goroutine: one
+// MGET of the value and the stamps of its fleet's and namespace's groups,
+// and its PTTL; a value that is there and current answers at about the cost
+// of a GET (l2.Store.Peek, docs/RACES.md R54). Anything else, and every key
+// of a Cache with Config.Groups, goes to a load that concurrent Gets of one
+// key on a node share, which reads Redis in one round trip with the read
+// script: the value if present, else a claim of the key's flag with a fresh
+// random token. The claimant fetches from the source and fills Redis with a
+// script that writes only if the flag still holds its token; the losers, on
+// any node, wait for its value. L1 is filled under a fill-epoch ticket taken
+// before Redis was read.
 //
 // # Stampedes and freshness
 //
@@ -26,12 +32,15 @@
 // NotFoundTTL and TTLJitter add stale-while-revalidate, fail-safe
 // (ErrStale), probabilistic early refresh, negative caching and jitter.
 // Every freshness decision about a value in Redis is made from its
-// remaining lifetime there (PTTL), never by comparing two machines' clocks.
+// remaining lifetime there (its PTTL, or for a batch its expiry against the
+// same server's clock), never by comparing two machines' clocks.
 // Every refresh is a claimed, fenced fill like any other, so an
 // invalidation during a refresh wins (docs/RACES.md R34, R35). A stale value is
 // only ever served within the window its Config allows, and is reported
 // (ReadInfo.Stale, Counts.StaleServed). [Cache.GetMany] and [Cache.GetList]
-// read many keys with one Redis round trip for all that L1 does not hold.
+// read many keys with one Redis round trip for all that L1 does not hold (two
+// when some were seen in Redis and some not: one MGET, one pipeline of the
+// read script).
 // [Cache.GetOrFetch] names the source of one call, and [Memoize] caches a
 // function of several arguments; either way the source is shared as Fetch
 // is. "Not found" is [ErrNotFound] everywhere: Fetch returns it, FetchMany

@@ -25,3 +25,11 @@ func L1TTL[K comparable, V any](c *Cache[K, V], key K) (time.Duration, bool) {
 	}
 	return c.node.l1.TTL(h)
 }
+
+// EvictL1 deletes key's entry from c's L1, as memory pressure would,
+// leaving what the node knows of Redis as it is.
+func EvictL1[K comparable, V any](c *Cache[K, V], key K) {
+	if _, h, err := c.keys.resolve(key); err == nil {
+		c.node.l1.Evict(h)
+	}
+}

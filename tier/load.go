@@ -747,14 +747,14 @@ var errKeyMismatch = errors.New("tier: stored value belongs to another key")
 // that L1 accounts for it.
 func (c *Cache[K, V]) decode(s string, b []byte) (V, int, error) {
 	var zero V
-	env, err := l2.DecodeEnvelope(b)
+	key, data, err := l2.SplitEnvelope(b)
 	if err != nil {
 		return zero, 0, err
 	}
-	if env.Key != s {
+	if string(key) != s {
 		return zero, 0, errKeyMismatch
 	}
-	v, err := c.decodeData(env.Data)
+	v, err := c.decodeData(data)
 	if err != nil {
 		return zero, 0, err
 	}

@@ -50,14 +50,16 @@ func (e *KeyErrors[K]) Unwrap() []error {
 }
 
 // miss is a key of a GetMany that L1 did not answer: its names, and, if it
-// is read from Redis, its claim token and its fence.
+// is read from Redis here, its fence and, once it goes to the read script,
+// its claim token.
 type miss[K comparable] struct {
-	key  K
-	s    string
-	h    uint64
-	keys l2.Keys
-	tok  string // "": read it through Get
-	f    fence
+	key    K
+	s      string
+	h      uint64
+	keys   l2.Keys
+	viaGet bool // read it through Get
+	tok    string
+	f      fence
 }
 
 // GetMany returns the values of keys: first from this node's L1, then from
@@ -123,13 +125,12 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 			continue
 		}
 		if n.pending.blocks(c.ns, s, nil) {
-			misses = append(misses, miss[K]{key: key, s: s, h: h}) // read through Get below
+			misses = append(misses, miss[K]{key: key, s: s, h: h, viaGet: true})
 			continue
 		}
 		misses = append(misses, miss[K]{
 			key: key, s: s, h: h,
 			keys: l2.KeysFor(n.cfg.Prefix, c.ns, s),
-			tok:  n.token(),
 			// Taken before the read, as by Get (R12, R13).
 			f: fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()},
 		})
@@ -165,7 +166,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	)
 	for _, m := range misses {
 		switch {
-		case m.tok == "":
+		case m.viaGet:
 			slow = append(slow, m)
 		case c.peeks(ctx, m.h, modeGet):
 			toPeek = append(toPeek, m)
@@ -201,8 +202,9 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	}
 	ks := make([]l2.Keys, len(toRead))
 	toks := make([]string, len(toRead))
-	for i, m := range toRead {
-		ks[i], toks[i] = m.keys, m.tok
+	for i := range toRead {
+		toRead[i].tok = n.token()
+		ks[i], toks[i] = toRead[i].keys, toRead[i].tok
 	}
 	readAt := time.Now()
 	reads, readErrs, err := n.store.ReadOrClaimMany(context.WithoutCancel(ctx), ks, toks, n.cfg.FlagTTL, l2.Claim{Below: c.z.below})
