@@ -60,6 +60,9 @@ func FuzzKeysFor(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ns1, key1, ns2, key2 string) {
 		const prefix = "tc"
 		k1, k2 := l2.KeysFor(prefix, ns1, key1), l2.KeysFor(prefix, ns2, key2)
+		if v := l2.ValueKey(prefix, ns1, key1); v != k1.Value {
+			t.Fatalf("ValueKey(%q, %q) = %q, KeysFor's Value %q", ns1, key1, v, k1.Value)
+		}
 		checkSameHashTag(t, prefix, k1)
 		checkSameHashTag(t, prefix, k2)
 		same := ns1 == ns2 && key1 == key2

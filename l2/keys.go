@@ -3,6 +3,7 @@ package l2
 import (
 	"encoding/hex"
 	"strconv"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -30,34 +31,55 @@ type Keys struct {
 // resistant (128 bits) for keys longer than RawKeyMax. The prefix must not
 // contain '{' or '}'.
 func KeysFor(prefix, namespace, key string) Keys {
+	// One string holds the three names, which differ in one letter.
+	var w strings.Builder
+	w.Grow(3 * keyLen(prefix, namespace, key))
+	writeKey(&w, prefix, 'v', namespace, key)
+	l := w.Len()
+	writeKey(&w, prefix, 'f', namespace, key)
+	writeKey(&w, prefix, 'm', namespace, key)
+	all := w.String()
+	return Keys{Value: all[:l], Flag: all[l : 2*l], Meta: all[2*l:]}
+}
+
+// ValueKey returns KeysFor(prefix, namespace, key).Value alone.
+func ValueKey(prefix, namespace, key string) string {
+	var w strings.Builder
+	w.Grow(keyLen(prefix, namespace, key))
+	writeKey(&w, prefix, 'v', namespace, key)
+	return w.String()
+}
+
+// keyLen bounds the length of a key's name.
+func keyLen(prefix, namespace, key string) int {
 	// body = "{" len(ns) ":" ns ":" marker key-or-hash "}"
 	n := len(prefix) + 3 + 1 + 20 + 1 + len(namespace) + 2 + 32 + 1
 	if len(key) <= RawKeyMax {
 		n += len(key)
 	}
-	b := make([]byte, 0, 3*n)
-	b = append(b, prefix...)
-	b = append(b, ":v:{"...)
-	b = strconv.AppendInt(b, int64(len(namespace)), 10)
-	b = append(b, ':')
-	b = append(b, namespace...)
-	b = append(b, ':')
+	return n
+}
+
+// writeKey writes the name of key's Redis key of kind ('v', 'f', 'm') in
+// namespace.
+func writeKey(w *strings.Builder, prefix string, kind byte, namespace, key string) {
+	var buf [32]byte
+	w.WriteString(prefix)
+	w.WriteByte(':')
+	w.WriteByte(kind)
+	w.WriteString(":{")
+	w.Write(strconv.AppendInt(buf[:0], int64(len(namespace)), 10))
+	w.WriteByte(':')
+	w.WriteString(namespace)
+	w.WriteByte(':')
 	if len(key) <= RawKeyMax {
-		b = append(b, '=')
-		b = append(b, key...)
+		w.WriteByte('=')
+		w.WriteString(key)
 	} else {
-		b = append(b, '#')
-		b = appendHash128(b, key)
+		w.WriteByte('#')
+		w.Write(appendHash128(buf[:0], key))
 	}
-	b = append(b, '}')
-	// The three names differ in one letter: one string holds them all.
-	l := len(b)
-	b = append(b, b...)
-	b = append(b, b[:l]...)
-	b[l+len(prefix)+1] = 'f'
-	b[2*l+len(prefix)+1] = 'm'
-	all := string(b)
-	return Keys{Value: all[:l], Flag: all[l : 2*l], Meta: all[2*l:]}
+	w.WriteByte('}')
 }
 
 // GroupKey returns the name of group's stamp under prefix:

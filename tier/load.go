@@ -106,7 +106,7 @@ const (
 // leaves its read to a flight, which runs it to the end and tells the
 // breaker how it went.
 func (c *Cache[K, V]) peeks(ctx context.Context, h uint64, mode loadMode) bool {
-	if mode != modeGet || c.groupFn != nil || !c.node.present.has(h) {
+	if mode != modeGet || c.groupFn != nil || !c.node.present.has(h) || c.node.isClosed() {
 		return false
 	}
 	dl, ok := ctx.Deadline()
@@ -341,7 +341,10 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 		c.m.groupStale.Add(1)
 	}
 	claimed := r.State == l2.Claimed || r.State == l2.StaleClaimed
-	var cur *staleValue[V] // the value Redis holds, if any
+	var (
+		cur *staleValue[V] // the value Redis holds, if any, unless a Hit
+		hit staleValue[V]  // the value of a Hit
+	)
 	if r.State == l2.Hit || r.State == l2.StaleClaimed || r.State == l2.StaleBusy {
 		n.present.mark(h)
 		if n.pending.blocks(c.ns, s, r.Groups) {
@@ -368,7 +371,12 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 			v, size, err := c.decode(s, r.Value)
 			switch {
 			case err == nil:
-				cur = &staleValue[V]{v: v, size: size, left: left, groups: r.Groups}
+				if r.State == l2.Hit {
+					// Used here only: kept off the heap.
+					hit = staleValue[V]{v: v, size: size, left: left, groups: r.Groups}
+				} else {
+					cur = &staleValue[V]{v: v, size: size, left: left, groups: r.Groups}
+				}
 			case errors.Is(err, errKeyMismatch):
 				// Another long key with the same 128-bit hash owns the slot.
 				if claimed {
@@ -394,12 +402,12 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 	}
 	switch r.State {
 	case l2.Hit:
-		keep, fresh := c.l1Window(cur.left)
-		c.fillL1(h, key, cur.v, cur.size, keep, fresh, f, cur.groups)
-		if c.z.beta > 0 && mode == modeGet && c.earlyRefresh(cur.left-c.z.below) {
+		keep, fresh := c.l1Window(hit.left)
+		c.fillL1(h, key, hit.v, hit.size, keep, fresh, f, hit.groups)
+		if c.z.beta > 0 && mode == modeGet && c.earlyRefresh(hit.left-c.z.below) {
 			c.refreshKey(key, s, h)
 		}
-		return stepDone, loaded[V]{v: cur.v, ri: ReadInfo{Source: SourceL2}}, nil
+		return stepDone, loaded[V]{v: hit.v, ri: ReadInfo{Source: SourceL2}}, nil
 	case l2.Claimed, l2.StaleClaimed:
 		if r.State == l2.StaleClaimed && cur != nil && mode == modeGet && c.z.servable(cur.left) {
 			// Stale-while-revalidate (R34): answer now; refresh under our

@@ -102,7 +102,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 
 	// L1, and the keys' names.
 	n := c.node
-	var misses []miss[K]
+	misses := make([]miss[K], 0, len(keys))
 	seen := make(map[K]struct{}, len(keys))
 	for _, key := range keys {
 		if _, dup := seen[key]; dup {
@@ -130,7 +130,9 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 		}
 		misses = append(misses, miss[K]{
 			key: key, s: s, h: h,
-			keys: l2.KeysFor(n.cfg.Prefix, c.ns, s),
+			// The value's name alone: a key that goes to the read script
+			// gets its other names then (full).
+			keys: l2.Keys{Value: l2.ValueKey(n.cfg.Prefix, c.ns, s)},
 			// Taken before the read, as by Get (R12, R13).
 			f: fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()},
 		})
@@ -159,19 +161,20 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	// Redis: what it likely holds with plain commands (PeekMany), the
 	// rest with the read script, which claims; one round trip each.
 	var (
-		toPeek, toRead []miss[K]
+		toPeek   = make([]*miss[K], 0, len(misses))
+		toRead   []miss[K]
 		claimed        []claim[K, V] // ours to fetch and fill
 		uncached       []claim[K, V] // to fetch without caching
 		slow           []miss[K]     // for Get: busy, corrupt, blocked, or Redis failed
 	)
-	for _, m := range misses {
+	for i, m := range misses {
 		switch {
 		case m.viaGet:
 			slow = append(slow, m)
 		case c.peeks(ctx, m.h, modeGet):
-			toPeek = append(toPeek, m)
+			toPeek = append(toPeek, &misses[i])
 		default:
-			toRead = append(toRead, m)
+			toRead = append(toRead, c.full(m))
 		}
 	}
 	if len(toPeek) > 0 {
@@ -186,7 +189,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 		}
 		for i, m := range toPeek {
 			if err != nil {
-				slow = append(slow, m)
+				slow = append(slow, *m)
 				continue
 			}
 			if oks[i] {
@@ -197,7 +200,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 					continue
 				}
 			}
-			toRead = append(toRead, m)
+			toRead = append(toRead, c.full(*m))
 		}
 	}
 	ks := make([]l2.Keys, len(toRead))
@@ -316,6 +319,12 @@ func (c *Cache[K, V]) GetList(ctx context.Context, keys []K) ([]V, error) {
 
 // errCachedNotFoundInList is GetList's error for a key the source lacks.
 var errCachedNotFoundInList = fmt.Errorf("tier get list: %w", ErrNotFound)
+
+// full returns m with every Redis name of its key, for the read script.
+func (c *Cache[K, V]) full(m miss[K]) miss[K] {
+	m.keys = l2.KeysFor(c.node.cfg.Prefix, c.ns, m.s)
+	return m
+}
 
 // claim is a key of a GetMany to fetch: claimed under clock, or uncached,
 // with the value Redis held as the fail-safe fallback, if any.
