@@ -163,9 +163,9 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	var (
 		toPeek   = make([]*miss[K], 0, len(misses))
 		toRead   []miss[K]
-		claimed        []claim[K, V] // ours to fetch and fill
-		uncached       []claim[K, V] // to fetch without caching
-		slow           []miss[K]     // for Get: busy, corrupt, blocked, or Redis failed
+		claimed  []claim[K, V] // ours to fetch and fill
+		uncached []claim[K, V] // to fetch without caching
+		slow     []miss[K]     // for Get: busy, corrupt, blocked, or Redis failed
 	)
 	for i, m := range misses {
 		switch {
