@@ -8,10 +8,19 @@
 // the other, beside a raw baseline where one means something. Read the
 // ratios between the lines of one run, not the absolute numbers: they
 // move with the machine and whatever else runs on it. Every library
-// stores values of 200 bytes (strings: no codec cost for go-redis/cache,
-// tiercache's CBOR envelope adds 13 bytes), reads from 1024 keys, and has
-// a local cache that keeps an entry for a minute (tiercache's Config.L1TTL
-// default, go-redis/cache's TinyLFU ttl, rueidis's DoCache ttl).
+// stores values of 200 bytes (strings: no codec cost for go-redis/cache;
+// tiercache's CBOR envelope adds 13 bytes, and the header before it, the
+// value's expiry and the stamps of its fleet's and namespace's groups,
+// about 170 more), reads from 1024 keys, and has a local cache that keeps
+// an entry for a minute (tiercache's Config.L1TTL default, go-redis/cache's
+// TinyLFU ttl, rueidis's DoCache ttl).
+//
+// A sub-benchmark that times a library's local cache, and every tiercache
+// one, starts its library afresh and warms it just before its timed loop,
+// and closes it after: no local entry can reach its TTL within a loop
+// however many times -count runs it, and no tiercache Node, whose lease
+// sends Redis a GET, a PING, a SET and a TIME every 15 s here, runs during
+// another library's loop, where that GET would count as the other's read.
 //
 // # What each benchmark measures
 //
@@ -19,20 +28,25 @@
 // tiercache L1 hit, a go-redis/cache TinyLFU hit (which copies the bytes
 // into a new string), a rueidis DoCache hit; the floor is a Get on a bare
 // ristretto cache. Serial, and parallel with one goroutine per CPU, each
-// on keys of its own. Afterwards each sub-benchmark checks that no read of
-// its timed loop went to Redis.
+// on keys of its own. Afterwards each sub-benchmark checks, by the
+// library's own account, that no read of its timed loop went to Redis.
 //
 // BenchmarkL2Hit: a read answered by Redis with the local cache out of the
-// way, as fairly as each library allows: tiercache with Config.L1TTL < 0
-// (its read script: one EVALSHA that runs GET, LRANGE and PTTL inside),
-// go-redis/cache without a LocalCache (one GET), rueidis's Do of a GET on
-// a client with DisableCache; the baseline is a bare go-redis GET. Serial,
-// and parallel with 8 goroutines per CPU, each on keys of its own (so that
-// no read joins another's, which tiercache would allow), which is where
-// rueidis's pipelining of concurrent commands shows.
+// way, as fairly as each library allows: tiercache with Config.L1TTL < 0,
+// of keys its node has already read (no script: a PTTL and one MGET of the
+// value and the stamps of its fleet's and namespace's groups, pipelined;
+// only a node's first read of a key, untimed here, runs the read script,
+// one EVALSHA), go-redis/cache without a LocalCache (one GET), rueidis's
+// Do of a GET on a client with DisableCache; the baseline is a bare
+// go-redis GET. Serial, and parallel with 8 goroutines per CPU, each on
+// keys of its own (so that no read can join another's, as tiercache's
+// reads through its script do), which is where rueidis's pipelining of
+// concurrent commands shows.
 //
-// BenchmarkBatch100: 100 keys in one call. From Redis: tiercache's
-// GetMany with L1 off (one pipelined round trip of 100 read scripts),
+// BenchmarkBatch100: 100 keys in one call. From Redis: tiercache's GetMany
+// with L1 off, of keys its node has already read (one pipeline of a TIME
+// and a single MGET of the 100 values and the two stamps; keys it has not
+// read would go to the read script, 100 EVALSHAs in one pipeline),
 // go-redis/cache's 100 Gets one after another (v9.0.0 has no multi-get),
 // rueidis's MGET and its DoMulti of 100 GETs, against a bare MGET and a
 // bare pipeline of 100 GETs. From warm local caches: GetMany with L1 on,
@@ -56,7 +70,8 @@
 // ns/op, B/op and allocs/op are the client side's, per read (or per batch,
 // or per freshness round: write plus reads until fresh). redis-cmds/op is
 // every command the server ran per operation, counting those a Lua script
-// runs (tiercache's one EVALSHA counts as 6); redis-cpu-µs/op is the
+// runs (none in these timed loops: a tiercache L2 hit is a PTTL and an
+// MGET, a batch a TIME and an MGET); redis-cpu-µs/op is the
 // redis-server process's CPU time per operation, from INFO cpu, which
 // matters because one Redis serves the whole fleet. Both are noise for
 // local reads and for -benchtime=1x. value-B is the size of what the
@@ -75,6 +90,8 @@
 // CI runs every benchmark once (-benchtime=1x) so that they cannot rot;
 // that checks the setup, not the speed. The tests in this package check
 // the setup without the benchmarks: a local read of each library sends
-// Redis no read command, a Redis read sends exactly the command it is
-// said to, a freshness round sees what each library's mechanism implies.
+// Redis none of its read commands, a Redis read sends exactly the commands
+// it is said to (for tiercache: the read script for a key its node has not
+// read yet, a PTTL and an MGET after), a freshness round sees what each
+// library's mechanism implies.
 package peers

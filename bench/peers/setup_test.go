@@ -9,26 +9,27 @@ import (
 	gocache "github.com/go-redis/cache/v9"
 
 	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/tier"
 )
 
 // These tests check the benchmarks' setup, so that a broken one fails
 // loudly instead of timing the wrong path: a local read of each library
-// sends Redis nothing, a Redis read of each sends exactly the command it
+// sends Redis nothing, a Redis read of each sends exactly the commands it
 // is said to, and a freshness round sees what each library's mechanism
 // makes it see. They count commands and values, never time.
 
 // TestLocalReadsStayLocal reads every key of the L1 hit setup, warmed as
-// BenchmarkL1Hit warms it, and requires that Redis ran no read command
-// meanwhile, and that each library's own account agrees.
+// BenchmarkL1Hit warms it, and requires that Redis ran none of the
+// library's read commands meanwhile, and that its own account agrees.
 func TestLocalReadsStayLocal(t *testing.T) {
 	srv := redistest.Start(t)
 	admin := srv.Client(t)
 	ctx := context.Background()
 	const passes = 2
 
-	// local runs passes reads of every key and fails unless Redis ran no
-	// read command meanwhile.
-	local := func(t *testing.T, keys []string, read func(k string) error) {
+	// local runs passes reads of every key and fails unless Redis ran none
+	// of the commands of reads meanwhile.
+	local := func(t *testing.T, keys []string, reads []string, read func(k string) error) {
 		t.Helper()
 		before := serverNow(t, admin)
 		for range passes {
@@ -38,8 +39,8 @@ func TestLocalReadsStayLocal(t *testing.T) {
 				}
 			}
 		}
-		if d := serverNow(t, admin).readsSince(before); d != 0 {
-			t.Fatalf("%d reads of warm keys made %d read commands in Redis, want none", passes*len(keys), d)
+		if d, ran := serverNow(t, admin).readsSince(before, reads); d != 0 {
+			t.Fatalf("%d reads of warm keys made %d read commands in Redis (%s), want none", passes*len(keys), d, ran)
 		}
 	}
 
@@ -49,7 +50,7 @@ func TestLocalReadsStayLocal(t *testing.T) {
 		keys := keysOf("user", keyCount)
 		warmTier(t, n, c, keys)
 		before := n.Stats()
-		local(t, keys, func(k string) error {
+		local(t, keys, tierReads, func(k string) error {
 			v, err := c.Get(ctx, k)
 			return checkLen("tiercache Get", v, err)
 		})
@@ -61,7 +62,7 @@ func TestLocalReadsStayLocal(t *testing.T) {
 		fillGoRedisCache(t, c, keys)
 		warmGoRedisCache(t, c, cnt, keys)
 		before := cnt.n.Load()
-		local(t, keys, func(k string) error {
+		local(t, keys, goRedisCacheReads, func(k string) error {
 			var v string
 			return checkLen("go-redis/cache Get", v, c.Get(ctx, k, &v))
 		})
@@ -74,7 +75,7 @@ func TestLocalReadsStayLocal(t *testing.T) {
 		keys := keysOf("rue:user", keyCount)
 		fillRueidis(t, c, keys)
 		warmRueidis(t, c, keys)
-		local(t, keys, func(k string) error {
+		local(t, keys, rueidisReads, func(k string) error {
 			r := rueidisCacheGet(ctx, c, k)
 			if !r.IsCacheHit() {
 				return fmt.Errorf("rueidis DoCache(GET %s) was not a client-side cache hit", k)
@@ -88,28 +89,30 @@ func TestLocalReadsStayLocal(t *testing.T) {
 // TestRedisReadsReachRedis reads keys through each library set up as
 // BenchmarkL2Hit and BenchmarkBatch100's "redis" half set it up, and
 // requires that Redis ran exactly the top-level read commands each is
-// said to make: no local cache answered.
+// said to make: no local cache answered, and tiercache took the path it
+// is said to take.
 func TestRedisReadsReachRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	admin := srv.Client(t)
 	ctx := context.Background()
 	const reads = 3 * batchSize
 
-	// expect runs op and fails unless Redis ran want calls of cmd.
-	expect := func(t *testing.T, cmd string, want int64, op func() error) {
+	// expect runs op and fails unless Redis ran ops×want[c] calls of each
+	// command c of want.
+	expect := func(t *testing.T, ops int64, want calls, op func() error) calls {
 		t.Helper()
 		before := serverNow(t, admin)
 		if err := op(); err != nil {
 			t.Fatal(err)
 		}
-		if d := serverNow(t, admin).callsSince(before, cmd); d != want {
-			t.Fatalf("Redis ran %d %s calls, want %d", d, cmd, want)
-		}
+		after := serverNow(t, admin)
+		after.expectCalls(t, before, ops, want)
+		return after.since(before)
 	}
-	// each reads every key of keys, reads times in all.
-	each := func(keys []string, read func(k string) error) func() error {
+	// each reads every key of keys, n times in all.
+	each := func(keys []string, n int, read func(k string) error) func() error {
 		return func() error {
-			for i := range reads {
+			for i := range n {
 				if err := read(keys[i%len(keys)]); err != nil {
 					return err
 				}
@@ -119,29 +122,58 @@ func TestRedisReadsReachRedis(t *testing.T) {
 	}
 
 	t.Run("tiercache-L1-off", func(t *testing.T) {
-		n := newTierNode(t, srv)
-		c := newTierCache(t, n, "redis", -1, nil)
 		keys := keysOf("user", batchSize)
-		fillTier(t, c, keys, baseValue)
-		before := n.Stats()
-		expect(t, "evalsha", reads, each(keys, func(k string) error {
-			v, err := c.Get(ctx, k)
-			return checkLen("tiercache Get", v, err)
-		}))
-		expect(t, "evalsha", batchSize, func() error {
-			m, err := c.GetMany(ctx, keys)
-			if err == nil && len(m) != batchSize {
-				err = fmt.Errorf("GetMany: %d values", len(m))
+		get := func(c *tier.Cache[string, string]) func(k string) error {
+			return func(k string) error {
+				v, err := c.Get(ctx, k)
+				return checkLen("tiercache Get", v, err)
 			}
-			return err
-		})
-		checkTierHits(t, n, before, 0, reads+batchSize)
+		}
+		getMany := func(c *tier.Cache[string, string]) func() error {
+			return func() error {
+				m, err := c.GetMany(ctx, keys)
+				if err == nil && len(m) != batchSize {
+					err = fmt.Errorf("GetMany: %d values", len(m))
+				}
+				return err
+			}
+		}
+		// Node a fills Redis: a miss, a fetch and a fill per key.
+		a := newTierNode(t, srv)
+		fillTier(t, newTierCache(t, a, "redis", -1, nil), keys, baseValue)
+
+		// Node b has not read these keys yet: its first Get of each runs
+		// the read script (whose own GET and PTTL count too), later ones a
+		// PTTL and an MGET of the value and the stamps of the fleet's and
+		// the namespace's groups, and no script.
+		b := newTierNode(t, srv)
+		cb := newTierCache(t, b, "redis", -1, nil)
+		before := b.Stats()
+		expect(t, batchSize, calls{"evalsha": 1, "eval": 0, "mget": 0}, each(keys, batchSize, get(cb)))
+		expect(t, reads, calls{"mget": 1, "pttl": 1, "evalsha": 0, "eval": 0}, each(keys, reads, get(cb)))
+		// A GetMany of keys it has read: a TIME and one MGET of every value
+		// and the two stamps, in one pipeline. Its lease may send a TIME
+		// of its own meanwhile.
+		d := expect(t, 1, calls{"mget": 1, "pttl": 0, "evalsha": 0, "eval": 0}, getMany(cb))
+		if d["time"] < 1 {
+			t.Fatalf("GetMany of keys the node has read: Redis ran %d TIME calls, want at least 1", d["time"])
+		}
+		checkTierHits(t, b, before, 0, batchSize+reads+batchSize)
+
+		// Node c has not read them either: its first GetMany runs the read
+		// script per key, in one pipeline; its second, one MGET.
+		c := newTierNode(t, srv)
+		cc := newTierCache(t, c, "redis", -1, nil)
+		before = c.Stats()
+		expect(t, 1, calls{"evalsha": batchSize, "eval": 0, "mget": 0}, getMany(cc))
+		expect(t, 1, calls{"mget": 1, "pttl": 0, "evalsha": 0, "eval": 0}, getMany(cc))
+		checkTierHits(t, c, before, 0, 2*batchSize)
 	})
 	t.Run("go-redis-cache-no-LocalCache", func(t *testing.T) {
 		c, _ := newGoRedisCache(t, srv, false)
 		keys := keysOf("grc:user", batchSize)
 		fillGoRedisCache(t, c, keys)
-		expect(t, "get", reads, each(keys, func(k string) error {
+		expect(t, reads, calls{"get": 1}, each(keys, reads, func(k string) error {
 			var v string
 			return checkLen("go-redis/cache Get", v, c.Get(ctx, k, &v))
 		}))
@@ -150,11 +182,11 @@ func TestRedisReadsReachRedis(t *testing.T) {
 		c := newRueidis(t, srv, false)
 		keys := keysOf("rue:user", batchSize)
 		fillRueidis(t, c, keys)
-		expect(t, "get", reads, each(keys, func(k string) error {
+		expect(t, reads, calls{"get": 1}, each(keys, reads, func(k string) error {
 			v, err := c.Do(ctx, c.B().Get().Key(k).Build()).ToString()
 			return checkLen("rueidis GET", v, err)
 		}))
-		expect(t, "mget", 1, func() error {
+		expect(t, 1, calls{"mget": 1}, func() error {
 			vs, err := c.Do(ctx, c.B().Mget().Key(keys...).Build()).AsStrSlice()
 			if err == nil && len(vs) != batchSize {
 				err = fmt.Errorf("MGET: %d values", len(vs))
