@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
@@ -280,43 +279,9 @@ func BenchmarkGetL2Hit(b *testing.B) {
 	for i, k := range keys {
 		valueKeys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
 	}
+	// No script: a hit of a key the node has seen is an MGET and a PTTL.
 	loop := func(b *testing.B, parallel bool, read func(i int) error) {
-		b.ReportAllocs()
-		before := costNow(b, rdb)
-		b.ResetTimer()
-		if parallel {
-			b.SetParallelism(l2HitParallelism)
-			goroutines := l2HitParallelism * runtime.GOMAXPROCS(0) // RunParallel's
-			var ids atomic.Int64
-			b.RunParallel(func(pb *testing.PB) {
-				id := int(ids.Add(1) - 1)
-				lo, hi := id*benchKeyCount/goroutines, (id+1)*benchKeyCount/goroutines
-				for i := lo; pb.Next(); i++ {
-					if i == hi {
-						i = lo
-					}
-					if err := read(i); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		} else {
-			for i := 0; b.Loop(); i++ {
-				if err := read(i % benchKeyCount); err != nil {
-					b.Fatal(err)
-				}
-			}
-		}
-		b.StopTimer()
-		if b.Failed() {
-			b.FailNow()
-		}
-		after := costNow(b, rdb)
-		if d := after.evalsha - before.evalsha; d != 0 {
-			b.Fatalf("%d reads ran %d EVALSHAs, want none", b.N, d)
-		}
-		after.report(b, before)
+		hitLoop(b, rdb, parallel, l2HitParallelism, 0, read)
 	}
 	for _, mode := range []struct {
 		name     string
@@ -468,4 +433,55 @@ func benchRaceDetector() bool {
 		}
 	}
 	return false
+}
+
+// BenchmarkWrite measures the writes of one key, serially, against the bare
+// Redis command each replaces in the same run: Invalidate against a DEL of
+// the value's key, Set against a SET PX of as many bytes as tiercache
+// stores. Each write of tiercache is one round trip (a script that changes
+// the key and publishes the invalidation, R14); the bare commands announce
+// nothing, so the ratio is the price of the bus.
+func BenchmarkWrite(b *testing.B) {
+	const namespace = "bench-write"
+	srv := redistest.Start(b)
+	n := benchNode(b, srv)
+	rdb := srv.Client(b)
+	c := benchCache[string](b, n, namespace, -1)
+	ctx := context.Background()
+	keys := benchKeys("user", benchKeyCount)
+	valueKeys := make([]string, len(keys))
+	for i, k := range keys {
+		valueKeys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
+	}
+	if err := c.Set(ctx, keys[0], benchValue); err != nil {
+		b.Fatal(err)
+	}
+	stored, err := rdb.Get(ctx, valueKeys[0]).Result()
+	if err != nil {
+		b.Fatalf("GET of a Set value: %v", err)
+	}
+	rawValue := strings.Repeat("v", len(stored))
+	run := func(b *testing.B, op func(i int) error) {
+		b.ReportAllocs()
+		before := costNow(b, rdb)
+		for i := 0; b.Loop(); i++ {
+			if err := op(i % benchKeyCount); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		costNow(b, rdb).report(b, before)
+	}
+	b.Run("tiercache-Invalidate", func(b *testing.B) {
+		run(b, func(i int) error { return c.Invalidate(ctx, keys[i]) })
+	})
+	b.Run("redis-raw-DEL", func(b *testing.B) {
+		run(b, func(i int) error { return rdb.Del(ctx, valueKeys[i]).Err() })
+	})
+	b.Run("tiercache-Set", func(b *testing.B) {
+		run(b, func(i int) error { return c.Set(ctx, keys[i], benchValue) })
+	})
+	b.Run("redis-raw-SET", func(b *testing.B) {
+		run(b, func(i int) error { return rdb.Set(ctx, valueKeys[i], rawValue, benchTTL).Err() })
+	})
 }

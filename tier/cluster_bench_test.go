@@ -105,51 +105,8 @@ func BenchmarkClusterGetL2Hit(b *testing.B) {
 		b.Fatalf("the keys lie on %d masters, want all 3", len(masters))
 	}
 
-	// loop runs read(i) b.N times, serially or in parallel, over the keys
-	// in turn, and checks that the cluster ran scripts EVALSHAs per read.
-	// In parallel, each goroutine reads a block of the keys of its own: no
-	// two read one key at once, so no Get joins another's read (a flight)
-	// and every Get is a read of Redis.
 	loop := func(b *testing.B, parallel bool, scripts int, read func(i int) error) {
-		b.ReportAllocs()
-		before := costNow(b, rdb)
-		b.ResetTimer()
-		if parallel {
-			b.SetParallelism(clusterParallelism)
-			goroutines := clusterParallelism * runtime.GOMAXPROCS(0) // RunParallel's
-			if goroutines > benchKeyCount {
-				b.Fatalf("%d goroutines for %d keys: some would share keys", goroutines, benchKeyCount)
-			}
-			var ids atomic.Int64
-			b.RunParallel(func(pb *testing.PB) {
-				id := int(ids.Add(1) - 1)
-				lo, hi := id*benchKeyCount/goroutines, (id+1)*benchKeyCount/goroutines
-				for i := lo; pb.Next(); i++ {
-					if i == hi {
-						i = lo
-					}
-					if err := read(i); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		} else {
-			for i := 0; b.Loop(); i++ {
-				if err := read(i % benchKeyCount); err != nil {
-					b.Fatal(err)
-				}
-			}
-		}
-		b.StopTimer()
-		if b.Failed() {
-			b.FailNow()
-		}
-		after := costNow(b, rdb)
-		if d := after.evalsha - before.evalsha; d != int64(scripts*b.N) {
-			b.Fatalf("%d reads ran %d EVALSHAs on the cluster, want %d each", b.N, d, scripts)
-		}
-		after.report(b, before)
+		hitLoop(b, rdb, parallel, clusterParallelism, scripts, read)
 	}
 	get := func(i int) error {
 		v, err := c.Get(ctx, keys[i])
@@ -225,6 +182,54 @@ func BenchmarkClusterGetL2Hit(b *testing.B) {
 			})
 		})
 	})
+}
+
+// hitLoop runs read(i) b.N times, serially or from parallelism goroutines
+// per CPU, over the keys in turn, checks that the server (or cluster) rdb
+// ran scripts EVALSHAs per read, and reports the CPU time of both sides
+// per read. In parallel, each goroutine reads a block of the keys of its
+// own: no two read one key at once, so no Get joins another's read (a
+// flight) and every Get is a read of Redis.
+func hitLoop(b *testing.B, rdb redis.UniversalClient, parallel bool, parallelism, scripts int, read func(i int) error) {
+	b.ReportAllocs()
+	before := costNow(b, rdb)
+	b.ResetTimer()
+	if parallel {
+		b.SetParallelism(parallelism)
+		goroutines := parallelism * runtime.GOMAXPROCS(0) // RunParallel's
+		if goroutines > benchKeyCount {
+			b.Fatalf("%d goroutines for %d keys: some would share keys", goroutines, benchKeyCount)
+		}
+		var ids atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			id := int(ids.Add(1) - 1)
+			lo, hi := id*benchKeyCount/goroutines, (id+1)*benchKeyCount/goroutines
+			for i := lo; pb.Next(); i++ {
+				if i == hi {
+					i = lo
+				}
+				if err := read(i); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	} else {
+		for i := 0; b.Loop(); i++ {
+			if err := read(i % benchKeyCount); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+	if b.Failed() {
+		b.FailNow()
+	}
+	after := costNow(b, rdb)
+	if d := after.evalsha - before.evalsha; d != int64(scripts*b.N) {
+		b.Fatalf("%d reads ran %d EVALSHAs, want %d each", b.N, d, scripts)
+	}
+	after.report(b, before)
 }
 
 // serverCost is what a Redis server or cluster and this process have done
