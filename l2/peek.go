@@ -50,6 +50,11 @@ func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim
 	}
 	p, err := s.peekFirst(ctx, ks, known)
 	if err != nil {
+		if s.cluster != nil && unreachable(err) {
+			// Peek asks masters by their own clients, which learn nothing
+			// of a failover: let the cluster client look again.
+			s.cluster.ReloadState(ctx)
+		}
 		return nil, nil, &opError{op: "peek", err: err}
 	}
 	// What each value is, and which stamps are still to be read.

@@ -168,8 +168,9 @@ type Cache[K comparable, V any] struct {
 	keys      keyer[K]
 	flights   flights[loaded[V]]
 	groupFn   func(K, V) []string
-	nsGroup   string   // the group of every entry of the namespace
-	known     []string // fleetGroup and nsGroup: the groups every read checks
+	nsGroup   string                       // the group of every entry of the namespace
+	known     []string                     // fleetGroup and nsGroup: the groups every read checks
+	baseRefs  atomic.Pointer[[]groups.Ref] // see refs
 	z         zones
 	onHit     func(K, Source) error // Config.OnHit, a panic an error
 	onMiss    func(K) error

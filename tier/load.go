@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tiercache/tiercache/groups"
 	"github.com/tiercache/tiercache/l2"
 )
 
@@ -724,7 +725,7 @@ func (c *Cache[K, V]) fillL1(h uint64, key K, v V, size int, keep, fresh time.Du
 	if c.l1TTL <= 0 || keep <= 0 {
 		return
 	}
-	e := &entry[K, V]{owner: c, key: key, val: v, groups: c.node.groups.Refs(groupNames)}
+	e := &entry[K, V]{owner: c, key: key, val: v, groups: c.refs(groupNames)}
 	if fresh > 0 {
 		e.fresh = max(c.node.now()+fresh, 1)
 	}
@@ -736,8 +737,25 @@ func (c *Cache[K, V]) fillNegativeL1(h uint64, key K, left time.Duration, f fenc
 	if c.l1TTL <= 0 || left <= 0 {
 		return
 	}
-	e := &entry[K, V]{owner: c, key: key, negative: true, groups: c.node.groups.Refs(groupNames)}
+	e := &entry[K, V]{owner: c, key: key, negative: true, groups: c.refs(groupNames)}
 	c.storeL1(h, e, 64, left, f)
+}
+
+// refs returns refs to the named groups at their current versions. Those
+// of the fleet's and the namespace's groups alone, the groups of every
+// entry of a Cache without Config.Groups, are shared by the entries filled
+// while both groups are unchanged: one slice for all of them, instead of
+// one each. Refs are never changed once taken.
+func (c *Cache[K, V]) refs(names []string) []groups.Ref {
+	if len(names) != 2 || names[0] != fleetGroup || names[1] != c.nsGroup {
+		return c.node.groups.Refs(names)
+	}
+	if p := c.baseRefs.Load(); p != nil && groupsValid(*p) {
+		return *p
+	}
+	refs := c.node.groups.Refs(names)
+	c.baseRefs.Store(&refs)
+	return refs
 }
 
 // storeL1 stores e in L1 unless the fence says an invalidation came since.
