@@ -82,8 +82,11 @@ func warmPools(t testing.TB, rdb *redis.Client) {
 	}
 }
 
-// The round trips of each operation: L2 hit 1, miss and fill 2, Invalidate
-// 1 (of one key or many), Set 1, L1 hit 0.
+// The round trips of each operation: L2 hit 1 (through the read script the
+// first time a node reads a key, through Peek after), miss and fill 2,
+// Invalidate 1 (of one key or many), Set 1, L1 hit 0; a key the node has
+// seen that Redis lost since (evicted) costs 3: Peek, then the script's
+// claim, then the fill.
 func TestRoundTrips(t *testing.T) {
 	f := newFleet(t)
 	src := newSource()
@@ -103,7 +106,7 @@ func TestRoundTrips(t *testing.T) {
 		return cache(t, n, src), n, rt
 	}
 	c1, n1, rt1 := counted()
-	c2, _, rt2 := counted()
+	c2, n2, rt2 := counted()
 	measure := func(rt *rtCounter, op func()) int64 {
 		before := rt.n.Load()
 		op()
@@ -119,6 +122,15 @@ func TestRoundTrips(t *testing.T) {
 		{"miss and fill", rt1, func() { mustGet(t, c1, "a"); tier.WaitL1(n1) }, 2},
 		{"L1 hit", rt1, func() { mustGet(t, c1, "a") }, 0},
 		{"L2 hit", rt2, func() { mustGet(t, c2, "a") }, 1},
+		{"L2 hit of a key seen", rt2, func() { tier.EvictL1(c2, "a"); mustGet(t, c2, "a") }, 1},
+		{"a key seen, lost by Redis", rt2, func() {
+			tier.EvictL1(c2, "a")
+			if err := f.rdb.Del(ctx, l2.KeysFor(tier.DefaultPrefix, ns, "a").Value).Err(); err != nil {
+				t.Fatal(err)
+			}
+			mustGet(t, c2, "a")
+			tier.WaitL1(n2)
+		}, 3},
 		{"Invalidate one", rt1, func() { _ = c1.Invalidate(ctx, "a") }, 1},
 		{"Invalidate three", rt1, func() { _ = c1.Invalidate(ctx, "a", "b", "c") }, 1},
 		{"Set", rt1, func() { _ = c1.Set(ctx, "a", "w") }, 1},
