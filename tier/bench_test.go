@@ -371,6 +371,33 @@ func BenchmarkGetMissFill(b *testing.B) {
 			}
 		}
 	})
+	// The floor of any miss that a fetch begun before an invalidation
+	// cannot fill (R01): a claim taken in the read that finds the key
+	// absent, and a fill that writes only while the claim holds; two
+	// scripts that do nothing else.
+	claimScript := redis.NewScript(`
+if redis.call('GET', KEYS[1]) then return 0 end
+return redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', 5000) and 1 or 0`)
+	fillScript := redis.NewScript(`
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+return 1`)
+	b.Run("redis-raw-claim+fill-scripts", func(b *testing.B) {
+		keys := coldKeys(b, "raw:claimed")
+		ttl := benchTTL.Milliseconds()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			kv := []string{keys[i], keys[i] + ":flag"}
+			if n, err := claimScript.Run(ctx, rdb, kv, "tok").Int(); err != nil || n != 1 {
+				b.Fatalf("claim: %d, %v", n, err)
+			}
+			if n, err := fillScript.Run(ctx, rdb, kv, "tok", rawValue, ttl).Int(); err != nil || n != 1 {
+				b.Fatalf("fill: %d, %v", n, err)
+			}
+		}
+	})
 }
 
 // userID is a named string key type: its default key form is the string.
@@ -483,5 +510,27 @@ func BenchmarkWrite(b *testing.B) {
 	})
 	b.Run("redis-raw-SET", func(b *testing.B) {
 		run(b, func(i int) error { return rdb.Set(ctx, valueKeys[i], rawValue, benchTTL).Err() })
+	})
+	// The floor of a write that announces itself atomically (R14): one
+	// script that deletes the key and publishes a message of the same size
+	// as tiercache's, to one subscriber (the node's own, as here).
+	sub := rdb.Subscribe(ctx, "bench-write-floor")
+	if _, err := sub.Receive(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sub.Close() })
+	go func() {
+		for range sub.Channel() {
+		}
+	}()
+	announce := redis.NewScript(`
+redis.call('DEL', KEYS[1])
+local seq = redis.call('INCR', KEYS[2])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
+	msg := strings.Repeat("m", 64)
+	b.Run("redis-raw-DEL+PUBLISH-script", func(b *testing.B) {
+		run(b, func(i int) error {
+			return announce.Run(ctx, rdb, []string{valueKeys[i], "bench-write-floor:seq"}, "bench-write-floor", msg).Err()
+		})
 	})
 }
