@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/tiercache/tiercache/l2"
 	"github.com/tiercache/tiercache/tier"
 )
 
@@ -273,5 +274,80 @@ func TestMissing(t *testing.T) {
 	var ke *tier.KeyErrors[int]
 	if !errors.As(err, &ke) || len(ke.Errs) != 2 || !errors.Is(ke.Errs[1], tier.ErrNotFound) || !errors.Is(ke.Errs[3], tier.ErrNotFound) {
 		t.Fatalf("Missing = %v; want keys 1 and 3 not found", err)
+	}
+}
+
+// GetMany of a batch that mixes keys this node has seen in Redis (read
+// with one MGET) with keys it has not (read with the script): every key
+// gets its current value, a seen key whose value changed behind the node's
+// back (its namespace invalidated on another node, its value deleted) is
+// not served from the peek, and the batch costs two round trips, plus the
+// fills of what it fetched.
+func TestGetManyMixesPeekedAndScriptedKeys(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	keys := manyKeys(30)
+	for _, k := range keys {
+		src.set(k, "v1-"+k)
+	}
+	rdb := f.srv.Client(t)
+	warmPools(t, rdb)
+	rt := &rtCounter{}
+	rdb.AddHook(rt)
+	// A long lease: its renewals, every LeaseTTL/4, go through this
+	// client and must not fall into the counted batch.
+	n, err := tier.NewNode(context.Background(), rdb, tier.NodeConfig{L1MaxBytes: 1 << 20, LeaseTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	c := newCache(t, n, tier.Config[string, string]{Fetch: src.fetch, L1TTL: -1})
+	if _, err := c.GetMany(context.Background(), keys[:20]); err != nil { // seen: 0..19
+		t.Fatal(err)
+	}
+	other := cache(t, f.node(tier.NodeConfig{}, nil), src)
+	if _, err := other.GetMany(context.Background(), keys[20:]); err != nil { // in Redis, unseen: 20..29
+		t.Fatal(err)
+	}
+	// Behind this node's back: key 0's value deleted (as by eviction).
+	if err := f.rdb.Del(context.Background(), l2.KeysFor(tier.DefaultPrefix, ns, keys[0]).Value).Err(); err != nil {
+		t.Fatal(err)
+	}
+	src.set(keys[0], "v2-"+keys[0])
+
+	want := map[string]string{}
+	for _, k := range keys {
+		want[k] = "v1-" + k
+	}
+	want[keys[0]] = "v2-" + keys[0]
+	before := rt.n.Load()
+	got, err := c.GetMany(context.Background(), keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Fatalf("GetMany (-want +got):\n%s", d)
+	}
+	// One MGET for 0..19, one pipeline of scripts for 20..29 and the lost
+	// key 0, one fill of key 0.
+	if rts := rt.n.Load() - before; rts != 3 {
+		t.Errorf("GetMany: %d round trips; want 3", rts)
+	}
+
+	// The namespace invalidated on the other node: no peeked value is
+	// served; every key is fetched again.
+	for _, k := range keys {
+		src.set(k, "v3-"+k)
+		want[k] = "v3-" + k
+	}
+	if err := other.InvalidateAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, err = c.GetMany(context.Background(), keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Fatalf("GetMany after InvalidateAll (-want +got):\n%s", d)
 	}
 }
