@@ -210,6 +210,13 @@ type entry[K comparable, V any] struct {
 type fence struct {
 	ticket consistency.Ticket
 	gen    uint64
+	landed uint64 // pending.landed: see pending.blocksSince
+}
+
+// fence takes the fence of a read of the key hashed h, before it reads
+// Redis.
+func (n *Node) fence(h uint64) fence {
+	return fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen(), landed: n.pending.landed.Load()}
 }
 
 // New returns a Cache of one kind of object on node n.

@@ -76,7 +76,7 @@ func (c *Cache[K, V]) getSlow(ctx context.Context, key K, mode loadMode) (V, Rea
 		if peekErr != nil {
 			// Redis just failed this caller's read: do not wait for it
 			// a second time.
-			f := fence{ticket: c.node.l1.Ticket(h), gen: c.node.groups.Gen()}
+			f := c.node.fence(h)
 			return c.withoutRedis(ctx, key, s, h, f, nil, mode, peekErr)
 		}
 		return c.load(ctx, key, s, h, mode)
@@ -124,7 +124,7 @@ func (c *Cache[K, V]) peeks(ctx context.Context, h uint64, mode loadMode) bool {
 func (c *Cache[K, V]) peek(ctx context.Context, key K, s string, h uint64) (loaded[V], error, peeked) {
 	n := c.node
 	// Taken before the read, as by load (R12, R13).
-	f := fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()}
+	f := n.fence(h)
 	if n.pending.blocks(c.ns, s, nil) {
 		return loaded[V]{}, nil, peekMissed
 	}
@@ -159,7 +159,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 	n := c.node
 	// The ticket is taken before anything is read: an invalidation this
 	// node learns of from here on refuses the L1 fill (R12, R13).
-	f := fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()}
+	f := n.fence(h)
 	if n.pending.blocks(c.ns, s, nil) {
 		// This node invalidated the key while Redis was unreachable, and
 		// the invalidation has not landed yet: Redis may hold the old value.
@@ -348,9 +348,9 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 	)
 	if r.State == l2.Hit || r.State == l2.StaleClaimed || r.State == l2.StaleBusy {
 		n.present.mark(h)
-		if n.pending.blocks(c.ns, s, r.Groups) {
+		if n.pending.blocksSince(f.landed, c.ns, s, r.Groups) {
 			// One of its groups was invalidated here while Redis was
-			// unreachable, and that has not landed yet.
+			// unreachable, and that had not landed when the read began.
 			if claimed {
 				c.release(ctx, keys, token)
 			}

@@ -134,7 +134,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 			// gets its other names then (full).
 			keys: l2.Keys{Value: l2.ValueKey(n.cfg.Prefix, c.ns, s)},
 			// Taken before the read, as by Get (R12, R13).
-			f: fence{ticket: n.l1.Ticket(h), gen: n.groups.Gen()},
+			f: n.fence(h),
 		})
 	}
 	if len(misses) == 0 {

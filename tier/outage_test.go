@@ -303,3 +303,54 @@ func TestRace_R44_LateSetIsShortLived(t *testing.T) {
 		t.Fatalf("the late write lives %v, %v; want at most LeaseTTL (%v)", ttl, err, faultCfg.LeaseTTL)
 	}
 }
+
+// R56: a node's group invalidation that could not reach Redis is pending;
+// a read of a member begins, finds the key itself not pending (its groups
+// are not known before the read), and reads the old value from Redis; the
+// replay lands, and leaves the queue, before the read asks whether any of
+// the value's groups is pending. The read must not answer with the old
+// value (read-your-writes, R21): it notes the count of landed replays
+// before it reads, and a replay that landed meanwhile sends it to the
+// source. The replay is held back by failing its batches (LateApply) until
+// the read has read.
+func TestRace_R56_ReplayLandsDuringRead(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("book:7", "v1")
+	var (
+		hold  atomic.Bool
+		armed atomic.Bool
+	)
+	read, resume := make(chan struct{}), make(chan struct{})
+	n := f.node(tier.NodeConfig{}, &hooks.Points{
+		// While held, every batch fails as if Redis had not answered: the
+		// group invalidation, then each attempt of its replay.
+		LateApply: func(func()) bool { return hold.Load() },
+		AfterRead: func(string) {
+			if armed.CompareAndSwap(true, false) {
+				close(read)
+				<-resume
+			}
+		},
+	})
+	c := grouped(t, n, src, byKey)
+	mustGet(t, c, "book:7")
+	tier.EvictL1(c, "book:7")
+
+	hold.Store(true)
+	src.set("book:7", "v2")
+	if err := n.InvalidateGroup(context.Background(), "books"); !errors.Is(err, tier.ErrPending) {
+		t.Fatalf("InvalidateGroup with its batch failing = %v, want ErrPending", err)
+	}
+	armed.Store(true)
+	got := goGet(context.Background(), c, "book:7")
+	wait(t, read, "the read of book:7 from Redis")
+	// Redis still holds v1 under the old stamp. Let the replay land now.
+	replayed := n.Stats().Replayed
+	hold.Store(false)
+	awaitStats(t, n, "the replay to land", func(s tier.Stats) bool { return s.Replayed > replayed && s.Pending == 0 })
+	close(resume)
+	if r := await(t, got); r.err != nil || r.v != "v2" {
+		t.Fatalf("a read that began after InvalidateGroup returned = %q, %v; want v2", r.v, r.err)
+	}
+}

@@ -32,6 +32,12 @@ type pending struct {
 	// replaying holds the ops taken for the replay in flight: until it
 	// succeeds, they still block reads.
 	replaying []bus.Op
+	// landed counts the replays of group invalidations that succeeded. A
+	// read notes it before it reads Redis (fence.landed): the groups of
+	// the value it reads are known only after, and a group pending when
+	// the read began may have landed, and left the queue, before blocks
+	// is asked (R56).
+	landed atomic.Uint64
 }
 
 type pendingKey struct{ ns, key string }
@@ -174,6 +180,28 @@ func (p *pending) blocks(namespace, key string, groups []string) bool {
 	return false
 }
 
+// replayLanded ends a replay that succeeded.
+func (p *pending) replayLanded() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, op := range p.replaying {
+		if op.Group != "" {
+			p.landed.Add(1)
+			break
+		}
+	}
+	p.replaying = nil
+	p.recountLocked()
+}
+
+// blocksSince is blocks for a read that noted landed as mark before it
+// read Redis: a replay of a group invalidation that landed since, which
+// blocks no more, may have landed after the read, and the value read may
+// be older than it.
+func (p *pending) blocksSince(mark uint64, namespace, key string, groups []string) bool {
+	return p.landed.Load() != mark || p.blocks(namespace, key, groups)
+}
+
 // setReplaying records the ops of the replay in flight.
 func (p *pending) setReplaying(ops []bus.Op) {
 	p.mu.Lock()
@@ -229,7 +257,7 @@ func (n *Node) replay() {
 			ops, flush := n.pending.take(batch)
 			err := n.replayBatch(ops, flush)
 			if err == nil {
-				n.pending.setReplaying(nil)
+				n.pending.replayLanded()
 				n.stats.replayed.Add(uint64(len(ops)))
 				if n.rec != nil {
 					n.rec.Replayed(len(ops))
