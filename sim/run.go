@@ -416,7 +416,6 @@ func openMember(ctx context.Context, cfg Config, prefix string, to target, name 
 		Fetch:            w.fetch,
 		TTL:              cfg.TTL,
 		L1TTL:            cfg.L1TTL,
-		Groups:           cfg.groupsOf,
 		FreshFor:         cfg.FreshFor,
 		MaxStale:         cfg.MaxStale,
 		FetchTimeout:     cfg.FetchTimeout,
@@ -425,6 +424,12 @@ func openMember(ctx context.Context, cfg Config, prefix string, to target, name 
 		NotFoundTTL:      cfg.NotFoundTTL,
 		Losers:           cfg.Losers,
 	}
+	if cfg.Mix.Group > 0 {
+		tc.Groups = cfg.groupsOf
+	}
+	// Without group invalidations in the mix, entries are in no group of
+	// their own: a node reads the keys it has seen in Redis without the
+	// read script (l2.Store.Peek, R54), which the run so judges too.
 	if cfg.Many > 0 {
 		tc.FetchMany = w.fetchMany
 	}

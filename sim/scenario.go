@@ -125,7 +125,7 @@ var Scenarios = []Scenario{
 		Config: Config{Keys: 32, TTL: 300 * ms, L1TTL: time.Minute}, Faults: []FaultKind{Restart}},
 	{Name: "R25", About: "a restart that loses the last writes, approximated by a restart without persistence under writes",
 		Config: Config{Keys: 32, Mix: Mix{Read: 70, Invalidate: 15, Set: 15}}, Faults: []FaultKind{Restart}},
-	{Name: "R26", About: "Redis under a small maxmemory evicts values, claims, meta lists and stamps",
+	{Name: "R26", About: "Redis under a small maxmemory evicts values, claims and stamps",
 		Config:    Config{Keys: 2000, Groups: 100, ValueBytes: 2048, Mix: Mix{Read: 85, Invalidate: 5, Set: 5, Group: 5}},
 		RedisArgs: []string{"--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru"}},
 	{Name: "R27", About: "a node is partitioned from Redis: L1 follows its lease, reads go to the source, writes queue",
