@@ -143,13 +143,22 @@ func (c *Cache[K, V]) peek(ctx context.Context, key K, s string, h uint64) (load
 	case !hit:
 		return loaded[V]{}, nil, peekMissed
 	}
-	// A corrupt value is the load's to remove and count: as if seen once.
-	st := readState[V]{corrupt: true}
-	next, out, err := c.settle(ctx, key, s, h, keys, "", f, r, start, modeGet, &st)
-	if next != stepDone {
+	out, ok, err := c.settlePeeked(ctx, key, s, h, keys, f, r, start)
+	if !ok {
 		return loaded[V]{}, nil, peekMissed
 	}
 	return out, err, peekAnswered
+}
+
+// settlePeeked settles a hit that l2.Store.Peek read at start, as settle
+// settles any hit, and reports whether that answers the read. What it
+// cannot answer (a corrupt value, another key's, one of its groups pending)
+// is left to the read script, which removes and counts a corrupt value:
+// for settle, it is as if seen once already.
+func (c *Cache[K, V]) settlePeeked(ctx context.Context, key K, s string, h uint64, keys l2.Keys, f fence, r l2.Read, start time.Time) (loaded[V], bool, error) {
+	st := readState[V]{corrupt: true}
+	next, out, err := c.settle(ctx, key, s, h, keys, "", f, r, start, modeGet, &st)
+	return out, next == stepDone, err
 }
 
 // load reads L2 or claims, then fetches and fills, or waits for another

@@ -193,9 +193,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 				continue
 			}
 			if oks[i] {
-				// A corrupt value is the script's to remove: as if seen once.
-				st := readState[V]{corrupt: true}
-				if next, l, err := c.settle(ctx, m.key, m.s, m.h, m.keys, "", m.f, reads[i], readAt, modeGet, &st); next == stepDone {
+				if l, ok, err := c.settlePeeked(ctx, m.key, m.s, m.h, m.keys, m.f, reads[i], readAt); ok {
 					record(m.key, l.v, l.ri, err)
 					continue
 				}
