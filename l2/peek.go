@@ -150,11 +150,11 @@ func (p *peekReply) left(i int, expiry int64) (time.Duration, bool) {
 	return d, d > 0
 }
 
-// peekBatch is what PeekMany sends one server: one MGET per slot, or one
-// for all keys on one server, and TIME (PTTL for a batch of one key).
+// peekBatch is what PeekMany sends one server: one MGET per slot (one for
+// all keys on one server), and TIME (PTTL for a batch of one key).
 type peekBatch struct {
 	client redis.Cmdable
-	slots  [][]int // indexes into ks, per MGET; nil: all of ks in one
+	slots  [][]int // indexes into ks, per MGET
 }
 
 // peekFirst sends PeekMany's first round trip: on one server, one
@@ -167,7 +167,11 @@ func (s *Store) peekFirst(ctx context.Context, ks []Keys, known []string) (*peek
 	p := &peekReply{known: len(known), keys: make([]peekKey, len(ks))}
 	err := s.do(ctx, func(ctx context.Context) error {
 		if s.cluster == nil {
-			return s.peekBatch(ctx, p, ks, known, peekBatch{client: s.rdb})
+			all := make([]int, len(ks))
+			for i := range all {
+				all[i] = i
+			}
+			return s.peekBatch(ctx, p, ks, known, peekBatch{client: s.rdb, slots: [][]int{all}})
 		}
 		batches, err := s.peekBatches(ctx, ks)
 		if err != nil {
@@ -218,22 +222,6 @@ func (s *Store) peekBatches(ctx context.Context, ks []Keys) ([]peekBatch, error)
 
 // peekBatch sends one batch and files its replies in p.
 func (s *Store) peekBatch(ctx context.Context, p *peekReply, ks []Keys, known []string, b peekBatch) error {
-	groups, keysOf := len(b.slots), func(j int) []int { return b.slots[j] }
-	if b.slots == nil {
-		groups, keysOf = 1, nil
-	}
-	count := func(j int) int {
-		if keysOf == nil {
-			return len(ks)
-		}
-		return len(keysOf(j))
-	}
-	index := func(j, at int) int {
-		if keysOf == nil {
-			return at
-		}
-		return keysOf(j)[at]
-	}
 	// The clock or the lifetime first: read before the values, they can
 	// only overstate how long ago the values were written, never how long
 	// they live (R54).
@@ -242,17 +230,17 @@ func (s *Store) peekBatch(ctx context.Context, p *peekReply, ks []Keys, known []
 		now  *redis.TimeCmd
 		pttl *redis.DurationCmd
 	)
-	if groups == 1 && count(0) == 1 {
-		pttl = pipe.PTTL(ctx, ks[index(0, 0)].Value)
+	if len(b.slots) == 1 && len(b.slots[0]) == 1 {
+		pttl = pipe.PTTL(ctx, ks[b.slots[0][0]].Value)
 	} else {
 		now = pipe.Time(ctx)
 	}
-	cmds := make([]*redis.SliceCmd, groups)
-	for j := range groups {
-		tag := s.tag(ks[index(j, 0)])
-		names := make([]string, 0, count(j)+len(known))
-		for at := range count(j) {
-			names = append(names, ks[index(j, at)].Value)
+	cmds := make([]*redis.SliceCmd, len(b.slots))
+	for j, idx := range b.slots {
+		tag := s.tag(ks[idx[0]])
+		names := make([]string, 0, len(idx)+len(known))
+		for _, i := range idx {
+			names = append(names, ks[i].Value)
 		}
 		for _, g := range known {
 			names = append(names, s.stampKey(tag, g))
@@ -262,9 +250,9 @@ func (s *Store) peekBatch(ctx context.Context, p *peekReply, ks []Keys, known []
 	_, err := pipe.Exec(ctx)
 	var reply redis.Error
 	if errors.As(err, &reply) {
-		for j := range groups {
-			for at := range count(j) {
-				p.keys[index(j, at)].missed = true
+		for _, idx := range b.slots {
+			for _, i := range idx {
+				p.keys[i].missed = true
 			}
 		}
 		return nil
@@ -272,13 +260,13 @@ func (s *Store) peekBatch(ctx context.Context, p *peekReply, ks []Keys, known []
 	if err != nil {
 		return err
 	}
-	for j := range groups {
+	for j, idx := range b.slots {
 		vals := cmds[j].Val()
-		if len(vals) != count(j)+len(known) {
-			return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, count(j)+len(known), len(vals))
+		if len(vals) != len(idx)+len(known) {
+			return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, len(idx)+len(known), len(vals))
 		}
-		for at := range count(j) {
-			k := &p.keys[index(j, at)]
+		for at, i := range idx {
+			k := &p.keys[i]
 			k.vals, k.at = vals, at
 			if now != nil {
 				k.now = now.Val()
