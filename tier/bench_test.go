@@ -35,6 +35,13 @@ const (
 // benchValue is the value of every key: a small object of 64 bytes.
 var benchValue = strings.Repeat("v", 64)
 
+// benchModes are the two ways the hit benchmarks run: one goroutine, and
+// b.RunParallel's.
+var benchModes = []struct {
+	name     string
+	parallel bool
+}{{"serial", false}, {"parallel", true}}
+
 // benchKeys returns n key strings "prefix:i", formatted before any timing.
 func benchKeys(prefix string, n int) []string {
 	keys := make([]string, n)
@@ -226,10 +233,7 @@ func BenchmarkGetL1Hit(b *testing.B) {
 			}
 		}
 	}
-	for _, mode := range []struct {
-		name     string
-		parallel bool
-	}{{"serial", false}, {"parallel", true}} {
+	for _, mode := range benchModes {
 		b.Run(mode.name, func(b *testing.B) {
 			b.Run("tiercache", func(b *testing.B) { tiercache(b, n, c, mode.parallel) })
 			b.Run("tiercache-coarse-lease", func(b *testing.B) { tiercache(b, coarseNode, coarse, mode.parallel) })
@@ -283,10 +287,7 @@ func BenchmarkGetL2Hit(b *testing.B) {
 	loop := func(b *testing.B, parallel bool, read func(i int) error) {
 		hitLoop(b, rdb, parallel, l2HitParallelism, 0, read)
 	}
-	for _, mode := range []struct {
-		name     string
-		parallel bool
-	}{{"serial", false}, {"parallel", true}} {
+	for _, mode := range benchModes {
 		b.Run(mode.name, func(b *testing.B) {
 			b.Run("tiercache", func(b *testing.B) {
 				before := n.Stats()

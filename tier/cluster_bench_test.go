@@ -122,10 +122,7 @@ func BenchmarkClusterGetL2Hit(b *testing.B) {
 		}
 		return err
 	}
-	for _, mode := range []struct {
-		name     string
-		parallel bool
-	}{{"serial", false}, {"parallel", true}} {
+	for _, mode := range benchModes {
 		b.Run(mode.name, func(b *testing.B) {
 			b.Run("tiercache", func(b *testing.B) {
 				before := n.Stats()
