@@ -32,22 +32,38 @@ type Keys struct {
 // contain '{' or '}'.
 func KeysFor(prefix, namespace, key string) Keys {
 	// One string holds the three names, which differ in one letter.
-	var w strings.Builder
+	var (
+		w   strings.Builder
+		buf [32]byte
+	)
+	hash := keyHash(buf[:0], key)
 	w.Grow(3 * keyLen(prefix, namespace, key))
-	writeKey(&w, prefix, 'v', namespace, key)
+	writeKey(&w, prefix, 'v', namespace, key, hash)
 	l := w.Len()
-	writeKey(&w, prefix, 'f', namespace, key)
-	writeKey(&w, prefix, 'm', namespace, key)
+	writeKey(&w, prefix, 'f', namespace, key, hash)
+	writeKey(&w, prefix, 'm', namespace, key, hash)
 	all := w.String()
 	return Keys{Value: all[:l], Flag: all[l : 2*l], Meta: all[2*l:]}
 }
 
 // ValueKey returns KeysFor(prefix, namespace, key).Value alone.
 func ValueKey(prefix, namespace, key string) string {
-	var w strings.Builder
+	var (
+		w   strings.Builder
+		buf [32]byte
+	)
 	w.Grow(keyLen(prefix, namespace, key))
-	writeKey(&w, prefix, 'v', namespace, key)
+	writeKey(&w, prefix, 'v', namespace, key, keyHash(buf[:0], key))
 	return w.String()
+}
+
+// keyHash appends to b, and returns, the hex hash that names a key longer
+// than RawKeyMax; nil for a shorter key, named as it is.
+func keyHash(b []byte, key string) []byte {
+	if len(key) <= RawKeyMax {
+		return nil
+	}
+	return appendHash128(b, key)
 }
 
 // keyLen bounds the length of a key's name.
@@ -61,9 +77,9 @@ func keyLen(prefix, namespace, key string) int {
 }
 
 // writeKey writes the name of key's Redis key of kind ('v', 'f', 'm') in
-// namespace.
-func writeKey(w *strings.Builder, prefix string, kind byte, namespace, key string) {
-	var buf [32]byte
+// namespace; hash is keyHash's for key.
+func writeKey(w *strings.Builder, prefix string, kind byte, namespace, key string, hash []byte) {
+	var buf [20]byte
 	w.WriteString(prefix)
 	w.WriteByte(':')
 	w.WriteByte(kind)
@@ -72,12 +88,12 @@ func writeKey(w *strings.Builder, prefix string, kind byte, namespace, key strin
 	w.WriteByte(':')
 	w.WriteString(namespace)
 	w.WriteByte(':')
-	if len(key) <= RawKeyMax {
+	if hash == nil {
 		w.WriteByte('=')
 		w.WriteString(key)
 	} else {
 		w.WriteByte('#')
-		w.Write(appendHash128(buf[:0], key))
+		w.Write(hash)
 	}
 	w.WriteByte('}')
 }
