@@ -389,9 +389,9 @@ func (c *Cache[K, V]) get(ctx context.Context, key K, fetch func(context.Context
 	var o getOptions
 	start := c.m.start()
 	if len(opts) == 0 {
-		v, st, h := c.fromL1(key)
+		v, st, _ := c.fromL1(key)
 		if st == l1Fresh {
-			c.m.hitL1(h, start)
+			c.m.hitL1(start)
 			if c.onHit != nil {
 				if err := c.onHit(key, SourceL1); err != nil {
 					var zero V

@@ -3,6 +3,7 @@ package tier
 import (
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/tiercache/tiercache/internal/breaker"
 )
@@ -251,9 +252,9 @@ func (m *meter) start() time.Time {
 	return time.Now()
 }
 
-// hitL1 counts a fresh L1 hit of Get's fast path, h the key's hash.
-func (m *meter) hitL1(h uint64, start time.Time) {
-	m.l1.add(h)
+// hitL1 counts a fresh L1 hit of Get's fast path.
+func (m *meter) hitL1(start time.Time) {
+	m.l1.add()
 	if m.rec != nil {
 		m.rec.Get(m.ns, AnswerL1, time.Since(start))
 	}
@@ -355,15 +356,31 @@ func (m *meter) snapshot() Counts {
 }
 
 // stripedCounter spreads a hot counter over cache lines, so that L1 hits on
-// many cores do not contend on one.
+// many cores do not contend on one. A goroutine adds to the stripe its stack
+// picks: goroutines running at once on different cores have different
+// stacks, so each core writes lines of its own. (A stripe picked by the
+// key's hash, as it once was, sent every line back and forth between the
+// cores: each core wrote every stripe in turn.)
 type stripedCounter struct {
-	stripes [8]struct {
+	stripes [counterStripes]struct {
 		n atomic.Uint64
-		_ [56]byte
+		_ [56]byte // to the next cache line
 	}
 }
 
-func (s *stripedCounter) add(h uint64) { s.stripes[h&7].n.Add(1) }
+// counterStripes is the stripes of a stripedCounter: 4 KiB a counter. Two
+// goroutines share a stripe with odds of 1 in 64.
+const counterStripes = 64
+
+func (s *stripedCounter) add() {
+	var anchor byte
+	// The address of a local variable names the goroutine's stack; it is
+	// read, never dereferenced, so anchor stays on the stack. A stack that
+	// grows moves, and its goroutine moves to another stripe: any stripe
+	// counts the same.
+	sp := uint64(uintptr(unsafe.Pointer(&anchor)))
+	s.stripes[(sp>>10)*0x9e3779b97f4a7c15>>(64-6)].n.Add(1)
+}
 
 func (s *stripedCounter) load() uint64 {
 	var sum uint64
