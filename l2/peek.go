@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -29,11 +30,31 @@ import (
 // decides atomically and claims. Read.Groups may be known itself: the
 // caller must not change either.
 func (s *Store) Peek(ctx context.Context, k Keys, known []string, c Claim) (Read, bool, error) {
-	reads, oks, err := s.PeekMany(ctx, []Keys{k}, known, c)
-	if err != nil {
-		return Read{}, false, err
+	if s.cluster != nil || c.Always {
+		reads, oks, err := s.PeekMany(ctx, []Keys{k}, known, c)
+		if err != nil {
+			return Read{}, false, err
+		}
+		return reads[0], oks[0], nil
 	}
-	return reads[0], oks[0], nil
+	reply, err := s.peekJoined(ctx, k, known)
+	if err != nil {
+		return Read{}, false, &opError{op: "peek", err: err}
+	}
+	var pairs [8]string // a header of up to 4 groups, without an allocation
+	sc := peekScratch{pairs: pairs[:0]}
+	r, ok := s.judge(&reply, 0, k, known, c, &sc)
+	if ok && len(sc.extra) > 0 {
+		if err := s.peekExtra(ctx, sc.extra); err != nil {
+			return Read{}, false, &opError{op: "peek", err: err}
+		}
+		for _, e := range sc.extra {
+			if !e.matched {
+				return Read{}, false, nil
+			}
+		}
+	}
+	return r, ok, nil
 }
 
 // PeekMany is Peek for many keys in one round trip (and one more for the
@@ -48,6 +69,14 @@ func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim
 	if len(ks) == 0 || c.Always {
 		return reads, oks, nil
 	}
+	if len(ks) == 1 && s.cluster == nil {
+		r, ok, err := s.Peek(ctx, ks[0], known, c)
+		if err != nil {
+			return nil, nil, err
+		}
+		reads[0], oks[0] = r, ok
+		return reads, oks, nil
+	}
 	p, err := s.peekFirst(ctx, ks, known)
 	if err != nil {
 		if s.cluster != nil && unreachable(err) {
@@ -58,43 +87,11 @@ func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim
 		return nil, nil, &opError{op: "peek", err: err}
 	}
 	// What each value is, and which stamps are still to be read.
-	var (
-		extra []peekExtra
-		pairs []string // reused: nothing keeps st.Pairs
-	)
+	var sc peekScratch
 	for i := range ks {
-		v, ok := p.value(i).(string)
-		if !ok {
-			continue // absent
-		}
-		st, err := parseStored(v, pairs)
-		pairs = st.Pairs
-		if err != nil {
-			continue // an earlier version's, or malformed: the script decides
-		}
-		left, ok := p.left(i, st.Expiry)
-		if !ok {
-			continue
-		}
-		matched := true
-		for j := 0; j+1 < len(st.Pairs) && matched; j += 2 {
-			g, stamp := st.Pairs[j], st.Pairs[j+1]
-			if at := indexOf(known, g); at >= 0 {
-				cur, _ := p.stamp(i, at).(string)
-				matched = cur == stamp
-			} else {
-				extra = append(extra, peekExtra{i: i, key: s.stampKey(s.tag(ks[i]), g), stamp: stamp})
-			}
-		}
-		if !matched || (!st.Negative && c.Below > 0 && left >= 0 && left <= c.Below) {
-			continue
-		}
-		reads[i] = Read{State: Hit, TTL: left, Groups: st.groupsOr(known), Negative: st.Negative}
-		if !st.Negative {
-			reads[i].Value = []byte(st.Envelope)
-		}
-		oks[i] = true
+		reads[i], oks[i] = s.judge(&p.keys[i], i, ks[i], known, c, &sc)
 	}
+	extra := sc.extra
 	if len(extra) > 0 {
 		if err := s.peekExtra(ctx, extra); err != nil {
 			return nil, nil, &opError{op: "peek", err: err}
@@ -112,10 +109,10 @@ func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim
 // reply of its slot (its value, then the known groups' stamps of the slot
 // after the slot's values) and its master's clock or its PTTL.
 type peekReply struct {
-	known int
-	keys  []peekKey
+	keys []peekKey
 }
 
+// peekKey is the first round trip's reply for one key.
 type peekKey struct {
 	vals   []any // its MGET's reply
 	at     int   // the index of its value in vals
@@ -124,25 +121,65 @@ type peekKey struct {
 	missed bool          // its master answered with an error (MOVED...)
 }
 
-func (p *peekReply) value(i int) any {
-	if p.keys[i].missed {
-		return nil
+// peekScratch is what judge keeps from one key to the next.
+type peekScratch struct {
+	extra []peekExtra // stamps to read in a second round trip
+	pairs []string    // a header's groups: reused, as nothing keeps them
+}
+
+// judge tells from k, the first round trip's reply for key (ks[i]; known's
+// stamps last in its MGET), whether its value answers as a Hit, and
+// appends to sc.extra the stamps still to read of the value's groups that
+// known lacks.
+func (s *Store) judge(k *peekKey, i int, key Keys, known []string, c Claim, sc *peekScratch) (Read, bool) {
+	if k.missed {
+		return Read{}, false
 	}
-	return p.keys[i].vals[p.keys[i].at]
+	v, ok := k.vals[k.at].(string)
+	if !ok {
+		return Read{}, false // absent
+	}
+	st, err := parseStored(v, sc.pairs)
+	sc.pairs = st.Pairs
+	if err != nil {
+		return Read{}, false // an earlier version's, or malformed: the script decides
+	}
+	left, ok := k.left(st.Expiry)
+	if !ok {
+		return Read{}, false
+	}
+	stamps := k.vals[len(k.vals)-len(known):]
+	mark := len(sc.extra)
+	for j := 0; j+1 < len(st.Pairs); j += 2 {
+		g, stamp := st.Pairs[j], st.Pairs[j+1]
+		if at := indexOf(known, g); at >= 0 {
+			if cur, _ := stamps[at].(string); cur != stamp {
+				sc.extra = sc.extra[:mark]
+				return Read{}, false
+			}
+		} else {
+			sc.extra = append(sc.extra, peekExtra{i: i, key: s.stampKey(s.tag(key), g), stamp: stamp})
+		}
+	}
+	if !st.Negative && c.Below > 0 && left >= 0 && left <= c.Below {
+		sc.extra = sc.extra[:mark]
+		return Read{}, false
+	}
+	r := Read{State: Hit, TTL: left, Groups: st.groupsOr(known), Negative: st.Negative}
+	if !st.Negative {
+		// The envelope's bytes, not a copy: the MGET's reply is this
+		// read's alone, and a Read's Value is only ever read.
+		r.Value = unsafe.Slice(unsafe.StringData(st.Envelope), len(st.Envelope))
+	}
+	return r, true
 }
 
-func (p *peekReply) stamp(i, at int) any {
-	v := p.keys[i].vals
-	return v[len(v)-p.known+at]
-}
-
-// left returns the remaining lifetime of key i's value, which expires at
+// left returns the remaining lifetime of the value, which expires at
 // expiry (ms on its master's clock), negative for none, and false if it
 // expired meanwhile. A batch of one key asks Redis (PTTL), so that a TTL
 // changed behind the library's back is seen; a larger batch reckons it
 // from the header and its master's clock.
-func (p *peekReply) left(i int, expiry int64) (time.Duration, bool) {
-	k := &p.keys[i]
+func (k *peekKey) left(expiry int64) (time.Duration, bool) {
 	if k.now.IsZero() {
 		return k.pttl, k.pttl > 0 || k.pttl == -1
 	}
@@ -164,7 +201,7 @@ type peekBatch struct {
 // moved: MOVED, ASK) leaves its keys to the read script, which the
 // cluster client redirects.
 func (s *Store) peekFirst(ctx context.Context, ks []Keys, known []string) (*peekReply, error) {
-	p := &peekReply{known: len(known), keys: make([]peekKey, len(ks))}
+	p := &peekReply{keys: make([]peekKey, len(ks))}
 	err := s.do(ctx, func(ctx context.Context) error {
 		if s.cluster == nil {
 			all := make([]int, len(ks))

@@ -440,6 +440,8 @@ type Store struct {
 	stampNames sync.Map
 	stampCount atomic.Int64
 
+	join joiner // Peek's batches in flight (join.go)
+
 	replicas    int           // WithWaitReplicas; 0: no WAIT
 	waitTimeout time.Duration // WithWaitReplicas
 
@@ -583,12 +585,33 @@ func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
 
 // doFor is do with the timeout extended by extra.
 func (s *Store) doFor(ctx context.Context, extra time.Duration, op func(context.Context) error) error {
+	return s.guarded(ctx, false, extra, op)
+}
+
+// doDetached is do for an operation of many callers (a joined batch of
+// peeks, join.go): it runs under the Store's own context, which Abort
+// cancels, not under any caller's, and no caller's giving up ends it.
+func (s *Store) doDetached(op func(context.Context) error) error {
+	return s.guarded(nil, true, 0, op)
+}
+
+// guarded runs op under the guard, the timeout (extended by extra) and
+// Abort: under ctx, or, if detached, under the Store's abort context.
+func (s *Store) guarded(ctx context.Context, detached bool, extra time.Duration, op func(context.Context) error) error {
 	probe := false
 	if s.guard != nil {
 		var err error
 		if probe, err = s.guard.Allow(); err != nil {
 			return &unavailableError{cause: err}
 		}
+	}
+	s.abortMu.Lock()
+	abort := s.abort
+	s.abortMu.Unlock()
+	caller := ctx
+	if detached {
+		// No caller to abandon it: an abort is an unreachable Redis.
+		ctx, caller = abort, context.Background()
 	}
 	var (
 		opCtx  context.Context
@@ -600,13 +623,12 @@ func (s *Store) doFor(ctx context.Context, extra time.Duration, op func(context.
 		opCtx, cancel = context.WithCancel(ctx)
 	}
 	defer cancel()
-	s.abortMu.Lock()
-	abort := s.abort
-	s.abortMu.Unlock()
-	defer context.AfterFunc(abort, cancel)()
+	if !detached {
+		defer context.AfterFunc(abort, cancel)()
+	}
 	err := op(opCtx)
 	if s.guard != nil {
-		s.guard.Done(probe, outcome(ctx, err))
+		s.guard.Done(probe, outcome(caller, err))
 	}
 	return err
 }

@@ -1,0 +1,219 @@
+package l2
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// joiner joins the one-key peeks that a Store's callers make at once into
+// one round trip (on one server; a cluster's peeks are not joined). A
+// caller that finds no batch in flight sends its own at once, alone, so a
+// lone caller waits no longer than it did before; callers that arrive while
+// a batch is in flight queue, and the next batch takes them all. Each batch
+// is one pipeline: every key's PTTL, then one MGET of every key's value and
+// stamps. Each key's lifetime is still read before its value (R54), and
+// its value with its stamps, atomically: a joined peek answers what the
+// peek alone would have (R57).
+//
+// The batch runs in the goroutine of one of its callers, its leader, under
+// the Store's own context (its timeout and Abort bound it; no caller's
+// context does, so a caller's values, such as a trace, do not reach
+// go-redis's hooks). A caller that gives up leaves at once: if it had been made a
+// leader, it hands the batch to another of its callers still waiting, or,
+// if none is, drops it unsent.
+type joiner struct {
+	mu    sync.Mutex
+	busy  bool        // a batch is in flight, or handed to a leader
+	queue []*peekCall // callers waiting for the next batch
+
+	// pipe is the pipeline of the batch in flight, reused: one batch is in
+	// flight at a time, and Exec empties it.
+	pipe redis.Pipeliner
+}
+
+// peekCall is one caller's peek in a joined batch.
+type peekCall struct {
+	k     Keys
+	known []string
+	reply peekKey // filled in by the batch's leader
+	err   error   // the batch's error; then reply is empty
+
+	// done receives nil when reply is in, or the batch the caller is to
+	// lead. Buffered: each call receives once, except that a leader that
+	// leaves hands its batch on to a caller that received nothing yet.
+	done chan []*peekCall
+	left bool // the caller gave up; under joiner.mu
+}
+
+// peekJoined is the first round trip of Peek on one server, joined with
+// the peeks of other callers in flight at the same time.
+func (s *Store) peekJoined(ctx context.Context, k Keys, known []string) (peekKey, error) {
+	j := &s.join
+	j.mu.Lock()
+	if !j.busy {
+		j.busy = true
+		j.mu.Unlock()
+		alone := peekCall{k: k, known: known}
+		batch := [1]*peekCall{&alone}
+		s.lead(batch[:])
+		return alone.reply, alone.err
+	}
+	call := &peekCall{k: k, known: known, done: make(chan []*peekCall, 1)}
+	j.queue = append(j.queue, call)
+	j.mu.Unlock()
+	select {
+	case batch := <-call.done:
+		if batch != nil {
+			s.lead(batch)
+		}
+		return call.reply, call.err
+	case <-ctx.Done():
+		j.leave(call)
+		return peekKey{}, ctx.Err()
+	}
+}
+
+// lead sends batch, hands each caller its reply, then hands the queue to
+// the next leader, or notes that no batch is in flight.
+func (s *Store) lead(batch []*peekCall) {
+	err := s.doDetached(func(ctx context.Context) error {
+		return s.sendJoined(ctx, batch)
+	})
+	for _, c := range batch {
+		if err != nil {
+			c.reply, c.err = peekKey{}, err
+		}
+		if c.done != nil {
+			c.done <- nil
+		}
+	}
+	s.join.next()
+}
+
+// next hands the queue, as the next batch, to its first caller, or notes
+// that no batch is in flight.
+func (j *joiner) next() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if len(j.queue) == 0 {
+		j.busy = false
+		return
+	}
+	batch := j.queue
+	j.queue = nil
+	batch[0].done <- batch
+}
+
+// leave withdraws a caller that gave up: from the queue if it is still
+// there; else, if it was made the leader of a batch, by handing the batch
+// to another of its callers that waits, or dropping it if none does.
+func (j *joiner) leave(call *peekCall) {
+	j.mu.Lock()
+	call.left = true
+	if i := slices.Index(j.queue, call); i >= 0 {
+		j.queue = slices.Delete(j.queue, i, i+1)
+		j.mu.Unlock()
+		return
+	}
+	var batch []*peekCall
+	select {
+	case batch = <-call.done:
+	default:
+	}
+	if batch == nil {
+		j.mu.Unlock()
+		return // a member of a batch: its leader sends it
+	}
+	for _, c := range batch {
+		if !c.left {
+			c.done <- batch
+			j.mu.Unlock()
+			return
+		}
+	}
+	j.mu.Unlock()
+	j.next() // nobody waits for this batch: it is not sent
+}
+
+// sendJoined sends one batch: every key's PTTL, then one MGET: for each
+// set of known groups among the batch's callers (one, unless Caches of
+// other configs peek at once), the values of the callers that know it,
+// then its stamps. It files each caller's share of the replies in its
+// reply: its value and its groups' stamps come from the one MGET.
+func (s *Store) sendJoined(ctx context.Context, batch []*peekCall) error {
+	if s.join.pipe == nil {
+		s.join.pipe = s.rdb.Pipeline()
+	}
+	pipe := s.join.pipe
+	// Each call's set: the index of the first call of the batch with the
+	// same known groups.
+	sets := make([]int, len(batch))
+	size := 0
+	for i, c := range batch {
+		sets[i] = i
+		for j := range i {
+			if sets[j] == j && slices.Equal(batch[j].known, c.known) {
+				sets[i] = j
+				break
+			}
+		}
+		if sets[i] == i {
+			size += len(c.known)
+		}
+		size++
+	}
+	names := make([]string, 0, size)
+	type segment struct{ from, to int } // of the set's MGET reply
+	segs := make(map[int]segment, 1)
+	for i, c := range batch {
+		if sets[i] != i {
+			continue
+		}
+		from := len(names)
+		for j := i; j < len(batch); j++ {
+			if sets[j] == i {
+				batch[j].reply.at = len(names) - from
+				names = append(names, batch[j].k.Value)
+			}
+		}
+		for _, g := range c.known {
+			names = append(names, s.stampKey("", g))
+		}
+		segs[i] = segment{from, len(names)}
+	}
+	// The commands, queued at once: one append to the pipeline's list.
+	cmds := make([]redis.Cmder, len(batch)+1)
+	pttls := make([]*redis.DurationCmd, len(batch))
+	for i, c := range batch {
+		pttls[i] = redis.NewDurationCmd(ctx, time.Millisecond, "pttl", c.k.Value)
+		cmds[i] = pttls[i]
+	}
+	args := make([]any, 1+len(names))
+	args[0] = "mget"
+	for i, name := range names {
+		args[1+i] = name
+	}
+	mget := redis.NewSliceCmd(ctx, args...)
+	cmds[len(batch)] = mget
+	if err := pipe.BatchProcess(ctx, cmds...); err != nil {
+		return err
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	vals := mget.Val()
+	if len(vals) != size {
+		return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, size, len(vals))
+	}
+	for i, c := range batch {
+		seg := segs[sets[i]]
+		c.reply.vals = vals[seg.from:seg.to:seg.to]
+		c.reply.pttl = pttls[i].Val()
+	}
+	return nil
+}
