@@ -894,6 +894,38 @@ func FuzzCBORDecode(f *testing.F) {
 	})
 }
 
+// FuzzCBORFastPath proves that Decode of a string or a []byte, which reads
+// a lone string without the CBOR decoder, answers every input exactly as
+// the decoder does: the same value (nil and empty told apart) or an error.
+// Seeds: testdata/fuzz/FuzzCBORFastPath.
+func FuzzCBORFastPath(f *testing.F) {
+	f.Fuzz(func(t *testing.T, b []byte) {
+		sameAsDecoder[string](t, b)
+		sameAsDecoder[[]byte](t, b)
+	})
+}
+
+// sameAsDecoder fails t unless CBOR[V].Decode(b) answers as the CBOR
+// decoder behind it does, with the codec's options.
+func sameAsDecoder[V any](t *testing.T, b []byte) {
+	t.Helper()
+	got, err := tier.CBOR[V]{}.Decode(b)
+	var want V
+	werr := tier.DecodeWithDecoder(b, &want)
+	if (err == nil) != (werr == nil) {
+		t.Fatalf("%T: Decode(% x) error %v; the decoder's %v", want, b, err, werr)
+	}
+	if err != nil {
+		return
+	}
+	if !cmp.Equal(got, want) {
+		t.Fatalf("%T: Decode(% x) = %v; the decoder's %v", want, b, got, want)
+	}
+	if gb, ok := any(got).([]byte); ok && (gb == nil) != (any(want).([]byte) == nil) {
+		t.Fatalf("Decode(% x) = %#v; the decoder's %#v", b, got, want)
+	}
+}
+
 // fuzzRoundTrip decodes b as a V and, if that succeeds, checks that the
 // value encodes again, that its encoding decodes to the same value under
 // opts, and that the encoding is a fixed point. With nil opts (for an

@@ -33,3 +33,16 @@ func EvictL1[K comparable, V any](c *Cache[K, V], key K) {
 		c.node.l1.Evict(h)
 	}
 }
+
+// KnownGroups returns the groups every read of c checks: the fleet's and
+// its namespace's.
+func KnownGroups[K comparable, V any](c *Cache[K, V]) []string { return c.known }
+
+// DecodeWithDecoder decodes data into v with the CBOR codec's decoder and
+// tag check, without Decode's fast path for strings.
+func DecodeWithDecoder(data []byte, v any) error {
+	if err := cborDec.Unmarshal(data, v); err != nil {
+		return err
+	}
+	return checkTags(data)
+}
