@@ -470,11 +470,15 @@ func (c *Cache[K, V]) getMissed(ctx context.Context, key K, v V, st l1State, o g
 func (c *Cache[K, V]) startGet(ctx context.Context) (context.Context, func(ReadInfo, error)) {
 	t := c.node.tracer
 	if t == nil {
-		return ctx, func(ReadInfo, error) {}
+		return ctx, endNothing
 	}
 	ctx, end := t.StartGet(ctx, c.ns, 1)
 	return ctx, func(ri ReadInfo, err error) { end(answerOf(ri, err), err) }
 }
+
+// endNothing ends a Get that no tracer follows. A package-level func: a
+// literal in a generic method would allocate for its dictionary.
+func endNothing(ReadInfo, error) {}
 
 // account counts the answer to a Get begun at start, and calls the hit and
 // miss hooks; it returns the error of a hook that panicked.
