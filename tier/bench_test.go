@@ -291,6 +291,11 @@ func (r *countingRecorder) Get(_ string, a tier.Answer, _ time.Duration) { r.get
 // of its own (no Get joins another's flight). A hit of a key the node has
 // seen in Redis runs no script (l2.Store.Peek: an MGET of the value and
 // two group stamps, and a PTTL); the benchmark checks that none ran.
+// Concurrent hits share a round trip (joined peeks, R57).
+//
+// "redis-raw-PTTL+MGET" is the floor of a peek alone: the same two
+// commands in one go-redis pipeline, bare, each Get on its own; its
+// allocations are go-redis's, for the commands a hit cannot do without.
 //
 // Besides ns/op, each reports redis-cpu-µs/op, the CPU time of the
 // redis-server process per operation (INFO cpu), the capacity figure of a
@@ -316,6 +321,8 @@ func BenchmarkGetL2Hit(b *testing.B) {
 	for i, k := range keys {
 		valueKeys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
 	}
+	known := tier.KnownGroups(c)
+	fleetStamp, nsStamp := l2.GroupKey(tier.DefaultPrefix, known[0]), l2.GroupKey(tier.DefaultPrefix, known[1])
 	// No script: a hit of a key the node has seen is an MGET and a PTTL.
 	loop := func(b *testing.B, parallel bool, read func(i int) error) {
 		hitLoop(b, rdb, parallel, l2HitParallelism, 0, read)
@@ -333,6 +340,15 @@ func BenchmarkGetL2Hit(b *testing.B) {
 			b.Run("redis-raw-GET", func(b *testing.B) {
 				loop(b, mode.parallel, func(i int) error {
 					return rdb.Get(ctx, valueKeys[i]).Err()
+				})
+			})
+			b.Run("redis-raw-PTTL+MGET", func(b *testing.B) {
+				loop(b, mode.parallel, func(i int) error {
+					pipe := rdb.Pipeline()
+					pipe.PTTL(ctx, valueKeys[i])
+					pipe.MGet(ctx, valueKeys[i], fleetStamp, nsStamp)
+					_, err := pipe.Exec(ctx)
+					return err
 				})
 			})
 		})
