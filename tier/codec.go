@@ -154,12 +154,12 @@ func (CBOR[V]) Encode(v V) ([]byte, error) {
 
 // Decode implements Codec.
 func (CBOR[V]) Decode(data []byte) (V, error) {
-	var v V
+	var zero V
 	// A string or a []byte, as Encode writes it (the whole of data one
 	// string of definite length), without the decoder: it would allocate
 	// the V it decodes into, once per value read (FuzzCBORFastPath holds
 	// the two to the same answers).
-	switch any(v).(type) {
+	switch any(zero).(type) {
 	case string:
 		if b, ok := cborString(data, cborTextString); ok {
 			return any(string(b)).(V), nil
@@ -169,6 +169,12 @@ func (CBOR[V]) Decode(data []byte) (V, error) {
 			return any(append(make([]byte, 0, len(b)), b...)).(V), nil
 		}
 	}
+	return cborDecode[V](data)
+}
+
+// cborDecode is Decode through the CBOR decoder.
+func cborDecode[V any](data []byte) (V, error) {
+	var v V
 	if err := cborDec.Unmarshal(data, &v); err != nil {
 		var zero V
 		return zero, fmt.Errorf("tier cbor decode: %w", err)
