@@ -47,7 +47,10 @@
 // would answer as a plain hit, and leave everything else (a miss, a stale
 // value, one due for a refresh, an earlier version's, a slot that moved)
 // to [Store.ReadOrClaimWith], which decides atomically and claims
-// (docs/RACES.md R54). A hit so costs about a GET: no script runs.
+// (docs/RACES.md R54). A hit so costs about a GET: no script runs. On one
+// server, one-key peeks that begin while another is in flight go out
+// together in the next round trip, each key's PTTL and one MGET of every
+// value and stamp, and each answers as it would have alone (R57).
 //
 // # Flag protocol
 //

@@ -23,7 +23,8 @@ import (
 // The batch runs in the goroutine of one of its callers, its leader, under
 // the Store's own context (its timeout and Abort bound it; no caller's
 // context does, so a caller's values, such as a trace, do not reach
-// go-redis's hooks). A caller that gives up leaves at once: if it had been made a
+// go-redis's hooks). A batch that finds Redis unreachable fails the
+// callers queued behind it as well. A caller that gives up leaves at once: if it had been made a
 // leader, it hands the batch to another of its callers still waiting, or,
 // if none is, drops it unsent.
 type joiner struct {
@@ -51,8 +52,20 @@ type peekCall struct {
 }
 
 // peekJoined is the first round trip of Peek on one server, joined with
-// the peeks of other callers in flight at the same time.
+// the peeks of other callers in flight at the same time. Each caller asks
+// the Guard for itself, and reports how its own peek ended, as an
+// operation of its own would: the breaker counts callers, not batches.
 func (s *Store) peekJoined(ctx context.Context, k Keys, known []string) (peekKey, error) {
+	probe, err := s.admit()
+	if err != nil {
+		return peekKey{}, err
+	}
+	reply, err := s.joinPeek(ctx, k, known)
+	s.report(ctx, probe, err)
+	return reply, err
+}
+
+func (s *Store) joinPeek(ctx context.Context, k Keys, known []string) (peekKey, error) {
 	j := &s.join
 	j.mu.Lock()
 	if !j.busy {
@@ -78,10 +91,12 @@ func (s *Store) peekJoined(ctx context.Context, k Keys, known []string) (peekKey
 	}
 }
 
-// lead sends batch, hands each caller its reply, then hands the queue to
-// the next leader, or notes that no batch is in flight.
+// lead sends batch and hands each caller its reply. Then it hands the
+// queue to the next leader, or notes that no batch is in flight; but if
+// Redis could not be reached, it fails the queue too, at once, rather than
+// make each caller there wait for its own timeout in turn.
 func (s *Store) lead(batch []*peekCall) {
-	err := s.doDetached(func(ctx context.Context) error {
+	err := s.bounded(nil, 0, func(ctx context.Context) error {
 		return s.sendJoined(ctx, batch)
 	})
 	for _, c := range batch {
@@ -92,7 +107,22 @@ func (s *Store) lead(batch []*peekCall) {
 			c.done <- nil
 		}
 	}
+	if err != nil && unreachable(err) {
+		for _, c := range s.join.drain() {
+			c.err = err
+			c.done <- nil
+		}
+	}
 	s.join.next()
+}
+
+// drain empties the queue and returns what it held.
+func (j *joiner) drain() []*peekCall {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	q := j.queue
+	j.queue = nil
+	return q
 }
 
 // next hands the queue, as the next batch, to its first caller, or notes

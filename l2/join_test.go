@@ -173,8 +173,10 @@ func okOf(rs []peekResult) []bool {
 
 // TestRace_R57_QueuedPeekGivesUp proves that a peek whose caller gives up
 // while it waits for a batch returns at once with the caller's error and
-// is not sent, and that the batch after it still goes out; and that a
-// batch that fails fails every peek in it, and no other.
+// is not sent, and that the batch after it still goes out; that a batch
+// that fails fails every peek in it, and none before it; and that a batch
+// that finds Redis unreachable fails the peeks queued behind it too, so
+// that none waits for a timeout of its own.
 func TestRace_R57_QueuedPeekGivesUp(t *testing.T) {
 	f := newFixture(t)
 	ctx := t.Context()
@@ -216,9 +218,24 @@ func TestRace_R57_QueuedPeekGivesUp(t *testing.T) {
 			t.Fatalf("a peek of a failed batch = %+v; want its error", r)
 		}
 	}
-	// The joiner is idle again: a lone peek goes out at once.
-	after := peek(ctx)
+	// A batch that finds Redis unreachable fails the peeks queued behind
+	// it too, unsent.
+	lead := peek(ctx)
 	gate.batch(t)
+	queued := []chan peekResult{peek(ctx), peek(ctx)}
+	waitQueued(t, f.st, 2)
+	down := errors.New("connection refused")
+	gate.release <- down
+	for _, ch := range append(queued, lead) {
+		if r := <-ch; !errors.Is(r.err, down) || r.ok {
+			t.Fatalf("a peek of, or queued behind, a batch that found Redis down = %+v; want its error", r)
+		}
+	}
+	// The joiner is idle again: a lone peek goes out at once, alone.
+	after := peek(ctx)
+	if got := gate.batch(t); len(got) != 2 {
+		t.Fatalf("the peek after them sent %v; want its own PTTL and MGET (the queued peeks are not sent)", got)
+	}
 	gate.release <- nil
 	if r := <-after; r.err != nil || !r.ok {
 		t.Fatalf("a peek after a failed batch = %+v; want a hit", r)

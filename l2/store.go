@@ -585,33 +585,47 @@ func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
 
 // doFor is do with the timeout extended by extra.
 func (s *Store) doFor(ctx context.Context, extra time.Duration, op func(context.Context) error) error {
-	return s.guarded(ctx, false, extra, op)
-}
-
-// doDetached is do for an operation of many callers (a joined batch of
-// peeks, join.go): it runs under the Store's own context, which Abort
-// cancels, not under any caller's, and no caller's giving up ends it.
-func (s *Store) doDetached(op func(context.Context) error) error {
-	return s.guarded(nil, true, 0, op)
-}
-
-// guarded runs op under the guard, the timeout (extended by extra) and
-// Abort: under ctx, or, if detached, under the Store's abort context.
-func (s *Store) guarded(ctx context.Context, detached bool, extra time.Duration, op func(context.Context) error) error {
-	probe := false
-	if s.guard != nil {
-		var err error
-		if probe, err = s.guard.Allow(); err != nil {
-			return &unavailableError{cause: err}
-		}
+	probe, err := s.admit()
+	if err != nil {
+		return err
 	}
+	err = s.bounded(ctx, extra, op)
+	s.report(ctx, probe, err)
+	return err
+}
+
+// admit asks the Guard whether an operation may go to Redis: an error
+// wrapping ErrUnavailable if not, else whether it is the Guard's probe,
+// for report.
+func (s *Store) admit() (probe bool, err error) {
+	if s.guard == nil {
+		return false, nil
+	}
+	if probe, err = s.guard.Allow(); err != nil {
+		return false, &unavailableError{cause: err}
+	}
+	return probe, nil
+}
+
+// report tells the Guard how an operation it admitted ended, for a caller
+// whose context is ctx.
+func (s *Store) report(ctx context.Context, probe bool, err error) {
+	if s.guard != nil {
+		s.guard.Done(probe, outcome(ctx, err))
+	}
+}
+
+// bounded runs op under the timeout (extended by extra) and Abort: under
+// ctx, or, if ctx is nil, under the Store's own context (for an operation
+// of many callers, such as a joined batch of peeks, join.go, which no
+// caller's giving up may end).
+func (s *Store) bounded(ctx context.Context, extra time.Duration, op func(context.Context) error) error {
 	s.abortMu.Lock()
 	abort := s.abort
 	s.abortMu.Unlock()
-	caller := ctx
+	detached := ctx == nil
 	if detached {
-		// No caller to abandon it: an abort is an unreachable Redis.
-		ctx, caller = abort, context.Background()
+		ctx = abort
 	}
 	var (
 		opCtx  context.Context
@@ -626,11 +640,7 @@ func (s *Store) guarded(ctx context.Context, detached bool, extra time.Duration,
 	if !detached {
 		defer context.AfterFunc(abort, cancel)()
 	}
-	err := op(opCtx)
-	if s.guard != nil {
-		s.guard.Done(probe, outcome(caller, err))
-	}
-	return err
+	return op(opCtx)
 }
 
 // Abort ends every operation in flight at once, as if Redis had not

@@ -14,7 +14,8 @@
 // learnt since) is read with plain commands in the caller's goroutine: one
 // MGET of the value and the stamps of its fleet's and namespace's groups,
 // and its PTTL; a value that is there and current answers at about the cost
-// of a GET (l2.Store.Peek, docs/RACES.md R54). Anything else, and every key
+// of a GET (l2.Store.Peek, docs/RACES.md R54); concurrent such reads on a
+// node share a round trip (R57). Anything else, and every key
 // of a Cache with Config.Groups, goes to a load that concurrent Gets of one
 // key on a node share, which reads Redis in one round trip with the read
 // script: the value if present, else a claim of the key's flag with a fresh
