@@ -180,9 +180,12 @@ func (s *Store) sendJoined(ctx context.Context, batch []*peekCall) error {
 		s.join.pipe = s.rdb.Pipeline()
 	}
 	pipe := s.join.pipe
-	// Each call's set: the index of the first call of the batch with the
-	// same known groups.
-	sets := make([]int, len(batch))
+	n := len(batch)
+	// For each call: its set (the index of the first call of the batch
+	// with the same known groups), and for each set its share of the MGET
+	// reply, [from, to).
+	ints := make([]int, 3*n)
+	sets, from, to := ints[:n], ints[n:2*n], ints[2*n:]
 	size := 0
 	for i, c := range batch {
 		sets[i] = i
@@ -197,39 +200,39 @@ func (s *Store) sendJoined(ctx context.Context, batch []*peekCall) error {
 		}
 		size++
 	}
-	names := make([]string, 0, size)
-	type segment struct{ from, to int } // of the set's MGET reply
-	segs := make(map[int]segment, 1)
+	// One slab for every command's arguments: "pttl" and the key for each
+	// call, then "mget" and the MGET's keys. A key's name is boxed once,
+	// for both of its commands.
+	args := make([]any, 2*n+1, 2*n+1+size)
+	args[2*n] = "mget"
+	for i, c := range batch {
+		args[2*i], args[2*i+1] = "pttl", any(c.k.Value)
+	}
 	for i, c := range batch {
 		if sets[i] != i {
 			continue
 		}
-		from := len(names)
-		for j := i; j < len(batch); j++ {
+		from[i] = len(args) - 2*n - 1
+		for j := i; j < n; j++ {
 			if sets[j] == i {
-				batch[j].reply.at = len(names) - from
-				names = append(names, batch[j].k.Value)
+				batch[j].reply.at = len(args) - 2*n - 1 - from[i]
+				args = append(args, args[2*j+1])
 			}
 		}
 		for _, g := range c.known {
-			names = append(names, s.stampKey("", g))
+			args = append(args, s.stampKey("", g))
 		}
-		segs[i] = segment{from, len(names)}
+		to[i] = len(args) - 2*n - 1
 	}
 	// The commands, queued at once: one append to the pipeline's list.
-	cmds := make([]redis.Cmder, len(batch)+1)
-	pttls := make([]*redis.DurationCmd, len(batch))
-	for i, c := range batch {
-		pttls[i] = redis.NewDurationCmd(ctx, time.Millisecond, "pttl", c.k.Value)
+	cmds := make([]redis.Cmder, n+1)
+	pttls := make([]*redis.DurationCmd, n)
+	for i := range batch {
+		pttls[i] = redis.NewDurationCmd(ctx, time.Millisecond, args[2*i:2*i+2:2*i+2]...)
 		cmds[i] = pttls[i]
 	}
-	args := make([]any, 1+len(names))
-	args[0] = "mget"
-	for i, name := range names {
-		args[1+i] = name
-	}
-	mget := redis.NewSliceCmd(ctx, args...)
-	cmds[len(batch)] = mget
+	mget := redis.NewSliceCmd(ctx, args[2*n:]...)
+	cmds[n] = mget
 	if err := pipe.BatchProcess(ctx, cmds...); err != nil {
 		return err
 	}
@@ -241,8 +244,8 @@ func (s *Store) sendJoined(ctx context.Context, batch []*peekCall) error {
 		return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, size, len(vals))
 	}
 	for i, c := range batch {
-		seg := segs[sets[i]]
-		c.reply.vals = vals[seg.from:seg.to:seg.to]
+		set := sets[i]
+		c.reply.vals = vals[from[set]:to[set]:to[set]]
 		c.reply.pttl = pttls[i].Val()
 	}
 	return nil

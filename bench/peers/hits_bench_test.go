@@ -158,7 +158,9 @@ func BenchmarkL1Hit(b *testing.B) {
 // BenchmarkL2Hit reads keys held in Redis with each library's local cache
 // out of the way: tiercache with Config.L1TTL < 0, of keys its node has
 // read before (a PTTL and one MGET of the value and the stamps of the
-// fleet's and the namespace's groups, pipelined; no script),
+// fleet's and the namespace's groups, pipelined; no script; reads that
+// overlap share one pipeline, every PTTL then one MGET, reported as
+// reads/MGET),
 // go-redis/cache without a LocalCache (one GET), rueidis without DoCache
 // (a plain GET through Do, on a client with DisableCache), against a bare
 // go-redis GET of a value of the same size. Serial, and parallel with 8
@@ -216,12 +218,19 @@ func BenchmarkL2Hit(b *testing.B) {
 				tn := newTierNode(b, srv)
 				tc := newTierCache(b, tn, namespace, -1, nil)
 				fillTier(b, tc, tkeys, baseValue) // the node has read every key
-				before := tn.Stats()
-				run(b, m, calls{"mget": 1, "pttl": 1, "evalsha": 0, "eval": 0}, func(k int) error {
+				before, server := tn.Stats(), serverNow(b, admin)
+				run(b, m, calls{"pttl": 1, "evalsha": 0, "eval": 0}, func(k int) error {
 					v, err := tc.Get(ctx, tkeys[k])
 					return checkLen("tiercache Get", v, err)
 				})
 				checkTierHits(b, tn, before, 0, uint64(b.N))
+				// One MGET a read, alone; reads that overlap share one
+				// (R57): from 16 goroutines, several a round trip.
+				mgets := serverNow(b, admin).callsSince(server, "mget")
+				if mgets > int64(b.N) || mgets < 1 || (m.parallelism == 0 && mgets != int64(b.N)) {
+					b.Fatalf("Redis ran %d mget calls for %d reads; want one a read serially, at most one a read in parallel", mgets, b.N)
+				}
+				b.ReportMetric(float64(b.N)/float64(mgets), "reads/MGET")
 				stored(b, l2.KeysFor(tier.DefaultPrefix, namespace, tkeys[0]).Value)
 			})
 			b.Run("go-redis-cache", func(b *testing.B) {
