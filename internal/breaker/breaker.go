@@ -3,6 +3,7 @@ package breaker
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,6 +38,12 @@ type Breaker struct {
 	failures int
 	openedAt time.Time
 	probing  bool
+
+	// closed is state == Closed, and clean is that with no failure
+	// counted, both as of the last change under mu: they let Allow and
+	// Done of the common case (closed, and Redis answers) skip the lock,
+	// which every operation of a node would otherwise contend on.
+	closed, clean atomic.Bool
 }
 
 // New returns a closed breaker that opens after threshold consecutive
@@ -47,7 +54,10 @@ func New(threshold int, openFor time.Duration, now func() time.Time, onChange fu
 	if now == nil {
 		now = time.Now
 	}
-	return &Breaker{threshold: max(threshold, 1), openFor: openFor, now: now, onChange: onChange}
+	b := &Breaker{threshold: max(threshold, 1), openFor: openFor, now: now, onChange: onChange}
+	b.closed.Store(true)
+	b.clean.Store(true)
+	return b
 }
 
 // Outcome is how an admitted operation ended.
@@ -67,6 +77,9 @@ const (
 // it is the half-open breaker's probe. Every admitted operation must be
 // followed by one call of Done with that probe flag.
 func (b *Breaker) Allow() (probe bool, err error) {
+	if b.closed.Load() {
+		return false, nil
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch b.state {
@@ -90,8 +103,12 @@ func (b *Breaker) Allow() (probe bool, err error) {
 // breaker was closed and ending after it opened changes nothing. An
 // abandoned operation changes nothing either, beyond freeing the probe.
 func (b *Breaker) Done(probe bool, o Outcome) {
+	if !probe && o != Unreachable && b.clean.Load() {
+		return // closed with no failure counted: nothing to change
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	defer b.noteLocked()
 	if probe {
 		b.probing = false
 		switch o {
@@ -153,9 +170,16 @@ func (b *Breaker) State() State {
 	return b.state
 }
 
+// noteLocked publishes state and failures to the lock-free fast paths.
+func (b *Breaker) noteLocked() {
+	b.closed.Store(b.state == Closed)
+	b.clean.Store(b.state == Closed && b.failures == 0)
+}
+
 func (b *Breaker) setLocked(to State) {
 	from := b.state
 	b.state = to
+	b.noteLocked()
 	if b.onChange != nil && from != to {
 		b.onChange(from, to)
 	}
