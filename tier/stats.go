@@ -228,11 +228,10 @@ type counters struct {
 // meter counts the events of one Cache, and reports them to the node's
 // Recorder if it has one.
 type meter struct {
+	answers answerCounts // first: its stripes start a cache line
+
 	ns  string
 	rec Recorder // nil: none
-
-	l1      stripedCounter                 // fresh L1 hits of Get's fast path
-	answers [AnswerError + 1]atomic.Uint64 // every other answer
 
 	fetches, fetchErrors, uncached, fillsLanded, fillsRefused atomic.Uint64
 	l1FillsRefused, waits, wakeups, refreshes, failSafe       atomic.Uint64
@@ -254,7 +253,7 @@ func (m *meter) start() time.Time {
 
 // hitL1 counts a fresh L1 hit of Get's fast path.
 func (m *meter) hitL1(start time.Time) {
-	m.l1.add()
+	m.answers.add(AnswerL1)
 	if m.rec != nil {
 		m.rec.Get(m.ns, AnswerL1, time.Since(start))
 	}
@@ -262,7 +261,7 @@ func (m *meter) hitL1(start time.Time) {
 
 // answer counts the answer to one Get, begun at start.
 func (m *meter) answer(a Answer, start time.Time) {
-	m.answers[a].Add(1)
+	m.answers.add(a)
 	if m.rec != nil {
 		m.rec.Get(m.ns, a, time.Since(start))
 	}
@@ -328,12 +327,12 @@ func (m *meter) published(s Scope, n int) {
 // snapshot returns the meter's counters.
 func (m *meter) snapshot() Counts {
 	c := Counts{
-		L1Hits:          m.l1.load() + m.answers[AnswerL1].Load(),
-		L2Hits:          m.answers[AnswerL2].Load(),
-		StaleServed:     m.answers[AnswerStale].Load(),
-		NegativeHits:    m.answers[AnswerNegative].Load(),
-		Misses:          m.answers[AnswerFetch].Load() + m.answers[AnswerUncached].Load(),
-		Errors:          m.answers[AnswerError].Load(),
+		L1Hits:          m.answers.load(AnswerL1),
+		L2Hits:          m.answers.load(AnswerL2),
+		StaleServed:     m.answers.load(AnswerStale),
+		NegativeHits:    m.answers.load(AnswerNegative),
+		Misses:          m.answers.load(AnswerFetch) + m.answers.load(AnswerUncached),
+		Errors:          m.answers.load(AnswerError),
 		Fetches:         m.fetches.Load(),
 		FetchErrors:     m.fetchErrors.Load(),
 		UncachedFetches: m.uncached.Load(),
@@ -355,37 +354,39 @@ func (m *meter) snapshot() Counts {
 	return c
 }
 
-// stripedCounter spreads a hot counter over cache lines, so that L1 hits on
-// many cores do not contend on one. A goroutine adds to the stripe its stack
-// picks: goroutines running at once on different cores have different
-// stacks, so each core writes lines of its own. (A stripe picked by the
-// key's hash, as it once was, sent every line back and forth between the
-// cores: each core wrote every stripe in turn.)
-type stripedCounter struct {
-	stripes [counterStripes]struct {
-		n atomic.Uint64
-		_ [56]byte // to the next cache line
-	}
+// answerCounts counts a Cache's answers, one counter per Answer, spread
+// over stripes of one cache line each (the counters of every Answer), so
+// that Gets on many cores do not contend on one line. A goroutine adds to
+// the stripe its stack picks: goroutines running at once on different
+// cores have different stacks, so each core writes lines of its own. (A
+// stripe picked by the key's hash, as it once was for L1 hits, sent every
+// line back and forth between the cores: each core wrote every stripe in
+// turn.)
+type answerCounts struct {
+	stripes [counterStripes][8]atomic.Uint64
 }
 
-// counterStripes is the stripes of a stripedCounter: 4 KiB a counter. Two
+// counterStripes is the stripes of an answerCounts: 4 KiB a Cache. Two
 // goroutines share a stripe with odds of 1 in 64.
 const counterStripes = 64
 
-func (s *stripedCounter) add() {
+// The Answers fit one stripe.
+var _ [8 - AnswerError - 1]struct{}
+
+func (c *answerCounts) add(a Answer) {
 	var anchor byte
 	// The address of a local variable names the goroutine's stack; it is
 	// read, never dereferenced, so anchor stays on the stack. A stack that
 	// grows moves, and its goroutine moves to another stripe: any stripe
 	// counts the same.
 	sp := uint64(uintptr(unsafe.Pointer(&anchor)))
-	s.stripes[(sp>>10)*0x9e3779b97f4a7c15>>(64-6)].n.Add(1)
+	c.stripes[(sp>>10)*0x9e3779b97f4a7c15>>(64-6)][a].Add(1)
 }
 
-func (s *stripedCounter) load() uint64 {
+func (c *answerCounts) load(a Answer) uint64 {
 	var sum uint64
-	for i := range s.stripes {
-		sum += s.stripes[i].n.Load()
+	for i := range c.stripes {
+		sum += c.stripes[i][a].Load()
 	}
 	return sum
 }
