@@ -12,6 +12,14 @@
 // [Cache.Fill] also refuses a fill whose ticket is stale before and after the
 // Set, and deletes what it stored in the second case, only to free memory.
 //
+// # Entries
+//
+// An entry is one allocation: a caller's value type embeds [Entry] as its
+// first field (the ticket, the lifetime, the order of fills) and stores and
+// reads values through a [Slot] of that type, which reads back only what it
+// stored. [Cache.Fill] and [Cache.Get] store any value, in an entry of
+// their own.
+//
 // # Guarantee
 //
 // Once Evict(h) (or EvictAll) has returned, Get(h) returns no value that was

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/dgraph-io/ristretto/v2"
 
@@ -62,21 +64,74 @@ type Hooks struct {
 	CoarseLease bool
 }
 
-// item is what ristretto stores, by pointer (ristretto copies values on
-// every Get): the caller's value, its fill ticket, and the clock reading
-// (nanoseconds since the cache started) at which it expires.
-type item struct {
+// Entry is what the cache keeps of a value besides the value itself: the
+// fill ticket it was stored under, its lifetime, and its place in the order
+// of fills. A value's type embeds Entry as its first field and is stored
+// and read through a [Slot] of that type, so that an entry is one
+// allocation, the caller's: ristretto holds a pointer to it (it copies
+// values on every Get). The zero Entry is ready for Slot.Fill, which sets
+// it; the caller must not copy an Entry once filled.
+type Entry struct {
 	ticket   consistency.Ticket
 	filled   int64 // clock reading at the fill
-	deadline int64
-	seq      uint64 // order of the Fill that made it, on this Cache
-	cost     int64
-	value    any
+	deadline int64 // clock reading at which it expires
+	seq      uint64
+	owner    *slotID // the Slot that filled it
+	cost     uint32  // bytes, as given to Fill (capped)
+
+	// Flags are the caller's: bits it sets and tests atomically, kept here
+	// where they fill the Entry's last word.
+	Flags atomic.Uint32
+}
+
+// slotID tells one Slot's entries from another's. It has a size, so that
+// no two have one address.
+type slotID struct{ _ byte }
+
+// Slot stores values of one type T in a Cache, and reads back only those it
+// stored: T is a struct whose first field is an embedded Entry (NewSlot
+// checks). Each Slot's entries are its own; a Cache holds the entries of
+// any number of Slots, under one budget, and Evict and EvictAll reach them
+// all.
+type Slot[T any] struct {
+	c  *Cache
+	id slotID
+}
+
+// ErrSlotType reports a type that NewSlot cannot store: not a struct whose
+// first field is an embedded l1.Entry.
+var ErrSlotType = errors.New("l1: a Slot's type must be a struct whose first field is an embedded l1.Entry")
+
+// NewSlot returns a Slot of c for values of type T, or ErrSlotType.
+func NewSlot[T any](c *Cache) (*Slot[T], error) {
+	t := reflect.TypeFor[T]()
+	if t.Kind() != reflect.Struct || t.NumField() == 0 {
+		return nil, fmt.Errorf("%w: %v", ErrSlotType, t)
+	}
+	if f := t.Field(0); !f.Anonymous || f.Type != reflect.TypeFor[Entry]() || f.Offset != 0 {
+		return nil, fmt.Errorf("%w: %v", ErrSlotType, t)
+	}
+	return &Slot[T]{c: c}, nil
+}
+
+// entry returns v's Entry: its first field.
+func entryOf[T any](v *T) *Entry { return (*Entry)(unsafe.Pointer(v)) }
+
+// value returns the T whose Entry e is, if this Slot filled it. The check
+// of the owner is what makes the conversion sound: only this Slot's Fill
+// sets its id, and it fills values of type T only (NewSlot checked that T
+// begins with an Entry, so e is the start of a T).
+func (s *Slot[T]) value(e *Entry) (*T, bool) {
+	if e.owner != &s.id {
+		return nil, false
+	}
+	return (*T)(unsafe.Pointer(e)), true
 }
 
 // Cache is the in-process tier. It is safe for concurrent use.
 type Cache struct {
-	rc     *ristretto.Cache[uint64, *item]
+	rc     *ristretto.Cache[uint64, *Entry]
+	boxes  *Slot[boxed] // Fill's and Get's
 	epochs *consistency.Epochs
 	hooks  *Hooks
 
@@ -105,7 +160,7 @@ func New(cfg Config) (*Cache, error) {
 	// 16 Mi counters (a counter costs about 4 bits).
 	counters := min(max(maxBytes/1024*10, 1<<14), 1<<24)
 	c := &Cache{hooks: cfg.Hooks, start: time.Now(), stop: make(chan struct{})}
-	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *item]{
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *Entry]{
 		NumCounters: counters,
 		MaxCost:     maxBytes,
 		BufferItems: 64,
@@ -114,14 +169,15 @@ func New(cfg Config) (*Cache, error) {
 		KeyToHash: func(k uint64) (uint64, uint64) { return k, 0 },
 		// An entry is replaced only by a later fill, so that a fill put
 		// back by onReject never undoes a newer one.
-		ShouldUpdate: func(cur, prev *item) bool { return cur.seq > prev.seq },
+		ShouldUpdate: func(cur, prev *Entry) bool { return cur.seq > prev.seq },
 		OnReject:     c.onReject,
-		OnEvict:      func(*ristretto.Item[*item]) { c.evictions.Add(1) },
+		OnEvict:      func(*ristretto.Item[*Entry]) { c.evictions.Add(1) },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	c.rc = rc
+	c.boxes = &Slot[boxed]{c: c}
 	epochs := cfg.Epochs
 	if epochs == nil {
 		epochs = consistency.NewEpochs(0)
@@ -156,60 +212,95 @@ func (c *Cache) Ticket(h uint64) consistency.Ticket {
 	return c.epochs.Ticket(h)
 }
 
-// Get returns the value stored under h if the cache's lease runs, and the
-// entry is present, unexpired, and was filled under a ticket that is still
-// valid.
+// boxed is the entry of a value stored by Cache.Fill: any value, in an
+// entry of its own.
+type boxed struct {
+	Entry
+	v any
+}
+
+// Fill stores v under h as Slot.Fill does, in an entry of its own: one
+// allocation more than a Slot's.
+func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consistency.Ticket) bool {
+	return c.boxes.Fill(h, &boxed{v: v}, cost, ttl, t)
+}
+
+// Get returns the value that Fill stored under h, as Slot.Get does.
+func (c *Cache) Get(h uint64) (any, bool) {
+	if b, ok := c.boxes.Get(h); ok {
+		return b.v, true
+	}
+	return nil, false
+}
+
+// GetHeld returns the value that Fill stored under h, as Slot.GetHeld does.
+func (c *Cache) GetHeld(h uint64, maxAge time.Duration) (any, bool) {
+	if b, ok := c.boxes.GetHeld(h, maxAge); ok {
+		return b.v, true
+	}
+	return nil, false
+}
+
+// Get returns the value this Slot stored under h if the cache's lease
+// runs, and the entry is present, unexpired, and was filled under a ticket
+// that is still valid.
 //
 // The lease is checked against the monotonic clock read now, not the coarse
 // clock: after the process was paused (SIGSTOP, a stalled VM), readers run
 // before the ticker does, and a coarse reading from before the pause would
 // let them serve entries invalidated while the process slept (R40).
-func (c *Cache) Get(h uint64) (any, bool) {
-	it, ok := c.rc.Get(h)
+func (s *Slot[T]) Get(h uint64) (*T, bool) {
+	c := s.c
+	e, ok := c.rc.Get(h)
 	if !ok {
 		return nil, false
 	}
-	if now := c.clock(); now >= it.deadline || now >= c.lease.Load() {
+	if now := c.clock(); now >= e.deadline || now >= c.lease.Load() {
 		return nil, false
 	}
-	if c.epochs.Ticket(h) != it.ticket && !c.noFence() {
+	if c.epochs.Ticket(h) != e.ticket && !c.noFence() {
 		return nil, false
 	}
-	return it.value, true
+	return s.value(e)
 }
 
-// GetHeld returns the value stored under h, whatever the lease and the
-// entry's lifetime, if it was filled at most maxAge ago under a ticket that
-// is still valid: no invalidation this node learnt of has touched it since.
-// It serves a node that cannot reach Redis and chose to answer from what it
-// holds rather than from the source (a degraded mode): the caller must
-// report the value as stale.
-func (c *Cache) GetHeld(h uint64, maxAge time.Duration) (any, bool) {
-	it, ok := c.rc.Get(h)
-	if !ok || c.clock()-it.filled > int64(maxAge) || !c.valid(h, it.ticket) {
+// GetHeld returns the value this Slot stored under h, whatever the lease
+// and the entry's lifetime, if it was filled at most maxAge ago under a
+// ticket that is still valid: no invalidation this node learnt of has
+// touched it since. It serves a node that cannot reach Redis and chose to
+// answer from what it holds rather than from the source (a degraded mode):
+// the caller must report the value as stale.
+func (s *Slot[T]) GetHeld(h uint64, maxAge time.Duration) (*T, bool) {
+	c := s.c
+	e, ok := c.rc.Get(h)
+	if !ok || c.clock()-e.filled > int64(maxAge) || !c.valid(h, e.ticket) {
 		return nil, false
 	}
-	return it.value, true
+	return s.value(e)
 }
 
 // Fill stores v under h for at most ttl, with the given cost in bytes, if t
 // is still valid. It reports whether the value was stored and still valid
 // after the Set; ristretto's admission policy may still drop it later. A ttl
-// of one Tick or less stores nothing.
-func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consistency.Ticket) bool {
+// of one Tick or less stores nothing. v's Entry is the Slot's from here on:
+// v must not be filled again.
+func (s *Slot[T]) Fill(h uint64, v *T, cost int64, ttl time.Duration, t consistency.Ticket) bool {
+	c := s.c
 	// The coarse clock lags the real one by up to a Tick: give up a Tick of
 	// lifetime so that the entry does not outlive ttl.
 	if ttl <= Tick || !c.valid(h, t) {
 		return false
 	}
 	now := int64(time.Since(c.start))
-	deadline := now + int64(ttl-Tick)
+	e := entryOf(v)
+	e.ticket, e.filled, e.deadline = t, now, now+int64(ttl-Tick)
+	e.seq, e.owner, e.cost = c.seq.Add(1), &s.id, uint32(min(max(cost, 0), math.MaxUint32))
 	if c.hooks != nil && c.hooks.BeforeSet != nil {
 		c.hooks.BeforeSet(h)
 	}
 	// No ristretto TTL: its Get would read the system clock on every hit.
 	// An expired entry is refused by Get and replaced by the next fill.
-	c.rc.Set(h, &item{ticket: t, filled: now, deadline: deadline, seq: c.seq.Add(1), cost: cost, value: v}, cost)
+	c.rc.Set(h, e, cost)
 	if c.hooks != nil && c.hooks.AfterSet != nil {
 		c.hooks.AfterSet(h)
 	}
@@ -230,7 +321,7 @@ func (c *Cache) Fill(h uint64, v any, cost int64, ttl time.Duration, t consisten
 // put back here as a replacement of the value now held; ShouldUpdate keeps
 // it from replacing a later fill. A fill refused for want of room finds
 // nothing held and stays refused.
-func (c *Cache) onReject(it *ristretto.Item[*item]) {
+func (c *Cache) onReject(it *ristretto.Item[*Entry]) {
 	cur, held := c.rc.Get(it.Key)
 	if !held || it.Value == nil || cur.seq >= it.Value.seq {
 		return
@@ -238,7 +329,7 @@ func (c *Cache) onReject(it *ristretto.Item[*item]) {
 	if c.hooks != nil && c.hooks.BeforePutBack != nil {
 		c.hooks.BeforePutBack(it.Key)
 	}
-	c.rc.Set(it.Key, it.Value, it.Value.cost)
+	c.rc.Set(it.Key, it.Value, int64(it.Value.cost))
 }
 
 // Stats is a snapshot of a Cache's occupancy.
@@ -306,11 +397,11 @@ func (c *Cache) Now() time.Duration { return time.Duration(c.now.Load()) }
 // TTL returns the remaining lifetime of the entry at h, whether or not its
 // ticket is still valid, and false if there is none or it has expired.
 func (c *Cache) TTL(h uint64) (time.Duration, bool) {
-	it, ok := c.rc.Get(h)
+	e, ok := c.rc.Get(h)
 	if !ok {
 		return 0, false
 	}
-	left := time.Duration(it.deadline) - time.Since(c.start)
+	left := time.Duration(e.deadline) - time.Since(c.start)
 	return left, left > 0
 }
 
