@@ -12,6 +12,7 @@ import (
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
 	"github.com/tiercache/tiercache/groups"
+	"github.com/tiercache/tiercache/l1"
 )
 
 // Defaults of Config's zero fields.
@@ -171,6 +172,7 @@ type Cache[K comparable, V any] struct {
 	nsGroup   string                       // the group of every entry of the namespace
 	known     []string                     // fleetGroup and nsGroup: the groups every read checks
 	baseRefs  atomic.Pointer[[]groups.Ref] // see refs
+	slot      *l1.Slot[entry[K, V]]        // the node's L1, for this Cache's entries
 	z         zones
 	onHit     func(K, Source) error // Config.OnHit, a panic an error
 	onMiss    func(K) error
@@ -187,22 +189,34 @@ type loaded[V any] struct {
 	ri ReadInfo
 }
 
-// entry is what a Cache keeps in L1.
+// entry is what a Cache keeps in L1: one allocation, which L1 holds itself
+// (l1.Slot), with L1's bookkeeping in its first field.
 type entry[K comparable, V any] struct {
-	owner  *Cache[K, V]
-	key    K
-	val    V
-	groups []groups.Ref
+	// Entry is L1's part. Its Flags hold entryNegative and
+	// entryRefreshing.
+	l1.Entry
+	key K
+	val V
+	// groups are the entry's groups, as taken at the fill: shared by the
+	// entries filled while the fleet's and the namespace's groups are
+	// unchanged (Cache.refs).
+	groups *[]groups.Ref
 	// fresh is the node clock's reading (Node.now) at which the value stops
 	// being fresh and a hit serves it as stale while it is refreshed; 0 if
 	// it is fresh for as long as L1 keeps it.
 	fresh time.Duration
-	// negative marks a cached "not found".
-	negative bool
-	// refreshing is set while a background refresh started from this entry
-	// runs, so that hits start one at a time.
-	refreshing atomic.Bool
 }
+
+// The Flags of an entry.
+const (
+	// entryNegative marks a cached "not found"; set before the fill.
+	entryNegative uint32 = 1 << iota
+	// entryRefreshing is set while a background refresh started from the
+	// entry runs, so that hits start one at a time.
+	entryRefreshing
+)
+
+func (e *entry[K, V]) negative() bool { return e.Flags.Load()&entryNegative != 0 }
 
 // fence is what a fill took before it read Redis: the key's fill-epoch
 // ticket and the node's group generation. An invalidation of the key, or of
@@ -271,6 +285,11 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 	if c.codec == nil {
 		c.codec = CBOR[V]{}
 	}
+	slot, err := l1.NewSlot[entry[K, V]](n.l1)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err) // cannot happen: entry begins with l1.Entry
+	}
+	c.slot = slot
 	if err := n.register(cfg.Namespace, c); err != nil {
 		return nil, err
 	}
@@ -522,16 +541,12 @@ func (c *Cache[K, V]) fromL1(key K) (V, l1State, uint64) {
 	if !ok {
 		return zero, l1Miss, 0
 	}
-	v, found := c.node.l1.Get(h)
-	if !found {
-		return zero, l1Miss, h
-	}
-	e, ok := v.(*entry[K, V])
-	if !ok || e.owner != c || e.key != key || !groupsValid(e.groups) {
+	e, found := c.slot.Get(h)
+	if !found || e.key != key || !groupsValid(*e.groups) {
 		return zero, l1Miss, h
 	}
 	switch {
-	case e.negative:
+	case e.negative():
 		return zero, l1Negative, h
 	case e.fresh != 0:
 		return e.val, c.freshness(e, h), h

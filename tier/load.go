@@ -260,12 +260,8 @@ func (c *Cache[K, V]) fromHeld(key K, h uint64, mode loadMode) (loaded[V], bool)
 	if n.cfg.OutageMaxAge <= 0 || mode != modeGet || c.l1TTL <= 0 {
 		return loaded[V]{}, false
 	}
-	v, ok := n.l1.GetHeld(h, n.cfg.OutageMaxAge)
-	if !ok {
-		return loaded[V]{}, false
-	}
-	e, ok := v.(*entry[K, V])
-	if !ok || e.owner != c || e.key != key || e.negative || !groupsValid(e.groups) {
+	e, ok := c.slot.GetHeld(h, n.cfg.OutageMaxAge)
+	if !ok || e.key != key || e.negative() || !groupsValid(*e.groups) {
 		return loaded[V]{}, false
 	}
 	c.m.outageServed.Add(1)
@@ -494,8 +490,8 @@ func (c *Cache[K, V]) refreshClaimed(key K, s string, h uint64, keys l2.Keys, to
 // a time: after a stale hit (modeRevalidate) or an early-refresh draw
 // (modeEarly).
 func (c *Cache[K, V]) refreshFrom(e *entry[K, V], h uint64, mode loadMode) {
-	if !e.refreshing.CompareAndSwap(false, true) {
-		return
+	if e.Flags.Or(entryRefreshing)&entryRefreshing != 0 {
+		return // a refresh from this entry runs
 	}
 	s, _, err := c.keys.resolve(e.key)
 	if err != nil {
@@ -504,10 +500,10 @@ func (c *Cache[K, V]) refreshFrom(e *entry[K, V], h uint64, mode loadMode) {
 	n := c.node
 	c.m.refreshes.Add(1)
 	if !n.spawn(func() {
-		defer e.refreshing.Store(false)
+		defer e.Flags.And(^entryRefreshing)
 		_, _ = c.load(n.life, e.key, s, h, mode)
 	}) {
-		e.refreshing.Store(false)
+		e.Flags.And(^entryRefreshing)
 	}
 }
 
@@ -734,7 +730,7 @@ func (c *Cache[K, V]) fillL1(h uint64, key K, v V, size int, keep, fresh time.Du
 	if c.l1TTL <= 0 || keep <= 0 {
 		return
 	}
-	e := &entry[K, V]{owner: c, key: key, val: v, groups: c.refs(groupNames)}
+	e := &entry[K, V]{key: key, val: v, groups: c.refs(groupNames)}
 	if fresh > 0 {
 		e.fresh = max(c.node.now()+fresh, 1)
 	}
@@ -746,7 +742,8 @@ func (c *Cache[K, V]) fillNegativeL1(h uint64, key K, left time.Duration, f fenc
 	if c.l1TTL <= 0 || left <= 0 {
 		return
 	}
-	e := &entry[K, V]{owner: c, key: key, negative: true, groups: c.refs(groupNames)}
+	e := &entry[K, V]{key: key, groups: c.refs(groupNames)}
+	e.Flags.Store(entryNegative)
 	c.storeL1(h, e, 64, left, f)
 }
 
@@ -755,23 +752,24 @@ func (c *Cache[K, V]) fillNegativeL1(h uint64, key K, left time.Duration, f fenc
 // entry of a Cache without Config.Groups, are shared by the entries filled
 // while both groups are unchanged: one slice for all of them, instead of
 // one each. Refs are never changed once taken.
-func (c *Cache[K, V]) refs(names []string) []groups.Ref {
+func (c *Cache[K, V]) refs(names []string) *[]groups.Ref {
 	if len(names) != 2 || names[0] != fleetGroup || names[1] != c.nsGroup {
-		return c.node.groups.Refs(names)
+		refs := c.node.groups.Refs(names)
+		return &refs
 	}
 	if p := c.baseRefs.Load(); p != nil && groupsValid(*p) {
-		return *p
+		return p
 	}
 	refs := c.node.groups.Refs(names)
 	c.baseRefs.Store(&refs)
-	return refs
+	return &refs
 }
 
 // storeL1 stores e in L1 unless the fence says an invalidation came since.
 func (c *Cache[K, V]) storeL1(h uint64, e *entry[K, V], size int, keep time.Duration, f fence) {
 	// After taking the refs: a group invalidation applied before this check
 	// moved the generation; one applied after it invalidates the refs.
-	if c.node.groups.Gen() != f.gen || !c.node.l1.Fill(h, e, int64(size), min(keep, c.l1TTL), f.ticket) {
+	if c.node.groups.Gen() != f.gen || !c.slot.Fill(h, e, int64(size), min(keep, c.l1TTL), f.ticket) {
 		c.m.fill(FillFenced)
 	}
 }
