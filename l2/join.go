@@ -2,6 +2,7 @@ package l2
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -96,9 +97,7 @@ func (s *Store) joinPeek(ctx context.Context, k Keys, known []string) (peekKey, 
 // Redis could not be reached, it fails the queue too, at once, rather than
 // make each caller there wait for its own timeout in turn.
 func (s *Store) lead(batch []*peekCall) {
-	err := s.bounded(nil, 0, func(ctx context.Context) error {
-		return s.sendJoined(ctx, batch)
-	})
+	err := s.sendBatch(batch)
 	for _, c := range batch {
 		if err != nil {
 			c.reply, c.err = peekKey{}, err
@@ -115,6 +114,26 @@ func (s *Store) lead(batch []*peekCall) {
 	}
 	s.join.next()
 }
+
+// sendBatch sends batch under the Store's timeout. A panic of the Redis
+// client's hooks (the caller's code) is an error of every caller of the
+// batch, wrapping ErrPanic: it must not leave the joiner busy for ever, with
+// every peek after it queued behind a batch that never ends.
+func (s *Store) sendBatch(batch []*peekCall) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.join.pipe = nil // it may hold the batch's commands still
+			err = fmt.Errorf("%w: %v", ErrPanic, r)
+		}
+	}()
+	return s.bounded(nil, 0, func(ctx context.Context) error {
+		return s.sendJoined(ctx, batch)
+	})
+}
+
+// ErrPanic reports an operation that a panic ended: of a hook of the
+// Redis client, in a batch of peeks that several callers shared.
+var ErrPanic = errors.New("l2: panic in a Redis client hook")
 
 // drain empties the queue and returns what it held.
 func (j *joiner) drain() []*peekCall {

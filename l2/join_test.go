@@ -3,6 +3,7 @@ package l2_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -239,5 +240,49 @@ func TestRace_R57_QueuedPeekGivesUp(t *testing.T) {
 	gate.release <- nil
 	if r := <-after; r.err != nil || !r.ok {
 		t.Fatalf("a peek after a failed batch = %+v; want a hit", r)
+	}
+}
+
+// panicHook panics in every joined batch of peeks while armed.
+type panicHook struct{ armed atomic.Bool }
+
+func (h *panicHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *panicHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *panicHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) > 0 && cmds[0].Name() == "pttl" && h.armed.Load() {
+			panic("hook of the application")
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestRace_R57_HookPanicsInABatch proves that a panic of the client's
+// hooks in a joined batch is an error of the peek (wrapping ErrPanic), not a
+// crash, and does not leave the joiner busy: the next peek goes out.
+func TestRace_R57_HookPanicsInABatch(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	k := l2.KeysFor("tc", "ns", "k")
+	fillIn(t, f.st, k, envelope(t, "k", "v1"), valueTTL, known...)
+	h := &panicHook{}
+	f.rdb.AddHook(h)
+	h.armed.Store(true)
+	if _, ok, err := f.st.Peek(ctx, k, known, l2.Claim{}); !errors.Is(err, l2.ErrPanic) || ok {
+		t.Fatalf("Peek with a panicking hook = %v, %v; want an error wrapping ErrPanic", ok, err)
+	}
+	h.armed.Store(false)
+	done := make(chan peekResult, 1)
+	go func() {
+		r, ok, err := f.st.Peek(ctx, k, known, l2.Claim{})
+		done <- peekResult{r, ok, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil || !r.ok {
+			t.Fatalf("Peek after the panic = %+v; want a hit", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Peek after the panic did not return: the joiner was left busy")
 	}
 }
