@@ -22,12 +22,14 @@ import (
 // peek alone would have (R57).
 //
 // The batch runs in the goroutine of one of its callers, its leader, under
-// the Store's own context (its timeout and Abort bound it; no caller's
-// context does, so a caller's values, such as a trace, do not reach
-// go-redis's hooks). A batch that finds Redis unreachable fails the
-// callers queued behind it as well. A caller that gives up leaves at once: if it had been made a
-// leader, it hands the batch to another of its callers still waiting, or,
-// if none is, drops it unsent.
+// the leader's context, the Store's timeout and Abort. A caller that gives
+// up returns at once: one still queued leaves the queue; one made the
+// leader of a batch not yet sent hands it to another of its callers still
+// waiting, or, if none is, drops it unsent; a leader whose batch is in
+// flight ends it, and the batch's other callers go back to the head of the
+// queue for the next batch, so that no caller's giving up fails another's
+// peek. A batch that finds Redis unreachable fails the callers queued
+// behind it as well.
 type joiner struct {
 	mu    sync.Mutex
 	busy  bool        // a batch is in flight, or handed to a leader
@@ -74,7 +76,7 @@ func (s *Store) joinPeek(ctx context.Context, k Keys, known []string) (peekKey, 
 		j.mu.Unlock()
 		alone := peekCall{k: k, known: known}
 		batch := [1]*peekCall{&alone}
-		s.lead(batch[:])
+		s.lead(ctx, &alone, batch[:])
 		return alone.reply, alone.err
 	}
 	call := &peekCall{k: k, known: known, done: make(chan []*peekCall, 1)}
@@ -83,7 +85,7 @@ func (s *Store) joinPeek(ctx context.Context, k Keys, known []string) (peekKey, 
 	select {
 	case batch := <-call.done:
 		if batch != nil {
-			s.lead(batch)
+			s.lead(ctx, call, batch)
 		}
 		return call.reply, call.err
 	case <-ctx.Done():
@@ -92,21 +94,31 @@ func (s *Store) joinPeek(ctx context.Context, k Keys, known []string) (peekKey, 
 	}
 }
 
-// lead sends batch and hands each caller its reply. Then it hands the
-// queue to the next leader, or notes that no batch is in flight; but if
-// Redis could not be reached, it fails the queue too, at once, rather than
-// make each caller there wait for its own timeout in turn.
-func (s *Store) lead(batch []*peekCall) {
-	err := s.sendBatch(batch)
+// lead sends batch, which self leads, under self's context ctx, and hands
+// each caller its reply. Then it hands the queue to the next leader, or
+// notes that no batch is in flight; but if Redis could not be reached, it
+// fails the queue too, at once, rather than make each caller there wait
+// for its own timeout in turn.
+//
+// If ctx ends first, the batch ends with it, so that the leader returns at
+// once like any caller that gives up; the batch's other callers go back to
+// the head of the queue, for the next batch, as if they had not been sent.
+func (s *Store) lead(ctx context.Context, self *peekCall, batch []*peekCall) {
+	err := s.sendBatch(ctx, batch)
+	if err != nil && ctx.Err() != nil {
+		self.reply, self.err = peekKey{}, err
+		s.join.requeue(self, batch)
+		return
+	}
 	for _, c := range batch {
 		if err != nil {
 			c.reply, c.err = peekKey{}, err
 		}
-		if c.done != nil {
+		if c != self {
 			c.done <- nil
 		}
 	}
-	if err != nil && unreachable(err) {
+	if err != nil && outcome(context.Background(), err) == Unreachable {
 		for _, c := range s.join.drain() {
 			c.err = err
 			c.done <- nil
@@ -115,18 +127,34 @@ func (s *Store) lead(batch []*peekCall) {
 	s.join.next()
 }
 
-// sendBatch sends batch under the Store's timeout. A panic of the Redis
-// client's hooks (the caller's code) is an error of every caller of the
-// batch, wrapping ErrPanic: it must not leave the joiner busy for ever, with
-// every peek after it queued behind a batch that never ends.
-func (s *Store) sendBatch(batch []*peekCall) (err error) {
+// requeue puts the callers of a batch that its leader, self, abandoned back
+// at the head of the queue (those still waiting), and hands the queue on.
+func (j *joiner) requeue(self *peekCall, batch []*peekCall) {
+	j.mu.Lock()
+	back := make([]*peekCall, 0, len(batch)-1+len(j.queue))
+	for _, c := range batch {
+		if c != self && !c.left {
+			back = append(back, c)
+		}
+	}
+	j.queue = append(back, j.queue...)
+	j.mu.Unlock()
+	j.next()
+}
+
+// sendBatch sends batch under ctx, its leader's context, and the Store's
+// timeout. A panic of the Redis client's hooks (the caller's code) is an
+// error of every caller of the batch, wrapping ErrPanic: it must not leave
+// the joiner busy for ever, with every peek after it queued behind a batch
+// that never ends.
+func (s *Store) sendBatch(ctx context.Context, batch []*peekCall) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.join.pipe = nil // it may hold the batch's commands still
 			err = fmt.Errorf("%w: %v", ErrPanic, r)
 		}
 	}()
-	return s.bounded(nil, 0, func(ctx context.Context) error {
+	return s.bounded(ctx, 0, func(ctx context.Context) error {
 		return s.sendJoined(ctx, batch)
 	})
 }

@@ -3,7 +3,6 @@ package l2_test
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,11 +15,15 @@ import (
 
 // peekGate is a go-redis hook that holds each joined batch of peeks (a
 // pipeline that begins with a PTTL) until the test releases it: with nil
-// to send it, or with an error to fail it unsent.
+// to send it, errGatePanic to panic, or another error to fail it unsent;
+// or until the batch's context ends.
 type peekGate struct {
 	held    chan []redis.Cmder
 	release chan error
 }
+
+// errGatePanic, released to a peekGate, makes the hook panic.
+var errGatePanic = errors.New("panic")
 
 func newPeekGate(rdb *redis.Client) *peekGate {
 	g := &peekGate{held: make(chan []redis.Cmder), release: make(chan error)}
@@ -36,8 +39,16 @@ func (g *peekGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 			return next(ctx, cmds)
 		}
 		g.held <- cmds
-		if err := <-g.release; err != nil {
-			return err
+		select {
+		case err := <-g.release:
+			if errors.Is(err, errGatePanic) {
+				panic("hook of the application")
+			}
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done(): // as Redis's reply, which the batch's end stops waiting for
+			return ctx.Err()
 		}
 		return next(ctx, cmds)
 	}
@@ -243,46 +254,84 @@ func TestRace_R57_QueuedPeekGivesUp(t *testing.T) {
 	}
 }
 
-// panicHook panics in every joined batch of peeks while armed.
-type panicHook struct{ armed atomic.Bool }
-
-func (h *panicHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h *panicHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-func (h *panicHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if len(cmds) > 0 && cmds[0].Name() == "pttl" && h.armed.Load() {
-			panic("hook of the application")
-		}
-		return next(ctx, cmds)
-	}
-}
-
 // TestRace_R57_HookPanicsInABatch proves that a panic of the client's
-// hooks in a joined batch is an error of the peek (wrapping ErrPanic), not a
-// crash, and does not leave the joiner busy: the next peek goes out.
+// hooks in a joined batch is an error of its peeks (wrapping ErrPanic), not
+// a crash: it neither fails the peeks queued behind it (a panic says
+// nothing of Redis) nor leaves the joiner busy.
 func TestRace_R57_HookPanicsInABatch(t *testing.T) {
 	f := newFixture(t)
 	ctx := t.Context()
 	k := l2.KeysFor("tc", "ns", "k")
 	fillIn(t, f.st, k, envelope(t, "k", "v1"), valueTTL, known...)
-	h := &panicHook{}
-	f.rdb.AddHook(h)
-	h.armed.Store(true)
-	if _, ok, err := f.st.Peek(ctx, k, known, l2.Claim{}); !errors.Is(err, l2.ErrPanic) || ok {
-		t.Fatalf("Peek with a panicking hook = %v, %v; want an error wrapping ErrPanic", ok, err)
+	gate := newPeekGate(f.rdb)
+	lead := peekAsync(ctx, f.st, k)
+	gate.batch(t)
+	queued := peekAsync(ctx, f.st, k)
+	waitQueued(t, f.st, 1)
+	gate.release <- errGatePanic
+	if r := <-lead; !errors.Is(r.err, l2.ErrPanic) || r.ok {
+		t.Fatalf("the peek of a batch whose hook panicked = %+v; want an error wrapping ErrPanic", r)
 	}
-	h.armed.Store(false)
-	done := make(chan peekResult, 1)
-	go func() {
-		r, ok, err := f.st.Peek(ctx, k, known, l2.Claim{})
-		done <- peekResult{r, ok, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil || !r.ok {
-			t.Fatalf("Peek after the panic = %+v; want a hit", r)
+	if got := gate.batch(t); len(got) != 2 {
+		t.Fatalf("the queued peek sent %v; want its own PTTL and MGET", got)
+	}
+	gate.release <- nil
+	if r := <-queued; r.err != nil || !r.ok {
+		t.Fatalf("the peek queued behind the panic = %+v; want a hit", r)
+	}
+}
+
+// TestRace_R57_LeaderGivesUpInFlight proves that a leader whose batch is in
+// flight returns as soon as its caller gives up, like any caller, and that
+// the batch's other peeks go out again in the next batch and answer; and
+// that a lone peek does the same.
+func TestRace_R57_LeaderGivesUpInFlight(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	k := l2.KeysFor("tc", "ns", "k")
+	fillIn(t, f.st, k, envelope(t, "k", "v1"), valueTTL, known...)
+	gate := newPeekGate(f.rdb)
+
+	alone, quitAlone := context.WithCancel(ctx)
+	lone := peekAsync(alone, f.st, k)
+	gate.batch(t)
+	quitAlone()
+	if r := <-lone; !errors.Is(r.err, context.Canceled) || r.ok {
+		t.Fatalf("a lone peek whose caller gave up in flight = %+v; want context.Canceled", r)
+	}
+
+	first := peekAsync(ctx, f.st, k)
+	gate.batch(t)
+	leaderCtx, quitLeader := context.WithCancel(ctx)
+	leader := peekAsync(leaderCtx, f.st, k) // queued first: it will lead
+	waitQueued(t, f.st, 1)
+	member := peekAsync(ctx, f.st, k)
+	waitQueued(t, f.st, 2)
+	gate.release <- nil
+	if got := gate.batch(t); len(got) != 3 {
+		t.Fatalf("the queued peeks sent %v; want one batch of both", got)
+	}
+	quitLeader()
+	if r := <-leader; !errors.Is(r.err, context.Canceled) || r.ok {
+		t.Fatalf("a leader whose caller gave up in flight = %+v; want context.Canceled", r)
+	}
+	if got := gate.batch(t); len(got) != 2 {
+		t.Fatalf("the abandoned batch's other peek sent %v; want it alone, again", got)
+	}
+	gate.release <- nil
+	for _, ch := range []chan peekResult{first, member} {
+		if r := <-ch; r.err != nil || !r.ok {
+			t.Fatalf("a peek = %+v; want a hit", r)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Peek after the panic did not return: the joiner was left busy")
 	}
+}
+
+// peekAsync peeks k on st in a goroutine, with the known groups.
+func peekAsync(ctx context.Context, st *l2.Store, k l2.Keys) chan peekResult {
+	ch := make(chan peekResult, 1)
+	go func() {
+		r, ok, err := st.Peek(ctx, k, known, l2.Claim{})
+		ch <- peekResult{r, ok, err}
+	}()
+	return ch
 }

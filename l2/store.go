@@ -56,6 +56,8 @@ func (s State) String() string {
 type Read struct {
 	State State
 	// Value is the stored envelope, for Hit, StaleClaimed and StaleBusy.
+	// Read-only: from Peek, it is the bytes of the reply's string, not a
+	// copy; copy it to keep it past a change.
 	Value []byte
 	// TTL is the value's remaining lifetime when there is a value, or the
 	// flag's for Busy; negative when the key has no expiry.
@@ -615,18 +617,8 @@ func (s *Store) report(ctx context.Context, probe bool, err error) {
 	}
 }
 
-// bounded runs op under the timeout (extended by extra) and Abort: under
-// ctx, or, if ctx is nil, under the Store's own context (for an operation
-// of many callers, such as a joined batch of peeks, join.go, which no
-// caller's giving up may end).
+// bounded runs op under ctx, the timeout (extended by extra) and Abort.
 func (s *Store) bounded(ctx context.Context, extra time.Duration, op func(context.Context) error) error {
-	s.abortMu.Lock()
-	abort := s.abort
-	s.abortMu.Unlock()
-	detached := ctx == nil
-	if detached {
-		ctx = abort
-	}
 	var (
 		opCtx  context.Context
 		cancel context.CancelFunc
@@ -637,9 +629,10 @@ func (s *Store) bounded(ctx context.Context, extra time.Duration, op func(contex
 		opCtx, cancel = context.WithCancel(ctx)
 	}
 	defer cancel()
-	if !detached {
-		defer context.AfterFunc(abort, cancel)()
-	}
+	s.abortMu.Lock()
+	abort := s.abort
+	s.abortMu.Unlock()
+	defer context.AfterFunc(abort, cancel)()
 	return op(opCtx)
 }
 
@@ -660,8 +653,10 @@ func outcome(caller context.Context, err error) Outcome {
 	switch {
 	case err == nil || errors.Is(err, redis.Nil):
 		return Reached
-	case caller.Err() != nil:
-		return Abandoned
+	case caller.Err() != nil, errors.Is(err, ErrPanic):
+		return Abandoned // says nothing of Redis
+	case errors.Is(err, ErrUnexpectedReply):
+		return Reached
 	case unreachable(err):
 		return Unreachable
 	}

@@ -166,6 +166,7 @@ type Cache[K comparable, V any] struct {
 	ttl       time.Duration
 	l1TTL     time.Duration // <0: no L1
 	codec     Codec[V]
+	cbor      bool // codec is CBOR[V], which keeps none of the bytes it decodes
 	keys      keyer[K]
 	flights   flights[loaded[V]]
 	groupFn   func(K, V) []string
@@ -285,6 +286,7 @@ func New[K comparable, V any](n *Node, cfg Config[K, V]) (*Cache[K, V], error) {
 	if c.codec == nil {
 		c.codec = CBOR[V]{}
 	}
+	_, c.cbor = c.codec.(CBOR[V])
 	slot, err := l1.NewSlot[entry[K, V]](n.l1)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err) // cannot happen: entry begins with l1.Entry

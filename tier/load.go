@@ -1,6 +1,7 @@
 package tier
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -796,6 +797,13 @@ func (c *Cache[K, V]) decode(s string, b []byte) (V, int, error) {
 
 // decodeData calls Codec.Decode, a panic being an error wrapping ErrPanic.
 func (c *Cache[K, V]) decodeData(data []byte) (V, error) {
+	if !c.cbor {
+		// data may be the bytes of a Redis reply that the client holds as
+		// a string (a peeked value, l2.Read.Value): a codec of the
+		// caller's may keep what it is given, or change it, so it gets
+		// bytes of its own. CBOR copies what it keeps.
+		data = bytes.Clone(data)
+	}
 	return guarded(c.node, "Codec.Decode", c.ns, func() (V, error) { return c.codec.Decode(data) })
 }
 
