@@ -41,7 +41,8 @@
 // go-redis GET. Serial, and parallel with 8 goroutines per CPU, each on
 // keys of its own (so that no read can join another's, as tiercache's
 // reads through its script do), which is where rueidis's pipelining of
-// concurrent commands shows.
+// concurrent commands shows, and tiercache's joining of reads that
+// overlap into one pipeline, every PTTL then one MGET (reads/MGET).
 //
 // BenchmarkBatch100: 100 keys in one call. From Redis: tiercache's GetMany
 // with L1 off, of keys its node has already read (one pipeline of a TIME
@@ -71,7 +72,7 @@
 // or per freshness round: write plus reads until fresh). redis-cmds/op is
 // every command the server ran per operation, counting those a Lua script
 // runs (none in these timed loops: a tiercache L2 hit is a PTTL and an
-// MGET, a batch a TIME and an MGET); redis-cpu-µs/op is the
+// MGET, or a PTTL and its share of an MGET, a batch a TIME and an MGET); redis-cpu-µs/op is the
 // redis-server process's CPU time per operation, from INFO cpu, which
 // matters because one Redis serves the whole fleet. Both are noise for
 // local reads and for -benchtime=1x. value-B is the size of what the
