@@ -79,7 +79,8 @@ func (s *Store) joinPeek(ctx context.Context, k Keys, known []string) (peekKey, 
 		s.lead(ctx, &alone, batch[:])
 		return alone.reply, alone.err
 	}
-	call := &peekCall{k: k, known: known, done: make(chan []*peekCall, 1)}
+	call := peekCalls.Get().(*peekCall)
+	call.k, call.known = k, known
 	j.queue = append(j.queue, call)
 	j.mu.Unlock()
 	select {
@@ -87,12 +88,21 @@ func (s *Store) joinPeek(ctx context.Context, k Keys, known []string) (peekKey, 
 		if batch != nil {
 			s.lead(ctx, call, batch)
 		}
-		return call.reply, call.err
+		reply, err := call.reply, call.err
+		// Nobody touches the call any more: it left the queue, and its
+		// batch's leader sent it its one message (or it led the batch).
+		*call = peekCall{done: call.done}
+		peekCalls.Put(call)
+		return reply, err
 	case <-ctx.Done():
+		// Not recycled: its leader may still write to it.
 		j.leave(call)
 		return peekKey{}, ctx.Err()
 	}
 }
+
+// peekCalls recycles the calls of queued peeks, with their channels.
+var peekCalls = sync.Pool{New: func() any { return &peekCall{done: make(chan []*peekCall, 1)} }}
 
 // lead sends batch, which self leads, under self's context ctx, and hands
 // each caller its reply. Then it hands the queue to the next leader, or
