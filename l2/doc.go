@@ -50,7 +50,8 @@
 // (docs/RACES.md R54). A hit so costs about a GET: no script runs. On one
 // server, one-key peeks that begin while another is in flight go out
 // together in the next round trip, each key's PTTL and one MGET of every
-// value and stamp, and each answers as it would have alone (R57).
+// value and stamp, and each answers as it would have alone (R57); on a
+// cluster, per master, through its client, with one MGET per slot.
 //
 // # Flag protocol
 //

@@ -1,8 +1,31 @@
 package l2
 
-// JoinQueued returns how many peeks wait for the next joined batch of s.
+import "github.com/redis/go-redis/v9"
+
+// JoinQueued returns how many peeks wait for the next joined batch of s:
+// on one server, or through any master's client on a cluster.
 func JoinQueued(s *Store) int {
-	s.join.mu.Lock()
-	defer s.join.mu.Unlock()
-	return len(s.join.queue)
+	n := queued(&s.join)
+	s.joins.Range(func(_, j any) bool {
+		n += queued(j.(*joiner))
+		return true
+	})
+	return n
+}
+
+func queued(j *joiner) int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return len(j.queue)
+}
+
+// Joiners returns the master clients through which s, on a cluster, has
+// joined peeks.
+func Joiners(s *Store) []*redis.Client {
+	var out []*redis.Client
+	s.joins.Range(func(m, _ any) bool {
+		out = append(out, m.(*redis.Client))
+		return true
+	})
+	return out
 }

@@ -12,14 +12,16 @@ import (
 )
 
 // joiner joins the one-key peeks that a Store's callers make at once into
-// one round trip (on one server; a cluster's peeks are not joined). A
+// one round trip: on one server, all of them; on a cluster, those of the
+// keys of one master, through that master's client (Store.joinerFor). A
 // caller that finds no batch in flight sends its own at once, alone, so a
 // lone caller waits no longer than it did before; callers that arrive while
 // a batch is in flight queue, and the next batch takes them all. Each batch
-// is one pipeline: every key's PTTL, then one MGET of every key's value and
-// stamps. Each key's lifetime is still read before its value (R54), and
-// its value with its stamps, atomically: a joined peek answers what the
-// peek alone would have (R57).
+// is one pipeline: every key's PTTL, then an MGET of the keys' values and
+// stamps for each set of callers that share their known groups (and, on a
+// cluster, their slot). Each key's lifetime is still read before its value
+// (R54), and its value with its stamps, atomically: a joined peek answers
+// what the peek alone would have (R57).
 //
 // The batch runs in the goroutine of one of its callers, its leader, under
 // the leader's context, the Store's timeout and Abort. A caller that gives
@@ -35,6 +37,9 @@ type joiner struct {
 	busy  bool        // a batch is in flight, or handed to a leader
 	queue []*peekCall // callers waiting for the next batch
 
+	// client sends the batches: the Store's on one server, a master's on
+	// a cluster. Set before the joiner is shared.
+	client redis.UniversalClient
 	// pipe is the pipeline of the batch in flight, reused: one batch is in
 	// flight at a time, and Exec empties it.
 	pipe redis.Pipeliner
@@ -54,29 +59,69 @@ type peekCall struct {
 	left bool // the caller gave up; under joiner.mu
 }
 
-// peekJoined is the first round trip of Peek on one server, joined with
-// the peeks of other callers in flight at the same time. Each caller asks
-// the Guard for itself, and reports how its own peek ended, as an
-// operation of its own would: the breaker counts callers, not batches.
+// peekJoined is the first round trip of Peek, joined with the peeks of
+// other callers in flight at the same time (on a cluster, of keys of the
+// same master). Each caller asks the Guard for itself, and reports how its
+// own peek ended, as an operation of its own would: the breaker counts
+// callers, not batches.
 func (s *Store) peekJoined(ctx context.Context, k Keys, known []string) (peekKey, error) {
 	probe, err := s.admit()
 	if err != nil {
 		return peekKey{}, err
 	}
-	reply, err := s.joinPeek(ctx, k, known)
+	j, err := s.joinerFor(ctx, k)
+	if err == nil {
+		var reply peekKey
+		reply, err = s.joinPeek(ctx, j, k, known)
+		if err == nil {
+			s.report(ctx, probe, nil)
+			return reply, nil
+		}
+	}
 	s.report(ctx, probe, err)
-	return reply, err
+	return peekKey{}, err
 }
 
-func (s *Store) joinPeek(ctx context.Context, k Keys, known []string) (peekKey, error) {
-	j := &s.join
+// joinerFor returns the joiner of k's peeks: the Store's on one server; on
+// a cluster, the one of the master that serves k's slot, as the cluster
+// client last learned it (a slot that moved since answers MOVED or ASK, and
+// its peeks are left to the read script, which the cluster client
+// redirects).
+func (s *Store) joinerFor(ctx context.Context, k Keys) (*joiner, error) {
+	if s.cluster == nil {
+		return &s.join, nil
+	}
+	m, err := s.cluster.MasterForKey(ctx, k.Value)
+	if err != nil {
+		return nil, err
+	}
+	if j, ok := s.joins.Load(m); ok {
+		return j.(*joiner), nil
+	}
+	// A failover or a reshard brings clients of new masters, and the
+	// cluster client may replace a node's client: forget them all now and
+	// then rather than keep the gone ones for ever. A batch in flight
+	// keeps its joiner; the next peeks make new ones.
+	if s.joinCount.Add(1) > maxJoiners {
+		s.joins.Clear()
+		s.joinCount.Store(1)
+	}
+	j, _ := s.joins.LoadOrStore(m, &joiner{client: m})
+	return j.(*joiner), nil
+}
+
+// maxJoiners bounds the joiners a Store on a cluster keeps: one per master
+// client it has peeked through since it last forgot them.
+const maxJoiners = 256
+
+func (s *Store) joinPeek(ctx context.Context, j *joiner, k Keys, known []string) (peekKey, error) {
 	j.mu.Lock()
 	if !j.busy {
 		j.busy = true
 		j.mu.Unlock()
 		alone := peekCall{k: k, known: known}
 		batch := [1]*peekCall{&alone}
-		s.lead(ctx, &alone, batch[:])
+		s.lead(ctx, j, &alone, batch[:])
 		return alone.reply, alone.err
 	}
 	call := peekCalls.Get().(*peekCall)
@@ -86,7 +131,7 @@ func (s *Store) joinPeek(ctx context.Context, k Keys, known []string) (peekKey, 
 	select {
 	case batch := <-call.done:
 		if batch != nil {
-			s.lead(ctx, call, batch)
+			s.lead(ctx, j, call, batch)
 		}
 		reply, err := call.reply, call.err
 		// Nobody touches the call any more: it left the queue, and its
@@ -113,11 +158,11 @@ var peekCalls = sync.Pool{New: func() any { return &peekCall{done: make(chan []*
 // If ctx ends first, the batch ends with it, so that the leader returns at
 // once like any caller that gives up; the batch's other callers go back to
 // the head of the queue, for the next batch, as if they had not been sent.
-func (s *Store) lead(ctx context.Context, self *peekCall, batch []*peekCall) {
-	err := s.sendBatch(ctx, batch)
+func (s *Store) lead(ctx context.Context, j *joiner, self *peekCall, batch []*peekCall) {
+	err := s.sendBatch(ctx, j, batch)
 	if err != nil && ctx.Err() != nil {
 		self.reply, self.err = peekKey{}, err
-		s.join.requeue(self, batch)
+		j.requeue(self, batch)
 		return
 	}
 	for _, c := range batch {
@@ -129,12 +174,12 @@ func (s *Store) lead(ctx context.Context, self *peekCall, batch []*peekCall) {
 		}
 	}
 	if err != nil && outcome(context.Background(), err) == Unreachable {
-		for _, c := range s.join.drain() {
+		for _, c := range j.drain() {
 			c.err = err
 			c.done <- nil
 		}
 	}
-	s.join.next()
+	j.next()
 }
 
 // requeue puts the callers of a batch that its leader, self, abandoned back
@@ -157,15 +202,15 @@ func (j *joiner) requeue(self *peekCall, batch []*peekCall) {
 // error of every caller of the batch, wrapping ErrPanic: it must not leave
 // the joiner busy for ever, with every peek after it queued behind a batch
 // that never ends.
-func (s *Store) sendBatch(ctx context.Context, batch []*peekCall) (err error) {
+func (s *Store) sendBatch(ctx context.Context, j *joiner, batch []*peekCall) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.join.pipe = nil // it may hold the batch's commands still
+			j.pipe = nil // it may hold the batch's commands still
 			err = fmt.Errorf("%w: %v", ErrPanic, r)
 		}
 	}()
 	return s.bounded(ctx, 0, func(ctx context.Context) error {
-		return s.sendJoined(ctx, batch)
+		return s.sendJoined(ctx, j, batch)
 	})
 }
 
@@ -227,30 +272,52 @@ func (j *joiner) leave(call *peekCall) {
 	j.next() // nobody waits for this batch: it is not sent
 }
 
-// sendJoined sends one batch: every key's PTTL, then one MGET: for each
-// set of known groups among the batch's callers (one, unless Caches of
-// other configs peek at once), the values of the callers that know it,
-// then its stamps. It files each caller's share of the replies in its
-// reply: its value and its groups' stamps come from the one MGET.
-func (s *Store) sendJoined(ctx context.Context, batch []*peekCall) error {
-	if s.join.pipe == nil {
-		s.join.pipe = s.rdb.Pipeline()
+// sendJoined sends one batch through j's client: every key's PTTL, then
+// one MGET (on a cluster, one per slot) of, for each set of callers that
+// know the same groups (one set, unless Caches of other configs peek at
+// once), their values and then those groups' stamps (the slot's). It files
+// each caller's share of the replies in its reply: its value and its
+// groups' stamps come from one MGET. On a cluster, a caller whose command
+// got an error reply (its slot moved since the cluster client last looked:
+// MOVED, ASK; or the cluster is down) is marked missed, for the read
+// script to answer through the cluster client.
+func (s *Store) sendJoined(ctx context.Context, j *joiner, batch []*peekCall) error {
+	if j.pipe == nil {
+		j.pipe = j.client.Pipeline()
 	}
-	pipe := s.join.pipe
+	pipe := j.pipe
 	n := len(batch)
-	// For each call: its set (the index of the first call of the batch
-	// with the same known groups), and for each set its share of the MGET
-	// reply, [from, to).
-	ints := make([]int, 3*n)
-	sets, from, to := ints[:n], ints[n:2*n], ints[2*n:]
-	size := 0
+	var tags []string // on a cluster, each call's slot tag
+	if s.cluster != nil {
+		tags = make([]string, n)
+		for i, c := range batch {
+			tags[i] = s.tag(c.k)
+		}
+	}
+	// For each call: its MGET (the index of the first call of the batch in
+	// the same slot) and its set (of the first in the same slot with the
+	// same known groups); for each set, its share of its MGET's reply,
+	// [from, to); for each MGET, the size of its reply.
+	ints := make([]int, 5*n)
+	mgetOf, sets, from, to, want := ints[:n], ints[n:2*n], ints[2*n:3*n], ints[3*n:4*n], ints[4*n:]
+	size, nmget := 0, 0
 	for i, c := range batch {
-		sets[i] = i
+		mgetOf[i], sets[i] = i, i
 		for j := range i {
-			if sets[j] == j && slices.Equal(batch[j].known, c.known) {
+			if mgetOf[j] == j && (tags == nil || tags[j] == tags[i]) {
+				mgetOf[i] = j
+				break
+			}
+		}
+		for j := mgetOf[i]; j < i; j++ {
+			if sets[j] == j && mgetOf[j] == mgetOf[i] && slices.Equal(batch[j].known, c.known) {
 				sets[i] = j
 				break
 			}
+		}
+		if mgetOf[i] == i {
+			nmget++
+			size++ // "mget"
 		}
 		if sets[i] == i {
 			size += len(c.known)
@@ -258,52 +325,77 @@ func (s *Store) sendJoined(ctx context.Context, batch []*peekCall) error {
 		size++
 	}
 	// One slab for every command's arguments: "pttl" and the key for each
-	// call, then "mget" and the MGET's keys. A key's name is boxed once,
-	// for both of its commands.
-	args := make([]any, 2*n+1, 2*n+1+size)
-	args[2*n] = "mget"
+	// call, then each MGET's: "mget" and its keys. A key's name is boxed
+	// once, for both of its commands. The slab never grows, so that the
+	// commands' arguments stay where they were queued.
+	args := make([]any, 2*n, 2*n+size)
 	for i, c := range batch {
 		args[2*i], args[2*i+1] = "pttl", any(c.k.Value)
 	}
-	for i, c := range batch {
-		if sets[i] != i {
-			continue
-		}
-		from[i] = len(args) - 2*n - 1
-		for j := i; j < n; j++ {
-			if sets[j] == i {
-				batch[j].reply.at = len(args) - 2*n - 1 - from[i]
-				args = append(args, args[2*j+1])
-			}
-		}
-		for _, g := range c.known {
-			args = append(args, s.stampKey("", g))
-		}
-		to[i] = len(args) - 2*n - 1
-	}
 	// The commands, queued at once: one append to the pipeline's list.
-	cmds := make([]redis.Cmder, n+1)
+	cmds := make([]redis.Cmder, n, n+nmget)
 	pttls := make([]*redis.DurationCmd, n)
 	for i := range batch {
 		pttls[i] = redis.NewDurationCmd(ctx, time.Millisecond, args[2*i:2*i+2:2*i+2]...)
 		cmds[i] = pttls[i]
 	}
-	mget := redis.NewSliceCmd(ctx, args[2*n:]...)
-	cmds[n] = mget
+	mgets := make([]*redis.SliceCmd, n) // by the index of the MGET's first call
+	for m := range batch {
+		if mgetOf[m] != m {
+			continue
+		}
+		start := len(args)
+		args = append(args, "mget")
+		for i, c := range batch[m:] {
+			i += m
+			if sets[i] != i || mgetOf[i] != m {
+				continue
+			}
+			from[i] = len(args) - start - 1
+			for j := i; j < n; j++ {
+				if sets[j] == i {
+					batch[j].reply.at = len(args) - start - 1 - from[i]
+					args = append(args, args[2*j+1])
+				}
+			}
+			tag := ""
+			if tags != nil {
+				tag = tags[i]
+			}
+			for _, g := range c.known {
+				args = append(args, s.stampKey(tag, g))
+			}
+			to[i] = len(args) - start - 1
+		}
+		want[m] = len(args) - start - 1
+		mgets[m] = redis.NewSliceCmd(ctx, args[start:len(args):len(args)]...)
+		cmds = append(cmds, mgets[m])
+	}
 	if err := pipe.BatchProcess(ctx, cmds...); err != nil {
 		return err
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	_, err := pipe.Exec(ctx)
+	if err != nil && (s.cluster == nil || !isReplyError(err)) {
 		return err
 	}
-	vals := mget.Val()
-	if len(vals) != size {
-		return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, size, len(vals))
-	}
 	for i, c := range batch {
-		set := sets[i]
+		m, set := mgetOf[i], sets[i]
+		if err != nil && (isReplyError(pttls[i].Err()) || isReplyError(mgets[m].Err())) {
+			c.reply.missed = true
+			continue
+		}
+		vals := mgets[m].Val()
+		if len(vals) != want[m] {
+			return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, want[m], len(vals))
+		}
 		c.reply.vals = vals[from[set]:to[set]:to[set]]
 		c.reply.pttl = pttls[i].Val()
 	}
 	return nil
+}
+
+// isReplyError reports whether err is an error reply of Redis's.
+func isReplyError(err error) bool {
+	var reply redis.Error
+	return err != nil && !errors.Is(err, redis.Nil) && errors.As(err, &reply)
 }

@@ -3,6 +3,7 @@ package l2_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -10,6 +11,8 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/consistency"
+	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/l2"
 )
 
@@ -25,9 +28,11 @@ type peekGate struct {
 // errGatePanic, released to a peekGate, makes the hook panic.
 var errGatePanic = errors.New("panic")
 
-func newPeekGate(rdb *redis.Client) *peekGate {
+func newPeekGate(rdbs ...*redis.Client) *peekGate {
 	g := &peekGate{held: make(chan []redis.Cmder), release: make(chan error)}
-	rdb.AddHook(g)
+	for _, rdb := range rdbs {
+		rdb.AddHook(g)
+	}
 	return g
 }
 
@@ -324,6 +329,179 @@ func TestRace_R57_LeaderGivesUpInFlight(t *testing.T) {
 			t.Fatalf("a peek = %+v; want a hit", r)
 		}
 	}
+}
+
+// TestRace_R57_ClusterJoinsPerMaster proves that on a cluster the peeks
+// made while others are in flight are joined per master: each master's
+// batch goes through its own client, with every key's PTTL and then one
+// MGET per slot (the value of each key of the slot and the slot's stamps),
+// and each peek answers exactly what it answered alone, whether it shares
+// its MGET with another key of its slot or not.
+func TestRace_R57_ClusterJoinsPerMaster(t *testing.T) {
+	cl := redistest.StartCluster(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	rdb := cl.Client(t)
+	ctx := t.Context()
+	st := l2.NewStore(rdb, "tc")
+
+	// For each master, two keys of one slot and one of another slot.
+	bySlot := map[int][]l2.Keys{}
+	perMaster := map[string][]l2.Keys{}
+	for i := 0; len(perMaster) < 3 || !allComplete(perMaster); i++ {
+		k := l2.KeysFor("tc", "ns", fmt.Sprintf("k%d", i))
+		slot := l2.Slot(k.Value)
+		bySlot[slot] = append(bySlot[slot], k)
+		m, err := rdb.MasterForKey(ctx, k.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr, ks := m.Options().Addr, perMaster[m.Options().Addr]
+		switch {
+		case len(ks) == 0 && len(bySlot[slot]) == 2:
+			perMaster[addr] = bySlot[slot]
+		case len(ks) == 2 && l2.Slot(ks[0].Value) != slot:
+			perMaster[addr] = append(ks, k)
+		}
+	}
+	var keys []l2.Keys
+	for _, ks := range perMaster {
+		// The first of each slot's pair goes stale; the others hit.
+		fillIn(t, st, ks[0], envelope(t, ks[0].Value, "v"), valueTTL, "fleet", "ns", "gone")
+		fillIn(t, st, ks[1], envelope(t, ks[1].Value, "v"), valueTTL, known...)
+		fillIn(t, st, ks[2], envelope(t, ks[2].Value, "v"), valueTTL, known...)
+		keys = append(keys, ks...)
+	}
+	if _, err := st.Apply(ctx, []l2.Change{{Group: "gone"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	alone := make([]peekResult, len(keys))
+	for i, k := range keys {
+		r, ok, err := st.Peek(ctx, k, known, l2.Claim{})
+		alone[i] = peekResult{r, ok, err}
+	}
+	if got, want := okOf(alone), []bool{false, true, true, false, true, true, false, true, true}; !cmp.Equal(got, want) {
+		t.Fatalf("peeks alone answered %v; want %v", got, want)
+	}
+	if n := len(l2.Joiners(st)); n != 3 {
+		t.Fatalf("peeks went through %d masters' clients; want 3", n)
+	}
+
+	gate := newPeekGate(l2.Joiners(st)...)
+	var leaders []chan peekResult
+	for _, ks := range perMaster {
+		leaders = append(leaders, peekAsync(ctx, st, ks[1]))
+	}
+	for range perMaster {
+		if got := gate.batch(t); !cmp.Equal(got, []string{"pttl", "mget"}) {
+			t.Fatalf("a lone peek sent %v; want a PTTL and an MGET", got)
+		}
+	}
+	joined := make([]chan peekResult, len(keys))
+	for i, k := range keys {
+		joined[i] = peekAsync(ctx, st, k)
+	}
+	waitQueued(t, st, len(keys))
+	for range perMaster {
+		gate.release <- nil
+	}
+	for range perMaster {
+		want := []string{"pttl", "pttl", "pttl", "mget", "mget"}
+		if got := gate.batch(t); !cmp.Equal(got, want) {
+			t.Fatalf("a master's queued peeks sent %v; want one batch: %v", got, want)
+		}
+	}
+	for range perMaster {
+		gate.release <- nil
+	}
+	for _, ch := range leaders {
+		if r := <-ch; r.err != nil || !r.ok {
+			t.Fatalf("a leader's peek = %+v", r)
+		}
+	}
+	opts := []cmp.Option{
+		cmp.AllowUnexported(peekResult{}),
+		cmpopts.IgnoreFields(l2.Read{}, "TTL"),
+		cmpopts.EquateErrors(),
+	}
+	for i, ch := range joined {
+		r := <-ch
+		if diff := cmp.Diff(alone[i], r, opts...); diff != "" {
+			t.Errorf("peek of %q joined differs from alone (-alone +joined):\n%s", keys[i].Value, diff)
+		}
+		if r.ok && (r.r.TTL <= 0 || r.r.TTL > alone[i].r.TTL) {
+			t.Errorf("peek of %q joined: TTL %v; want in (0, %v]", keys[i].Value, r.r.TTL, alone[i].r.TTL)
+		}
+	}
+}
+
+// TestRace_R57_ClusterBatchWithAMovedSlot proves that in a batch joined on
+// a cluster, a peek of a key whose slot moved since the client last looked
+// is left to the read script (MOVED), while the batch's other peeks of the
+// same master still answer.
+func TestRace_R57_ClusterBatchWithAMovedSlot(t *testing.T) {
+	cl := redistest.StartCluster(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	// A client that does not reload its slot map of its own accord: it
+	// learns of the move only from a MOVED reply to a command of its own.
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), ClusterStateReloadInterval: time.Hour})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := t.Context()
+	st := l2.NewStore(rdb, "tc")
+	// Two keys of one master, in different slots.
+	var moved, stays l2.Keys
+	for i := 0; stays.Value == ""; i++ {
+		k := l2.KeysFor("tc", "ns", fmt.Sprintf("k%d", i))
+		switch {
+		case moved.Value == "":
+			moved = k
+		case cl.MasterOfSlot(l2.Slot(k.Value)) == cl.MasterOfSlot(l2.Slot(moved.Value)) && l2.Slot(k.Value) != l2.Slot(moved.Value):
+			stays = k
+		}
+	}
+	for _, k := range []l2.Keys{moved, stays} {
+		fillIn(t, st, k, envelope(t, k.Value, "v"), valueTTL, known...)
+		if _, ok, err := st.Peek(ctx, k, known, l2.Claim{}); err != nil || !ok {
+			t.Fatalf("Peek of %q before the move = %v, %v; want a hit", k.Value, ok, err)
+		}
+	}
+	slot := l2.Slot(moved.Value)
+	from := cl.MasterOfSlot(slot)
+	for _, m := range cl.Masters() {
+		if m != from {
+			cl.MigrateSlot(t, slot, from, m)
+			break
+		}
+	}
+
+	gate := newPeekGate(l2.Joiners(st)...)
+	lead := peekAsync(ctx, st, stays)
+	gate.batch(t)
+	queued := []chan peekResult{peekAsync(ctx, st, moved), peekAsync(ctx, st, stays)}
+	waitQueued(t, st, 2)
+	gate.release <- nil
+	if got, want := gate.batch(t), []string{"pttl", "pttl", "mget", "mget"}; !cmp.Equal(got, want) {
+		t.Fatalf("the queued peeks sent %v; want %v", got, want)
+	}
+	gate.release <- nil
+	for _, ch := range []chan peekResult{lead, queued[1]} {
+		if r := <-ch; r.err != nil || !r.ok {
+			t.Fatalf("a peek of the slot that stayed = %+v; want a hit", r)
+		}
+	}
+	if r := <-queued[0]; r.err != nil || r.ok {
+		t.Fatalf("the peek of the moved slot = %+v; want it left to the script, without an error", r)
+	}
+	if r, err := st.ReadOrClaim(ctx, moved, consistency.NewToken(), flagTTL); err != nil || r.State != l2.Hit {
+		t.Fatalf("ReadOrClaim after the move = %+v, %v; want the Hit, redirected", r, err)
+	}
+}
+
+// allComplete reports whether every master has its three keys.
+func allComplete(perMaster map[string][]l2.Keys) bool {
+	for _, ks := range perMaster {
+		if len(ks) < 3 {
+			return false
+		}
+	}
+	return true
 }
 
 // peekAsync peeks k on st in a goroutine, with the known groups.

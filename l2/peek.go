@@ -13,16 +13,19 @@ import (
 )
 
 // Peek reads k's value without a script, in one round trip of plain
-// commands: an MGET of the value and of the current stamps of the groups
-// in known (one atomic read), and the server's clock (TIME), which with
-// the expiry in the value's header gives its remaining lifetime (on a
-// cluster, through the client of the key's master: its clock). It answers, with ok, only what ReadOrClaimWith
-// would answer as a Hit: a value with a header (value.go) whose every
-// group still has the stamp the value was written with, and that c does
-// not claim for a refresh. A group of the value's that known lacks costs
-// a second MGET, of its stamp, after the first: a stamp read later than
-// the value can only be newer, so a match still proves the group
-// unchanged since the value was written (stamps never repeat, R26).
+// commands: the value's remaining lifetime (PTTL), then an MGET of the
+// value and of the current stamps of the groups in known (one atomic
+// read); on a cluster, through the client of the key's master, with the
+// stamps of the key's slot. Peeks that begin while another is in flight
+// share the next round trip (on a cluster, with those of keys of the same
+// master), each answering what it would alone (R57). It answers, with ok,
+// only what ReadOrClaimWith would answer as a Hit: a value with a header
+// (value.go) whose every group still has the stamp the value was written
+// with, and that c does not claim for a refresh. A group of the value's
+// that known lacks costs a second MGET, of its stamp, after the first: a
+// stamp read later than the value can only be newer, so a match still
+// proves the group unchanged since the value was written (stamps never
+// repeat, R26).
 //
 // Everything else (no value, a stale one, one written by an earlier
 // version, one due for a refresh, c.Always) comes back with ok false and
@@ -30,15 +33,16 @@ import (
 // decides atomically and claims. Read.Groups may be known itself: the
 // caller must not change either.
 func (s *Store) Peek(ctx context.Context, k Keys, known []string, c Claim) (Read, bool, error) {
-	if s.cluster != nil || c.Always {
-		reads, oks, err := s.PeekMany(ctx, []Keys{k}, known, c)
-		if err != nil {
-			return Read{}, false, err
-		}
-		return reads[0], oks[0], nil
+	if c.Always {
+		return Read{}, false, nil
 	}
 	reply, err := s.peekJoined(ctx, k, known)
 	if err != nil {
+		if s.cluster != nil && unreachable(err) {
+			// Peek asks masters by their own clients, which learn nothing
+			// of a failover: let the cluster client look again.
+			s.cluster.ReloadState(ctx)
+		}
 		return Read{}, false, &opError{op: "peek", err: err}
 	}
 	var pairs [8]string // a header of up to 4 groups, without an allocation
@@ -69,7 +73,7 @@ func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim
 	if len(ks) == 0 || c.Always {
 		return reads, oks, nil
 	}
-	if len(ks) == 1 && s.cluster == nil {
+	if len(ks) == 1 {
 		r, ok, err := s.Peek(ctx, ks[0], known, c)
 		if err != nil {
 			return nil, nil, err

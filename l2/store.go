@@ -442,7 +442,9 @@ type Store struct {
 	stampNames sync.Map
 	stampCount atomic.Int64
 
-	join joiner // Peek's batches in flight (join.go)
+	join      joiner   // Peek's batches in flight on one server (join.go)
+	joins     sync.Map // on a cluster: *redis.Client of a master -> *joiner
+	joinCount atomic.Int64
 
 	replicas    int           // WithWaitReplicas; 0: no WAIT
 	waitTimeout time.Duration // WithWaitReplicas
@@ -542,6 +544,7 @@ func (e *replicaError) Unwrap() error { return ErrNotReplicated }
 func NewStore(rdb redis.UniversalClient, prefix string, opts ...Option) *Store {
 	s := &Store{rdb: rdb, prefix: prefix}
 	s.cluster, _ = rdb.(*redis.ClusterClient)
+	s.join.client = rdb
 	s.wake = BusKeysFor(prefix, s.cluster != nil).Wake
 	s.abort, s.aborted = context.WithCancel(context.Background())
 	for _, o := range opts {

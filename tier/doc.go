@@ -15,14 +15,14 @@
 // MGET of the value and the stamps of its fleet's and namespace's groups,
 // and its PTTL; a value that is there and current answers at about the cost
 // of a GET (l2.Store.Peek, docs/RACES.md R54); concurrent such reads on a
-// node share a round trip (R57). Anything else, and every key
-// of a Cache with Config.Groups, goes to a load that concurrent Gets of one
-// key on a node share, which reads Redis in one round trip with the read
-// script: the value if present, else a claim of the key's flag with a fresh
-// random token. The claimant fetches from the source and fills Redis with a
-// script that writes only if the flag still holds its token; the losers, on
-// any node, wait for its value. L1 is filled under a fill-epoch ticket taken
-// before Redis was read.
+// node share a round trip (on a cluster, per master: R57). Anything else,
+// and every key of a Cache with Config.Groups, goes to a load that
+// concurrent Gets of one key on a node share, which reads Redis in one
+// round trip with the read script: the value if present, else a claim of
+// the key's flag with a fresh random token. The claimant fetches from the
+// source and fills Redis with a script that writes only if the flag still
+// holds its token; the losers, on any node, wait for its value. L1 is
+// filled under a fill-epoch ticket taken before Redis was read.
 //
 // # Stampedes and freshness
 //
