@@ -116,16 +116,19 @@ const maxJoiners = 256
 
 func (s *Store) joinPeek(ctx context.Context, j *joiner, k Keys, known []string) (peekKey, error) {
 	j.mu.Lock()
+	call := peekCalls.Get().(*peekCall)
+	call.k, call.known = k, known
 	if !j.busy {
 		j.busy = true
 		j.mu.Unlock()
-		alone := peekCall{k: k, known: known}
-		batch := [1]*peekCall{&alone}
-		s.lead(ctx, j, &alone, batch[:])
-		return alone.reply, alone.err
+		batch := [1]*peekCall{call}
+		s.lead(ctx, j, call, batch[:])
+		reply, err := call.reply, call.err
+		// Alone: nobody else ever saw the call.
+		*call = peekCall{done: call.done}
+		peekCalls.Put(call)
+		return reply, err
 	}
-	call := peekCalls.Get().(*peekCall)
-	call.k, call.known = k, known
 	j.queue = append(j.queue, call)
 	j.mu.Unlock()
 	select {
@@ -297,9 +300,10 @@ func (s *Store) sendJoined(ctx context.Context, j *joiner, batch []*peekCall) er
 	// For each call: its MGET (the index of the first call of the batch in
 	// the same slot) and its set (of the first in the same slot with the
 	// same known groups); for each set, its share of its MGET's reply,
-	// [from, to); for each MGET, the size of its reply.
-	ints := make([]int, 5*n)
-	mgetOf, sets, from, to, want := ints[:n], ints[n:2*n], ints[2*n:3*n], ints[3*n:4*n], ints[4*n:]
+	// [from, to); for each MGET, the size of its reply and its index in
+	// cmds.
+	ints := make([]int, 6*n)
+	mgetOf, sets, from, to, want, cmdAt := ints[:n], ints[n:2*n], ints[2*n:3*n], ints[3*n:4*n], ints[4*n:5*n], ints[5*n:]
 	size, nmget := 0, 0
 	for i, c := range batch {
 		mgetOf[i], sets[i] = i, i
@@ -332,14 +336,12 @@ func (s *Store) sendJoined(ctx context.Context, j *joiner, batch []*peekCall) er
 	for i, c := range batch {
 		args[2*i], args[2*i+1] = "pttl", any(c.k.Value)
 	}
-	// The commands, queued at once: one append to the pipeline's list.
+	// The commands, queued at once: one append to the pipeline's list;
+	// each call's PTTL at its index, then the MGETs.
 	cmds := make([]redis.Cmder, n, n+nmget)
-	pttls := make([]*redis.DurationCmd, n)
 	for i := range batch {
-		pttls[i] = redis.NewDurationCmd(ctx, time.Millisecond, args[2*i:2*i+2:2*i+2]...)
-		cmds[i] = pttls[i]
+		cmds[i] = redis.NewDurationCmd(ctx, time.Millisecond, args[2*i:2*i+2:2*i+2]...)
 	}
-	mgets := make([]*redis.SliceCmd, n) // by the index of the MGET's first call
 	for m := range batch {
 		if mgetOf[m] != m {
 			continue
@@ -363,13 +365,12 @@ func (s *Store) sendJoined(ctx context.Context, j *joiner, batch []*peekCall) er
 				tag = tags[i]
 			}
 			for _, g := range c.known {
-				args = append(args, s.stampKey(tag, g))
+				args = append(args, s.stampArg(tag, g))
 			}
 			to[i] = len(args) - start - 1
 		}
-		want[m] = len(args) - start - 1
-		mgets[m] = redis.NewSliceCmd(ctx, args[start:len(args):len(args)]...)
-		cmds = append(cmds, mgets[m])
+		want[m], cmdAt[m] = len(args)-start-1, len(cmds)
+		cmds = append(cmds, redis.NewSliceCmd(ctx, args[start:len(args):len(args)]...))
 	}
 	if err := pipe.BatchProcess(ctx, cmds...); err != nil {
 		return err
@@ -380,16 +381,17 @@ func (s *Store) sendJoined(ctx context.Context, j *joiner, batch []*peekCall) er
 	}
 	for i, c := range batch {
 		m, set := mgetOf[i], sets[i]
-		if err != nil && (isReplyError(pttls[i].Err()) || isReplyError(mgets[m].Err())) {
+		pttl, mget := cmds[i].(*redis.DurationCmd), cmds[cmdAt[m]].(*redis.SliceCmd)
+		if err != nil && (isReplyError(pttl.Err()) || isReplyError(mget.Err())) {
 			c.reply.missed = true
 			continue
 		}
-		vals := mgets[m].Val()
+		vals := mget.Val()
 		if len(vals) != want[m] {
 			return fmt.Errorf("%w: MGET of %d keys gave %d values", ErrUnexpectedReply, want[m], len(vals))
 		}
 		c.reply.vals = vals[from[set]:to[set]:to[set]]
-		c.reply.pttl = pttls[i].Val()
+		c.reply.pttl = pttl.Val()
 	}
 	return nil
 }

@@ -45,9 +45,14 @@ func (s *Store) Peek(ctx context.Context, k Keys, known []string, c Claim) (Read
 		}
 		return Read{}, false, &opError{op: "peek", err: err}
 	}
-	var pairs [8]string // a header of up to 4 groups, without an allocation
-	sc := peekScratch{pairs: pairs[:0]}
-	r, ok := s.judge(&reply, 0, k, known, c, &sc)
+	sc := peekScratches.Get().(*peekScratch)
+	defer func() {
+		// Nothing keeps either slice: Read.Groups is known or a copy, and
+		// the pairs' strings are the reply's.
+		sc.pairs, sc.extra = sc.pairs[:0], sc.extra[:0]
+		peekScratches.Put(sc)
+	}()
+	r, ok := s.judge(&reply, 0, k, known, c, sc)
 	if ok && len(sc.extra) > 0 {
 		if err := s.peekExtra(ctx, sc.extra); err != nil {
 			return Read{}, false, &opError{op: "peek", err: err}
@@ -130,6 +135,10 @@ type peekScratch struct {
 	extra []peekExtra // stamps to read in a second round trip
 	pairs []string    // a header's groups: reused, as nothing keeps them
 }
+
+// peekScratches recycles Peek's scratch, with room for a header of 4
+// groups.
+var peekScratches = sync.Pool{New: func() any { return &peekScratch{pairs: make([]string, 0, 8)} }}
 
 // judge tells from k, the first round trip's reply for key (ks[i]; known's
 // stamps last in its MGET), whether its value answers as a Hit, and
@@ -365,6 +374,17 @@ func (s *Store) peekExtra(ctx context.Context, extra []peekExtra) error {
 		}
 		return nil
 	})
+}
+
+// stampArg is stampKey as a command's argument: on one server, the name
+// remembered, boxed once.
+func (s *Store) stampArg(tag, group string) any {
+	if tag == "" {
+		if k, ok := s.stampNames.Load(group); ok {
+			return k
+		}
+	}
+	return s.stampKey(tag, group)
 }
 
 // stampKey names group's stamp in the slot whose tag is tag, or the

@@ -296,6 +296,8 @@ func (r *countingRecorder) Get(_ string, a tier.Answer, _ time.Duration) { r.get
 // "redis-raw-PTTL+MGET" is the floor of a peek alone: the same two
 // commands in one go-redis pipeline, bare, each Get on its own; its
 // allocations are go-redis's, for the commands a hit cannot do without.
+// "l2-Peek" is the peek without the tier above it (the same commands,
+// queued at once, under the Store's timeout and breaker).
 //
 // Besides ns/op, each reports redis-cpu-µs/op, the CPU time of the
 // redis-server process per operation (INFO cpu), the capacity figure of a
@@ -318,9 +320,13 @@ func BenchmarkGetL2Hit(b *testing.B) {
 		b.Fatalf("prefill landed %d fills, want %d; stats %+v", st.Caches.FillsLanded, benchKeyCount, st)
 	}
 	valueKeys := make([]string, len(keys))
+	l2Keys := make([]l2.Keys, len(keys))
 	for i, k := range keys {
-		valueKeys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
+		l2Keys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k)
+		valueKeys[i] = l2Keys[i].Value
 	}
+	// The peek alone, without the tier above it, on a Store of its own.
+	st := l2.NewStore(rdb, tier.DefaultPrefix)
 	known := tier.KnownGroups(c)
 	fleetStamp, nsStamp := l2.GroupKey(tier.DefaultPrefix, known[0]), l2.GroupKey(tier.DefaultPrefix, known[1])
 	// No script: a hit of a key the node has seen is an MGET and a PTTL.
@@ -340,6 +346,15 @@ func BenchmarkGetL2Hit(b *testing.B) {
 			b.Run("redis-raw-GET", func(b *testing.B) {
 				loop(b, mode.parallel, func(i int) error {
 					return rdb.Get(ctx, valueKeys[i]).Err()
+				})
+			})
+			b.Run("l2-Peek", func(b *testing.B) {
+				loop(b, mode.parallel, func(i int) error {
+					_, ok, err := st.Peek(ctx, l2Keys[i], known, l2.Claim{})
+					if err == nil && !ok {
+						err = fmt.Errorf("Peek(%q) missed", l2Keys[i].Value)
+					}
+					return err
 				})
 			})
 			b.Run("redis-raw-PTTL+MGET", func(b *testing.B) {
