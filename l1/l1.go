@@ -349,12 +349,18 @@ func (c *Cache) Stats() Stats {
 }
 
 // Evict makes every value filled under a ticket of h's stripe taken so far
-// invisible, and deletes the entry at h.
+// invisible, and deletes the entry at h if ristretto holds one.
 func (c *Cache) Evict(h uint64) {
 	// Bump first: from here on, whatever a buffered Set makes visible is
-	// already refused by Get (R13).
+	// already refused by Get (R13), and a Fill that finds its ticket stale
+	// once it has stored deletes its own entry. So only an entry held now
+	// needs deleting, to free its memory: most invalidations a node hears
+	// are of keys it does not hold, and a Del costs ristretto a buffered
+	// item and a wake of its worker where a Get that misses costs neither.
 	c.epochs.Bump(h)
-	c.rc.Del(h)
+	if _, held := c.rc.Get(h); held {
+		c.rc.Del(h)
+	}
 }
 
 // EvictAll makes every value filled so far invisible, in O(1). The entries

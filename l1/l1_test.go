@@ -214,6 +214,36 @@ func TestEvict_HidesEntry(t *testing.T) {
 	mustGet(t, c, 0x10, "a2")
 }
 
+// TestEvict_FreesWhatItHolds proves that Evict frees the memory of an
+// entry ristretto holds, and that an Evict of a hash ristretto does not
+// hold yet (its Set still buffered) deletes nothing but still hides the
+// entry once the Set lands, which the next fill of the key replaces.
+func TestEvict_FreesWhatItHolds(t *testing.T) {
+	c := newCache(t, l1.Config{})
+	fill(t, c, 0x10, "a")
+	one := c.Stats().Cost // an entry's cost, with ristretto's own
+	if one == 0 {
+		t.Fatal("cost 0 after a fill; want it counted")
+	}
+	c.Evict(0x10)
+	c.Wait()
+	if st := c.Stats(); st.Cost != 0 {
+		t.Fatalf("cost %d after evicting the only entry; want 0", st.Cost)
+	}
+
+	if !c.Fill(0x20, "b", 1, time.Hour, c.Ticket(0x20)) {
+		t.Fatal("Fill = false")
+	}
+	c.Evict(0x20) // the Set may still be buffered: nothing to delete yet
+	c.Wait()
+	mustMiss(t, c, 0x20)
+	fill(t, c, 0x20, "b2")
+	mustGet(t, c, 0x20, "b2")
+	if st := c.Stats(); st.Cost != one {
+		t.Fatalf("cost %d with one entry held; want %d", st.Cost, one)
+	}
+}
+
 // TestEvict_HidesStripeMates proves Evict(h) also hides entries of other
 // hashes in h's stripe (a false invalidation, never a stale hit).
 func TestEvict_HidesStripeMates(t *testing.T) {
