@@ -8,7 +8,8 @@
 // R13). l1 therefore never trusts what ristretto holds: [Cache.Get] serves an
 // entry only while the ticket it was stored with is still valid in the
 // node's [consistency.Epochs]. [Cache.Evict] bumps the key's epoch before it
-// deletes, so whatever a buffered Set makes visible later is already dead.
+// deletes (only what ristretto holds), so whatever a buffered Set makes
+// visible later is already dead.
 // [Cache.Fill] also refuses a fill whose ticket is stale before and after the
 // Set, and deletes what it stored in the second case, only to free memory.
 //

@@ -352,13 +352,15 @@ func (c *Cache) Stats() Stats {
 // invisible, and deletes the entry at h if ristretto holds one.
 func (c *Cache) Evict(h uint64) {
 	// Bump first: from here on, whatever a buffered Set makes visible is
-	// already refused by Get (R13), and a Fill that finds its ticket stale
-	// once it has stored deletes its own entry. So only an entry held now
-	// needs deleting, to free its memory: most invalidations a node hears
-	// are of keys it does not hold, and a Del costs ristretto a buffered
-	// item and a wake of its worker where a Get that misses costs neither.
+	// already refused by Get and GetHeld (R13). The Del only frees memory,
+	// so it is skipped for an entry ristretto does not hold: most
+	// invalidations a node hears are of keys it does not hold, and a Del
+	// costs ristretto a buffered item and a wake of its worker. A Set still
+	// buffered lands dead, and its memory goes when the key is filled again
+	// or the cost policy evicts it, as after EvictAll. GetTTL looks the key
+	// up without counting a read in the admission policy, as Get would.
 	c.epochs.Bump(h)
-	if _, held := c.rc.Get(h); held {
+	if _, held := c.rc.GetTTL(h); held {
 		c.rc.Del(h)
 	}
 }

@@ -17,9 +17,9 @@ import (
 // caller that finds no batch in flight sends its own at once, alone, so a
 // lone caller waits no longer than it did before; callers that arrive while
 // a batch is in flight queue, and the next batch takes them all. Each batch
-// is one pipeline: every key's PTTL, then an MGET of the keys' values and
-// stamps for each set of callers that share their known groups (and, on a
-// cluster, their slot). Each key's lifetime is still read before its value
+// is one pipeline: every key's PTTL, then one MGET (on a cluster, one per
+// slot) of, for each set of callers that know the same groups, their
+// values and then those groups' stamps. Each key's lifetime is still read before its value
 // (R54), and its value with its stamps, atomically: a joined peek answers
 // what the peek alone would have (R57).
 //
@@ -98,15 +98,15 @@ func (s *Store) joinerFor(ctx context.Context, k Keys) (*joiner, error) {
 	if j, ok := s.joins.Load(m); ok {
 		return j.(*joiner), nil
 	}
+	j, loaded := s.joins.LoadOrStore(m, &joiner{client: m})
 	// A failover or a reshard brings clients of new masters, and the
 	// cluster client may replace a node's client: forget them all now and
 	// then rather than keep the gone ones for ever. A batch in flight
 	// keeps its joiner; the next peeks make new ones.
-	if s.joinCount.Add(1) > maxJoiners {
+	if !loaded && s.joinCount.Add(1) > maxJoiners {
 		s.joins.Clear()
-		s.joinCount.Store(1)
+		s.joinCount.Store(0)
 	}
-	j, _ := s.joins.LoadOrStore(m, &joiner{client: m})
 	return j.(*joiner), nil
 }
 
@@ -149,7 +149,9 @@ func (s *Store) joinPeek(ctx context.Context, j *joiner, k Keys, known []string)
 	}
 }
 
-// peekCalls recycles the calls of queued peeks, with their channels.
+// peekCalls recycles the calls of peeks, with their channels: a lone
+// one's, and a queued one's once answered (not one that gave up, which its
+// leader may still write to).
 var peekCalls = sync.Pool{New: func() any { return &peekCall{done: make(chan []*peekCall, 1)} }}
 
 // lead sends batch, which self leads, under self's context ctx, and hands
@@ -290,6 +292,9 @@ func (s *Store) sendJoined(ctx context.Context, j *joiner, batch []*peekCall) er
 	}
 	pipe := j.pipe
 	n := len(batch)
+	for _, c := range batch {
+		c.reply = peekKey{} // a call requeued from an abandoned batch starts afresh
+	}
 	var tags []string // on a cluster, each call's slot tag
 	if s.cluster != nil {
 		tags = make([]string, n)
@@ -382,9 +387,15 @@ func (s *Store) sendJoined(ctx context.Context, j *joiner, batch []*peekCall) er
 	for i, c := range batch {
 		m, set := mgetOf[i], sets[i]
 		pttl, mget := cmds[i].(*redis.DurationCmd), cmds[cmdAt[m]].(*redis.SliceCmd)
-		if err != nil && (isReplyError(pttl.Err()) || isReplyError(mget.Err())) {
-			c.reply.missed = true
-			continue
+		if err != nil {
+			perr, merr := pttl.Err(), mget.Err()
+			if isReplyError(perr) || isReplyError(merr) {
+				c.reply.missed = true
+				continue
+			}
+			if err := errors.Join(perr, merr); err != nil {
+				return err // not Redis's answer: the batch failed
+			}
 		}
 		vals := mget.Val()
 		if len(vals) != want[m] {

@@ -47,8 +47,10 @@ func (s *Store) Peek(ctx context.Context, k Keys, known []string, c Claim) (Read
 	}
 	sc := peekScratches.Get().(*peekScratch)
 	defer func() {
-		// Nothing keeps either slice: Read.Groups is known or a copy, and
-		// the pairs' strings are the reply's.
+		// Nothing keeps either slice: Read.Groups is known or a copy. Their
+		// strings are cleared, so as not to hold the reply while pooled.
+		clear(sc.pairs)
+		clear(sc.extra)
 		sc.pairs, sc.extra = sc.pairs[:0], sc.extra[:0]
 		peekScratches.Put(sc)
 	}()
@@ -153,7 +155,9 @@ func (s *Store) judge(k *peekKey, i int, key Keys, known []string, c Claim, sc *
 		return Read{}, false // absent
 	}
 	st, err := parseStored(v, sc.pairs)
-	sc.pairs = st.Pairs
+	if st.Pairs != nil {
+		sc.pairs = st.Pairs // grown, perhaps: kept for the next key
+	}
 	if err != nil {
 		return Read{}, false // an earlier version's, or malformed: the script decides
 	}
