@@ -158,20 +158,11 @@ func TestRace_R57_JoinedPeeksAnswerAsAlone(t *testing.T) {
 	if r := <-leader; r.err != nil || !r.ok {
 		t.Fatalf("the leader's peek = %+v", r)
 	}
-	opts := []cmp.Option{
-		cmp.AllowUnexported(peekResult{}),
-		cmpopts.IgnoreFields(l2.Read{}, "TTL"),
-		cmpopts.EquateErrors(),
+	keys := make([]l2.Keys, len(peeks))
+	for i, p := range peeks {
+		keys[i] = p.k
 	}
-	for i, ch := range joined {
-		r := <-ch
-		if diff := cmp.Diff(alone[i], r, opts...); diff != "" {
-			t.Errorf("peek of %q joined differs from alone (-alone +joined):\n%s", peeks[i].k.Value, diff)
-		}
-		if r.ok && (r.r.TTL <= 0 || r.r.TTL > alone[i].r.TTL) {
-			t.Errorf("peek of %q joined: TTL %v; want in (0, %v]", peeks[i].k.Value, r.r.TTL, alone[i].r.TTL)
-		}
-	}
+	sameAsAlone(t, keys, alone, joined)
 	if want := []bool{true, true, false, false, true, true}; !cmp.Equal(okOf(alone), want) {
 		t.Fatalf("peeks alone answered %v; want %v", okOf(alone), want)
 	}
@@ -417,6 +408,13 @@ func TestRace_R57_ClusterJoinsPerMaster(t *testing.T) {
 			t.Fatalf("a leader's peek = %+v", r)
 		}
 	}
+	sameAsAlone(t, keys, alone, joined)
+}
+
+// sameAsAlone checks that each joined peek of keys[i] answered what the
+// peek alone did, with a lifetime no longer than alone's.
+func sameAsAlone(t *testing.T, keys []l2.Keys, alone []peekResult, joined []chan peekResult) {
+	t.Helper()
 	opts := []cmp.Option{
 		cmp.AllowUnexported(peekResult{}),
 		cmpopts.IgnoreFields(l2.Read{}, "TTL"),
