@@ -104,3 +104,45 @@ func countKeys(t *testing.T, c *redistest.Cluster, pattern string) int {
 	}
 	return n
 }
+
+// A write that waits for replicas goes through the master's own client,
+// which follows no MOVED: after its slot moved, the write fails (and the
+// tier queues it), and the cluster client is told to reload its slot map,
+// so that the replay lands on the new master at once, not at the next
+// periodic reload (an hour here).
+func TestClusterWaitReplicasAfterSlotMoved(t *testing.T) {
+	c := redistest.StartCluster(t, redistest.ClusterOptions{})
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), ClusterStateReloadInterval: time.Hour})
+	t.Cleanup(func() { rdb.Close() })
+	s := NewStore(rdb, "tc", WithWaitReplicas(1, 5*time.Second))
+	ctx := context.Background()
+	k := KeysFor("tc", "ns", "k")
+	change := []Change{{Keys: k}}
+	if _, err := s.Apply(ctx, change, nil); err != nil {
+		t.Fatalf("Apply before the move: %v", err)
+	}
+	slot := Slot(k.Value)
+	from := c.MasterOfSlot(slot)
+	for _, m := range c.Masters() {
+		if m != from {
+			c.MigrateSlot(t, slot, from, m)
+			break
+		}
+	}
+	_, err := s.Apply(ctx, change, nil)
+	if !redis.HasErrorPrefix(err, "MOVED") {
+		t.Fatalf("Apply through the old master = %v; want MOVED", err)
+	}
+	// The reload is the cluster client's own, in the background: retry
+	// until the write lands, as the tier's replay does.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err = s.Apply(ctx, change, nil); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Apply after the move still fails: %v; want it to land on the new master", err)
+		}
+		time.Sleep(10 * time.Millisecond) // polls a condition; nothing waits on time
+	}
+}

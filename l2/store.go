@@ -1230,6 +1230,15 @@ func (s *Store) runScripts(ctx context.Context, sc *redis.Script, calls []script
 		})
 	}
 	wg.Wait()
+	for _, err := range errs {
+		if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {
+			// A master's own client follows no redirection: let the cluster
+			// client learn where the slot went, so that the write's replay
+			// goes there rather than failing until its next periodic reload.
+			s.cluster.ReloadState(ctx)
+			break
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, 0, err
 	}
