@@ -19,9 +19,9 @@ import (
 // a batch is in flight queue, and the next batch takes them all. Each batch
 // is one pipeline: every key's PTTL, then one MGET (on a cluster, one per
 // slot) of, for each set of callers that know the same groups, their
-// values and then those groups' stamps. Each key's lifetime is still read before its value
-// (R54), and its value with its stamps, atomically: a joined peek answers
-// what the peek alone would have (R57).
+// values and then those groups' stamps. Each key's lifetime is still read
+// before its value (R54), and its value with its stamps, atomically: a
+// joined peek answers what the peek alone would have (R57).
 //
 // The batch runs in the goroutine of one of its callers, its leader, under
 // the leader's context, the Store's timeout and Abort. A caller that gives
