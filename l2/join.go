@@ -69,17 +69,13 @@ func (s *Store) peekJoined(ctx context.Context, k Keys, known []string) (peekKey
 	if err != nil {
 		return peekKey{}, err
 	}
+	var reply peekKey // empty on an error
 	j, err := s.joinerFor(ctx, k)
 	if err == nil {
-		var reply peekKey
 		reply, err = s.joinPeek(ctx, j, k, known)
-		if err == nil {
-			s.report(ctx, probe, nil)
-			return reply, nil
-		}
 	}
 	s.report(ctx, probe, err)
-	return peekKey{}, err
+	return reply, err
 }
 
 // joinerFor returns the joiner of k's peeks: the Store's on one server; on
@@ -115,19 +111,15 @@ func (s *Store) joinerFor(ctx context.Context, k Keys) (*joiner, error) {
 const maxJoiners = 256
 
 func (s *Store) joinPeek(ctx context.Context, j *joiner, k Keys, known []string) (peekKey, error) {
-	j.mu.Lock()
 	call := peekCalls.Get().(*peekCall)
 	call.k, call.known = k, known
+	j.mu.Lock()
 	if !j.busy {
 		j.busy = true
 		j.mu.Unlock()
 		batch := [1]*peekCall{call}
 		s.lead(ctx, j, call, batch[:])
-		reply, err := call.reply, call.err
-		// Alone: nobody else ever saw the call.
-		*call = peekCall{done: call.done}
-		peekCalls.Put(call)
-		return reply, err
+		return call.recycle() // alone: nobody else ever saw the call
 	}
 	j.queue = append(j.queue, call)
 	j.mu.Unlock()
@@ -136,12 +128,9 @@ func (s *Store) joinPeek(ctx context.Context, j *joiner, k Keys, known []string)
 		if batch != nil {
 			s.lead(ctx, j, call, batch)
 		}
-		reply, err := call.reply, call.err
 		// Nobody touches the call any more: it left the queue, and its
 		// batch's leader sent it its one message (or it led the batch).
-		*call = peekCall{done: call.done}
-		peekCalls.Put(call)
-		return reply, err
+		return call.recycle()
 	case <-ctx.Done():
 		// Not recycled: its leader may still write to it.
 		j.leave(call)
@@ -153,6 +142,15 @@ func (s *Store) joinPeek(ctx context.Context, j *joiner, k Keys, known []string)
 // one's, and a queued one's once answered (not one that gave up, which its
 // leader may still write to).
 var peekCalls = sync.Pool{New: func() any { return &peekCall{done: make(chan []*peekCall, 1)} }}
+
+// recycle returns c's outcome and puts c back in peekCalls: only once
+// nobody else can touch it.
+func (c *peekCall) recycle() (peekKey, error) {
+	reply, err := c.reply, c.err
+	*c = peekCall{done: c.done}
+	peekCalls.Put(c)
+	return reply, err
+}
 
 // lead sends batch, which self leads, under self's context ctx, and hands
 // each caller its reply. Then it hands the queue to the next leader, or

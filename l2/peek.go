@@ -38,11 +38,7 @@ func (s *Store) Peek(ctx context.Context, k Keys, known []string, c Claim) (Read
 	}
 	reply, err := s.peekJoined(ctx, k, known)
 	if err != nil {
-		if s.cluster != nil && unreachable(err) {
-			// Peek asks masters by their own clients, which learn nothing
-			// of a failover: let the cluster client look again.
-			s.cluster.ReloadState(ctx)
-		}
+		s.relearnSlots(ctx, err)
 		return Read{}, false, &opError{op: "peek", err: err}
 	}
 	sc := peekScratches.Get().(*peekScratch)
@@ -90,11 +86,7 @@ func (s *Store) PeekMany(ctx context.Context, ks []Keys, known []string, c Claim
 	}
 	p, err := s.peekFirst(ctx, ks, known)
 	if err != nil {
-		if s.cluster != nil && unreachable(err) {
-			// Peek asks masters by their own clients, which learn nothing
-			// of a failover: let the cluster client look again.
-			s.cluster.ReloadState(ctx)
-		}
+		s.relearnSlots(ctx, err)
 		return nil, nil, &opError{op: "peek", err: err}
 	}
 	// What each value is, and which stamps are still to be read.

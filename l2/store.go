@@ -666,6 +666,18 @@ func outcome(caller context.Context, err error) Outcome {
 	return Reached
 }
 
+// relearnSlots has the cluster client reload its slot map if err, from an
+// operation that went through a master's own client (a peek, or a write
+// that waits for replicas), says that the slot map it used is out of date:
+// the master could not be reached (a failover may have moved its slots),
+// or it answered MOVED or ASK (a reshard did; its own client follows no
+// redirection, R58). The cluster client's own commands follow both.
+func (s *Store) relearnSlots(ctx context.Context, err error) {
+	if s.cluster != nil && (unreachable(err) || redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK")) {
+		s.cluster.ReloadState(ctx)
+	}
+}
+
 // unreachable reports whether err says that Redis could not be reached.
 func unreachable(err error) bool {
 	var reply redis.Error
@@ -1026,9 +1038,7 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		return err
 	})
 	if err != nil {
-		if s.cluster != nil && unreachable(err) {
-			s.cluster.ReloadState(ctx) // a failover may have moved slots
-		}
+		s.relearnSlots(ctx, err)
 		return 0, fmt.Errorf("l2 apply: %w", err)
 	}
 	if acked < int64(s.replicas) {
@@ -1230,15 +1240,6 @@ func (s *Store) runScripts(ctx context.Context, sc *redis.Script, calls []script
 		})
 	}
 	wg.Wait()
-	for _, err := range errs {
-		if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {
-			// A master's own client follows no redirection: let the cluster
-			// client learn where the slot went, so that the write's replay
-			// goes there rather than failing until its next periodic reload.
-			s.cluster.ReloadState(ctx)
-			break
-		}
-	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, 0, err
 	}
