@@ -412,20 +412,10 @@ func BenchmarkGetMissFill(b *testing.B) {
 		return keys
 	}
 
-	// Each reports the CPU time of Redis and of this process per miss, as
-	// BenchmarkGetL2Hit does.
-	timed := func(b *testing.B, loop func()) {
-		b.ReportAllocs()
-		cost := costNow(b, rdb)
-		b.ResetTimer()
-		loop()
-		b.StopTimer()
-		costNow(b, rdb).report(b, cost)
-	}
 	b.Run("tiercache", func(b *testing.B) {
 		keys := coldKeys(b, "cold")
 		before := n.Stats()
-		timed(b, func() {
+		withCost(b, rdb, func() {
 			for i := range b.N {
 				if _, err := c.Get(ctx, keys[i]); err != nil {
 					b.Fatal(err)
@@ -439,7 +429,7 @@ func BenchmarkGetMissFill(b *testing.B) {
 	})
 	b.Run("redis-raw-GET+SET", func(b *testing.B) {
 		keys := coldKeys(b, "raw:cold")
-		timed(b, func() {
+		withCost(b, rdb, func() {
 			for i := range b.N {
 				if err := rdb.Get(ctx, keys[i]).Err(); !errors.Is(err, redis.Nil) {
 					b.Fatalf("GET of a cold key: %v, want redis.Nil", err)
@@ -457,7 +447,7 @@ func BenchmarkGetMissFill(b *testing.B) {
 	env := make([]byte, len(stored)-200) // about the envelope tiercache stores
 	b.Run("l2-ReadOrClaim+FillInGroups", func(b *testing.B) {
 		keys := coldKeys(b, "l2:cold")
-		timed(b, func() {
+		withCost(b, rdb, func() {
 			for i := range b.N {
 				k := l2.KeysFor(tier.DefaultPrefix, namespace, keys[i])
 				tok := consistency.NewToken()
@@ -486,7 +476,7 @@ return 1`)
 	b.Run("redis-raw-claim+fill-scripts", func(b *testing.B) {
 		keys := coldKeys(b, "raw:claimed")
 		ttl := benchTTL.Milliseconds()
-		timed(b, func() {
+		withCost(b, rdb, func() {
 			for i := range b.N {
 				kv := []string{keys[i], keys[i] + ":flag"}
 				if n, err := claimScript.Run(ctx, rdb, kv, "tok").Int(); err != nil || n != 1 {
@@ -589,15 +579,13 @@ func BenchmarkWrite(b *testing.B) {
 	}
 	rawValue := strings.Repeat("v", len(stored))
 	run := func(b *testing.B, op func(i int) error) {
-		b.ReportAllocs()
-		before := costNow(b, rdb)
-		for i := 0; b.Loop(); i++ {
-			if err := op(i % benchKeyCount); err != nil {
-				b.Fatal(err)
+		withCost(b, rdb, func() {
+			for i := 0; b.Loop(); i++ {
+				if err := op(i % benchKeyCount); err != nil {
+					b.Fatal(err)
+				}
 			}
-		}
-		b.StopTimer()
-		costNow(b, rdb).report(b, before)
+		})
 	}
 	b.Run("tiercache-Invalidate", func(b *testing.B) {
 		run(b, func(i int) error { return c.Invalidate(ctx, keys[i]) })
@@ -633,4 +621,15 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
 			return announce.Run(ctx, rdb, []string{valueKeys[i], "bench-write-floor:seq"}, "bench-write-floor", msg).Err()
 		})
 	})
+}
+
+// withCost runs loop, the timed part of b, and reports allocations and the
+// CPU time of rdb's server and of this process per operation.
+func withCost(b *testing.B, rdb redis.UniversalClient, loop func()) {
+	b.ReportAllocs()
+	before := costNow(b, rdb)
+	b.ResetTimer()
+	loop()
+	b.StopTimer()
+	costNow(b, rdb).report(b, before)
 }
