@@ -123,26 +123,33 @@ func TestClusterWaitReplicasAfterSlotMoved(t *testing.T) {
 	}
 	slot := Slot(k.Value)
 	from := c.MasterOfSlot(slot)
+	var to *redistest.Server
 	for _, m := range c.Masters() {
 		if m != from {
-			c.MigrateSlot(t, slot, from, m)
+			to = m
 			break
 		}
 	}
+	c.MigrateSlot(t, slot, from, to)
 	_, err := s.Apply(ctx, change, nil)
 	if !redis.HasErrorPrefix(err, "MOVED") {
 		t.Fatalf("Apply through the old master = %v; want MOVED", err)
 	}
-	// The reload is the cluster client's own, in the background: retry
-	// until the write lands, as the tier's replay does.
+	// The failure had the cluster client reload its map, in the
+	// background: wait until it names the new master, then the write (as
+	// the tier's replay would send it) lands there.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if _, err = s.Apply(ctx, change, nil); err == nil {
-			return
+		m, err := rdb.MasterForKey(ctx, k.Value)
+		if err == nil && m.Options().Addr == to.Addr() {
+			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Apply after the move still fails: %v; want it to land on the new master", err)
+			t.Fatalf("the cluster client still sends slot %d to %v (err %v); want %s", slot, m, err, to.Addr())
 		}
 		time.Sleep(10 * time.Millisecond) // polls a condition; nothing waits on time
+	}
+	if _, err := s.Apply(ctx, change, nil); err != nil {
+		t.Fatalf("Apply after the reload: %v; want it to land on the new master", err)
 	}
 }
