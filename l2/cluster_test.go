@@ -122,15 +122,7 @@ func TestClusterWaitReplicasAfterSlotMoved(t *testing.T) {
 		t.Fatalf("Apply before the move: %v", err)
 	}
 	slot := Slot(k.Value)
-	from := c.MasterOfSlot(slot)
-	var to *redistest.Server
-	for _, m := range c.Masters() {
-		if m != from {
-			to = m
-			break
-		}
-	}
-	c.MigrateSlot(t, slot, from, to)
+	_, to := c.MigrateSlotAway(t, slot)
 	_, err := s.Apply(ctx, change, nil)
 	if !redis.HasErrorPrefix(err, "MOVED") {
 		t.Fatalf("Apply through the old master = %v; want MOVED", err)

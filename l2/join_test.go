@@ -460,14 +460,7 @@ func TestRace_R57_ClusterBatchWithAMovedSlot(t *testing.T) {
 			t.Fatalf("Peek of %q before the move = %v, %v; want a hit", k.Value, ok, err)
 		}
 	}
-	slot := l2.Slot(moved.Value)
-	from := cl.MasterOfSlot(slot)
-	for _, m := range cl.Masters() {
-		if m != from {
-			cl.MigrateSlot(t, slot, from, m)
-			break
-		}
-	}
+	cl.MigrateSlotAway(t, l2.Slot(moved.Value))
 
 	gate := newPeekGate(l2.Joiners(st)...)
 	lead := peekAsync(ctx, st, stays)

@@ -575,6 +575,21 @@ func (c *Cluster) MigrateSlot(t testing.TB, slot int, from, to *Server) {
 	}
 }
 
+// MigrateSlotAway moves slot, with its keys, from the master that serves
+// it to another master, as MigrateSlot does, and returns both.
+func (c *Cluster) MigrateSlotAway(t testing.TB, slot int) (from, to *Server) {
+	t.Helper()
+	from = c.MasterOfSlot(slot)
+	for _, m := range c.Masters() {
+		if m.Addr() != from.Addr() {
+			c.MigrateSlot(t, slot, from, m)
+			return from, m
+		}
+	}
+	t.Fatalf("redistest: MigrateSlotAway(%d): no master but %s", slot, from.Addr())
+	return nil, nil
+}
+
 func (c *cluster) migrateSlot(ctx context.Context, slot int, from, to *Server) error {
 	if slot < 0 || slot >= numSlots {
 		return fmt.Errorf("redistest: MigrateSlot(%d): slots run from 0 to %d", slot, numSlots-1)
