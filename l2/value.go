@@ -159,6 +159,8 @@ func AppendStored(b []byte, v Stored) []byte {
 
 // headerLua defines, after names (gclockLua):
 //
+//   - now() returns Redis's clock (TIME) in microseconds, read once per
+//     run of the script: every use in one run sees the same instant;
 //   - header(marker, ttl, meta) returns the header of a value written now
 //     that lives ttl ms, for the meta list {marker, name, stamp, ...} that
 //     stamps builds (marker ignored: the first argument replaces it);
@@ -168,9 +170,16 @@ func AppendStored(b []byte, v Stored) []byte {
 //
 // Keep them in step with ParseStored and AppendStored.
 const headerLua = `
+local T
+local function now()
+  if not T then
+    local t = redis.call('TIME')
+    T = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return T
+end
 local function header(marker, ttl, meta)
-  local t = redis.call('TIME')
-  local exp = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl
+  local exp = math.floor(now() / 1000) + ttl
   local h = {'T', marker, string.format('%.0f', exp), ':', string.format('%d', (#meta - 1) / 2), ':'}
   for i = 2, #meta do
     h[#h + 1] = string.format('%d', #meta[i]) .. ':' .. meta[i]
