@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -471,8 +472,19 @@ func TestPublisherCloseRejectsAndIsIdempotent(t *testing.T) {
 
 // TestPublisherCloseCancelsAndWaitsForTheBatchInFlight proves Close cancels
 // the ctx of the batch in flight and returns only after its ExecFunc has
-// returned, whose caller then gets the ctx error.
+// returned, whose caller then gets the ctx error: a batch that a lone
+// caller runs itself, and one that the Publisher's goroutine runs for a
+// caller with a deadline.
 func TestPublisherCloseCancelsAndWaitsForTheBatchInFlight(t *testing.T) {
+	t.Run("lone", func(t *testing.T) { testCloseWaitsForTheBatchInFlight(t, t.Context()) })
+	t.Run("deadline", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*guard)
+		defer cancel()
+		testCloseWaitsForTheBatchInFlight(t, ctx)
+	})
+}
+
+func testCloseWaitsForTheBatchInFlight(t *testing.T, ctx context.Context) {
 	started := make(chan struct{})
 	sawCancel := make(chan struct{})
 	letReturn := make(chan struct{})
@@ -489,7 +501,7 @@ func TestPublisherCloseCancelsAndWaitsForTheBatchInFlight(t *testing.T) {
 	}
 	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec})
 	t.Cleanup(p.Close)
-	inFlight := goPublish(t.Context(), p, op("ns", "k"))
+	inFlight := goPublish(ctx, p, op("ns", "k"))
 	select {
 	case <-started:
 	case <-time.After(guard):
@@ -613,5 +625,105 @@ func TestPublisherExecPanicIsAnError(t *testing.T) {
 	t.Cleanup(p.Close)
 	if err := p.Publish(t.Context(), op("ns", "k")); err == nil || !strings.Contains(err.Error(), "exec exploded") {
 		t.Fatalf("Publish = %v, want the panic as an error", err)
+	}
+}
+
+// TestPublisherLoneCallerRunsItsOwnBatch proves that a lone caller whose
+// ctx has no deadline runs its batch in its own goroutine, and that one
+// with a deadline hands it to the Publisher's goroutine, so that it can
+// return at its deadline while the batch goes on.
+func TestPublisherLoneCallerRunsItsOwnBatch(t *testing.T) {
+	var (
+		mu     sync.Mutex
+		stacks []string
+	)
+	exec := func(ctx context.Context, b *bus.Batch) error {
+		buf := make([]byte, 64<<10)
+		mu.Lock()
+		defer mu.Unlock()
+		stacks = append(stacks, string(buf[:runtime.Stack(buf, false)]))
+		return nil
+	}
+	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec})
+	t.Cleanup(p.Close)
+	if err := p.Publish(t.Context(), op("ns", "lone")); err != nil {
+		t.Fatalf("Publish without a deadline: %v", err)
+	}
+	dctx, cancel := context.WithTimeout(t.Context(), guard)
+	defer cancel()
+	if err := p.Publish(dctx, op("ns", "deadline")); err != nil {
+		t.Fatalf("Publish with a deadline: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(stacks) != 2 {
+		t.Fatalf("%d batches, want 2", len(stacks))
+	}
+	const caller, publisher = "bus.(*Publisher).Publish(", "bus.(*Publisher).run("
+	if !strings.Contains(stacks[0], caller) || strings.Contains(stacks[0], publisher) {
+		t.Errorf("the lone caller's batch did not run in its own goroutine:\n%s", stacks[0])
+	}
+	if strings.Contains(stacks[1], caller) || !strings.Contains(stacks[1], publisher) {
+		t.Errorf("the batch of a caller with a deadline did not run in the Publisher's goroutine:\n%s", stacks[1])
+	}
+}
+
+// TestPublisherOpsQueuedBehindALoneBatchRunNext proves that a batch a lone
+// caller runs itself is the one batch in flight: callers that arrive
+// meanwhile queue, and are gathered into the next batch once it is done.
+func TestPublisherOpsQueuedBehindALoneBatchRunNext(t *testing.T) {
+	f := newFakeExec(true)
+	p := newPublisher(t, f, bus.PublisherConfig{})
+	lone := goPublish(t.Context(), p, op("ns", "lone"))
+	if diff := cmp.Diff([]string{"ns/lone"}, opKeys(f.next(t))); diff != "" {
+		t.Fatalf("lone batch (-want +got):\n%s", diff)
+	}
+	bc, cc := newWaitingCtx(t.Context()), newWaitingCtx(t.Context())
+	b := goPublish(bc, p, op("ns", "b"))
+	c := goPublish(cc, p, op("ns", "c"))
+	queued(t, bc, cc)
+	lone.pending(t, "the lone caller (its batch is in flight)")
+	f.finish(t, nil)
+	if err := lone.wait(t); err != nil {
+		t.Fatalf("lone Publish: %v", err)
+	}
+	// Had either been taken while the lone batch was in flight, this batch
+	// would hold it alone.
+	got := opKeys(f.next(t))
+	sort.Strings(got)
+	if diff := cmp.Diff([]string{"ns/b", "ns/c"}, got); diff != "" {
+		t.Fatalf("the batch after the lone one (-want +got):\n%s", diff)
+	}
+	f.finish(t, nil)
+	for _, r := range []result{b, c} {
+		if err := r.wait(t); err != nil {
+			t.Fatalf("queued Publish: %v", err)
+		}
+	}
+	if n := len(f.recorded()); n != 2 {
+		t.Fatalf("%d batches, want 2", n)
+	}
+}
+
+// TestPublisherLoneCallerReturnsItsBatchOutcome proves that a lone caller
+// whose ctx is cancelled while it runs its own batch returns that batch's
+// outcome: its ops were executed, and it says so.
+func TestPublisherLoneCallerReturnsItsBatchOutcome(t *testing.T) {
+	f := newFakeExec(true)
+	p := newPublisher(t, f, bus.PublisherConfig{})
+	ctx, cancel := context.WithCancel(t.Context())
+	r := goPublish(ctx, p, op("ns", "k"))
+	f.next(t)
+	cancel()
+	r.pending(t, "a lone caller whose batch is in flight")
+	f.finish(t, nil)
+	if err := r.wait(t); err != nil {
+		t.Fatalf("Publish: %v, want nil (its batch was executed)", err)
+	}
+	if err := p.Publish(ctx, op("ns", "after")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Publish with an ended ctx: %v, want context.Canceled", err)
+	}
+	if n := len(f.recorded()); n != 1 {
+		t.Fatalf("%d batches, want 1 (nothing for an ended ctx)", n)
 	}
 }
