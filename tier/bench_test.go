@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/dgraph-io/ristretto/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
 	"github.com/tiercache/tiercache/internal/hooks"
 	"github.com/tiercache/tiercache/internal/redistest"
@@ -391,15 +393,7 @@ func BenchmarkGetMissFill(b *testing.B) {
 	ctx := context.Background()
 
 	// The raw SET writes as many bytes as tiercache stores for one key.
-	probe := "probe:0"
-	if _, err := c.Get(ctx, probe); err != nil {
-		b.Fatalf("probe Get: %v", err)
-	}
-	stored, err := rdb.Get(ctx, l2.KeysFor(tier.DefaultPrefix, namespace, probe).Value).Bytes()
-	if err != nil {
-		b.Fatalf("probe GET: %v", err)
-	}
-	rawValue := strings.Repeat("v", len(stored))
+	rawValue := storedBytes(b, rdb, c, namespace)
 
 	// Every run of a sub-benchmark takes fresh keys: none was ever cached.
 	next := 0
@@ -444,7 +438,7 @@ func BenchmarkGetMissFill(b *testing.B) {
 	// script's claim, then the fill script, in the Cache's two groups.
 	st := l2.NewStore(rdb, tier.DefaultPrefix)
 	known := tier.KnownGroups(c)
-	env := make([]byte, len(stored)-200) // about the envelope tiercache stores
+	env := make([]byte, len(rawValue)-200) // about the envelope tiercache stores
 	b.Run("l2-ReadOrClaim+FillInGroups", func(b *testing.B) {
 		keys := coldKeys(b, "l2:cold")
 		withCost(b, rdb, func() {
@@ -461,33 +455,126 @@ func BenchmarkGetMissFill(b *testing.B) {
 			}
 		})
 	})
-	// The floor of any miss that a fetch begun before an invalidation
-	// cannot fill (R01): a claim taken in the read that finds the key
-	// absent, and a fill that writes only while the claim holds; two
-	// scripts that do nothing else.
-	claimScript := redis.NewScript(`
-if redis.call('GET', KEYS[1]) then return 0 end
-return redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', 5000) and 1 or 0`)
-	fillScript := redis.NewScript(`
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[2])
-return 1`)
+	// The floor of a fenced miss (floorClaim, floorFill).
 	b.Run("redis-raw-claim+fill-scripts", func(b *testing.B) {
 		keys := coldKeys(b, "raw:claimed")
 		ttl := benchTTL.Milliseconds()
 		withCost(b, rdb, func() {
 			for i := range b.N {
 				kv := []string{keys[i], keys[i] + ":flag"}
-				if n, err := claimScript.Run(ctx, rdb, kv, "tok").Int(); err != nil || n != 1 {
-					b.Fatalf("claim: %d, %v", n, err)
-				}
-				if n, err := fillScript.Run(ctx, rdb, kv, "tok", rawValue, ttl).Int(); err != nil || n != 1 {
-					b.Fatalf("fill: %d, %v", n, err)
+				if err := fencedMiss(ctx, rdb, kv, rawValue, ttl); err != nil {
+					b.Fatal(err)
 				}
 			}
 		})
 	})
+	// The same floor, keeping the group check (floorClaimInGroups,
+	// floorFillInGroups).
+	grouped := newGroupedFloor(b, rdb, rawValue)
+	b.Run("redis-raw-claim+fill-scripts-in-groups", func(b *testing.B) {
+		keys := coldKeys(b, "raw:grouped")
+		withCost(b, rdb, func() {
+			for i := range b.N {
+				if err := grouped.miss(ctx, keys[i]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+}
+
+// The floors of the benchmarks' baselines: bare scripts that do only what a
+// guarantee requires, no more.
+var (
+	// floorClaim and floorFill are the floor of any miss that a fetch begun
+	// before an invalidation cannot fill (R01): a claim taken in the read
+	// that finds the key absent, and a fill that writes only while the
+	// claim holds. KEYS: value, flag. ARGV: token; then value, TTL in ms.
+	floorClaim = redis.NewScript(`
+if redis.call('GET', KEYS[1]) then return 0 end
+return redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', 5000) and 1 or 0`)
+	floorFill = redis.NewScript(`
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+return 1`)
+	// floorClaimInGroups and floorFillInGroups are the same floor keeping
+	// the group check (R31, R36) of an entry in two groups, as a Cache's
+	// are: the claim reads the group clock; the fill writes only while the
+	// claim holds and the clock has not moved since (no group was
+	// invalidated anywhere), and stores the groups' stamps with the value,
+	// for a later hit to check. Nothing else: no refresh, no check of a
+	// present value, no keep-alive of the stamps. KEYS: value, flag, clock,
+	// two stamps. ARGV: token; then the clock the claim read, value, TTL.
+	floorClaimInGroups = redis.NewScript(`
+if redis.call('GET', KEYS[1]) then return false end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', 5000) then return false end
+return redis.call('GET', KEYS[3]) or ''`)
+	floorFillInGroups = redis.NewScript(`
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if (redis.call('GET', KEYS[3]) or '') ~= ARGV[2] then return 0 end
+local s1, s2 = redis.call('GET', KEYS[4]), redis.call('GET', KEYS[5])
+if not s1 or not s2 then return 0 end
+redis.call('SET', KEYS[1], s1 .. s2 .. ARGV[3], 'PX', ARGV[4])
+redis.call('DEL', KEYS[2])
+return 1`)
+	// floorDelete and floorSet are the floor of a write that announces
+	// itself in the same atomic step as its change (R14): change the key,
+	// draw a sequence number, publish. KEYS: value, sequence. ARGV:
+	// channel, message; then, for floorSet, value and TTL in ms.
+	floorDelete = redis.NewScript(`
+redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[2])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
+	floorSet = redis.NewScript(`
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+redis.call('INCR', KEYS[2])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
+)
+
+// fencedMiss runs the floor of a fenced miss of kv (value, flag): claim,
+// then fill value for ttl ms.
+func fencedMiss(ctx context.Context, rdb redis.Scripter, kv []string, value string, ttl int64) error {
+	if n, err := floorClaim.Run(ctx, rdb, kv, "tok").Int(); err != nil || n != 1 {
+		return fmt.Errorf("floor claim: %d, %v", n, err)
+	}
+	if n, err := floorFill.Run(ctx, rdb, kv, "tok", value, ttl).Int(); err != nil || n != 1 {
+		return fmt.Errorf("floor fill: %d, %v", n, err)
+	}
+	return nil
+}
+
+// groupedFloor runs the floor of a fenced miss that keeps the group check,
+// against a clock and two stamps it seeds.
+type groupedFloor struct {
+	rdb    redis.Scripter
+	stamps []string // the clock and the two stamps
+	value  string   // stored after the two stamps: as many bytes as tiercache's
+}
+
+func newGroupedFloor(tb testing.TB, rdb *redis.Client, stored string) *groupedFloor {
+	tb.Helper()
+	f := &groupedFloor{rdb: rdb, stamps: []string{"raw:clock", "raw:stamp:all", "raw:stamp:ns"}}
+	stamp := "0/" + consistency.NewToken() + ":" + consistency.NewToken()
+	for _, k := range f.stamps {
+		if err := rdb.Set(context.Background(), k, stamp, 0).Err(); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	f.value = stored[2*len(stamp):]
+	return f
+}
+
+func (f *groupedFloor) miss(ctx context.Context, key string) error {
+	kv := append([]string{key, key + ":flag"}, f.stamps...)
+	clock, err := floorClaimInGroups.Run(ctx, f.rdb, kv, "tok").Text()
+	if err != nil {
+		return fmt.Errorf("floor claim in groups: %v", err)
+	}
+	if n, err := floorFillInGroups.Run(ctx, f.rdb, kv, "tok", clock, f.value, benchTTL.Milliseconds()).Int(); err != nil || n != 1 {
+		return fmt.Errorf("floor fill in groups: %d, %v", n, err)
+	}
+	return nil
 }
 
 // userID is a named string key type: its default key form is the string.
@@ -602,25 +689,236 @@ func BenchmarkWrite(b *testing.B) {
 	// The floor of a write that announces itself atomically (R14): one
 	// script that deletes the key and publishes a message of the same size
 	// as tiercache's, to one subscriber (the node's own, as here).
-	sub := rdb.Subscribe(ctx, "bench-write-floor")
-	if _, err := sub.Receive(ctx); err != nil {
-		b.Fatal(err)
+	msg := floorSubscriber(b, rdb, "bench-write-floor")
+	b.Run("redis-raw-DEL+PUBLISH-script", func(b *testing.B) {
+		run(b, func(i int) error {
+			return floorDelete.Run(ctx, rdb, []string{valueKeys[i], "bench-write-floor:seq"}, "bench-write-floor", msg).Err()
+		})
+	})
+	// The same floor for a Set, of as many bytes as tiercache stores.
+	b.Run("redis-raw-SET+PUBLISH-script", func(b *testing.B) {
+		run(b, func(i int) error {
+			return floorSet.Run(ctx, rdb, []string{valueKeys[i], "bench-write-floor:seq"}, "bench-write-floor", msg, rawValue, benchTTL.Milliseconds()).Err()
+		})
+	})
+}
+
+// BenchmarkInterleaved compares the miss and the writes with their
+// baselines and floors in turn, within every iteration: each op of each row
+// runs once per iteration, so the rows share every moment of the run. On a
+// machine whose speed drifts by the minute, their ratios hold where those
+// of separate sub-benchmarks do not. Each row reports its mean time as
+// "<row>-µs" and its ratio to the first row as "<row>-x"; ns/op is the sum
+// of the rows. The other benchmarks give each row's allocations and CPU.
+func BenchmarkInterleaved(b *testing.B) {
+	srv := redistest.Start(b)
+	n := benchNode(b, srv)
+	rdb := srv.Client(b)
+	ctx := context.Background()
+
+	const missNamespace = "bench-interleaved-miss"
+	mc := benchCache[string](b, n, missNamespace, benchTTL)
+	stored := storedBytes(b, rdb, mc, missNamespace)
+	st := l2.NewStore(rdb, tier.DefaultPrefix)
+	known := tier.KnownGroups(mc)
+	env := make([]byte, len(stored)-200) // about the envelope tiercache stores
+	grouped := newGroupedFloor(b, rdb, stored)
+	runs := 0
+	b.Run("miss", func(b *testing.B) {
+		// Every run takes fresh keys: none was ever cached.
+		runs++
+		prefix := strconv.Itoa(runs) + ":"
+		ttl := benchTTL.Milliseconds()
+		key := func(row string, i int) string { return prefix + row + ":" + strconv.Itoa(i) }
+		c, namespace := mc, missNamespace
+		interleaved(b,
+			interleavedRow{"GET+SET", func(i int) error {
+				k := key("raw", i)
+				if err := rdb.Get(ctx, k).Err(); !errors.Is(err, redis.Nil) {
+					return fmt.Errorf("GET of a cold key: %v, want redis.Nil", err)
+				}
+				return rdb.Set(ctx, k, stored, benchTTL).Err()
+			}},
+			interleavedRow{"fenced-floor", func(i int) error {
+				k := key("fenced", i)
+				return fencedMiss(ctx, rdb, []string{k, k + ":flag"}, stored, ttl)
+			}},
+			interleavedRow{"fenced-floor-in-groups", func(i int) error {
+				return grouped.miss(ctx, key("grouped", i))
+			}},
+			interleavedRow{"l2", func(i int) error {
+				k := l2.KeysFor(tier.DefaultPrefix, namespace, key("l2", i))
+				tok := consistency.NewToken()
+				r, err := st.ReadOrClaim(ctx, k, tok, time.Second)
+				if err != nil || r.State != l2.Claimed {
+					return fmt.Errorf("ReadOrClaim of a cold key = %+v, %v; want Claimed", r, err)
+				}
+				if ok, err := st.FillInGroups(ctx, k, tok, env, benchTTL, known, r.Clock); err != nil || !ok {
+					return fmt.Errorf("FillInGroups = %v, %v", ok, err)
+				}
+				return nil
+			}},
+			interleavedRow{"tiercache", func(i int) error {
+				_, err := c.Get(ctx, key("cold", i))
+				return err
+			}},
+		)
+	})
+
+	// A serial L2 hit (L1 off) of keys filled beforehand, beside a GET of
+	// the same value and the bare pipeline of the hit's two commands.
+	const hitNamespace = "bench-interleaved-hit"
+	hc := benchCache[string](b, n, hitNamespace, -1)
+	hitKeys := benchKeys("user", benchKeyCount)
+	hitValues := make([]string, len(hitKeys))
+	for i, k := range hitKeys {
+		if _, err := hc.Get(ctx, k); err != nil {
+			b.Fatalf("prefill Get(%q): %v", k, err)
+		}
+		hitValues[i] = l2.KeysFor(tier.DefaultPrefix, hitNamespace, k).Value
 	}
-	b.Cleanup(func() { _ = sub.Close() })
+	hitKnown := tier.KnownGroups(hc)
+	fleetStamp, nsStamp := l2.GroupKey(tier.DefaultPrefix, hitKnown[0]), l2.GroupKey(tier.DefaultPrefix, hitKnown[1])
+	b.Run("L2-hit", func(b *testing.B) {
+		before := n.Stats()
+		hits := interleaved(b,
+			interleavedRow{"GET", func(i int) error { return rdb.Get(ctx, hitValues[i%benchKeyCount]).Err() }},
+			interleavedRow{"PTTL+MGET-pipeline", func(i int) error {
+				pipe := rdb.Pipeline()
+				pipe.PTTL(ctx, hitValues[i%benchKeyCount])
+				pipe.MGet(ctx, hitValues[i%benchKeyCount], fleetStamp, nsStamp)
+				_, err := pipe.Exec(ctx)
+				return err
+			}},
+			interleavedRow{"tiercache", func(i int) error {
+				_, err := hc.Get(ctx, hitKeys[i%benchKeyCount])
+				return err
+			}},
+		)
+		checkHits(b, before, n.Stats(), 0, uint64(hits))
+	})
+
+	// The writes cycle over benchKeyCount keys, as BenchmarkWrite's do.
+	const namespace = "bench-interleaved-write"
+	c := benchCache[string](b, n, namespace, -1)
+	stored = storedBytes(b, rdb, c, namespace)
+	keys := benchKeys("user", benchKeyCount)
+	valueKeys := make([]string, len(keys))
+	for i, k := range keys {
+		valueKeys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
+	}
+	floorKeys := func(i int) []string { return []string{valueKeys[i%benchKeyCount], "bench-floor:seq"} }
+	msg := floorSubscriber(b, rdb, "bench-floor")
+	// "l2-Apply" is the same change and announcement through l2.Store
+	// alone, on the node's bus channel: the script without the tier.
+	// Its message is a valid one from another origin, as tiercache's is.
+	bk := l2.BusKeysFor(tier.DefaultPrefix, false)
+	apply := func(i int, c l2.Change) error {
+		key := keys[i%benchKeyCount]
+		m := bus.Message{Kind: bus.KindKeys, Origin: bus.NodeID{1}, Groups: []bus.Group{{Namespace: namespace, Keys: []string{key}}}}
+		head, body, err := m.Split()
+		if err != nil {
+			return err
+		}
+		c.Keys = l2.KeysFor(tier.DefaultPrefix, namespace, key)
+		_, err = st.Apply(ctx, []l2.Change{c}, &l2.Announcement{SeqKey: bk.Seq, Channel: bk.Channel, Head: head, Body: body})
+		return err
+	}
+	b.Run("Invalidate", func(b *testing.B) {
+		interleaved(b,
+			interleavedRow{"DEL", func(i int) error { return rdb.Del(ctx, valueKeys[i%benchKeyCount]).Err() }},
+			interleavedRow{"DEL+PUBLISH-floor", func(i int) error {
+				return floorDelete.Run(ctx, rdb, floorKeys(i), "bench-floor", msg).Err()
+			}},
+			interleavedRow{"l2-Apply", func(i int) error { return apply(i, l2.Change{}) }},
+			interleavedRow{"tiercache", func(i int) error { return c.Invalidate(ctx, keys[i%benchKeyCount]) }},
+		)
+	})
+	b.Run("Set", func(b *testing.B) {
+		envelope := make([]byte, len(stored)-200) // about the envelope tiercache stores
+		known := tier.KnownGroups(c)
+		interleaved(b,
+			interleavedRow{"SET", func(i int) error {
+				return rdb.Set(ctx, valueKeys[i%benchKeyCount], stored, benchTTL).Err()
+			}},
+			interleavedRow{"SET+PUBLISH-floor", func(i int) error {
+				return floorSet.Run(ctx, rdb, floorKeys(i), "bench-floor", msg, stored, benchTTL.Milliseconds()).Err()
+			}},
+			interleavedRow{"l2-Apply", func(i int) error {
+				return apply(i, l2.Change{Write: true, Envelope: envelope, TTL: benchTTL, Groups: known})
+			}},
+			interleavedRow{"tiercache", func(i int) error { return c.Set(ctx, keys[i%benchKeyCount], benchValue) }},
+		)
+	})
+}
+
+// interleavedRow is one row of BenchmarkInterleaved: op runs its i-th
+// operation.
+type interleavedRow struct {
+	name string
+	op   func(i int) error
+}
+
+// interleaved runs every row's op once per iteration of b, in turn,
+// reports each row's mean time and its ratio to the first row's, and
+// returns the number of iterations.
+func interleaved(b *testing.B, rows ...interleavedRow) int {
+	spent := make([]time.Duration, len(rows))
+	iterations := 0
+	for i := 0; b.Loop(); i++ {
+		for r, row := range rows {
+			start := time.Now()
+			if err := row.op(i); err != nil {
+				b.Fatalf("%s: %v", row.name, err)
+			}
+			spent[r] += time.Since(start)
+		}
+		iterations++
+	}
+	for r, row := range rows {
+		b.ReportMetric(float64(spent[r].Nanoseconds())/1e3/float64(iterations), row.name+"-µs")
+		if r > 0 {
+			b.ReportMetric(float64(spent[r])/float64(spent[0]), row.name+"-x")
+		}
+	}
+	return iterations
+}
+
+// storedBytes fills one key of c through a Get and returns a string of as
+// many bytes as tiercache stored for it in Redis (header and envelope).
+func storedBytes(tb testing.TB, rdb *redis.Client, c *tier.Cache[string, string], namespace string) string {
+	tb.Helper()
+	ctx := context.Background()
+	if _, err := c.Get(ctx, "probe"); err != nil {
+		tb.Fatalf("probe Get: %v", err)
+	}
+	v, err := rdb.Get(ctx, l2.KeysFor(tier.DefaultPrefix, namespace, "probe").Value).Result()
+	if err != nil {
+		tb.Fatalf("probe GET: %v", err)
+	}
+	return strings.Repeat("v", len(v))
+}
+
+// floorSubscriber subscribes to channel, so that a floor's PUBLISH is
+// delivered as tiercache's messages are (to one subscriber), drains it
+// until cleanup, and returns a message of the size of tiercache's.
+func floorSubscriber(tb testing.TB, rdb *redis.Client, channel string) string {
+	tb.Helper()
+	sub := rdb.Subscribe(context.Background(), channel)
+	if _, err := sub.Receive(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	drained := make(chan struct{})
 	go func() {
+		defer close(drained)
 		for range sub.Channel() {
 		}
 	}()
-	announce := redis.NewScript(`
-redis.call('DEL', KEYS[1])
-local seq = redis.call('INCR', KEYS[2])
-return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
-	msg := strings.Repeat("m", 64)
-	b.Run("redis-raw-DEL+PUBLISH-script", func(b *testing.B) {
-		run(b, func(i int) error {
-			return announce.Run(ctx, rdb, []string{valueKeys[i], "bench-write-floor:seq"}, "bench-write-floor", msg).Err()
-		})
+	tb.Cleanup(func() {
+		_ = sub.Close()
+		<-drained
 	})
+	return strings.Repeat("m", 64)
 }
 
 // withCost runs loop, the timed part of b, and reports allocations and the
