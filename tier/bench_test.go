@@ -703,13 +703,14 @@ func BenchmarkWrite(b *testing.B) {
 	})
 }
 
-// BenchmarkInterleaved compares the miss and the writes with their
-// baselines and floors in turn, within every iteration: each op of each row
-// runs once per iteration, so the rows share every moment of the run. On a
-// machine whose speed drifts by the minute, their ratios hold where those
-// of separate sub-benchmarks do not. Each row reports its mean time as
-// "<row>-µs" and its ratio to the first row as "<row>-x"; ns/op is the sum
-// of the rows. The other benchmarks give each row's allocations and CPU.
+// BenchmarkInterleaved compares the L2 hit, GetMany, the miss and the
+// writes with their baselines and floors in turn, within every iteration:
+// each op of each row runs once per iteration, so the rows share every
+// moment of the run. On a machine whose speed drifts by the minute, their
+// ratios hold where those of separate sub-benchmarks do not. Each row
+// reports its mean time as "<row>-µs" and its ratio to the first row as
+// "<row>-x"; ns/op is the sum of the rows. The other benchmarks give each
+// row's allocations and CPU.
 func BenchmarkInterleaved(b *testing.B) {
 	srv := redistest.Start(b)
 	n := benchNode(b, srv)
@@ -796,6 +797,21 @@ func BenchmarkInterleaved(b *testing.B) {
 			}},
 		)
 		checkHits(b, before, n.Stats(), 0, uint64(hits))
+	})
+
+	// GetMany of 100 keys held in Redis (L1 off), as BenchmarkGetMany's.
+	b.Run("GetMany-100", func(b *testing.B) {
+		manyKeys, manyValues := hitKeys[:100], hitValues[:100]
+		interleaved(b,
+			interleavedRow{"MGET", func(int) error { return rdb.MGet(ctx, manyValues...).Err() }},
+			interleavedRow{"tiercache", func(int) error {
+				m, err := hc.GetMany(ctx, manyKeys)
+				if err == nil && len(m) != len(manyKeys) {
+					err = fmt.Errorf("GetMany: %d values of %d", len(m), len(manyKeys))
+				}
+				return err
+			}},
+		)
 	})
 
 	// The writes cycle over benchKeyCount keys, as BenchmarkWrite's do.
