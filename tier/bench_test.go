@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -879,6 +881,12 @@ type interleavedRow struct {
 // reports each row's mean time and its ratio to the first row's, and
 // returns the number of iterations.
 func interleaved(b *testing.B, rows ...interleavedRow) int {
+	return interleavedPer(b, 1, time.Microsecond, "µs", rows...)
+}
+
+// interleavedPer is interleaved for ops that each do per operations: it
+// reports each row's mean time per operation in unit.
+func interleavedPer(b *testing.B, per int, unit time.Duration, unitName string, rows ...interleavedRow) int {
 	spent := make([]time.Duration, len(rows))
 	iterations := 0
 	for i := 0; b.Loop(); i++ {
@@ -892,12 +900,80 @@ func interleaved(b *testing.B, rows ...interleavedRow) int {
 		iterations++
 	}
 	for r, row := range rows {
-		b.ReportMetric(float64(spent[r].Nanoseconds())/1e3/float64(iterations), row.name+"-µs")
+		b.ReportMetric(float64(spent[r])/float64(unit)/float64(iterations*per), row.name+"-"+unitName)
 		if r > 0 {
 			b.ReportMetric(float64(spent[r])/float64(spent[0]), row.name+"-x")
 		}
 	}
 	return iterations
+}
+
+// l1Burst is the Gets per goroutine of one op of BenchmarkInterleavedL1.
+const l1Burst = 20000
+
+// BenchmarkInterleavedL1 compares an L1 hit with raw ristretto as
+// BenchmarkInterleaved compares the Redis paths: each iteration runs, for
+// each row in turn, a burst of l1Burst Gets from each of GOMAXPROCS
+// goroutines ("parallel") or from one ("serial"). Each row reports its
+// time per Get as "<row>-ns" (wall time over all goroutines' Gets, as
+// b.RunParallel's ns/op) and its ratio to raw ristretto's as "<row>-x".
+// "ristretto+clock" is the floor of a hit that survives a process pause
+// (R40): a raw Get, then one reading of the monotonic clock.
+func BenchmarkInterleavedL1(b *testing.B) {
+	srv := redistest.Start(b)
+	n := benchNode(b, srv)
+	keys := benchKeys("user", benchKeyCount)
+	c := benchCache[string](b, n, "bench-l1", benchTTL)
+	warmL1(b, n, c, keys)
+	rc := newRawRistretto(b, keys)
+	ctx := context.Background()
+	epoch := time.Now()
+	gets := []struct {
+		name string
+		get  func(i int) bool
+	}{
+		{"ristretto", func(i int) bool { _, ok := rc.Get(keys[i%benchKeyCount]); return ok }},
+		{"ristretto+clock", func(i int) bool {
+			_, ok := rc.Get(keys[i%benchKeyCount])
+			return ok && time.Since(epoch) < time.Hour
+		}},
+		{"tiercache", func(i int) bool { _, err := c.Get(ctx, keys[i%benchKeyCount]); return err == nil }},
+	}
+	for _, mode := range benchModes {
+		b.Run(mode.name, func(b *testing.B) {
+			procs := 1
+			if mode.parallel {
+				procs = runtime.GOMAXPROCS(0)
+			}
+			rows := make([]interleavedRow, len(gets))
+			for r, g := range gets {
+				rows[r] = interleavedRow{g.name, func(int) error {
+					var (
+						wg     sync.WaitGroup
+						missed atomic.Bool
+					)
+					for p := range procs {
+						wg.Go(func() {
+							for i := p * l1Burst; i < (p+1)*l1Burst; i++ {
+								if !g.get(i) {
+									missed.Store(true)
+									return
+								}
+							}
+						})
+					}
+					wg.Wait()
+					if missed.Load() {
+						return errors.New("a Get missed")
+					}
+					return nil
+				}}
+			}
+			before := n.Stats()
+			bursts := interleavedPer(b, procs*l1Burst, time.Nanosecond, "ns", rows...)
+			checkHits(b, before, n.Stats(), uint64(bursts*procs*l1Burst), 0)
+		})
+	}
 }
 
 // storedBytes fills one key of c through a Get and returns a string of as
