@@ -128,6 +128,19 @@ func checkHits(tb testing.TB, before, after tier.Stats, l1, l2 uint64) {
 	}
 }
 
+// l1Bench starts what the L1 benchmarks compare: a server and a node, the
+// benchmark's keys, a Cache on the node that holds every key in L1, and a
+// raw ristretto cache that holds them too.
+func l1Bench(b *testing.B) (*redistest.Server, *tier.Node, []string, *tier.Cache[string, string], *ristretto.Cache[string, string]) {
+	b.Helper()
+	srv := redistest.Start(b)
+	n := benchNode(b, srv)
+	keys := benchKeys("user", benchKeyCount)
+	c := benchCache[string](b, n, "bench-l1", benchTTL)
+	warmL1(b, n, c, keys)
+	return srv, n, keys, c, newRawRistretto(b, keys)
+}
+
 // newRawRistretto returns a ristretto cache configured like a Node's L1
 // (counters, budget, buffers) holding benchValue under every key.
 func newRawRistretto(tb testing.TB, keys []string) *ristretto.Cache[string, string] {
@@ -171,12 +184,7 @@ func newRawRistretto(tb testing.TB, keys []string) *ristretto.Cache[string, stri
 // monotonic clock that R40 requires of every hit: the floor of a hit that
 // cannot be served stale after a process pause.
 func BenchmarkGetL1Hit(b *testing.B) {
-	srv := redistest.Start(b)
-	n := benchNode(b, srv)
-	keys := benchKeys("user", benchKeyCount)
-	c := benchCache[string](b, n, "bench-l1", benchTTL)
-	warmL1(b, n, c, keys)
-	rc := newRawRistretto(b, keys)
+	srv, n, keys, c, rc := l1Bench(b)
 	coarseNode, err := tier.NewNodeWithHooks(context.Background(), srv.Client(b), tier.NodeConfig{LeaseTTL: time.Minute},
 		&hooks.Points{L1: &l1.Hooks{CoarseLease: true}})
 	if err != nil {
@@ -924,12 +932,7 @@ const l1Burst = 20000
 // "ristretto+clock" is the floor of a hit that survives a process pause
 // (R40): a raw Get, then one reading of the monotonic clock.
 func BenchmarkInterleavedL1(b *testing.B) {
-	srv := redistest.Start(b)
-	n := benchNode(b, srv)
-	keys := benchKeys("user", benchKeyCount)
-	c := benchCache[string](b, n, "bench-l1", benchTTL)
-	warmL1(b, n, c, keys)
-	rc := newRawRistretto(b, keys)
+	_, n, keys, c, rc := l1Bench(b)
 	ctx := context.Background()
 	epoch := time.Now()
 	gets := []struct {
