@@ -76,8 +76,9 @@ type Message struct {
 	// published the message, in the same atomic step as the writes it
 	// announces.
 	Seq uint64
-	// SentAt is Redis's clock when it published the message, to the
-	// microsecond, set in the same atomic step; the zero Time if unknown.
+	// SentAt is Redis's clock when the script that published the message
+	// ran, to the microsecond, read in the same atomic step; the zero Time
+	// if unknown.
 	// With a sample of Redis's clock (see ClockSample.Since), a receiver
 	// measures how long the message took to reach it.
 	SentAt time.Time

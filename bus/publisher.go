@@ -52,7 +52,9 @@ type Batch struct {
 	Body  []byte
 }
 
-// ExecFunc executes one batch.
+// ExecFunc executes one batch. A Publisher calls it for one batch at a
+// time, on its own goroutine or on a lone Publish caller's: it must not
+// call Publish, Flush or Close on the same Publisher.
 type ExecFunc func(ctx context.Context, b *Batch) error
 
 // Publisher batches the changes of concurrent callers into few messages
@@ -76,7 +78,7 @@ type Publisher struct {
 	maxBytes int
 
 	mu      sync.Mutex
-	cond    chan struct{} // signalled when pending grows; buffered 1
+	cond    chan struct{} // signalled when work is queued or a batch ends with work queued; buffered 1
 	pending []pendingOp
 	flushes []*request
 	closed  bool
@@ -149,8 +151,8 @@ func NewPublisher(life context.Context, cfg PublisherConfig) (*Publisher, error)
 // and returns when all of them have been executed, or when ctx is done (the
 // ops may still be executed afterwards). A request of many ops may span
 // several batches. A lone caller whose ctx has no deadline runs its batch
-// itself (see Publisher), and returns that batch's outcome even if ctx
-// ended while it ran.
+// itself (see Publisher); if its ops fit in that batch, it returns the
+// batch's outcome even if ctx ended while it ran.
 func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
 	if len(ops) == 0 {
 		return nil
@@ -186,15 +188,27 @@ func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
 	}
 	p.lone.Add(1)
 	p.mu.Unlock()
-	err := p.execute(batch, nil)
-	p.finish(batch, nil, reqs, err)
-	p.lone.Done()
+	p.runLone(batch, reqs)
 	select {
 	case err := <-r.done: // the batch's outcome, even if ctx ended meanwhile
 		return err
 	default: // more ops than one batch holds: the rest are queued
 		return p.wait(ctx, r)
 	}
+}
+
+// errExecExited settles a lone batch whose ExecFunc ended its goroutine
+// (runtime.Goexit) instead of returning.
+var errExecExited = errors.New("bus publish: exec ended its goroutine")
+
+// runLone executes a batch that a lone caller took, on its goroutine, and
+// finishes it however exec ends, so that the batches queued behind it
+// still run and Close does not wait for it forever.
+func (p *Publisher) runLone(batch []pendingOp, reqs map[*request]int) {
+	defer p.lone.Done()
+	err := errExecExited
+	defer func() { p.finish(batch, nil, reqs, err) }()
+	err = p.execute(batch, nil)
 }
 
 // Flush announces a fleet flush: every receiver drops its whole L1.

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -725,5 +726,58 @@ func TestPublisherLoneCallerReturnsItsBatchOutcome(t *testing.T) {
 	}
 	if n := len(f.recorded()); n != 1 {
 		t.Fatalf("%d batches, want 1 (nothing for an ended ctx)", n)
+	}
+}
+
+// TestPublisherLoneExecThatEndsItsGoroutine proves that a lone batch whose
+// ExecFunc ends its goroutine (runtime.Goexit, as t.Fatal in a hook does)
+// instead of returning is still finished: later batches run, on either
+// path, and Close returns.
+func TestPublisherLoneExecThatEndsItsGoroutine(t *testing.T) {
+	var calls atomic.Int32
+	exec := func(ctx context.Context, b *bus.Batch) error {
+		if calls.Add(1) == 1 {
+			runtime.Goexit()
+		}
+		return nil
+	}
+	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec})
+	ended := make(chan bool, 1)
+	go func() {
+		returned := false
+		defer func() { ended <- returned }()
+		_ = p.Publish(t.Context(), op("ns", "exits"))
+		returned = true
+	}()
+	select {
+	case returned := <-ended:
+		if returned {
+			t.Fatalf("Publish returned although its exec ended the goroutine")
+		}
+	case <-time.After(guard):
+		t.Fatalf("the lone caller's goroutine did not end within %v", guard)
+	}
+	// No deadline, so that it may run its own batch; cancelled after the
+	// guard, so that a batch never finished fails this test, not hangs it.
+	lctx, stop := context.WithCancel(t.Context())
+	defer time.AfterFunc(guard, stop).Stop()
+	if err := p.Publish(lctx, op("ns", "lone")); err != nil {
+		t.Fatalf("lone Publish after the exit: %v", err)
+	}
+	dctx, cancel := context.WithTimeout(t.Context(), guard)
+	defer cancel()
+	if err := p.Publish(dctx, op("ns", "handed-over")); err != nil {
+		t.Fatalf("Publish with a deadline after the exit: %v", err)
+	}
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(guard):
+		t.Fatalf("Close did not return within %v", guard)
+	}
+	stop()
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("%d batches executed, want 3", n)
 	}
 }
