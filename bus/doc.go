@@ -12,9 +12,10 @@
 // counter and publish the message, in one atomic step (one Lua script): a
 // message can never overtake the writes it announces (docs/RACES.md R14), and
 // sequence numbers are published in order. At most one batch is in flight.
-// A lone caller (nothing queued or in flight) whose context has no deadline
-// runs its batch in its own goroutine, without a switch to the Publisher's;
-// a caller with a deadline hands its ops over, and returns by its deadline.
+// A lone caller (nothing queued or in flight) whose context outlasts a batch
+// (no deadline, or one past the Publisher's Timeout) runs its batch in its
+// own goroutine, without a switch to the Publisher's; a caller whose
+// deadline is sooner hands its ops over, and returns by its deadline.
 //
 // # Wire format
 //

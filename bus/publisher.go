@@ -63,13 +63,14 @@ type ExecFunc func(ctx context.Context, b *Batch) error
 // flight plus its own: no timer delays a lone Publish. At most one batch is
 // in flight at a time. It is safe for concurrent use.
 //
-// A lone caller (nothing queued or in flight) whose ctx has no deadline runs
-// its batch itself, in its own goroutine, rather than handing it to the
-// Publisher's and waiting to be woken: the common case of a write at a time
-// pays no switch between goroutines. Such a caller observes the end of its
-// ctx only once its batch returns, which Timeout bounds. A caller with a
-// deadline always hands its ops over, so that it returns by its deadline
-// while its batch goes on.
+// A lone caller (nothing queued or in flight) whose ctx outlasts a batch (it
+// has no deadline, or one later than Timeout from now) runs its batch
+// itself, in its own goroutine, rather than handing it to the Publisher's
+// and waiting to be woken: the common case of a write at a time pays no
+// switch between goroutines. Such a caller observes a cancellation of its
+// ctx only once its batch returns, which Timeout bounds, and so still
+// returns by its deadline. A caller whose deadline comes sooner hands its
+// ops over, so that it returns by its deadline while its batch goes on.
 type Publisher struct {
 	origin   NodeID
 	exec     ExecFunc
@@ -150,9 +151,9 @@ func NewPublisher(life context.Context, cfg PublisherConfig) (*Publisher, error)
 // Publish applies ops and announces them, batched with other callers' ops,
 // and returns when all of them have been executed, or when ctx is done (the
 // ops may still be executed afterwards). A request of many ops may span
-// several batches. A lone caller whose ctx has no deadline runs its batch
+// several batches. A lone caller whose ctx outlasts a batch runs its batch
 // itself (see Publisher); if its ops fit in that batch, it returns the
-// batch's outcome even if ctx ended while it ran.
+// batch's outcome even if ctx was cancelled while it ran.
 func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
 	if len(ops) == 0 {
 		return nil
@@ -170,8 +171,11 @@ func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
 		p.mu.Unlock()
 		return ErrClosed
 	}
-	_, deadline := ctx.Deadline()
-	lone := !deadline && !p.busy && len(p.pending) == 0 && len(p.flushes) == 0
+	var end time.Time
+	lone := !p.busy && len(p.pending) == 0 && len(p.flushes) == 0
+	if lone {
+		end, lone = p.loneDeadline(ctx)
+	}
 	for _, op := range ops {
 		p.pending = append(p.pending, pendingOp{op: op, req: r})
 	}
@@ -188,7 +192,7 @@ func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
 	}
 	p.lone.Add(1)
 	p.mu.Unlock()
-	p.runLone(batch, reqs)
+	p.runLone(batch, reqs, end)
 	select {
 	case err := <-r.done: // the batch's outcome, even if ctx ended meanwhile
 		return err
@@ -204,11 +208,19 @@ var errExecExited = errors.New("bus publish: exec ended its goroutine")
 // runLone executes a batch that a lone caller took, on its goroutine, and
 // finishes it however exec ends, so that the batches queued behind it
 // still run and Close does not wait for it forever.
-func (p *Publisher) runLone(batch []pendingOp, reqs map[*request]int) {
+func (p *Publisher) runLone(batch []pendingOp, reqs map[*request]int, end time.Time) {
 	defer p.lone.Done()
 	err := errExecExited
 	defer func() { p.finish(batch, nil, reqs, err) }()
-	err = p.execute(batch, nil)
+	err = p.execute(batch, nil, end)
+}
+
+// loneDeadline returns the deadline of a batch that starts now, and
+// whether ctx outlasts it: a caller whose ctx does may run its own batch.
+func (p *Publisher) loneDeadline(ctx context.Context) (time.Time, bool) {
+	end := time.Now().Add(p.timeout)
+	d, ok := ctx.Deadline()
+	return end, !ok || !d.Before(end)
 }
 
 // Flush announces a fleet flush: every receiver drops its whole L1.
@@ -272,7 +284,7 @@ func (p *Publisher) run() {
 				continue
 			}
 		}
-		err := p.execute(batch, flush)
+		err := p.execute(batch, flush, time.Now().Add(p.timeout))
 		p.finish(batch, flush, reqs, err)
 	}
 }
@@ -332,7 +344,9 @@ func (p *Publisher) takeLocked() ([]pendingOp, *request, map[*request]int) {
 	return batch, nil, reqs
 }
 
-func (p *Publisher) execute(batch []pendingOp, flush *request) error {
+// execute runs one batch, or a flush, with an ExecFunc whose ctx ends at
+// end or when the Publisher closes.
+func (p *Publisher) execute(batch []pendingOp, flush *request, end time.Time) error {
 	b := &Batch{Flush: flush != nil}
 	m := Message{Kind: KindKeys, Origin: p.origin}
 	if b.Flush {
@@ -359,7 +373,7 @@ func (p *Publisher) execute(batch []pendingOp, flush *request) error {
 	if b.Head, b.Body, err = m.Split(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(p.life, p.timeout)
+	ctx, cancel := context.WithDeadline(p.life, end)
 	defer cancel()
 	if err := p.safeExec(ctx, b); err != nil {
 		return fmt.Errorf("bus publish: %w", err)

@@ -500,7 +500,9 @@ func testCloseWaitsForTheBatchInFlight(t *testing.T, ctx context.Context) {
 		<-letReturn
 		return ctx.Err()
 	}
-	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec})
+	// A Timeout longer than the "deadline" caller's deadline, so that it
+	// hands its batch over.
+	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec, Timeout: time.Hour})
 	t.Cleanup(p.Close)
 	inFlight := goPublish(ctx, p, op("ns", "k"))
 	select {
@@ -630,9 +632,10 @@ func TestPublisherExecPanicIsAnError(t *testing.T) {
 }
 
 // TestPublisherLoneCallerRunsItsOwnBatch proves that a lone caller whose
-// ctx has no deadline runs its batch in its own goroutine, and that one
-// with a deadline hands it to the Publisher's goroutine, so that it can
-// return at its deadline while the batch goes on.
+// ctx outlasts a batch (no deadline, or one past Timeout) runs its batch
+// in its own goroutine, and that one whose deadline comes sooner hands it
+// to the Publisher's goroutine, so that it can return at its deadline
+// while the batch goes on.
 func TestPublisherLoneCallerRunsItsOwnBatch(t *testing.T) {
 	var (
 		mu     sync.Mutex
@@ -645,27 +648,32 @@ func TestPublisherLoneCallerRunsItsOwnBatch(t *testing.T) {
 		stacks = append(stacks, string(buf[:runtime.Stack(buf, false)]))
 		return nil
 	}
-	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec})
+	const timeout = time.Hour
+	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec, Timeout: timeout})
 	t.Cleanup(p.Close)
-	if err := p.Publish(t.Context(), op("ns", "lone")); err != nil {
+	if err := p.Publish(t.Context(), op("ns", "no-deadline")); err != nil {
 		t.Fatalf("Publish without a deadline: %v", err)
 	}
-	dctx, cancel := context.WithTimeout(t.Context(), guard)
+	sooner, cancel := context.WithTimeout(t.Context(), timeout/2)
 	defer cancel()
-	if err := p.Publish(dctx, op("ns", "deadline")); err != nil {
-		t.Fatalf("Publish with a deadline: %v", err)
+	if err := p.Publish(sooner, op("ns", "sooner")); err != nil {
+		t.Fatalf("Publish with a deadline sooner than Timeout: %v", err)
+	}
+	later, cancel := context.WithTimeout(t.Context(), 2*timeout)
+	defer cancel()
+	if err := p.Publish(later, op("ns", "later")); err != nil {
+		t.Fatalf("Publish with a deadline later than Timeout: %v", err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(stacks) != 2 {
-		t.Fatalf("%d batches, want 2", len(stacks))
+	if len(stacks) != 3 {
+		t.Fatalf("%d batches, want 3", len(stacks))
 	}
 	const caller, publisher = "bus.(*Publisher).Publish(", "bus.(*Publisher).run("
-	if !strings.Contains(stacks[0], caller) || strings.Contains(stacks[0], publisher) {
-		t.Errorf("the lone caller's batch did not run in its own goroutine:\n%s", stacks[0])
-	}
-	if strings.Contains(stacks[1], caller) || !strings.Contains(stacks[1], publisher) {
-		t.Errorf("the batch of a caller with a deadline did not run in the Publisher's goroutine:\n%s", stacks[1])
+	for i, own := range []bool{true, false, true} {
+		if got := strings.Contains(stacks[i], caller) && !strings.Contains(stacks[i], publisher); got != own {
+			t.Errorf("batch %d ran in its caller's goroutine: %v, want %v:\n%s", i+1, got, own, stacks[i])
+		}
 	}
 }
 
@@ -741,7 +749,9 @@ func TestPublisherLoneExecThatEndsItsGoroutine(t *testing.T) {
 		}
 		return nil
 	}
-	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec})
+	// A Timeout longer than the guard, so that a caller with the guard as
+	// its deadline hands its batch over.
+	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec, Timeout: time.Hour})
 	ended := make(chan bool, 1)
 	go func() {
 		returned := false
