@@ -56,6 +56,20 @@ func benchKeys(prefix string, n int) []string {
 	return keys
 }
 
+// benchValueKeys returns the Redis key of each of keys' values in
+// namespace.
+func benchValueKeys(namespace string, keys []string) []string {
+	vk := make([]string, len(keys))
+	for i, k := range keys {
+		vk[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
+	}
+	return vk
+}
+
+// benchEnvelope returns an envelope of about the size of the one
+// tiercache stores in stored bytes (header and envelope).
+func benchEnvelope(stored string) []byte { return make([]byte, len(stored)-200) }
+
 // benchNode starts a Node over its own client of srv, closed at cleanup
 // (before srv and the client, which registered their cleanups first).
 func benchNode(tb testing.TB, srv *redistest.Server) *tier.Node {
@@ -332,11 +346,10 @@ func BenchmarkGetL2Hit(b *testing.B) {
 	if st := n.Stats(); st.Caches.FillsLanded != benchKeyCount {
 		b.Fatalf("prefill landed %d fills, want %d; stats %+v", st.Caches.FillsLanded, benchKeyCount, st)
 	}
-	valueKeys := make([]string, len(keys))
+	valueKeys := benchValueKeys(namespace, keys)
 	l2Keys := make([]l2.Keys, len(keys))
 	for i, k := range keys {
 		l2Keys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k)
-		valueKeys[i] = l2Keys[i].Value
 	}
 	// The peek alone, without the tier above it, on a Store of its own.
 	st := l2.NewStore(rdb, tier.DefaultPrefix)
@@ -372,15 +385,21 @@ func BenchmarkGetL2Hit(b *testing.B) {
 			})
 			b.Run("redis-raw-PTTL+MGET", func(b *testing.B) {
 				loop(b, mode.parallel, func(i int) error {
-					pipe := rdb.Pipeline()
-					pipe.PTTL(ctx, valueKeys[i])
-					pipe.MGet(ctx, valueKeys[i], fleetStamp, nsStamp)
-					_, err := pipe.Exec(ctx)
-					return err
+					return peekPipeline(ctx, rdb, valueKeys[i], fleetStamp, nsStamp)
 				})
 			})
 		})
 	}
+}
+
+// peekPipeline sends what a hit of value needs, bare: its PTTL and one
+// MGET of it and the stamps, in one go-redis pipeline.
+func peekPipeline(ctx context.Context, rdb *redis.Client, value string, stamps ...string) error {
+	pipe := rdb.Pipeline()
+	pipe.PTTL(ctx, value)
+	pipe.MGet(ctx, append([]string{value}, stamps...)...)
+	_, err := pipe.Exec(ctx)
+	return err
 }
 
 // l2HitParallelism is the goroutines per GOMAXPROCS of BenchmarkGetL2Hit's
@@ -448,19 +467,13 @@ func BenchmarkGetMissFill(b *testing.B) {
 	// script's claim, then the fill script, in the Cache's two groups.
 	st := l2.NewStore(rdb, tier.DefaultPrefix)
 	known := tier.KnownGroups(c)
-	env := make([]byte, len(rawValue)-200) // about the envelope tiercache stores
+	env := benchEnvelope(rawValue)
 	b.Run("l2-ReadOrClaim+FillInGroups", func(b *testing.B) {
 		keys := coldKeys(b, "l2:cold")
 		withCost(b, rdb, func() {
 			for i := range b.N {
-				k := l2.KeysFor(tier.DefaultPrefix, namespace, keys[i])
-				tok := consistency.NewToken()
-				r, err := st.ReadOrClaim(ctx, k, tok, time.Second)
-				if err != nil || r.State != l2.Claimed {
-					b.Fatalf("ReadOrClaim of a cold key = %+v, %v; want Claimed", r, err)
-				}
-				if ok, err := st.FillInGroups(ctx, k, tok, env, benchTTL, known, r.Clock); err != nil || !ok {
-					b.Fatalf("FillInGroups = %v, %v", ok, err)
+				if err := l2Miss(ctx, st, l2.KeysFor(tier.DefaultPrefix, namespace, keys[i]), env, known); err != nil {
+					b.Fatal(err)
 				}
 			}
 		})
@@ -541,6 +554,20 @@ redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 redis.call('INCR', KEYS[2])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
 )
+
+// l2Miss runs a miss of k through st alone: the read script's claim, then
+// the fill script, of env in the groups known.
+func l2Miss(ctx context.Context, st *l2.Store, k l2.Keys, env []byte, known []string) error {
+	tok := consistency.NewToken()
+	r, err := st.ReadOrClaim(ctx, k, tok, time.Second)
+	if err != nil || r.State != l2.Claimed {
+		return fmt.Errorf("ReadOrClaim of a cold key = %+v, %v; want Claimed", r, err)
+	}
+	if ok, err := st.FillInGroups(ctx, k, tok, env, benchTTL, known, r.Clock); err != nil || !ok {
+		return fmt.Errorf("FillInGroups = %v, %v", ok, err)
+	}
+	return nil
+}
 
 // fencedMiss runs the floor of a fenced miss of kv (value, flag): claim,
 // then fill value for ttl ms.
@@ -663,10 +690,7 @@ func BenchmarkWrite(b *testing.B) {
 	c := benchCache[string](b, n, namespace, -1)
 	ctx := context.Background()
 	keys := benchKeys("user", benchKeyCount)
-	valueKeys := make([]string, len(keys))
-	for i, k := range keys {
-		valueKeys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
-	}
+	valueKeys := benchValueKeys(namespace, keys)
 	if err := c.Set(ctx, keys[0], benchValue); err != nil {
 		b.Fatal(err)
 	}
@@ -732,7 +756,7 @@ func BenchmarkInterleaved(b *testing.B) {
 	stored := storedBytes(b, rdb, mc, missNamespace)
 	st := l2.NewStore(rdb, tier.DefaultPrefix)
 	known := tier.KnownGroups(mc)
-	env := make([]byte, len(stored)-200) // about the envelope tiercache stores
+	env := benchEnvelope(stored)
 	grouped := newGroupedFloor(b, rdb, stored)
 	runs := 0
 	b.Run("miss", func(b *testing.B) {
@@ -741,7 +765,6 @@ func BenchmarkInterleaved(b *testing.B) {
 		prefix := strconv.Itoa(runs) + ":"
 		ttl := benchTTL.Milliseconds()
 		key := func(row string, i int) string { return prefix + row + ":" + strconv.Itoa(i) }
-		c, namespace := mc, missNamespace
 		interleaved(b,
 			interleavedRow{"GET+SET", func(i int) error {
 				k := key("raw", i)
@@ -758,19 +781,10 @@ func BenchmarkInterleaved(b *testing.B) {
 				return grouped.miss(ctx, key("grouped", i))
 			}},
 			interleavedRow{"l2", func(i int) error {
-				k := l2.KeysFor(tier.DefaultPrefix, namespace, key("l2", i))
-				tok := consistency.NewToken()
-				r, err := st.ReadOrClaim(ctx, k, tok, time.Second)
-				if err != nil || r.State != l2.Claimed {
-					return fmt.Errorf("ReadOrClaim of a cold key = %+v, %v; want Claimed", r, err)
-				}
-				if ok, err := st.FillInGroups(ctx, k, tok, env, benchTTL, known, r.Clock); err != nil || !ok {
-					return fmt.Errorf("FillInGroups = %v, %v", ok, err)
-				}
-				return nil
+				return l2Miss(ctx, st, l2.KeysFor(tier.DefaultPrefix, missNamespace, key("l2", i)), env, known)
 			}},
 			interleavedRow{"tiercache", func(i int) error {
-				_, err := c.Get(ctx, key("cold", i))
+				_, err := mc.Get(ctx, key("cold", i))
 				return err
 			}},
 		)
@@ -781,12 +795,11 @@ func BenchmarkInterleaved(b *testing.B) {
 	const hitNamespace = "bench-interleaved-hit"
 	hc := benchCache[string](b, n, hitNamespace, -1)
 	hitKeys := benchKeys("user", benchKeyCount)
-	hitValues := make([]string, len(hitKeys))
-	for i, k := range hitKeys {
+	hitValues := benchValueKeys(hitNamespace, hitKeys)
+	for _, k := range hitKeys {
 		if _, err := hc.Get(ctx, k); err != nil {
 			b.Fatalf("prefill Get(%q): %v", k, err)
 		}
-		hitValues[i] = l2.KeysFor(tier.DefaultPrefix, hitNamespace, k).Value
 	}
 	hitKnown := tier.KnownGroups(hc)
 	fleetStamp, nsStamp := l2.GroupKey(tier.DefaultPrefix, hitKnown[0]), l2.GroupKey(tier.DefaultPrefix, hitKnown[1])
@@ -795,11 +808,7 @@ func BenchmarkInterleaved(b *testing.B) {
 		hits := interleaved(b,
 			interleavedRow{"GET", func(i int) error { return rdb.Get(ctx, hitValues[i%benchKeyCount]).Err() }},
 			interleavedRow{"PTTL+MGET-pipeline", func(i int) error {
-				pipe := rdb.Pipeline()
-				pipe.PTTL(ctx, hitValues[i%benchKeyCount])
-				pipe.MGet(ctx, hitValues[i%benchKeyCount], fleetStamp, nsStamp)
-				_, err := pipe.Exec(ctx)
-				return err
+				return peekPipeline(ctx, rdb, hitValues[i%benchKeyCount], fleetStamp, nsStamp)
 			}},
 			interleavedRow{"tiercache", func(i int) error {
 				_, err := hc.Get(ctx, hitKeys[i%benchKeyCount])
@@ -814,25 +823,16 @@ func BenchmarkInterleaved(b *testing.B) {
 		manyKeys, manyValues := hitKeys[:100], hitValues[:100]
 		interleaved(b,
 			interleavedRow{"MGET", func(int) error { return rdb.MGet(ctx, manyValues...).Err() }},
-			interleavedRow{"tiercache", func(int) error {
-				m, err := hc.GetMany(ctx, manyKeys)
-				if err == nil && len(m) != len(manyKeys) {
-					err = fmt.Errorf("GetMany: %d values of %d", len(m), len(manyKeys))
-				}
-				return err
-			}},
+			interleavedRow{"tiercache", func(int) error { return getAll(ctx, hc, manyKeys) }},
 		)
 	})
 
 	// The writes cycle over benchKeyCount keys, as BenchmarkWrite's do.
 	const namespace = "bench-interleaved-write"
 	c := benchCache[string](b, n, namespace, -1)
-	stored = storedBytes(b, rdb, c, namespace)
+	written := storedBytes(b, rdb, c, namespace)
 	keys := benchKeys("user", benchKeyCount)
-	valueKeys := make([]string, len(keys))
-	for i, k := range keys {
-		valueKeys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
-	}
+	valueKeys := benchValueKeys(namespace, keys)
 	floorKeys := func(i int) []string { return []string{valueKeys[i%benchKeyCount], "bench-floor:seq"} }
 	msg := floorSubscriber(b, rdb, "bench-floor")
 	// "l2-Apply" is the same change and announcement through l2.Store
@@ -861,14 +861,14 @@ func BenchmarkInterleaved(b *testing.B) {
 		)
 	})
 	b.Run("Set", func(b *testing.B) {
-		envelope := make([]byte, len(stored)-200) // about the envelope tiercache stores
+		envelope := benchEnvelope(written)
 		known := tier.KnownGroups(c)
 		interleaved(b,
 			interleavedRow{"SET", func(i int) error {
-				return rdb.Set(ctx, valueKeys[i%benchKeyCount], stored, benchTTL).Err()
+				return rdb.Set(ctx, valueKeys[i%benchKeyCount], written, benchTTL).Err()
 			}},
 			interleavedRow{"SET+PUBLISH-floor", func(i int) error {
-				return floorSet.Run(ctx, rdb, floorKeys(i), "bench-floor", msg, stored, benchTTL.Milliseconds()).Err()
+				return floorSet.Run(ctx, rdb, floorKeys(i), "bench-floor", msg, written, benchTTL.Milliseconds()).Err()
 			}},
 			interleavedRow{"l2-Apply", func(i int) error {
 				return apply(i, l2.Change{Write: true, Envelope: envelope, TTL: benchTTL, Groups: known})

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/internal/redistest"
-	"github.com/tiercache/tiercache/l2"
 	"github.com/tiercache/tiercache/tier"
 )
 
@@ -51,10 +50,7 @@ func BenchmarkWaitReplicas(b *testing.B) {
 			}
 		})
 	}
-	valueKeys := make([]string, len(keys))
-	for i, k := range keys {
-		valueKeys[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Value
-	}
+	valueKeys := benchValueKeys(namespace, keys)
 	b.Run("redis-raw-DEL", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
