@@ -138,6 +138,17 @@ func goPublish(ctx context.Context, p *bus.Publisher, ops ...bus.Op) result {
 	return r
 }
 
+// goClose closes p in the background; its result is nil once Close
+// returned.
+func goClose(p *bus.Publisher) result {
+	r := make(result, 1)
+	go func() {
+		p.Close()
+		r <- nil
+	}()
+	return r
+}
+
 func goFlush(ctx context.Context, p *bus.Publisher) result {
 	r := make(result, 1)
 	go func() { r <- p.Flush(ctx) }()
@@ -510,24 +521,15 @@ func testCloseWaitsForTheBatchInFlight(t *testing.T, ctx context.Context) {
 	case <-time.After(guard):
 		t.Fatalf("the batch did not start within %v", guard)
 	}
-	closed := make(chan struct{})
-	go func() { p.Close(); close(closed) }()
+	closed := goClose(p)
 	select {
 	case <-sawCancel:
 	case <-time.After(guard):
 		t.Fatalf("Close did not cancel the exec ctx within %v", guard)
 	}
-	select {
-	case <-closed:
-		t.Fatalf("Close returned while the batch in flight was still executing")
-	default:
-	}
+	closed.pending(t, "Close, while the batch in flight was still executing,")
 	close(letReturn)
-	select {
-	case <-closed:
-	case <-time.After(guard):
-		t.Fatalf("Close did not return within %v", guard)
-	}
+	_ = closed.wait(t)
 	if err := inFlight.wait(t); !errors.Is(err, context.Canceled) {
 		t.Fatalf("in-flight caller: %v, want context.Canceled", err)
 	}
@@ -779,13 +781,7 @@ func TestPublisherLoneExecThatEndsItsGoroutine(t *testing.T) {
 	if err := p.Publish(dctx, op("ns", "handed-over")); err != nil {
 		t.Fatalf("Publish with a deadline after the exit: %v", err)
 	}
-	closed := make(chan struct{})
-	go func() { p.Close(); close(closed) }()
-	select {
-	case <-closed:
-	case <-time.After(guard):
-		t.Fatalf("Close did not return within %v", guard)
-	}
+	_ = goClose(p).wait(t)
 	stop()
 	if n := calls.Load(); n != 3 {
 		t.Fatalf("%d batches executed, want 3", n)

@@ -22,8 +22,7 @@ func TestPublisherCloseFailsQueuedOpsWithErrClosed(t *testing.T) {
 	qc := newWaitingCtx(t.Context())
 	queuedOp := goPublish(qc, p, op("ns", "queued"))
 	queued(t, qc)
-	closed := make(chan struct{})
-	go func() { p.Close(); close(closed) }()
+	closed := goClose(p)
 	// The in-flight exec returns when Close cancels its ctx (fakeExec selects on it).
 	if err := first.wait(t); !errors.Is(err, context.Canceled) {
 		t.Fatalf("in-flight caller: %v, want context.Canceled", err)
