@@ -29,3 +29,6 @@ func Joiners(s *Store) []*redis.Client {
 	})
 	return out
 }
+
+// ParseBrief decodes the read script's one-string reply (parseBrief).
+func ParseBrief(s string) (Read, error) { return parseBrief(s) }

@@ -3,10 +3,13 @@ package l2_test
 import (
 	"bytes"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/tiercache/tiercache/l2"
 )
@@ -123,4 +126,46 @@ func FuzzParseStored(f *testing.F) {
 			t.Fatalf("ParseStored(AppendStored(%+v)) = %+v, %v", st, again, err)
 		}
 	})
+}
+
+// FuzzParseBrief proves that the decoder of the read script's one-string
+// reply (a read without a value) never panics, reports every failure as
+// ErrUnexpectedReply, accepts only Claimed with a clock and Busy, and
+// reads back what it accepted once written in the script's form.
+// Seeds: testdata/fuzz/FuzzParseBrief.
+func FuzzParseBrief(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := l2.ParseBrief(s)
+		if err != nil {
+			if !errors.Is(err, l2.ErrUnexpectedReply) {
+				t.Fatalf("ParseBrief(%q) error %v does not wrap ErrUnexpectedReply", s, err)
+			}
+			return
+		}
+		var again string
+		switch r.State {
+		case l2.Claimed:
+			if r.Clock == "" || r.TTL != 0 || r.Failing {
+				t.Fatalf("ParseBrief(%q) = %+v: a claim without a clock, or with a TTL or a failure mark", s, r)
+			}
+			again = "2" + bit(r.Stale) + r.Clock
+		case l2.Busy:
+			if r.Clock != "" || r.TTL%time.Millisecond != 0 {
+				t.Fatalf("ParseBrief(%q) = %+v: Busy with a clock, or a TTL of a fraction of a ms", s, r)
+			}
+			again = "3" + bit(r.Stale) + bit(r.Failing) + strconv.FormatInt(r.TTL.Milliseconds(), 10)
+		default:
+			t.Fatalf("ParseBrief(%q) = %+v: a state a read without a value cannot have", s, r)
+		}
+		if back, err := l2.ParseBrief(again); err != nil || !cmp.Equal(back, r) {
+			t.Fatalf("ParseBrief(%q) = %+v, %v; ParseBrief(%q) = %+v", again, back, err, s, r)
+		}
+	})
+}
+
+func bit(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }

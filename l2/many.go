@@ -62,7 +62,7 @@ func (s *Store) ReadOrClaimMany(ctx context.Context, ks []Keys, tokens []string,
 	reads := make([]Read, len(ks))
 	errs := make([]error, len(ks))
 	for i, cmd := range cmds {
-		reply, err := cmd.Slice()
+		reply, err := cmd.Result()
 		if err != nil {
 			errs[i] = fmt.Errorf("l2 read many: %w", err)
 			continue

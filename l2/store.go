@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,9 +86,10 @@ var (
 	// KEYS: value, flag, meta, group clock. ARGV: token, flag TTL in ms,
 	// prefix, the remaining lifetime in ms at or below which a present value
 	// is claimed for a refresh (-1: never), '1' to claim a present value
-	// regardless, slot tag ('' outside a cluster). Reply: state, value, TTL,
-	// group names, group clock (for a claim), removed-stale, failing,
-	// negative.
+	// regardless, slot tag ('' outside a cluster). Reply, with a value:
+	// state, value, TTL, group names, group clock (for a claim),
+	// removed-stale, failing, negative. Without one (Claimed, Busy), one
+	// string (parseBrief): a table costs the script more than its commands.
 	readOrClaimScript = redis.NewScript(gclockLua + headerLua + `
 names(ARGV[3], ARGV[6])
 -- A reader that finds the flag held may wait: the flag's holder, when it
@@ -140,10 +142,10 @@ if v then
   stale = 1
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {2, '', 0, {}, gclock(ARGV[1]), stale, 0, 0}
+  return '2' .. stale .. gclock(ARGV[1])
 end
 waiting()
-return {3, '', redis.call('PTTL', KEYS[2]), {}, '', stale, failing(redis.call('GET', KEYS[2])), 0}
+return '3' .. stale .. failing(redis.call('GET', KEYS[2])) .. redis.call('PTTL', KEYS[2])
 `)
 	// KEYS: value, flag, meta, group clock. ARGV: token, envelope, TTL in
 	// ms, the group clock of the claim, prefix, meta marker ('1', or 'n' for
@@ -743,10 +745,10 @@ func (s *Store) ReadOrClaimWith(ctx context.Context, k Keys, token string, flagT
 	if flagTTL <= 0 {
 		return Read{}, fmt.Errorf("l2 read: %w", errNonPositiveTTL)
 	}
-	var reply []any
+	var reply any
 	err := s.do(ctx, func(ctx context.Context) (err error) {
 		tag := s.tag(k)
-		reply, err = readOrClaimScript.Run(ctx, s.rdb, s.scriptKeys(k, tag), s.readArgs(token, flagTTL, c, tag)...).Slice()
+		reply, err = readOrClaimScript.Run(ctx, s.rdb, s.scriptKeys(k, tag), s.readArgs(token, flagTTL, c, tag)...).Result()
 		return err
 	})
 	if err != nil {
@@ -755,8 +757,16 @@ func (s *Store) ReadOrClaimWith(ctx context.Context, k Keys, token string, flagT
 	return parseRead(reply)
 }
 
-// parseRead checks and decodes the read script's reply.
-func parseRead(reply []any) (Read, error) {
+// parseRead checks and decodes the read script's reply: a string for a
+// read without a value (parseBrief), else a table.
+func parseRead(result any) (Read, error) {
+	if brief, ok := result.(string); ok {
+		return parseBrief(brief)
+	}
+	reply, ok := result.([]any)
+	if !ok {
+		return Read{}, fmt.Errorf("l2 read: %w: %T", ErrUnexpectedReply, result)
+	}
 	if len(reply) != 8 {
 		return Read{}, fmt.Errorf("l2 read: %w: %d elements", ErrUnexpectedReply, len(reply))
 	}
@@ -800,6 +810,44 @@ func parseRead(reply []any) (Read, error) {
 		}
 	}
 	return r, nil
+}
+
+// parseBrief decodes the read script's reply for a read without a value:
+// "2", the removed-stale flag and the group clock for Claimed; "3", the
+// removed-stale flag, the failing flag and the flag's TTL in ms for Busy.
+// A flag is '0' or '1'.
+func parseBrief(s string) (Read, error) {
+	bad := func() (Read, error) {
+		return Read{}, fmt.Errorf("l2 read: %w: %q", ErrUnexpectedReply, s)
+	}
+	flag := func(i int) (bool, bool) {
+		if i >= len(s) || (s[i] != '0' && s[i] != '1') {
+			return false, false
+		}
+		return s[i] == '1', true
+	}
+	if len(s) < 3 {
+		return bad()
+	}
+	stale, ok := flag(1)
+	if !ok {
+		return bad()
+	}
+	switch s[0] {
+	case '2':
+		return Read{State: Claimed, Stale: stale, Clock: s[2:]}, nil
+	case '3':
+		failing, ok := flag(2)
+		if !ok {
+			return bad()
+		}
+		ttl, err := strconv.ParseInt(s[3:], 10, 64)
+		if err != nil {
+			return bad()
+		}
+		return Read{State: Busy, Stale: stale, Failing: failing, TTL: time.Duration(ttl) * time.Millisecond}, nil
+	}
+	return bad()
 }
 
 // Fill writes envelope as k's value with ttl if k's flag still holds token,
