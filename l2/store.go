@@ -334,7 +334,8 @@ end
 // count n at argv[at], the names at argv[at+1..at+n] and fresh tokens at
 // argv[at+n+1..at+2n], it returns the meta list {'1', name, stamp, ...} of the
 // groups' current stamps, creating a missing stamp as "<clock>:<token>" and
-// keeping every stamp alive for at least ttl ms. With a claim (the group
+// keeping every stamp alive for at least ttl ms (one that would expire
+// sooner gets ttl and a quarter more). With a claim (the group
 // clock the claim saw), it returns nil if any group was invalidated after
 // that claim, if a stamp is missing while any group was invalidated since
 // (R31, R26), or if the group clock was lost or replaced since the claim,
@@ -348,31 +349,37 @@ local function stamps(argv, at, claim, ttl)
   local meta = {'1'}
   if n == 0 then return meta end
   local cur = redis.call('GET', CK)
-  local cseq, cid
-  if claim then
+  -- moved: a group may have been invalidated since the claim. Not if the
+  -- clock is the claim's, as it mostly is: every stamp of this
+  -- incarnation was drawn from the clock, so none is newer than it.
+  local moved, cseq, cid, curseq = false
+  if claim and cur ~= claim then
     cseq, cid = gparse(claim)
     if not cseq or not cur then return nil end
-    local _, id = gparse(cur)
+    local id
+    curseq, id = gparse(cur)
     if id ~= cid then return nil end
-  elseif not (cur and gparse(cur)) then
+    moved = true
+  elseif not claim and not (cur and gparse(cur)) then
     cur = gclock(argv[at + n + 1])
   end
-  local curseq = gparse(cur)
   for i = 1, n do
     local g = argv[at + i]
     local sk = skey(g)
     local s = redis.call('GET', sk)
     if not s then
-      if claim and curseq > cseq then return nil end
+      if moved and curseq > cseq then return nil end
       s = cur .. ':' .. argv[at + n + i]
       redis.call('SET', sk, s, 'PX', ttl)
     else
-      if claim then
+      if moved then
         local seq, id = gparse(s)
         if id == cid and seq > cseq then return nil end
       end
+      -- Extended by a quarter more than needed, so that the fills of the
+      -- next quarter of ttl need not extend it again.
       local left = redis.call('PTTL', sk)
-      if left >= 0 and left < ttl then redis.call('PEXPIRE', sk, ttl) end
+      if left >= 0 and left < ttl then redis.call('PEXPIRE', sk, ttl + math.floor(ttl / 4)) end
     end
     meta[#meta + 1] = g
     meta[#meta + 1] = s

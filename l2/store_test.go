@@ -317,6 +317,45 @@ func TestFill_SubMillisecondTTLRoundsUp(t *testing.T) {
 	}
 }
 
+// TestFillInGroups_KeepsStampsAlive proves that a fill keeps each of its
+// groups' stamps alive for at least the value's TTL, since a value whose
+// stamp vanished reads as stale (R26): a stamp that would expire sooner is
+// extended to between the TTL and a quarter more; a longer-lived one is
+// left as it is, and so is one without an expiry.
+func TestFillInGroups_KeepsStampsAlive(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	stamp := l2.GroupKey("tc", "g")
+	fill := func(key string) time.Duration {
+		t.Helper()
+		k := l2.KeysFor("tc", "ns", key)
+		tok, clock := f.claimClock(t, k)
+		if ok, err := f.st.FillInGroups(ctx, k, tok, envelope(t, key, "v"), valueTTL, []string{"g"}, clock); err != nil || !ok {
+			t.Fatalf("FillInGroups(%q) = %v, %v; want it to land", key, ok, err)
+		}
+		return f.pttl(t, stamp)
+	}
+	if d := fill("creates"); d <= valueTTL-time.Minute || d > valueTTL {
+		t.Fatalf("a stamp created by a fill: PTTL %v; want about %v", d, valueTTL)
+	}
+	for _, c := range []struct {
+		name     string
+		set      []any // the command that sets the stamp's expiry first
+		min, max time.Duration
+	}{
+		{"expiring sooner", []any{"PEXPIRE", stamp, 1000}, valueTTL, valueTTL * 5 / 4},
+		{"expiring later", []any{"PEXPIRE", stamp, (2 * valueTTL).Milliseconds()}, 2*valueTTL - time.Minute, 2 * valueTTL},
+		{"without an expiry", []any{"PERSIST", stamp}, -time.Millisecond, -time.Millisecond},
+	} {
+		if err := f.rdb.Do(ctx, c.set...).Err(); err != nil {
+			t.Fatalf("%v: %v", c.set, err)
+		}
+		if d := fill(c.name); d < c.min || d > c.max {
+			t.Errorf("a fill in the group of a stamp %s: PTTL %v; want in [%v, %v]", c.name, d, c.min, c.max)
+		}
+	}
+}
+
 // TestFill_RefusedWithWrongToken proves a fill with another token writes
 // nothing and leaves the holder's flag in place.
 func TestFill_RefusedWithWrongToken(t *testing.T) {
