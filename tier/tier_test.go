@@ -277,6 +277,82 @@ func TestCancelledWaiter(t *testing.T) {
 	}
 }
 
+// The cancellation of the Get that leads a flight returns it alone, at
+// once, while the fetch is held: the fetch goes on for the Get that joined,
+// and fills both tiers.
+func TestCancelledLeader(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	src.gated.Store(true)
+	joined, onFlight := events[bool]()
+	n := f.node(tier.NodeConfig{}, &hooks.Points{Flight: func(_ string, started bool) { onFlight(started) }})
+	c := cache(t, n, src)
+	ctxA, cancelA := context.WithCancel(context.Background())
+	gotA := goGet(ctxA, c, "k")
+	if started := wait(t, joined, "A"); !started {
+		t.Fatal("A did not start the flight")
+	}
+	held := src.next(t)
+	gotB := goGet(context.Background(), c, "k")
+	if started := wait(t, joined, "B"); started {
+		t.Fatal("B started a second flight")
+	}
+	cancelA()
+	if r := await(t, gotA); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("A = %q, %v; want context.Canceled", r.v, r.err)
+	}
+	if err := held.ctx.Err(); err != nil {
+		t.Fatalf("the shared fetch was cancelled with A: %v", err)
+	}
+	close(held.release)
+	if r := await(t, gotB); r.err != nil || r.v != "v1" {
+		t.Fatalf("B = %q, %v", r.v, r.err)
+	}
+	if st := n.Stats(); st.Caches.FillsLanded != 1 || st.Caches.Fetches != 1 {
+		t.Fatalf("stats = %+v", st)
+	}
+	if got := f.stored("k"); got != "v1" {
+		t.Fatalf("Redis holds %q, want v1", got)
+	}
+}
+
+// A flight's leader that is cancelled while nobody else waits stops the
+// fetch, and the flight gives its claim up: once the node has closed, which
+// waits for the flight, no flag is left for other nodes to wait on.
+func TestCancelledLoneLeaderReleasesItsClaim(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	src.gated.Store(true)
+	n := f.node(tier.NodeConfig{}, nil)
+	c := cache(t, n, src)
+	ctx, cancel := context.WithCancel(context.Background())
+	got := goGet(ctx, c, "k")
+	held := src.next(t)
+	if f.flag("k") == "" {
+		t.Fatal("no flag while the fetch runs")
+	}
+	cancel()
+	if r := await(t, got); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("Get = %q, %v; want context.Canceled", r.v, r.err)
+	}
+	select {
+	case <-held.ctx.Done():
+	case <-time.After(guard):
+		t.Fatal("the fetch's context was not cancelled with its only caller")
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if tok := f.flag("k"); tok != "" {
+		t.Fatalf("flag %q left behind", tok)
+	}
+	if got := f.stored("k"); got != "" {
+		t.Fatalf("Redis holds %q, want nothing", got)
+	}
+}
+
 // Bytes in Redis that do not decode are a miss: removed, refetched,
 // counted, never a panic.
 func TestCorruptValueIsAMiss(t *testing.T) {
