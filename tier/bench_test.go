@@ -780,6 +780,15 @@ func BenchmarkInterleaved(b *testing.B) {
 			interleavedRow{"fenced-floor-in-groups", func(i int) error {
 				return grouped.miss(ctx, key("grouped", i))
 			}},
+			// The same floor, run as a flight runs a load: in a goroutine
+			// of its own that the caller waits for, so that the caller's
+			// cancellation can return it alone while the load goes on for
+			// the others.
+			interleavedRow{"fenced-floor-in-groups-shared", func(i int) error {
+				done := make(chan error, 1)
+				go func() { done <- grouped.miss(ctx, key("shared", i)) }()
+				return <-done
+			}},
 			interleavedRow{"l2", func(i int) error {
 				return l2Miss(ctx, st, l2.KeysFor(tier.DefaultPrefix, missNamespace, key("l2", i)), env, known)
 			}},
