@@ -145,7 +145,7 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return '2' .. stale .. gclock(ARGV[1])
 end
 waiting()
-return '3' .. stale .. failing(redis.call('GET', KEYS[2])) .. redis.call('PTTL', KEYS[2])
+return '3' .. stale .. failing(redis.call('GET', KEYS[2])) .. string.format('%d', redis.call('PTTL', KEYS[2]))
 `)
 	// KEYS: value, flag, meta, group clock. ARGV: token, envelope, TTL in
 	// ms, the group clock of the claim, prefix, meta marker ('1', or 'n' for
@@ -163,7 +163,7 @@ if not meta then
   wake(KEYS[2], ARGV[8], KEYS[1])
   return 0
 end
-redis.call('SET', KEYS[1], header(ARGV[6], ttl, meta) .. ARGV[2], 'PX', ttl)
+redis.call('SET', KEYS[1], header(ARGV[6], ttl, meta) .. ARGV[2], 'PX', string.format('%d', ttl))
 redis.call('DEL', KEYS[2], KEYS[3])
 wake(KEYS[2], ARGV[8], KEYS[1])
 return 1
@@ -230,7 +230,7 @@ while a <= #ARGV do
     end
     local n = tonumber(ARGV[a+5])
     local meta = stamps(ARGV, a + 5, nil, ttl)
-    redis.call('SET', KEYS[k], header('1', ttl, meta) .. ARGV[a+1], 'PX', ttl)
+    redis.call('SET', KEYS[k], header('1', ttl, meta) .. ARGV[a+1], 'PX', string.format('%d', ttl))
     redis.call('UNLINK', KEYS[k+1], KEYS[k+2], KEYS[k+1] .. 'w')
     a = a + 6 + 2 * n
     k = k + 3
@@ -334,8 +334,8 @@ end
 // count n at argv[at], the names at argv[at+1..at+n] and fresh tokens at
 // argv[at+n+1..at+2n], it returns the meta list {'1', name, stamp, ...} of the
 // groups' current stamps, creating a missing stamp as "<clock>:<token>" and
-// keeping every stamp alive for at least ttl ms (one that would expire
-// sooner gets ttl and a quarter more). With a claim (the group
+// keeping every stamp alive for at least ttl ms (one it creates, or that
+// would expire sooner, gets ttl and a quarter more). With a claim (the group
 // clock the claim saw), it returns nil if any group was invalidated after
 // that claim, if a stamp is missing while any group was invalidated since
 // (R31, R26), or if the group clock was lost or replaced since the claim,
@@ -351,7 +351,9 @@ local function stamps(argv, at, claim, ttl)
   local cur = redis.call('GET', CK)
   -- moved: a group may have been invalidated since the claim. Not if the
   -- clock is the claim's, as it mostly is: every stamp of this
-  -- incarnation was drawn from the clock, so none is newer than it.
+  -- incarnation was drawn from the clock, so none is newer than it, and
+  -- no group was invalidated since (the clock's id is the token of the
+  -- claim that created it, never reused: R36).
   local moved, cseq, cid, curseq = false
   if claim and cur ~= claim then
     cseq, cid = gparse(claim)
@@ -363,6 +365,11 @@ local function stamps(argv, at, claim, ttl)
   elseif not claim and not (cur and gparse(cur)) then
     cur = gclock(argv[at + n + 1])
   end
+  -- A stamp created or extended lives a quarter more than needed, so that
+  -- the fills of the next quarter of ttl need not extend it again. Whole
+  -- numbers go to Redis formatted as such: some servers write a Lua
+  -- number such as 2.7e9 in exponent form, which PEXPIRE refuses.
+  local keep = string.format('%d', ttl + math.floor(ttl / 4))
   for i = 1, n do
     local g = argv[at + i]
     local sk = skey(g)
@@ -370,16 +377,14 @@ local function stamps(argv, at, claim, ttl)
     if not s then
       if moved and curseq > cseq then return nil end
       s = cur .. ':' .. argv[at + n + i]
-      redis.call('SET', sk, s, 'PX', ttl)
+      redis.call('SET', sk, s, 'PX', keep)
     else
       if moved then
         local seq, id = gparse(s)
         if id == cid and seq > cseq then return nil end
       end
-      -- Extended by a quarter more than needed, so that the fills of the
-      -- next quarter of ttl need not extend it again.
       local left = redis.call('PTTL', sk)
-      if left >= 0 and left < ttl then redis.call('PEXPIRE', sk, ttl + math.floor(ttl / 4)) end
+      if left >= 0 and left < ttl then redis.call('PEXPIRE', sk, keep) end
     end
     meta[#meta + 1] = g
     meta[#meta + 1] = s
@@ -429,7 +434,7 @@ func BusKeysFor(prefix string, cluster bool) BusKeys {
 }
 
 // GroupStampTTL is the lifetime of the stamp that a group invalidation
-// writes. Fills keep a stamp alive for as long as their value; a stamp that
+// writes. Fills keep a stamp alive at least as long as their value; a stamp that
 // expires makes its entries unknown (refused), never fresh.
 const GroupStampTTL = 7 * 24 * time.Hour
 
