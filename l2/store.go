@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -854,7 +855,7 @@ func parseBrief(s string) (Read, error) {
 			return bad()
 		}
 		ttl, err := strconv.ParseInt(s[3:], 10, 64)
-		if err != nil {
+		if err != nil || ttl > math.MaxInt64/int64(time.Millisecond) || ttl < math.MinInt64/int64(time.Millisecond) {
 			return bad()
 		}
 		return Read{State: Busy, Stale: stale, Failing: failing, TTL: time.Duration(ttl) * time.Millisecond}, nil
