@@ -20,6 +20,11 @@ func (s *Store) ReadOrClaimMany(ctx context.Context, ks []Keys, tokens []string,
 	if len(tokens) != len(ks) {
 		return nil, nil, fmt.Errorf("l2 read many: %d tokens for %d keys", len(tokens), len(ks))
 	}
+	for _, token := range tokens {
+		if err := checkToken(token); err != nil {
+			return nil, nil, fmt.Errorf("l2 read many: %w", err)
+		}
+	}
 	if len(ks) == 0 {
 		return nil, nil, nil
 	}

@@ -719,7 +719,10 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 }
 
 // ReadOrClaim reads k's value; if it is absent, it claims k's flag with
-// token for flagTTL, all in one round trip.
+// token for flagTTL, all in one round trip. token must be fresh for every
+// claim (consistency.NewToken), non-empty and without ':' or '/': the
+// first claim after the group clock was lost names its new incarnation
+// after it (R36), and ErrBadToken refuses any other.
 func (s *Store) ReadOrClaim(ctx context.Context, k Keys, token string, flagTTL time.Duration) (Read, error) {
 	return s.ReadOrClaimWith(ctx, k, token, flagTTL, Claim{})
 }
@@ -757,6 +760,9 @@ func (s *Store) readArgs(token string, flagTTL time.Duration, c Claim, tag strin
 func (s *Store) ReadOrClaimWith(ctx context.Context, k Keys, token string, flagTTL time.Duration, c Claim) (Read, error) {
 	if flagTTL <= 0 {
 		return Read{}, fmt.Errorf("l2 read: %w", errNonPositiveTTL)
+	}
+	if err := checkToken(token); err != nil {
+		return Read{}, fmt.Errorf("l2 read: %w", err)
 	}
 	var reply any
 	err := s.do(ctx, func(ctx context.Context) (err error) {
@@ -1366,6 +1372,19 @@ func (s *Store) DeleteIfEqual(ctx context.Context, k Keys, b []byte) error {
 
 // errNonPositiveTTL reports a lifetime that Redis cannot express.
 var errNonPositiveTTL = errors.New("l2: a TTL must be positive")
+
+// ErrBadToken reports a claim token that could not name an incarnation of
+// the group clock: empty, or holding ':' or '/'.
+var ErrBadToken = errors.New("l2: a claim token must be non-empty, without ':' or '/'")
+
+// checkToken returns an error wrapping ErrBadToken for a token that could
+// not name an incarnation of the group clock (gclockLua's gparse).
+func checkToken(token string) error {
+	if token == "" || strings.ContainsAny(token, ":/") {
+		return fmt.Errorf("%w: %q", ErrBadToken, token)
+	}
+	return nil
+}
 
 // ttlMillis rounds a positive duration up to whole milliseconds: PX 0 is an
 // error in Redis, and rounding down would shorten the lifetime.

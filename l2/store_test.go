@@ -356,6 +356,22 @@ func TestFillInGroups_KeepsStampsAlive(t *testing.T) {
 	}
 }
 
+// TestReadOrClaim_RefusesBadTokens proves that a token that could not name
+// an incarnation of the group clock is refused before anything is claimed.
+func TestReadOrClaim_RefusesBadTokens(t *testing.T) {
+	f := newFixture(t)
+	k := l2.KeysFor("tc", "ns", "k")
+	for _, tok := range []string{"", "a:b", "a/b"} {
+		if r, err := f.st.ReadOrClaim(t.Context(), k, tok, flagTTL); !errors.Is(err, l2.ErrBadToken) {
+			t.Errorf("ReadOrClaim with token %q = %+v, %v; want ErrBadToken", tok, r, err)
+		}
+		if _, _, err := f.st.ReadOrClaimMany(t.Context(), []l2.Keys{k}, []string{tok}, flagTTL, l2.Claim{}); !errors.Is(err, l2.ErrBadToken) {
+			t.Errorf("ReadOrClaimMany with token %q: %v; want ErrBadToken", tok, err)
+		}
+	}
+	f.mustAbsent(t, k.Flag)
+}
+
 // TestFill_RefusedWithWrongToken proves a fill with another token writes
 // nothing and leaves the holder's flag in place.
 func TestFill_RefusedWithWrongToken(t *testing.T) {
