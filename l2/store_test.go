@@ -356,6 +356,69 @@ func TestFillInGroups_KeepsStampsAlive(t *testing.T) {
 	}
 }
 
+// TestFillInGroups_GroupCheck proves the fill's group check (R31, R26,
+// R36) in each of its cases: the fill lands only if no group of the value
+// was invalidated since its claim, and a stamp that vanished meanwhile is
+// recreated only if no group at all was.
+func TestFillInGroups_GroupCheck(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		after  func(t *testing.T, f *fixture) // between the claim and the fill
+		landed bool
+	}{
+		{"nothing changed", func(*testing.T, *fixture) {}, true},
+		{"its stamp lost, no group invalidated", func(t *testing.T, f *fixture) { f.del(t, l2.GroupKey("tc", "g")) }, true},
+		{"its group invalidated", func(t *testing.T, f *fixture) { f.invalidateGroup(t, "g") }, false},
+		{"another group invalidated", func(t *testing.T, f *fixture) { f.invalidateGroup(t, "h") }, true},
+		{"another group invalidated, its stamp lost", func(t *testing.T, f *fixture) {
+			f.invalidateGroup(t, "h")
+			f.del(t, l2.GroupKey("tc", "g"))
+		}, false},
+		{"the clock lost", func(t *testing.T, f *fixture) { f.del(t, "tc:gseq") }, false},
+		{"the clock lost and started again", func(t *testing.T, f *fixture) {
+			f.del(t, "tc:gseq")
+			f.claim(t, l2.KeysFor("tc", "ns", "other"))
+		}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := t.Context()
+			// An earlier fill in g creates its stamp.
+			first := l2.KeysFor("tc", "ns", "first")
+			tok, clock := f.claimClock(t, first)
+			if ok, err := f.st.FillInGroups(ctx, first, tok, envelope(t, "first", "v"), valueTTL, []string{"g"}, clock); err != nil || !ok {
+				t.Fatalf("first fill = %v, %v", ok, err)
+			}
+			k := l2.KeysFor("tc", "ns", "k")
+			tok, clock = f.claimClock(t, k)
+			c.after(t, f)
+			ok, err := f.st.FillInGroups(ctx, k, tok, envelope(t, "k", "v"), valueTTL, []string{"g"}, clock)
+			if err != nil || ok != c.landed {
+				t.Fatalf("FillInGroups = %v, %v; want %v", ok, err, c.landed)
+			}
+			if _, held := f.get(t, l2.GroupKey("tc", "g")); c.landed && !held {
+				t.Fatal("the fill landed without a stamp of its group")
+			}
+		})
+	}
+}
+
+// del deletes key.
+func (f *fixture) del(t *testing.T, key string) {
+	t.Helper()
+	if err := f.rdb.Del(t.Context(), key).Err(); err != nil {
+		t.Fatalf("DEL %q: %v", key, err)
+	}
+}
+
+// invalidateGroup invalidates group g through the Store.
+func (f *fixture) invalidateGroup(t *testing.T, g string) {
+	t.Helper()
+	if _, err := f.st.Apply(t.Context(), []l2.Change{{Group: g}}, nil); err != nil {
+		t.Fatalf("invalidate group %q: %v", g, err)
+	}
+}
+
 // TestReadOrClaim_RefusesBadTokens proves that a token that could not name
 // an incarnation of the group clock is refused before anything is claimed.
 func TestReadOrClaim_RefusesBadTokens(t *testing.T) {
