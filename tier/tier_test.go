@@ -279,7 +279,7 @@ func TestCancelledWaiter(t *testing.T) {
 
 // The cancellation of the Get that leads a flight returns it alone, at
 // once, while the fetch is held: the fetch goes on for the Get that joined,
-// and fills both tiers.
+// and fills the cache, so that a further Get fetches nothing.
 func TestCancelledLeader(t *testing.T) {
 	f := newFleet(t)
 	src := newSource()
@@ -314,6 +314,10 @@ func TestCancelledLeader(t *testing.T) {
 	}
 	if got := f.stored("k"); got != "v1" {
 		t.Fatalf("Redis holds %q, want v1", got)
+	}
+	src.gated.Store(false)
+	if got := mustGet(t, c, "k"); got != "v1" || src.reads.Load() != 1 {
+		t.Fatalf("a further Get = %q after %d fetches; want v1 after 1", got, src.reads.Load())
 	}
 }
 
