@@ -189,6 +189,42 @@ func TestReadOrClaim_BusyReturnsFlagTTL(t *testing.T) {
 	f.claim(t, k)
 }
 
+// TestReadOrClaim_BusyReportsWhatItFound proves the rest of what a Busy
+// read reports, through the script's one-string reply: a flag without an
+// expiry as a negative TTL, and a stale value it removed on the way.
+func TestReadOrClaim_BusyReportsWhatItFound(t *testing.T) {
+	t.Run("a flag without an expiry", func(t *testing.T) {
+		f := newFixture(t)
+		k := l2.KeysFor("tc", "ns", "k")
+		f.claim(t, k)
+		if err := f.rdb.Persist(t.Context(), k.Flag).Err(); err != nil {
+			t.Fatal(err)
+		}
+		r, err := f.st.ReadOrClaim(t.Context(), k, consistency.NewToken(), flagTTL)
+		if want := (l2.Read{State: l2.Busy, TTL: -time.Millisecond}); err != nil || !cmp.Equal(r, want) {
+			t.Fatalf("ReadOrClaim = %+v, %v; want %+v", r, err, want)
+		}
+	})
+	t.Run("a stale value removed", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := t.Context()
+		k := l2.KeysFor("tc", "ns", "k")
+		tok, clock := f.claimClock(t, k)
+		if ok, err := f.st.FillInGroups(ctx, k, tok, envelope(t, "k", "v"), valueTTL, []string{"g"}, clock); err != nil || !ok {
+			t.Fatalf("FillInGroups = %v, %v", ok, err)
+		}
+		if err := f.rdb.Set(ctx, k.Flag, "another", flagTTL).Err(); err != nil {
+			t.Fatal(err)
+		}
+		f.invalidateGroup(t, "g")
+		r, err := f.st.ReadOrClaim(ctx, k, consistency.NewToken(), flagTTL)
+		if err != nil || r.State != l2.Busy || !r.Stale || r.Failing || r.TTL <= 0 || r.TTL > flagTTL {
+			t.Fatalf("ReadOrClaim = %+v, %v; want Busy, Stale, with the flag's TTL", r, err)
+		}
+		f.mustAbsent(t, k.Value)
+	})
+}
+
 // TestReadOrClaim_Hit proves a present value is returned with its remaining
 // TTL and no flag is taken.
 func TestReadOrClaim_Hit(t *testing.T) {
