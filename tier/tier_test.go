@@ -235,89 +235,75 @@ func TestNotFound(t *testing.T) {
 	}
 }
 
-// One waiter's cancelled ctx returns that waiter only; the shared fetch goes
-// on and fills for the others. A ctx cancelled before the call fetches
-// nothing.
+// One waiter's cancelled ctx returns that waiter only, whether it joined
+// the flight or started it, at once, while the fetch is held: the shared
+// fetch goes on and fills the cache for the other, so that a further Get
+// fetches nothing. A ctx cancelled before the call fetches nothing.
 func TestCancelledWaiter(t *testing.T) {
-	f := newFleet(t)
-	src := newSource()
-	src.set("k", "v1")
-	src.gated.Store(true)
-	joined, onFlight := events[bool]()
-	n := f.node(tier.NodeConfig{}, &hooks.Points{Flight: func(_ string, started bool) { onFlight(started) }})
-	c := cache(t, n, src)
-
-	dead, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := c.Get(dead, "k"); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Get with a cancelled ctx = %v", err)
-	}
-
-	ctxB, cancelB := context.WithCancel(context.Background())
-	gotA := goGet(context.Background(), c, "k")
-	wait(t, joined, "A")
-	held := src.next(t)
-	gotB := goGet(ctxB, c, "k")
-	if started := wait(t, joined, "B"); started {
-		t.Fatal("B started a second flight")
-	}
-	cancelB()
-	if r := await(t, gotB); !errors.Is(r.err, context.Canceled) {
-		t.Fatalf("B = %q, %v; want context.Canceled", r.v, r.err)
-	}
-	if err := held.ctx.Err(); err != nil {
-		t.Fatalf("the shared fetch was cancelled with B: %v", err)
-	}
-	close(held.release)
-	if r := await(t, gotA); r.err != nil || r.v != "v1" {
-		t.Fatalf("A = %q, %v", r.v, r.err)
-	}
-	if st := n.Stats(); st.Caches.FillsLanded != 1 || st.Caches.Fetches != 1 {
-		t.Fatalf("stats = %+v", st)
-	}
-}
-
-// The cancellation of the Get that leads a flight returns it alone, at
-// once, while the fetch is held: the fetch goes on for the Get that joined,
-// and fills the cache, so that a further Get fetches nothing.
-func TestCancelledLeader(t *testing.T) {
-	f := newFleet(t)
-	src := newSource()
-	src.set("k", "v1")
-	src.gated.Store(true)
-	joined, onFlight := events[bool]()
-	n := f.node(tier.NodeConfig{}, &hooks.Points{Flight: func(_ string, started bool) { onFlight(started) }})
-	c := cache(t, n, src)
-	ctxA, cancelA := context.WithCancel(context.Background())
-	gotA := goGet(ctxA, c, "k")
-	if started := wait(t, joined, "A"); !started {
-		t.Fatal("A did not start the flight")
-	}
-	held := src.next(t)
-	gotB := goGet(context.Background(), c, "k")
-	if started := wait(t, joined, "B"); started {
-		t.Fatal("B started a second flight")
-	}
-	cancelA()
-	if r := await(t, gotA); !errors.Is(r.err, context.Canceled) {
-		t.Fatalf("A = %q, %v; want context.Canceled", r.v, r.err)
-	}
-	if err := held.ctx.Err(); err != nil {
-		t.Fatalf("the shared fetch was cancelled with A: %v", err)
-	}
-	close(held.release)
-	if r := await(t, gotB); r.err != nil || r.v != "v1" {
-		t.Fatalf("B = %q, %v", r.v, r.err)
-	}
-	if st := n.Stats(); st.Caches.FillsLanded != 1 || st.Caches.Fetches != 1 {
-		t.Fatalf("stats = %+v", st)
-	}
-	if got := f.stored("k"); got != "v1" {
-		t.Fatalf("Redis holds %q, want v1", got)
-	}
-	src.gated.Store(false)
-	if got := mustGet(t, c, "k"); got != "v1" || src.reads.Load() != 1 {
-		t.Fatalf("a further Get = %q after %d fetches; want v1 after 1", got, src.reads.Load())
+	t.Run("before the call", func(t *testing.T) {
+		f := newFleet(t)
+		src := newSource()
+		c := cache(t, f.node(tier.NodeConfig{}, nil), src)
+		dead, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := c.Get(dead, "k"); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Get with a cancelled ctx = %v", err)
+		}
+		if n := src.reads.Load(); n != 0 {
+			t.Fatalf("%d fetches; want none", n)
+		}
+	})
+	for _, leader := range []bool{false, true} {
+		name := map[bool]string{false: "the one that joined", true: "the one that started the flight"}[leader]
+		t.Run(name, func(t *testing.T) {
+			f := newFleet(t)
+			src := newSource()
+			src.set("k", "v1")
+			src.gated.Store(true)
+			joined, onFlight := events[bool]()
+			n := f.node(tier.NodeConfig{}, &hooks.Points{Flight: func(_ string, started bool) { onFlight(started) }})
+			c := cache(t, n, src)
+			ctxA, cancelA := context.WithCancel(context.Background())
+			ctxB, cancelB := context.WithCancel(context.Background())
+			defer cancelA()
+			defer cancelB()
+			gotA := goGet(ctxA, c, "k")
+			if started := wait(t, joined, "A"); !started {
+				t.Fatal("A did not start the flight")
+			}
+			held := src.next(t)
+			gotB := goGet(ctxB, c, "k")
+			if started := wait(t, joined, "B"); started {
+				t.Fatal("B started a second flight")
+			}
+			cancelled, other := gotB, gotA
+			if leader {
+				cancelA()
+				cancelled, other = gotA, gotB
+			} else {
+				cancelB()
+			}
+			if r := await(t, cancelled); !errors.Is(r.err, context.Canceled) {
+				t.Fatalf("the cancelled Get = %q, %v; want context.Canceled", r.v, r.err)
+			}
+			if err := held.ctx.Err(); err != nil {
+				t.Fatalf("the shared fetch was cancelled with a waiter: %v", err)
+			}
+			close(held.release)
+			if r := await(t, other); r.err != nil || r.v != "v1" {
+				t.Fatalf("the other Get = %q, %v", r.v, r.err)
+			}
+			if st := n.Stats(); st.Caches.FillsLanded != 1 || st.Caches.Fetches != 1 {
+				t.Fatalf("stats = %+v", st)
+			}
+			if got := f.stored("k"); got != "v1" {
+				t.Fatalf("Redis holds %q, want v1", got)
+			}
+			src.gated.Store(false)
+			if got := mustGet(t, c, "k"); got != "v1" || src.reads.Load() != 1 {
+				t.Fatalf("a further Get = %q after %d fetches; want v1 after 1", got, src.reads.Load())
+			}
+		})
 	}
 }
 
