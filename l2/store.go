@@ -435,8 +435,8 @@ func BusKeysFor(prefix string, cluster bool) BusKeys {
 }
 
 // GroupStampTTL is the lifetime of the stamp that a group invalidation
-// writes. Fills keep a stamp alive at least as long as their value; a stamp that
-// expires makes its entries unknown (refused), never fresh.
+// writes. Fills keep a stamp alive at least as long as their value; a
+// stamp that expires makes its entries unknown (refused), never fresh.
 const GroupStampTTL = 7 * 24 * time.Hour
 
 // Store runs the flag protocol against one Redis deployment. It is safe for
