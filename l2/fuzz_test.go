@@ -163,6 +163,7 @@ func FuzzParseBrief(f *testing.F) {
 	})
 }
 
+// bit writes b as the script does: "1" or "0".
 func bit(b bool) string {
 	if b {
 		return "1"
