@@ -208,11 +208,7 @@ func TestReadOrClaim_BusyReportsWhatItFound(t *testing.T) {
 	t.Run("a stale value removed", func(t *testing.T) {
 		f := newFixture(t)
 		ctx := t.Context()
-		k := l2.KeysFor("tc", "ns", "k")
-		tok, clock := f.claimClock(t, k)
-		if ok, err := f.st.FillInGroups(ctx, k, tok, envelope(t, "k", "v"), valueTTL, []string{"g"}, clock); err != nil || !ok {
-			t.Fatalf("FillInGroups = %v, %v", ok, err)
-		}
+		k := f.fillInG(t, "k")
 		if err := f.rdb.Set(ctx, k.Flag, "another", flagTTL).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -364,11 +360,7 @@ func TestFillInGroups_KeepsStampsAlive(t *testing.T) {
 	stamp := l2.GroupKey("tc", "g")
 	fill := func(key string) time.Duration {
 		t.Helper()
-		k := l2.KeysFor("tc", "ns", key)
-		tok, clock := f.claimClock(t, k)
-		if ok, err := f.st.FillInGroups(ctx, k, tok, envelope(t, key, "v"), valueTTL, []string{"g"}, clock); err != nil || !ok {
-			t.Fatalf("FillInGroups(%q) = %v, %v; want it to land", key, ok, err)
-		}
+		f.fillInG(t, key)
 		return f.pttl(t, stamp)
 	}
 	if d := fill("creates"); d <= valueTTL || d > valueTTL*5/4 {
@@ -419,14 +411,9 @@ func TestFillInGroups_GroupCheck(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			f := newFixture(t)
 			ctx := t.Context()
-			// An earlier fill in g creates its stamp.
-			first := l2.KeysFor("tc", "ns", "first")
-			tok, clock := f.claimClock(t, first)
-			if ok, err := f.st.FillInGroups(ctx, first, tok, envelope(t, "first", "v"), valueTTL, []string{"g"}, clock); err != nil || !ok {
-				t.Fatalf("first fill = %v, %v", ok, err)
-			}
+			f.fillInG(t, "first") // creates g's stamp
 			k := l2.KeysFor("tc", "ns", "k")
-			tok, clock = f.claimClock(t, k)
+			tok, clock := f.claimClock(t, k)
 			c.after(t, f)
 			ok, err := f.st.FillInGroups(ctx, k, tok, envelope(t, "k", "v"), valueTTL, []string{"g"}, clock)
 			if err != nil || ok != c.landed {
@@ -437,6 +424,18 @@ func TestFillInGroups_GroupCheck(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fillInG claims key of namespace "ns" and fills it in group "g", and
+// fails unless the fill lands.
+func (f *fixture) fillInG(t *testing.T, key string) l2.Keys {
+	t.Helper()
+	k := l2.KeysFor("tc", "ns", key)
+	tok, clock := f.claimClock(t, k)
+	if ok, err := f.st.FillInGroups(t.Context(), k, tok, envelope(t, key, "v"), valueTTL, []string{"g"}, clock); err != nil || !ok {
+		t.Fatalf("FillInGroups(%q) = %v, %v; want it to land", key, ok, err)
+	}
+	return k
 }
 
 // del deletes key.
