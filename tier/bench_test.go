@@ -56,6 +56,15 @@ func benchKeys(prefix string, n int) []string {
 	return keys
 }
 
+// benchFlagKeys returns the Redis key of each of keys' flags in namespace.
+func benchFlagKeys(namespace string, keys []string) []string {
+	fk := make([]string, len(keys))
+	for i, k := range keys {
+		fk[i] = l2.KeysFor(tier.DefaultPrefix, namespace, k).Flag
+	}
+	return fk
+}
+
 // benchValueKeys returns the Redis key of each of keys' values in
 // namespace.
 func benchValueKeys(namespace string, keys []string) []string {
@@ -553,6 +562,26 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 redis.call('INCR', KEYS[2])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
+	// floorDeleteFenced and floorSetGuarded add what a write keeps besides
+	// its announcement. Both delete the key's flag, so that a fill in
+	// progress is refused (R01). floorSetGuarded also reads the stamps of
+	// the value's two groups and stores them with it (the group check,
+	// R31), and reads Redis's clock, which the bound on a late write needs
+	// (R44): no header, no keep-alive of the stamps. KEYS: value,
+	// sequence, flag; then, for floorSetGuarded, the two stamps. ARGV: as
+	// floorDelete's and floorSet's.
+	floorDeleteFenced = redis.NewScript(`
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('INCR', KEYS[2])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
+	floorSetGuarded = redis.NewScript(`
+local s = redis.call('MGET', KEYS[4], KEYS[5])
+if not s[1] or not s[2] then return redis.error_reply('a stamp is missing') end
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], t[1] .. s[1] .. s[2] .. ARGV[3], 'PX', ARGV[4])
+redis.call('DEL', KEYS[3])
+redis.call('INCR', KEYS[2])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])`)
 )
 
 // l2Miss runs a miss of k through st alone: the read script's claim, then
@@ -843,6 +872,12 @@ func BenchmarkInterleaved(b *testing.B) {
 	keys := benchKeys("user", benchKeyCount)
 	valueKeys := benchValueKeys(namespace, keys)
 	floorKeys := func(i int) []string { return []string{valueKeys[i%benchKeyCount], "bench-floor:seq"} }
+	flagKeys := benchFlagKeys(namespace, keys)
+	writeKnown := tier.KnownGroups(c)
+	writeStamps := []string{l2.GroupKey(tier.DefaultPrefix, writeKnown[0]), l2.GroupKey(tier.DefaultPrefix, writeKnown[1])}
+	fencedKeys := func(i int) []string {
+		return append([]string{valueKeys[i%benchKeyCount], "bench-floor:seq", flagKeys[i%benchKeyCount]}, writeStamps...)
+	}
 	msg := floorSubscriber(b, rdb, "bench-floor")
 	// "l2-Apply" is the same change and announcement through l2.Store
 	// alone, on the node's bus channel: the script without the tier.
@@ -865,13 +900,15 @@ func BenchmarkInterleaved(b *testing.B) {
 			interleavedRow{"DEL+PUBLISH-floor", func(i int) error {
 				return floorDelete.Run(ctx, rdb, floorKeys(i), "bench-floor", msg).Err()
 			}},
+			interleavedRow{"DEL+PUBLISH-fenced-floor", func(i int) error {
+				return floorDeleteFenced.Run(ctx, rdb, fencedKeys(i)[:3], "bench-floor", msg).Err()
+			}},
 			interleavedRow{"l2-Apply", func(i int) error { return apply(i, l2.Change{}) }},
 			interleavedRow{"tiercache", func(i int) error { return c.Invalidate(ctx, keys[i%benchKeyCount]) }},
 		)
 	})
 	b.Run("Set", func(b *testing.B) {
 		envelope := benchEnvelope(written)
-		known := tier.KnownGroups(c)
 		interleaved(b,
 			interleavedRow{"SET", func(i int) error {
 				return rdb.Set(ctx, valueKeys[i%benchKeyCount], written, benchTTL).Err()
@@ -879,8 +916,11 @@ func BenchmarkInterleaved(b *testing.B) {
 			interleavedRow{"SET+PUBLISH-floor", func(i int) error {
 				return floorSet.Run(ctx, rdb, floorKeys(i), "bench-floor", msg, written, benchTTL.Milliseconds()).Err()
 			}},
+			interleavedRow{"SET+PUBLISH-guarded-floor", func(i int) error {
+				return floorSetGuarded.Run(ctx, rdb, fencedKeys(i), "bench-floor", msg, written, benchTTL.Milliseconds()).Err()
+			}},
 			interleavedRow{"l2-Apply", func(i int) error {
-				return apply(i, l2.Change{Write: true, Envelope: envelope, TTL: benchTTL, Groups: known})
+				return apply(i, l2.Change{Write: true, Envelope: envelope, TTL: benchTTL, Groups: writeKnown})
 			}},
 			interleavedRow{"tiercache", func(i int) error { return c.Set(ctx, keys[i%benchKeyCount], benchValue) }},
 		)
