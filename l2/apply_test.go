@@ -112,6 +112,56 @@ func TestApply_DeletesWritesAndPublishes(t *testing.T) {
 	}
 }
 
+// TestApply_DeletesOnly proves that a batch of deletes alone, which Apply
+// sends to the lean delete script, does what the same deletes do in a batch
+// with a write: each key's value, flag, meta list and wake mark are gone,
+// and the message, with its sequence number and Redis's clock, is the one
+// Apply documents.
+func TestApply_DeletesOnly(t *testing.T) {
+	for _, mixed := range []bool{false, true} {
+		name := "alone"
+		if mixed {
+			name = "with a write"
+		}
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := t.Context()
+			ps := subscribe(t, f.rdb, channel)
+			a, b, other := l2.KeysFor("tc", "ns", "a"), l2.KeysFor("tc", "ns", "b"), l2.KeysFor("tc", "ns", "other")
+			for _, k := range []l2.Keys{a, b, other} {
+				for _, key := range []string{k.Value, k.Flag, k.Flag + "w"} {
+					if err := f.rdb.Set(ctx, key, "x", time.Minute).Err(); err != nil {
+						t.Fatalf("SET: %v", err)
+					}
+				}
+				if err := f.rdb.RPush(ctx, k.Meta, "1").Err(); err != nil {
+					t.Fatalf("RPUSH: %v", err)
+				}
+			}
+			changes := []l2.Change{{Keys: a}, {Keys: b}}
+			if mixed {
+				w := l2.KeysFor("tc", "ns", "w")
+				changes = append(changes, l2.Change{Keys: w, Write: true, Envelope: envelope(t, "w", "new"), TTL: valueTTL})
+			}
+			head, body := []byte("head"), []byte("body")
+			if seq, err := f.st.Apply(ctx, changes, &l2.Announcement{SeqKey: seqKey, Channel: channel, Head: head, Body: body}); err != nil || seq != 1 {
+				t.Fatalf("Apply = %d, %v; want 1, nil", seq, err)
+			}
+			for _, k := range []l2.Keys{a, b} {
+				for _, key := range []string{k.Value, k.Flag, k.Flag + "w", k.Meta} {
+					f.mustAbsent(t, key)
+				}
+			}
+			f.mustHold(t, other.Value, "x")
+			f.mustHold(t, other.Flag, "x")
+			f.mustHold(t, other.Flag+"w", "x")
+			if m := receive(t, ps); withoutSent(t, m.Payload, len(head)) != payload(head, 1, body) {
+				t.Errorf("message = %q; want %q with Redis's clock after the seq", m.Payload, payload(head, 1, body))
+			}
+		})
+	}
+}
+
 // TestApply_WithoutAnnouncementPublishesNothing proves an Apply with no
 // announcement draws no sequence number and publishes nothing: the next
 // message a subscriber gets is the following Apply's, numbered 1.

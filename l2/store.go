@@ -206,8 +206,8 @@ return 0
 	// write, group count n, n names, n fresh tokens; or 'g', group, fresh
 	// token, stamp TTL in ms; or 'x', the same as 'g' but replacing the
 	// group's stamp only where it exists (a cluster slot's, see doc.go).
-	applyScript = redis.NewScript(stampLua + headerLua + `
-local announce = ARGV[1] ~= ''
+	applyScript = redis.NewScript(stampLua + headerLua + announceLua + `
+local announcing = ARGV[1] ~= ''
 names(ARGV[4], ARGV[5])
 local k, a = 2, 7
 while a <= #ARGV do
@@ -241,20 +241,23 @@ while a <= #ARGV do
     k = k + 3
   end
 end
-if not announce then return 0 end
-local seq = redis.call('INCR', KEYS[1])
--- Big-endian, 8 bytes; by hand rather than struct.pack, which not every
--- server that speaks the protocol provides, and in one string.char: a loop
--- that joins 8 one-byte strings costs the script more than its commands.
--- Exact below 2^53.
-local function u64(n)
-  local lo = n % 4294967296
-  local hi = (n - lo) / 4294967296
-  return string.char(math.floor(hi / 16777216) % 256, math.floor(hi / 65536) % 256, math.floor(hi / 256) % 256, hi % 256,
-    math.floor(lo / 16777216) % 256, math.floor(lo / 65536) % 256, math.floor(lo / 256) % 256, lo % 256)
+if not announcing then return 0 end
+return announce(now())
+`)
+	// KEYS and ARGV: as applyScript's, for changes that all delete ('d').
+	// Apply runs it instead of applyScript when no change writes a value or
+	// invalidates a group: it leaves out the helpers that only those need,
+	// which each run of a script would define again.
+	deleteScript = redis.NewScript(announceLua + `
+local k = 2
+for a = 7, #ARGV do
+  if ARGV[a] ~= 'd' then return redis.error_reply('l2 delete script: change ' .. ARGV[a]) end
+  redis.call('UNLINK', KEYS[k], KEYS[k+1], KEYS[k+2], KEYS[k+1] .. 'w')
+  k = k + 3
 end
-redis.call(ARGV[6], ARGV[1], ARGV[2] .. u64(seq) .. u64(now()) .. ARGV[3])
-return seq
+if ARGV[1] == '' then return 0 end
+local t = redis.call('TIME')
+return announce(tonumber(t[1]) * 1000000 + tonumber(t[2]))
 `)
 	// KEYS: the group clock of one slot of a cluster master, which routes
 	// the script there. ARGV: prefix, the count n of the master's slots,
@@ -277,7 +280,7 @@ for i = 3, n + 2 do
 end
 return 0
 `)
-	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript, applyGroupsScript, storeResourceScript, releaseResourceScript}
+	scripts = []*redis.Script{readOrClaimScript, fillScript, releaseScript, markFailingScript, deleteIfEqualScript, applyScript, deleteScript, applyGroupsScript, storeResourceScript, releaseResourceScript}
 )
 
 // gclockLua defines the group clock, kept in <prefix>:gseq as
@@ -391,6 +394,29 @@ local function stamps(argv, at, claim, ttl)
     meta[#meta + 1] = s
   end
   return meta
+end
+`
+
+// announceLua defines announce(now), for the apply scripts once their
+// changes are made: it draws the next sequence number from KEYS[1] and
+// publishes, with the command ARGV[6] on the channel ARGV[1], the message
+// head ARGV[2], the sequence number, now (Redis's clock in µs) and the
+// body ARGV[3] (see Announcement), and returns the sequence number.
+const announceLua = `
+local function announce(now)
+  local seq = redis.call('INCR', KEYS[1])
+  -- Big-endian, 8 bytes; by hand rather than struct.pack, which not every
+  -- server that speaks the protocol provides, and in one string.char: a
+  -- loop that joins 8 one-byte strings costs the script more than its
+  -- commands. Exact below 2^53.
+  local function u64(n)
+    local lo = n % 4294967296
+    local hi = (n - lo) / 4294967296
+    return string.char(math.floor(hi / 16777216) % 256, math.floor(hi / 65536) % 256, math.floor(hi / 256) % 256, hi % 256,
+      math.floor(lo / 16777216) % 256, math.floor(lo / 65536) % 256, math.floor(lo / 256) % 256, lo % 256)
+  end
+  redis.call(ARGV[6], ARGV[1], ARGV[2] .. u64(seq) .. u64(now) .. ARGV[3])
+  return seq
 end
 `
 
@@ -1072,8 +1098,12 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		// master: four times the timeout of one operation.
 		extra += 3 * s.timeout
 	}
+	sc := applyScript
+	if deletesOnly(changes, s.cluster != nil) {
+		sc = deleteScript
+	}
 	err = s.doFor(ctx, extra, func(ctx context.Context) error {
-		cmds, n, err := s.runScripts(ctx, applyScript, calls)
+		cmds, n, err := s.runScripts(ctx, sc, calls)
 		if err != nil {
 			return err
 		}
@@ -1095,7 +1125,7 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		// never overtakes the changes it announces (R14); on a cluster the
 		// two are not one atomic step, see doc.go.
 		ann := s.applyCall(a, "", "SPUBLISH")
-		if cmds, acked, err = s.runScripts(ctx, applyScript, []scriptCall{ann}); err != nil {
+		if cmds, acked, err = s.runScripts(ctx, deleteScript, []scriptCall{ann}); err != nil {
 			return err
 		}
 		seq, err = cmds[0].Int64()
@@ -1111,6 +1141,19 @@ func (s *Store) Apply(ctx context.Context, changes []Change, a *Announcement) (u
 		return uint64(seq), fmt.Errorf("l2 apply: %w", &replicaError{got: acked, want: int64(s.replicas), timeout: s.waitTimeout})
 	}
 	return uint64(seq), nil
+}
+
+// deletesOnly reports whether every change that the apply script would
+// make deletes a key, so that its lean form, deleteScript, can make them:
+// with groupsApart (on a cluster, where invalidateGroups runs the group
+// invalidations), the group invalidations do not count.
+func deletesOnly(changes []Change, groupsApart bool) bool {
+	for _, c := range changes {
+		if c.Write || (c.Group != "" && !groupsApart) {
+			return false
+		}
+	}
+	return true
 }
 
 // applyCall starts a call of the apply script, before its changes: anchored
