@@ -876,8 +876,9 @@ func BenchmarkInterleaved(b *testing.B) {
 	writeKnown := tier.KnownGroups(c)
 	writeStamps := []string{l2.GroupKey(tier.DefaultPrefix, writeKnown[0]), l2.GroupKey(tier.DefaultPrefix, writeKnown[1])}
 	fencedKeys := func(i int) []string {
-		return append([]string{valueKeys[i%benchKeyCount], "bench-floor:seq", flagKeys[i%benchKeyCount]}, writeStamps...)
+		return []string{valueKeys[i%benchKeyCount], "bench-floor:seq", flagKeys[i%benchKeyCount]}
 	}
+	guardedKeys := func(i int) []string { return append(fencedKeys(i), writeStamps...) }
 	msg := floorSubscriber(b, rdb, "bench-floor")
 	// "l2-Apply" is the same change and announcement through l2.Store
 	// alone, on the node's bus channel: the script without the tier.
@@ -901,7 +902,7 @@ func BenchmarkInterleaved(b *testing.B) {
 				return floorDelete.Run(ctx, rdb, floorKeys(i), "bench-floor", msg).Err()
 			}},
 			interleavedRow{"DEL+PUBLISH-fenced-floor", func(i int) error {
-				return floorDeleteFenced.Run(ctx, rdb, fencedKeys(i)[:3], "bench-floor", msg).Err()
+				return floorDeleteFenced.Run(ctx, rdb, fencedKeys(i), "bench-floor", msg).Err()
 			}},
 			interleavedRow{"l2-Apply", func(i int) error { return apply(i, l2.Change{}) }},
 			interleavedRow{"tiercache", func(i int) error { return c.Invalidate(ctx, keys[i%benchKeyCount]) }},
@@ -917,7 +918,7 @@ func BenchmarkInterleaved(b *testing.B) {
 				return floorSet.Run(ctx, rdb, floorKeys(i), "bench-floor", msg, written, benchTTL.Milliseconds()).Err()
 			}},
 			interleavedRow{"SET+PUBLISH-guarded-floor", func(i int) error {
-				return floorSetGuarded.Run(ctx, rdb, fencedKeys(i), "bench-floor", msg, written, benchTTL.Milliseconds()).Err()
+				return floorSetGuarded.Run(ctx, rdb, guardedKeys(i), "bench-floor", msg, written, benchTTL.Milliseconds()).Err()
 			}},
 			interleavedRow{"l2-Apply", func(i int) error {
 				return apply(i, l2.Change{Write: true, Envelope: envelope, TTL: benchTTL, Groups: writeKnown})
