@@ -245,13 +245,17 @@ if not announcing then return 0 end
 return announce(now())
 `)
 	// KEYS and ARGV: as applyScript's, for changes that all delete ('d').
-	// Apply runs it instead of applyScript when no change writes a value or
-	// invalidates a group: it leaves out the helpers that only those need,
-	// which each run of a script would define again.
+	// Apply runs it instead of applyScript for a batch whose changes all
+	// delete keys (on a cluster, for the key changes of a batch, its group
+	// invalidations running apart), and for a cluster's announcement: it
+	// leaves out the helpers that only writes and groups need, which each
+	// run of a script would define again.
 	deleteScript = redis.NewScript(announceLua + `
-local k = 2
 for a = 7, #ARGV do
   if ARGV[a] ~= 'd' then return redis.error_reply('l2 delete script: change ' .. ARGV[a]) end
+end
+local k = 2
+for a = 7, #ARGV do
   redis.call('UNLINK', KEYS[k], KEYS[k+1], KEYS[k+2], KEYS[k+1] .. 'w')
   k = k + 3
 end
