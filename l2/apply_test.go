@@ -113,10 +113,10 @@ func TestApply_DeletesWritesAndPublishes(t *testing.T) {
 }
 
 // TestApply_DeletesOnly proves that a batch of deletes alone, which Apply
-// sends to the lean delete script, does what the same deletes do in a batch
-// with a write: each key's value, flag, meta list and wake mark are gone,
-// and the message, with its sequence number and Redis's clock, is the one
-// Apply documents.
+// sends to the lean delete script (and only such a batch), does what the
+// same deletes do in a batch with a write: each key's value, flag, meta
+// list and wake mark are gone, other keys are left alone, and the message,
+// with its sequence number and Redis's clock, is the one Apply documents.
 func TestApply_DeletesOnly(t *testing.T) {
 	for _, mixed := range []bool{false, true} {
 		name := "alone"
@@ -139,9 +139,9 @@ func TestApply_DeletesOnly(t *testing.T) {
 				}
 			}
 			changes := []l2.Change{{Keys: a}, {Keys: b}}
+			w, env := l2.KeysFor("tc", "ns", "w"), envelope(t, "w", "new")
 			if mixed {
-				w := l2.KeysFor("tc", "ns", "w")
-				changes = append(changes, l2.Change{Keys: w, Write: true, Envelope: envelope(t, "w", "new"), TTL: valueTTL})
+				changes = append(changes, l2.Change{Keys: w, Write: true, Envelope: env, TTL: valueTTL})
 			}
 			head, body := []byte("head"), []byte("body")
 			if seq, err := f.st.Apply(ctx, changes, &l2.Announcement{SeqKey: seqKey, Channel: channel, Head: head, Body: body}); err != nil || seq != 1 {
@@ -155,8 +155,23 @@ func TestApply_DeletesOnly(t *testing.T) {
 			f.mustHold(t, other.Value, "x")
 			f.mustHold(t, other.Flag, "x")
 			f.mustHold(t, other.Flag+"w", "x")
+			if n, err := f.rdb.LLen(ctx, other.Meta).Result(); err != nil || n != 1 {
+				t.Errorf("LLEN %s = %d, %v; want 1", other.Meta, n, err)
+			}
+			if mixed {
+				f.mustHoldEnvelope(t, w.Value, string(env))
+			}
 			if m := receive(t, ps); withoutSent(t, m.Payload, len(head)) != payload(head, 1, body) {
 				t.Errorf("message = %q; want %q with Redis's clock after the seq", m.Payload, payload(head, 1, body))
+			}
+			// The server is the test's own, and Apply sends a script it
+			// does not hold yet: the scripts it holds are those that ran.
+			ran, err := f.rdb.ScriptExists(ctx, l2.DeleteScriptHash, l2.ApplyScriptHash).Result()
+			if err != nil {
+				t.Fatalf("SCRIPT EXISTS: %v", err)
+			}
+			if want := []bool{!mixed, mixed}; ran[0] != want[0] || ran[1] != want[1] {
+				t.Errorf("ran the lean delete script, the apply script: %v; want %v", ran, want)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package l2
 
 import (
 	"context"
+	"encoding/binary"
 	"strings"
 	"testing"
 	"time"
@@ -143,5 +144,87 @@ func TestClusterWaitReplicasAfterSlotMoved(t *testing.T) {
 	}
 	if _, err := s.Apply(ctx, change, nil); err != nil {
 		t.Fatalf("Apply after the reload: %v; want it to land on the new master", err)
+	}
+}
+
+// On a cluster, a batch of deletes beside a group invalidation runs the
+// deletes through the lean delete script, slot by slot, the group apart,
+// and then the announcement (the lean script too): every key is gone, the
+// group's stamp is replaced, and the message is the one Apply documents.
+func TestClusterApplyDeletesBesideAGroup(t *testing.T) {
+	c := redistest.StartCluster(t, redistest.ClusterOptions{ReplicasPerMaster: -1})
+	rdb := c.Client(t)
+	s := NewStore(rdb, "tc")
+	ctx := context.Background()
+	bk := BusKeysFor("tc", true)
+	sub := rdb.SSubscribe(ctx, bk.Channel)
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatalf("SSUBSCRIBE: %v", err)
+	}
+	// A value of group g, to find its stamp replaced; two keys to delete,
+	// in other slots.
+	g := KeysFor("tc", "ns", "g")
+	r, err := s.ReadOrClaim(ctx, g, "tok", minute)
+	if err != nil || r.State != Claimed {
+		t.Fatalf("claim = %+v, %v", r, err)
+	}
+	if ok, err := s.FillInGroups(ctx, g, "tok", []byte("v"), minute, []string{"g"}, r.Clock); !ok || err != nil {
+		t.Fatalf("fill = %v, %v", ok, err)
+	}
+	stamp := "tc:g:{" + SlotTag(Slot(g.Value)) + "}:1:g"
+	before := get(t, rdb, stamp)
+	var dels []Keys
+	for _, name := range []string{"a", "b"} {
+		k := KeysFor("tc", "ns", name)
+		for _, key := range []string{k.Value, k.Flag, k.Flag + "w"} {
+			if err := rdb.Set(ctx, key, "x", minute).Err(); err != nil {
+				t.Fatalf("SET %s: %v", key, err)
+			}
+		}
+		dels = append(dels, k)
+	}
+	if Slot(dels[0].Value) == Slot(dels[1].Value) {
+		t.Fatal("the two keys share a slot; pick others")
+	}
+	head, body := []byte("head"), []byte("body")
+	seq, err := s.Apply(ctx, []Change{{Keys: dels[0]}, {Group: "g"}, {Keys: dels[1]}}, &Announcement{SeqKey: bk.Seq, Channel: bk.Channel, Head: head, Body: body})
+	if err != nil || seq != 1 {
+		t.Fatalf("Apply = %d, %v; want 1, nil", seq, err)
+	}
+	for _, k := range dels {
+		for _, key := range []string{k.Value, k.Flag, k.Flag + "w"} {
+			if n, err := rdb.Exists(ctx, key).Result(); err != nil || n != 0 {
+				t.Errorf("EXISTS %s = %d, %v; want 0", key, n, err)
+			}
+		}
+	}
+	if now := get(t, rdb, stamp); now == before {
+		t.Errorf("the stamp of g is still %q", now)
+	}
+	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	msg, err := sub.ReceiveMessage(mctx)
+	if err != nil {
+		t.Fatalf("no message: %v", err)
+	}
+	p := msg.Payload
+	if len(p) != len(head)+16+len(body) || p[:len(head)] != string(head) || p[len(head)+16:] != string(body) {
+		t.Fatalf("message %q: want head, 16 bytes of sequence and clock, body", p)
+	}
+	if got := binary.BigEndian.Uint64([]byte(p[len(head) : len(head)+8])); got != 1 {
+		t.Errorf("message sequence number %d, want 1", got)
+	}
+	// The servers are the test's own, and Apply sends a script a master
+	// does not hold yet: the scripts the masters hold are those that ran.
+	var ran [2]bool
+	for _, m := range c.Masters() {
+		held, _ := m.Do("SCRIPT", "EXISTS", deleteScript.Hash(), applyScript.Hash()).([]any)
+		for i := range ran {
+			ran[i] = ran[i] || (i < len(held) && held[i] == int64(1))
+		}
+	}
+	if !ran[0] || ran[1] {
+		t.Errorf("ran the lean delete script, the apply script: %v; want [true false]", ran)
 	}
 }
