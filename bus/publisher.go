@@ -185,14 +185,14 @@ func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
 	}
 	// The queue held nothing but these ops: the batch taken is this
 	// caller's alone (or its first part, if the ops exceed one batch).
-	batch, _, reqs := p.takeLocked()
+	batch, _ := p.takeLocked()
 	if batch == nil { // ctx has ended: its ops were dropped and settled
 		p.mu.Unlock()
 		return p.wait(ctx, r)
 	}
 	p.lone.Add(1)
 	p.mu.Unlock()
-	p.runLone(batch, reqs, end)
+	p.runLone(batch, end)
 	select {
 	case err := <-r.done: // the batch's outcome, even if ctx ended meanwhile
 		return err
@@ -208,10 +208,10 @@ var errExecExited = errors.New("bus publish: exec ended its goroutine")
 // runLone executes a batch that a lone caller took, on its goroutine, and
 // finishes it however exec ends, so that the batches queued behind it
 // still run and Close does not wait for it forever.
-func (p *Publisher) runLone(batch []pendingOp, reqs map[*request]int, end time.Time) {
+func (p *Publisher) runLone(batch []pendingOp, end time.Time) {
 	defer p.lone.Done()
 	err := errExecExited
-	defer func() { p.finish(batch, nil, reqs, err) }()
+	defer func() { p.finish(batch, nil, err) }()
 	err = p.execute(batch, nil, end)
 }
 
@@ -275,7 +275,7 @@ func (p *Publisher) run() {
 			p.failAll(ErrClosed)
 			return
 		}
-		batch, flush, reqs := p.take()
+		batch, flush := p.take()
 		if batch == nil && flush == nil {
 			select {
 			case <-p.cond:
@@ -285,16 +285,16 @@ func (p *Publisher) run() {
 			}
 		}
 		err := p.execute(batch, flush, time.Now().Add(p.timeout))
-		p.finish(batch, flush, reqs, err)
+		p.finish(batch, flush, err)
 	}
 }
 
 // take removes the next batch from the queue, unless one is in flight.
-func (p *Publisher) take() ([]pendingOp, *request, map[*request]int) {
+func (p *Publisher) take() ([]pendingOp, *request) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.busy {
-		return nil, nil, nil // its finish signals cond
+		return nil, nil // its finish signals cond
 	}
 	return p.takeLocked()
 }
@@ -302,27 +302,26 @@ func (p *Publisher) take() ([]pendingOp, *request, map[*request]int) {
 // takeLocked removes the next batch from the queue: a flush alone, or as
 // many ops as fit; if it takes one, a batch is in flight until finish. Ops
 // of requests whose ctx is done are dropped here.
-func (p *Publisher) takeLocked() ([]pendingOp, *request, map[*request]int) {
+func (p *Publisher) takeLocked() ([]pendingOp, *request) {
 	for len(p.flushes) > 0 {
 		r := p.flushes[0]
 		p.flushes = p.flushes[1:]
 		if err := r.ctx.Err(); err != nil {
-			p.settleLocked(r, 1, err)
+			p.settleLocked(r, err)
 			continue
 		}
 		p.busy = true
-		return nil, r, nil
+		return nil, r
 	}
 	var (
 		batch []pendingOp
 		bytes int
-		reqs  = map[*request]int{}
 		i     int
 	)
 	for i = 0; i < len(p.pending) && len(batch) < p.maxOps; i++ {
 		po := p.pending[i]
 		if err := po.req.ctx.Err(); err != nil {
-			p.settleLocked(po.req, 1, err)
+			p.settleLocked(po.req, err)
 			continue
 		}
 		size := len(po.op.Namespace) + len(po.op.Key) + len(po.op.Group)
@@ -331,17 +330,16 @@ func (p *Publisher) takeLocked() ([]pendingOp, *request, map[*request]int) {
 		}
 		batch = append(batch, po)
 		bytes += size
-		reqs[po.req]++
 	}
 	p.pending = p.pending[i:]
 	if len(p.pending) == 0 {
 		p.pending = nil // let the backing array go
 	}
 	if batch == nil {
-		return nil, nil, nil
+		return nil, nil
 	}
 	p.busy = true
-	return batch, nil, reqs
+	return batch, nil
 }
 
 // execute runs one batch, or a flush, with an ExecFunc whose ctx ends at
@@ -394,7 +392,7 @@ func (p *Publisher) safeExec(ctx context.Context, b *Batch) (err error) {
 
 // finish settles the callers of a batch and ends its flight; if more is
 // queued, it wakes run to take it.
-func (p *Publisher) finish(batch []pendingOp, flush *request, reqs map[*request]int, err error) {
+func (p *Publisher) finish(batch []pendingOp, flush *request, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.busy = false
@@ -405,21 +403,21 @@ func (p *Publisher) finish(batch []pendingOp, flush *request, reqs map[*request]
 		}
 	}
 	if flush != nil {
-		p.settleLocked(flush, 1, err)
+		p.settleLocked(flush, err)
 		return
 	}
-	for r, n := range reqs {
-		p.settleLocked(r, n, err)
+	for _, po := range batch {
+		p.settleLocked(po.req, err)
 	}
 }
 
-// settleLocked marks n of r's ops as done with err, and completes r when
+// settleLocked marks one of r's ops as done with err, and completes r when
 // none is left.
-func (p *Publisher) settleLocked(r *request, n int, err error) {
+func (p *Publisher) settleLocked(r *request, err error) {
 	if r.err == nil {
 		r.err = err
 	}
-	r.left -= n
+	r.left--
 	if r.left == 0 {
 		r.done <- r.err
 	}
@@ -430,10 +428,10 @@ func (p *Publisher) failAll(err error) {
 	defer p.mu.Unlock()
 	p.closed = true
 	for _, po := range p.pending {
-		p.settleLocked(po.req, 1, err)
+		p.settleLocked(po.req, err)
 	}
 	for _, r := range p.flushes {
-		p.settleLocked(r, 1, err)
+		p.settleLocked(r, err)
 	}
 	p.pending, p.flushes = nil, nil
 }
