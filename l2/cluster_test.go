@@ -23,13 +23,7 @@ func TestClusterGroupInvalidationReachesEverySlot(t *testing.T) {
 	ctx := context.Background()
 	// A value of group g in one slot: its stamp exists there only.
 	k := KeysFor("tc", "ns", "k")
-	r, err := s.ReadOrClaim(ctx, k, "tok", minute)
-	if err != nil || r.State != Claimed {
-		t.Fatalf("claim = %+v, %v", r, err)
-	}
-	if ok, err := s.FillInGroups(ctx, k, "tok", []byte("v"), minute, []string{"g"}, r.Clock); !ok || err != nil {
-		t.Fatalf("fill = %v, %v", ok, err)
-	}
+	claimAndFillInG(t, s, k)
 	slot := Slot(k.Value)
 	stamp := "tc:g:{" + SlotTag(slot) + "}:1:g"
 	before := get(t, rdb, stamp)
@@ -68,6 +62,20 @@ func TestClusterGroupInvalidationReachesEverySlot(t *testing.T) {
 }
 
 const minute = time.Minute
+
+// claimAndFillInG claims k with the token "tok" and fills it with "v" in
+// the group g.
+func claimAndFillInG(t *testing.T, s *Store, k Keys) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := s.ReadOrClaim(ctx, k, "tok", minute)
+	if err != nil || r.State != Claimed {
+		t.Fatalf("claim = %+v, %v", r, err)
+	}
+	if ok, err := s.FillInGroups(ctx, k, "tok", []byte("v"), minute, []string{"g"}, r.Clock); !ok || err != nil {
+		t.Fatalf("fill = %v, %v", ok, err)
+	}
+}
 
 func get(t *testing.T, rdb *redis.ClusterClient, key string) string {
 	t.Helper()
@@ -165,13 +173,7 @@ func TestClusterApplyDeletesBesideAGroup(t *testing.T) {
 	// A value of group g, to find its stamp replaced; two keys to delete,
 	// in other slots.
 	g := KeysFor("tc", "ns", "g")
-	r, err := s.ReadOrClaim(ctx, g, "tok", minute)
-	if err != nil || r.State != Claimed {
-		t.Fatalf("claim = %+v, %v", r, err)
-	}
-	if ok, err := s.FillInGroups(ctx, g, "tok", []byte("v"), minute, []string{"g"}, r.Clock); !ok || err != nil {
-		t.Fatalf("fill = %v, %v", ok, err)
-	}
+	claimAndFillInG(t, s, g)
 	stamp := "tc:g:{" + SlotTag(Slot(g.Value)) + "}:1:g"
 	before := get(t, rdb, stamp)
 	var dels []Keys
