@@ -250,7 +250,7 @@ return announce(now())
 	// invalidations running apart), and for a cluster's announcement: it
 	// leaves out the helpers that only writes and groups need, which each
 	// run of a script would define again.
-	deleteScript = redis.NewScript(announceLua + `
+	deleteScript = redis.NewScript(nowLua + announceLua + `
 for a = 7, #ARGV do
   if ARGV[a] ~= 'd' then return redis.error_reply('l2 delete script: change ' .. ARGV[a]) end
 end
@@ -260,8 +260,7 @@ for a = 7, #ARGV do
   k = k + 3
 end
 if ARGV[1] == '' then return 0 end
-local t = redis.call('TIME')
-return announce(tonumber(t[1]) * 1000000 + tonumber(t[2]))
+return announce(now())
 `)
 	// KEYS: the group clock of one slot of a cluster master, which routes
 	// the script there. ARGV: prefix, the count n of the master's slots,
@@ -401,13 +400,14 @@ local function stamps(argv, at, claim, ttl)
 end
 `
 
-// announceLua defines announce(now), for the apply scripts once their
+// announceLua defines announce(at), for the apply scripts once their
 // changes are made: it draws the next sequence number from KEYS[1] and
 // publishes, with the command ARGV[6] on the channel ARGV[1], the message
-// head ARGV[2], the sequence number, now (Redis's clock in µs) and the
-// body ARGV[3] (see Announcement), and returns the sequence number.
+// head ARGV[2], the sequence number, at (Redis's clock in µs, now() of
+// nowLua) and the body ARGV[3] (see Announcement), and returns the
+// sequence number.
 const announceLua = `
-local function announce(now)
+local function announce(at)
   local seq = redis.call('INCR', KEYS[1])
   -- Big-endian, 8 bytes; by hand rather than struct.pack, which not every
   -- server that speaks the protocol provides, and in one string.char: a
@@ -419,7 +419,7 @@ local function announce(now)
     return string.char(math.floor(hi / 16777216) % 256, math.floor(hi / 65536) % 256, math.floor(hi / 256) % 256, hi % 256,
       math.floor(lo / 16777216) % 256, math.floor(lo / 65536) % 256, math.floor(lo / 256) % 256, lo % 256)
   end
-  redis.call(ARGV[6], ARGV[1], ARGV[2] .. u64(seq) .. u64(now) .. ARGV[3])
+  redis.call(ARGV[6], ARGV[1], ARGV[2] .. u64(seq) .. u64(at) .. ARGV[3])
   return seq
 end
 `

@@ -157,19 +157,9 @@ func AppendStored(b []byte, v Stored) []byte {
 	return append(b, v.Envelope...)
 }
 
-// headerLua defines, after names (gclockLua):
-//
-//   - now() returns Redis's clock (TIME) in microseconds, read once per
-//     run of the script: every use in one run sees the same instant;
-//   - header(marker, ttl, meta) returns the header of a value written now
-//     that lives ttl ms, for the meta list {marker, name, stamp, ...} that
-//     stamps builds (marker ignored: the first argument replaces it);
-//   - unheader(v) returns the marker, {name, stamp, ...} and the position
-//     of the envelope of a value with a header, or nil for one without
-//     (written by an earlier version) or with a malformed one.
-//
-// Keep them in step with ParseStored and AppendStored.
-const headerLua = `
+// nowLua defines now(): Redis's clock (TIME) in microseconds, read once per
+// run of the script, so that every use in one run sees the same instant.
+const nowLua = `
 local T
 local function now()
   if not T then
@@ -178,6 +168,19 @@ local function now()
   end
   return T
 end
+`
+
+// headerLua defines now (nowLua) and, after names (gclockLua):
+//
+//   - header(marker, ttl, meta) returns the header of a value written now
+//     that lives ttl ms, for the meta list {marker, name, stamp, ...} that
+//     stamps builds (marker ignored: the first argument replaces it);
+//   - unheader(v) returns the marker, {name, stamp, ...} and the position
+//     of the envelope of a value with a header, or nil for one without
+//     (written by an earlier version) or with a malformed one.
+//
+// Keep them in step with ParseStored and AppendStored.
+const headerLua = nowLua + `
 local function header(marker, ttl, meta)
   local exp = math.floor(now() / 1000) + ttl
   local h = {'T', marker, string.format('%.0f', exp), ':', string.format('%d', (#meta - 1) / 2), ':'}
