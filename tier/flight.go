@@ -15,7 +15,8 @@ import (
 // caller's cancelled ctx returns that caller only, and the shared load is
 // cancelled when its last caller has gone, not before; a panic becomes an
 // error for every caller rather than a crash; the load runs in a goroutine
-// that Node.Close waits for; and forget ends a flight's membership so that a
+// that Node.Close waits for (the caller's own, when it cannot leave early:
+// see do); and forget ends a flight's membership so that a
 // read that began after an invalidation never joins a flight that began
 // before it (R20).
 //
@@ -46,6 +47,12 @@ type flight[T any] struct {
 // there is one. The flight's context keeps ctx's values, not its
 // cancellation; it is cancelled when every caller has gone or the node
 // closes. shared reports that the caller joined a flight another began.
+//
+// A caller whose ctx can never be cancelled (its Done is nil, as
+// context.Background's) cannot leave before the load ends, so a flight it
+// begins runs the load in its own goroutine rather than a new one: the
+// same flight for those who join it, without the handoff between two
+// goroutines.
 func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(context.Context) (T, error)) (val T, shared bool, err error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
@@ -56,34 +63,20 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 	if ok && time.Since(f.start) >= n.cfg.LeaseTTL {
 		ok = false // too old to join (R42); it runs on for its members
 	}
+	var run func() // the load, for a caller that runs it in its goroutine
 	if !ok {
-		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight[T]{start: time.Now(), done: make(chan struct{}), cancel: cancel}
-		if n.tracer != nil {
-			f.trace = &waiters{}
-			fctx = context.WithValue(fctx, waitersKey{}, f.trace)
+		inline := ctx.Done() == nil
+		var started bool
+		f, run = g.begin(ctx, n, key, load)
+		if inline {
+			started = n.enter()
+		} else {
+			started = n.spawn(run)
+			run = nil
 		}
-		started := n.spawn(func() {
-			stop := context.AfterFunc(n.life, cancel)
-			defer func() {
-				if r := recover(); r != nil {
-					n.log.Error("tiercache: panic in load", "panic", r, "stack", string(debug.Stack()))
-					f.err = fmt.Errorf("tier: internal panic: %v", r)
-				}
-				stop()
-				cancel()
-				g.mu.Lock()
-				if g.m[key] == f {
-					delete(g.m, key)
-				}
-				g.mu.Unlock()
-				close(f.done)
-			}()
-			f.val, f.err = load(fctx)
-		})
 		if !started {
 			g.mu.Unlock()
-			cancel()
+			f.cancel()
 			return zero, false, ErrClosed
 		}
 		if g.m == nil {
@@ -98,6 +91,12 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 	}
 	if n.hooks != nil && n.hooks.Flight != nil {
 		n.hooks.Flight(key, !ok)
+	}
+	if run != nil {
+		// Counted by enter; run never panics (it recovers the load's).
+		run()
+		n.wg.Done()
+		return f.val, false, f.err
 	}
 
 	select {
@@ -116,6 +115,37 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 		}
 		g.mu.Unlock()
 		return zero, ok, ctx.Err()
+	}
+}
+
+// begin returns a new flight of key, for ctx, and the function that runs
+// its load: it calls load under the flight's context, turns a panic into
+// the flight's error, and ends the flight, closing its done channel. The
+// caller registers the flight and starts run.
+func (g *flights[T]) begin(ctx context.Context, n *Node, key string, load func(context.Context) (T, error)) (*flight[T], func()) {
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f := &flight[T]{start: time.Now(), done: make(chan struct{}), cancel: cancel}
+	if n.tracer != nil {
+		f.trace = &waiters{}
+		fctx = context.WithValue(fctx, waitersKey{}, f.trace)
+	}
+	return f, func() {
+		stop := context.AfterFunc(n.life, cancel)
+		defer func() {
+			if r := recover(); r != nil {
+				n.log.Error("tiercache: panic in load", "panic", r, "stack", string(debug.Stack()))
+				f.err = fmt.Errorf("tier: internal panic: %v", r)
+			}
+			stop()
+			cancel()
+			g.mu.Lock()
+			if g.m[key] == f {
+				delete(g.m, key)
+			}
+			g.mu.Unlock()
+			close(f.done)
+		}()
+		f.val, f.err = load(fctx)
 	}
 }
 

@@ -775,12 +775,9 @@ func (h busHandler) Renew(sentAt time.Time) {
 // logged, never a crash. User callbacks are guarded where they are called,
 // so that what they held is released; this is the last line.
 func (n *Node) spawn(f func()) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
+	if !n.enter() {
 		return false
 	}
-	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		defer func() {
@@ -790,6 +787,19 @@ func (n *Node) spawn(f func()) bool {
 		}()
 		f()
 	}()
+	return true
+}
+
+// enter counts work that Close waits for, unless the node is closed: its
+// end must call n.wg.Done. spawn runs such work in a goroutine; a flight
+// whose caller cannot leave runs it in the caller's.
+func (n *Node) enter() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return false
+	}
+	n.wg.Add(1)
 	return true
 }
 

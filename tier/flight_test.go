@@ -1,0 +1,148 @@
+package tier_test
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/tiercache/tiercache/internal/hooks"
+	"github.com/tiercache/tiercache/tier"
+)
+
+// goroutineID returns the ID of the calling goroutine, from the first line
+// of its stack ("goroutine 18 [running]:").
+func goroutineID() string {
+	var b [64]byte
+	fields := strings.Fields(string(b[:runtime.Stack(b[:], false)]))
+	if len(fields) < 2 {
+		return ""
+	}
+	return fields[1]
+}
+
+// A Get whose ctx can never be cancelled runs its flight's load in its own
+// goroutine; one whose ctx can be cancelled leaves it to another, so that
+// its cancellation returns it alone (TestCancelledWaiter).
+func TestFlight_LoadRunsInACallerThatCannotLeave(t *testing.T) {
+	f := newFleet(t)
+	n := f.node(tier.NodeConfig{}, nil)
+	var fetchedIn atomic.Value
+	c, err := tier.New(n, tier.Config[string, string]{Namespace: ns, Fetch: func(context.Context, string) (string, error) {
+		fetchedIn.Store(goroutineID())
+		return "v", nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancellable, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type key struct{}
+	for _, tc := range []struct {
+		name   string
+		ctx    context.Context
+		inline bool
+	}{
+		{"Background", context.Background(), true},
+		{"WithValue over Background", context.WithValue(context.Background(), key{}, 1), true},
+		{"WithoutCancel", context.WithoutCancel(cancellable), true},
+		{"WithCancel", cancellable, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			caller := goroutineID()
+			var ri tier.ReadInfo
+			if v, err := c.Get(tc.ctx, tc.name, tier.Info(&ri)); err != nil || v != "v" || ri.Source != tier.SourceFetch {
+				t.Fatalf("Get = %q, %v, %+v; want v, fetched", v, err, ri)
+			}
+			if inline := fetchedIn.Load() == caller; inline != tc.inline {
+				t.Fatalf("the fetch ran in the caller's goroutine: %v, want %v", inline, tc.inline)
+			}
+		})
+	}
+}
+
+// A flight that a caller who cannot leave runs in its own goroutine is a
+// flight as any other: others join it, a joiner's cancellation returns
+// that joiner alone, and the one fetch answers everyone who stayed.
+func TestFlight_JoinALoadThatItsCallerRuns(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	src.gated.Store(true)
+	joined, onFlight := events[bool]()
+	n := f.node(tier.NodeConfig{}, &hooks.Points{Flight: func(_ string, started bool) { onFlight(started) }})
+	c := cache(t, n, src)
+	leader := goGet(context.Background(), c, "k")
+	if started := wait(t, joined, "the leader"); !started {
+		t.Fatal("the first Get did not start the flight")
+	}
+	held := src.next(t)
+	leaving, leave := context.WithCancel(context.Background())
+	defer leave()
+	left := goGet(leaving, c, "k")
+	stays := goGet(context.Background(), c, "k")
+	for range 2 {
+		if started := wait(t, joined, "a joiner"); started {
+			t.Fatal("a Get started a second flight")
+		}
+	}
+	leave()
+	if r := await(t, left); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("the cancelled joiner = %q, %v; want context.Canceled", r.v, r.err)
+	}
+	if err := held.ctx.Err(); err != nil {
+		t.Fatalf("a joiner's cancellation cancelled the fetch: %v", err)
+	}
+	close(held.release)
+	for _, ch := range []<-chan result{leader, stays} {
+		if r := await(t, ch); r.err != nil || r.v != "v1" {
+			t.Fatalf("Get = %q, %v; want v1", r.v, r.err)
+		}
+	}
+	if st := n.Stats(); st.Caches.Fetches != 1 || st.Caches.FillsLanded != 1 {
+		t.Fatalf("stats = %+v; want one fetch and one fill", st)
+	}
+}
+
+// Close cancels a load that runs in its caller's goroutine and waits for
+// it, as it does for one in a goroutine of the node's.
+func TestFlight_CloseWaitsForALoadThatItsCallerRuns(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+	}{
+		{"Background", func() (context.Context, context.CancelFunc) { return context.Background(), func() {} }},
+		{"WithCancel", func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFleet(t)
+			started := make(chan struct{}, 1)
+			var returned atomic.Bool
+			n := f.node(tier.NodeConfig{}, nil)
+			c, err := tier.New(n, tier.Config[string, string]{Namespace: ns, Fetch: func(ctx context.Context, _ string) (string, error) {
+				started <- struct{}{}
+				<-ctx.Done()
+				returned.Store(true)
+				return "", ctx.Err()
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := tc.ctx()
+			defer cancel()
+			got := goGet(ctx, c, "k")
+			wait(t, started, "the fetch")
+			if err := n.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if !returned.Load() {
+				t.Fatal("Close returned while a load was still running")
+			}
+			if r := await(t, got); r.err == nil {
+				t.Fatalf("Get through a closing node = %q, want an error", r.v)
+			}
+		})
+	}
+}
