@@ -444,21 +444,31 @@ func BenchmarkGetMissFill(b *testing.B) {
 		return keys
 	}
 
-	b.Run("tiercache", func(b *testing.B) {
-		keys := coldKeys(b, "cold")
-		before := n.Stats()
-		withCost(b, rdb, func() {
-			for i := range b.N {
-				if _, err := c.Get(ctx, keys[i]); err != nil {
-					b.Fatal(err)
+	// "tiercache" is a caller whose ctx cannot be cancelled, whose flight
+	// runs the load in its goroutine; "tiercache-cancellable" one whose ctx
+	// can, whose flight runs it in another.
+	cancellable, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, caller := range []struct {
+		name string
+		ctx  context.Context
+	}{{"tiercache", ctx}, {"tiercache-cancellable", cancellable}} {
+		b.Run(caller.name, func(b *testing.B) {
+			keys := coldKeys(b, caller.name+":cold")
+			before := n.Stats()
+			withCost(b, rdb, func() {
+				for i := range b.N {
+					if _, err := c.Get(caller.ctx, keys[i]); err != nil {
+						b.Fatal(err)
+					}
 				}
+			})
+			after := n.Stats()
+			if f, l := after.Caches.Fetches-before.Caches.Fetches, after.Caches.FillsLanded-before.Caches.FillsLanded; f != uint64(b.N) || l != uint64(b.N) {
+				b.Fatalf("timed loop made %d fetches and %d fills, want %d each", f, l, b.N)
 			}
 		})
-		after := n.Stats()
-		if f, l := after.Caches.Fetches-before.Caches.Fetches, after.Caches.FillsLanded-before.Caches.FillsLanded; f != uint64(b.N) || l != uint64(b.N) {
-			b.Fatalf("timed loop made %d fetches and %d fills, want %d each", f, l, b.N)
-		}
-	})
+	}
 	b.Run("redis-raw-GET+SET", func(b *testing.B) {
 		keys := coldKeys(b, "raw:cold")
 		withCost(b, rdb, func() {
@@ -787,6 +797,8 @@ func BenchmarkInterleaved(b *testing.B) {
 	known := tier.KnownGroups(mc)
 	env := benchEnvelope(stored)
 	grouped := newGroupedFloor(b, rdb, stored)
+	cancellable, cancel := context.WithCancel(ctx)
+	defer cancel()
 	runs := 0
 	b.Run("miss", func(b *testing.B) {
 		// Every run takes fresh keys: none was ever cached.
@@ -809,10 +821,10 @@ func BenchmarkInterleaved(b *testing.B) {
 			interleavedRow{"fenced-floor-in-groups", func(i int) error {
 				return grouped.miss(ctx, key("grouped", i))
 			}},
-			// The same floor, run as a flight runs a load: in a goroutine
-			// of its own that the caller waits for, so that the caller's
-			// cancellation can return it alone while the load goes on for
-			// the others.
+			// The same floor, run as a flight runs a load for a caller whose
+			// ctx can be cancelled: in a goroutine of its own that the
+			// caller waits for, so that the caller's cancellation can
+			// return it alone while the load goes on for the others.
 			interleavedRow{"fenced-floor-in-groups-shared", func(i int) error {
 				done := make(chan error, 1)
 				go func() { done <- grouped.miss(ctx, key("shared", i)) }()
@@ -823,6 +835,12 @@ func BenchmarkInterleaved(b *testing.B) {
 			}},
 			interleavedRow{"tiercache", func(i int) error {
 				_, err := mc.Get(ctx, key("cold", i))
+				return err
+			}},
+			// A caller whose ctx can be cancelled: its flight runs the load
+			// in a goroutine of its own, as the shared floor does.
+			interleavedRow{"tiercache-cancellable", func(i int) error {
+				_, err := mc.Get(cancellable, key("cancellable", i))
 				return err
 			}},
 		)
