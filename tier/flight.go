@@ -2,6 +2,7 @@ package tier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"sync"
@@ -93,9 +94,11 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 		n.hooks.Flight(key, !ok)
 	}
 	if run != nil {
-		// Counted by enter; run never panics (it recovers the load's).
+		// Counted by enter. Deferred, so that a load that calls
+		// runtime.Goexit (a test's t.FailNow in Fetch) still lets Close
+		// return; run ends the flight either way.
+		defer n.wg.Done()
 		run()
-		n.wg.Done()
 		return f.val, false, f.err
 	}
 
@@ -131,10 +134,13 @@ func (g *flights[T]) begin(ctx context.Context, n *Node, key string, load func(c
 	}
 	return f, func() {
 		stop := context.AfterFunc(n.life, cancel)
+		returned := false
 		defer func() {
 			if r := recover(); r != nil {
 				n.log.Error("tiercache: panic in load", "panic", r, "stack", string(debug.Stack()))
 				f.err = fmt.Errorf("tier: internal panic: %v", r)
+			} else if !returned {
+				f.err = errLoadExited
 			}
 			stop()
 			cancel()
@@ -146,8 +152,13 @@ func (g *flights[T]) begin(ctx context.Context, n *Node, key string, load func(c
 			close(f.done)
 		}()
 		f.val, f.err = load(fctx)
+		returned = true
 	}
 }
+
+// errLoadExited is the result of a flight whose load ended its goroutine
+// (runtime.Goexit, as t.FailNow in a Fetch does) instead of returning.
+var errLoadExited = errors.New("tier: the load ended its goroutine (runtime.Goexit) before it returned")
 
 // has reports whether a flight of key is running.
 func (g *flights[T]) has(key string) bool {

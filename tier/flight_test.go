@@ -146,3 +146,72 @@ func TestFlight_CloseWaitsForALoadThatItsCallerRuns(t *testing.T) {
 		})
 	}
 }
+
+// A load that ends its goroutine (runtime.Goexit, as t.FailNow in a Fetch
+// does) instead of returning leaves an error, never a zero value, to
+// everyone waiting for its flight, and does not keep Close waiting: a load
+// that its caller runs ends the caller's goroutine, one in a goroutine of
+// its own only that.
+func TestFlight_LoadThatEndsItsGoroutine(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+	}{
+		{"Background", func() (context.Context, context.CancelFunc) { return context.Background(), func() {} }},
+		{"WithCancel", func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFleet(t)
+			joined, onFlight := events[bool]()
+			n := f.node(tier.NodeConfig{}, &hooks.Points{Flight: func(_ string, started bool) { onFlight(started) }})
+			release := make(chan struct{})
+			c, err := tier.New(n, tier.Config[string, string]{Namespace: ns, Fetch: func(context.Context, string) (string, error) {
+				<-release
+				runtime.Goexit()
+				return "", nil
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := tc.ctx()
+			defer cancel()
+			ended := make(chan struct{})
+			leader := make(chan result, 1)
+			go func() {
+				defer close(ended)
+				v, err := c.Get(ctx, "k")
+				leader <- result{v, err}
+			}()
+			if started := wait(t, joined, "the leader"); !started {
+				t.Fatal("the first Get did not start the flight")
+			}
+			joiner := goGet(context.Background(), c, "k")
+			if started := wait(t, joined, "the joiner"); started {
+				t.Fatal("the second Get started a flight of its own")
+			}
+			close(release)
+			wait(t, ended, "the leader's goroutine to end")
+			select {
+			case r := <-leader:
+				if ctx.Done() == nil {
+					t.Fatalf("the leader that ran the load returned %q, %v", r.v, r.err)
+				}
+				if r.err == nil {
+					t.Fatalf("the leader = %q, want an error", r.v)
+				}
+			default:
+				if ctx.Done() != nil {
+					t.Fatal("the leader's goroutine ended without returning, though the load ran in another")
+				}
+			}
+			if r := await(t, joiner); r.err == nil {
+				t.Fatalf("the joiner = %q, want an error", r.v)
+			}
+			closed := make(chan error, 1)
+			go func() { closed <- n.Close() }()
+			if err := wait(t, closed, "Close"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
