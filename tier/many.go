@@ -240,45 +240,66 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	defer cancel()
 	defer context.AfterFunc(n.life, cancel)()
 	var wg sync.WaitGroup
-	run := func(f func(), closed func()) {
+	// run runs f, which answers the keys of cls, in the node's background;
+	// if the node is closed, it releases their claims and answers them
+	// ErrClosed. A key that f leaves unanswered (it ended its goroutine,
+	// runtime.Goexit, as t.FailNow in a Fetch does) gets errLoadExited,
+	// never an absence that would read as "not found".
+	run := func(f func(), cls []claim[K, V]) {
 		wg.Add(1)
-		if !n.spawn(func() { defer wg.Done(); f() }) {
-			wg.Done()
-			closed()
-		}
-	}
-	refuse := func(cls []claim[K, V]) func() {
-		return func() {
-			var zero V
-			for _, cl := range cls {
-				if cl.tok != "" && cl.clock != "" {
-					c.release(ctx, cl.keys, cl.tok)
+		started := n.spawn(func() {
+			defer wg.Done()
+			returned := false
+			defer func() {
+				if !returned {
+					mu.Lock()
+					defer mu.Unlock()
+					for _, cl := range cls {
+						if _, ok := out[cl.key]; !ok && errs[cl.key] == nil {
+							if errs == nil {
+								errs = make(map[K]error)
+							}
+							errs[cl.key] = errLoadExited
+						}
+					}
 				}
-				record(cl.key, zero, ReadInfo{}, ErrClosed)
+			}()
+			f()
+			returned = true
+		})
+		if started {
+			return
+		}
+		wg.Done()
+		var zero V
+		for _, cl := range cls {
+			if cl.tok != "" && cl.clock != "" {
+				c.release(ctx, cl.keys, cl.tok)
 			}
+			record(cl.key, zero, ReadInfo{}, ErrClosed)
 		}
 	}
 	if len(claimed) > 0 && c.fetchMany != nil {
-		run(func() { c.fetchBatch(ctx, claimed, record) }, refuse(claimed))
+		run(func() { c.fetchBatch(ctx, claimed, record) }, claimed)
 	} else {
 		for _, cl := range claimed {
 			run(func() {
 				l, err := c.fetchAndFill(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.clock, cl.f, cl.fallback)
 				record(cl.key, l.v, l.ri, err)
-			}, refuse([]claim[K, V]{cl}))
+			}, []claim[K, V]{cl})
 		}
 	}
 	for _, cl := range uncached {
 		run(func() {
 			l, err := c.fetchUncached(ctx, cl.key, cl.fallback)
 			record(cl.key, l.v, l.ri, err)
-		}, refuse([]claim[K, V]{cl}))
+		}, []claim[K, V]{cl})
 	}
 	for _, m := range slow {
 		run(func() {
 			v, ri, err := c.getSlow(ctx, m.key, modeGet)
 			record(m.key, v, ri, err)
-		}, refuse([]claim[K, V]{{miss: m}}))
+		}, []claim[K, V]{{miss: m}})
 	}
 	wg.Wait()
 	return c.manyResult(out, errs)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -188,6 +189,49 @@ func TestGetManyFetchManyPanics(t *testing.T) {
 	}
 	if f.flag("a") != "" || f.flag("b") != "" {
 		t.Fatal("claims not released")
+	}
+}
+
+// A Fetch or FetchMany that ends its goroutine (runtime.Goexit, as
+// t.FailNow in it does) fails its keys with an error, as a panic does;
+// GetMany never answers them as absent, which would read as "not found".
+// A key answered before is unaffected.
+func TestGetManyFetchEndsItsGoroutine(t *testing.T) {
+	for _, many := range []bool{false, true} {
+		t.Run(fmt.Sprint("FetchMany=", many), func(t *testing.T) {
+			f := newFleet(t)
+			cfg := tier.Config[string, string]{Fetch: func(_ context.Context, key string) (string, error) {
+				if key == "held" {
+					return "v", nil
+				}
+				runtime.Goexit()
+				return "", nil
+			}}
+			if many {
+				cfg.FetchMany = func(context.Context, []string) (map[string]string, error) {
+					runtime.Goexit()
+					return nil, nil
+				}
+			}
+			n := f.node(tier.NodeConfig{}, nil)
+			c := newCache(t, n, cfg)
+			if _, err := c.Get(context.Background(), "held"); err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.GetMany(context.Background(), []string{"a", "b", "held"})
+			var ke *tier.KeyErrors[string]
+			if !errors.As(err, &ke) || len(ke.Errs) != 2 || ke.Errs["a"] == nil || ke.Errs["b"] == nil {
+				t.Fatalf("GetMany = %v, %v; want an error for a and b", got, err)
+			}
+			if diff := cmp.Diff(map[string]string{"held": "v"}, got); diff != "" {
+				t.Fatalf("GetMany values (-want +got):\n%s", diff)
+			}
+			closed := make(chan error, 1)
+			go func() { closed <- n.Close() }()
+			if err := wait(t, closed, "Close"); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
