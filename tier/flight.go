@@ -16,10 +16,9 @@ import (
 // caller's cancelled ctx returns that caller only, and the shared load is
 // cancelled when its last caller has gone, not before; a panic becomes an
 // error for every caller rather than a crash; the load runs in a goroutine
-// that Node.Close waits for (the caller's own, when it cannot leave early:
-// see do); and forget ends a flight's membership so that a
-// read that began after an invalidation never joins a flight that began
-// before it (R20).
+// that Node.Close waits for (the caller's own when it cannot leave early,
+// see do); and forget ends a flight's membership so that a read that began
+// after an invalidation never joins a flight that began before it (R20).
 //
 // A flight is also closed to new members once it is LeaseTTL old: a read
 // that begins then may follow an invalidation that this node missed (its
@@ -66,14 +65,12 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 	}
 	var run func() // the load, for a caller that runs it in its goroutine
 	if !ok {
-		inline := ctx.Done() == nil
-		var started bool
 		f, run = g.begin(ctx, n, key, load)
-		if inline {
-			started = n.enter()
+		var started bool
+		if ctx.Done() == nil {
+			started = n.enter() // the caller runs the load, below
 		} else {
-			started = n.spawn(run)
-			run = nil
+			started, run = n.spawn(run), nil
 		}
 		if !started {
 			g.mu.Unlock()
@@ -156,9 +153,11 @@ func (g *flights[T]) begin(ctx context.Context, n *Node, key string, load func(c
 	}
 }
 
-// errLoadExited is the result of a flight whose load ended its goroutine
-// (runtime.Goexit, as t.FailNow in a Fetch does) instead of returning.
-var errLoadExited = errors.New("tier: the load ended its goroutine (runtime.Goexit) before it returned")
+// errLoadExited is the result of a load that ended its goroutine
+// (runtime.Goexit, as t.FailNow in a Fetch does) instead of returning: of
+// its flight, or of its keys in GetMany (where a panic past every guard
+// ends it the same way).
+var errLoadExited = errors.New("tier: the load's goroutine ended before the load returned")
 
 // has reports whether a flight of key is running.
 func (g *flights[T]) has(key string) bool {
