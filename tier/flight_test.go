@@ -2,7 +2,6 @@ package tier_test
 
 import (
 	"context"
-	"errors"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -21,6 +20,16 @@ func goroutineID() string {
 		return ""
 	}
 	return fields[1]
+}
+
+// flightCallers are a flight's two kinds of caller: one whose ctx cannot be
+// cancelled, which runs the load in its own goroutine, and one whose can.
+var flightCallers = []struct {
+	name string
+	ctx  func() (context.Context, context.CancelFunc)
+}{
+	{"Background", func() (context.Context, context.CancelFunc) { return context.Background(), func() {} }},
+	{"WithCancel", func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) }},
 }
 
 // A Get whose ctx can never be cancelled runs its flight's load in its own
@@ -63,59 +72,10 @@ func TestFlight_LoadRunsInACallerThatCannotLeave(t *testing.T) {
 	}
 }
 
-// A flight that a caller who cannot leave runs in its own goroutine is a
-// flight as any other: others join it, a joiner's cancellation returns
-// that joiner alone, and the one fetch answers everyone who stayed.
-func TestFlight_JoinALoadThatItsCallerRuns(t *testing.T) {
-	f := newFleet(t)
-	src := newSource()
-	src.set("k", "v1")
-	src.gated.Store(true)
-	joined, onFlight := events[bool]()
-	n := f.node(tier.NodeConfig{}, &hooks.Points{Flight: func(_ string, started bool) { onFlight(started) }})
-	c := cache(t, n, src)
-	leader := goGet(context.Background(), c, "k")
-	if started := wait(t, joined, "the leader"); !started {
-		t.Fatal("the first Get did not start the flight")
-	}
-	held := src.next(t)
-	leaving, leave := context.WithCancel(context.Background())
-	defer leave()
-	left := goGet(leaving, c, "k")
-	stays := goGet(context.Background(), c, "k")
-	for range 2 {
-		if started := wait(t, joined, "a joiner"); started {
-			t.Fatal("a Get started a second flight")
-		}
-	}
-	leave()
-	if r := await(t, left); !errors.Is(r.err, context.Canceled) {
-		t.Fatalf("the cancelled joiner = %q, %v; want context.Canceled", r.v, r.err)
-	}
-	if err := held.ctx.Err(); err != nil {
-		t.Fatalf("a joiner's cancellation cancelled the fetch: %v", err)
-	}
-	close(held.release)
-	for _, ch := range []<-chan result{leader, stays} {
-		if r := await(t, ch); r.err != nil || r.v != "v1" {
-			t.Fatalf("Get = %q, %v; want v1", r.v, r.err)
-		}
-	}
-	if st := n.Stats(); st.Caches.Fetches != 1 || st.Caches.FillsLanded != 1 {
-		t.Fatalf("stats = %+v; want one fetch and one fill", st)
-	}
-}
-
 // Close cancels a load that runs in its caller's goroutine and waits for
 // it, as it does for one in a goroutine of the node's.
 func TestFlight_CloseWaitsForALoadThatItsCallerRuns(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		ctx  func() (context.Context, context.CancelFunc)
-	}{
-		{"Background", func() (context.Context, context.CancelFunc) { return context.Background(), func() {} }},
-		{"WithCancel", func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) }},
-	} {
+	for _, tc := range flightCallers {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFleet(t)
 			started := make(chan struct{}, 1)
@@ -153,13 +113,7 @@ func TestFlight_CloseWaitsForALoadThatItsCallerRuns(t *testing.T) {
 // that its caller runs ends the caller's goroutine, one in a goroutine of
 // its own only that.
 func TestFlight_LoadThatEndsItsGoroutine(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		ctx  func() (context.Context, context.CancelFunc)
-	}{
-		{"Background", func() (context.Context, context.CancelFunc) { return context.Background(), func() {} }},
-		{"WithCancel", func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) }},
-	} {
+	for _, tc := range flightCallers {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFleet(t)
 			joined, onFlight := events[bool]()

@@ -238,7 +238,9 @@ func TestNotFound(t *testing.T) {
 // One waiter's cancelled ctx returns that waiter only, whether it joined
 // the flight or started it, at once, while the fetch is held: the shared
 // fetch goes on and fills the cache for the other, so that a further Get
-// fetches nothing. A ctx cancelled before the call fetches nothing.
+// fetches nothing. That holds too for one that joined a flight whose
+// leader's ctx cannot be cancelled, which runs the load in its own
+// goroutine. A ctx cancelled before the call fetches nothing.
 func TestCancelledWaiter(t *testing.T) {
 	t.Run("before the call", func(t *testing.T) {
 		f := newFleet(t)
@@ -253,9 +255,17 @@ func TestCancelledWaiter(t *testing.T) {
 			t.Fatalf("%d fetches; want none", n)
 		}
 	})
-	for _, leader := range []bool{false, true} {
-		name := map[bool]string{false: "the one that joined", true: "the one that started the flight"}[leader]
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		leader bool // the leader is cancelled, not the one that joined
+		stays  bool // the leader's ctx cannot be cancelled
+	}{
+		{"the one that joined", false, false},
+		{"the one that started the flight", true, false},
+		{"the one that joined a flight its leader runs", false, true},
+	} {
+		leader := tc.leader
+		t.Run(tc.name, func(t *testing.T) {
 			f := newFleet(t)
 			src := newSource()
 			src.set("k", "v1")
@@ -267,6 +277,9 @@ func TestCancelledWaiter(t *testing.T) {
 			ctxB, cancelB := context.WithCancel(context.Background())
 			defer cancelA()
 			defer cancelB()
+			if tc.stays {
+				ctxA = context.Background()
+			}
 			gotA := goGet(ctxA, c, "k")
 			if started := wait(t, joined, "A"); !started {
 				t.Fatal("A did not start the flight")
