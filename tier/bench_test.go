@@ -417,11 +417,13 @@ const l2HitParallelism = 8
 
 // BenchmarkGetMissFill measures a Get of a key no tier holds (miss, claim,
 // fetch, fill of both tiers), against the bare Redis work of a cache-aside
-// miss: a GET that misses and a SET PX of a value of the same size. Two
-// more say where the difference goes: "l2-ReadOrClaim+FillInGroups", the
-// same claim and fill through l2.Store without the tier above it, and
-// "redis-raw-claim+fill-scripts", the floor of a fenced miss. Each reports
-// redis-cpu-µs/op and client-cpu-µs/op as BenchmarkGetL2Hit does.
+// miss: a GET that misses and a SET PX of a value of the same size.
+// "tiercache" is a caller whose ctx cannot be cancelled,
+// "tiercache-cancellable" one whose can. Two more say where the difference
+// goes: "l2-ReadOrClaim+FillInGroups", the same claim and fill through
+// l2.Store without the tier above it, and "redis-raw-claim+fill-scripts",
+// the floor of a fenced miss. Each reports redis-cpu-µs/op and
+// client-cpu-µs/op as BenchmarkGetL2Hit does.
 func BenchmarkGetMissFill(b *testing.B) {
 	const namespace = "bench-miss"
 	srv := redistest.Start(b)
