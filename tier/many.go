@@ -78,9 +78,10 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	began := c.m.start()
 	out := make(map[K]V, len(keys))
 	var (
-		mu   sync.Mutex
-		errs map[K]error
-		last Answer // for the span
+		mu      sync.Mutex
+		errs    map[K]error
+		missing map[K]struct{} // answered "not found", in neither out nor errs
+		last    Answer         // for the span
 	)
 	record := func(key K, v V, ri ReadInfo, err error) {
 		if herr := c.account(key, ri, err, began); herr != nil {
@@ -89,15 +90,30 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 		mu.Lock()
 		defer mu.Unlock()
 		last = answerOf(ri, err)
-		if err == nil || errors.Is(err, ErrStale) {
+		switch {
+		case err == nil || errors.Is(err, ErrStale):
 			out[key] = v
+		case errors.Is(err, ErrNotFound):
+			if missing == nil {
+				missing = make(map[K]struct{})
+			}
+			missing[key] = struct{}{}
+			return
 		}
-		if err != nil && !errors.Is(err, ErrNotFound) {
+		if err != nil {
 			if errs == nil {
 				errs = make(map[K]error)
 			}
 			errs[key] = err
 		}
+	}
+	// answered reports whether record has answered key.
+	answered := func(key K) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		_, ok := out[key]
+		_, nf := missing[key]
+		return ok || nf || errs[key] != nil
 	}
 
 	// L1, and the keys' names.
@@ -251,16 +267,13 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 			defer wg.Done()
 			returned := false
 			defer func() {
-				if !returned {
-					mu.Lock()
-					defer mu.Unlock()
-					for _, cl := range cls {
-						if _, ok := out[cl.key]; !ok && errs[cl.key] == nil {
-							if errs == nil {
-								errs = make(map[K]error)
-							}
-							errs[cl.key] = errLoadExited
-						}
+				if returned {
+					return
+				}
+				var zero V
+				for _, cl := range cls {
+					if !answered(cl.key) {
+						record(cl.key, zero, ReadInfo{}, errLoadExited)
 					}
 				}
 			}()

@@ -235,6 +235,31 @@ func TestGetManyFetchEndsItsGoroutine(t *testing.T) {
 	}
 }
 
+// A FetchMany batch whose settling ends its goroutine part-way (OnMiss
+// calls runtime.Goexit for the second key) keeps the answer it gave the
+// first key, "not found", and fails only the second.
+func TestGetManyKeepsAnswersBeforeAGoexit(t *testing.T) {
+	f := newFleet(t)
+	n := f.node(tier.NodeConfig{}, nil)
+	c := newCache(t, n, tier.Config[string, string]{
+		Fetch: func(context.Context, string) (string, error) { return "", tier.ErrNotFound },
+		FetchMany: func(_ context.Context, keys []string) (map[string]string, error) {
+			found := map[string]string{"b": "v"}
+			return found, tier.Missing(keys, found)
+		},
+		OnMiss: func(key string) {
+			if key == "b" {
+				runtime.Goexit()
+			}
+		},
+	})
+	got, err := c.GetMany(context.Background(), []string{"a", "b"})
+	var ke *tier.KeyErrors[string]
+	if len(got) != 0 || !errors.As(err, &ke) || len(ke.Errs) != 1 || ke.Errs["b"] == nil {
+		t.Fatalf("GetMany = %v, %v; want a not found and an error for b alone", got, err)
+	}
+}
+
 // GetMany keeps fail-safe: keys past their TTL whose refresh fails are
 // returned with their kept values, each reported with ErrStale wrapping the
 // cause, whether the refresh goes through Fetch or FetchMany.
