@@ -84,6 +84,12 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 	}
 	f.waiters++
 	g.mu.Unlock()
+	if run != nil {
+		// Counted by enter: done however this call ends, even if the load
+		// calls runtime.Goexit (a test's t.FailNow in Fetch) and never
+		// returns; run ends the flight either way.
+		defer n.wg.Done()
+	}
 	if ok && f.trace != nil {
 		f.trace.join(ctx)
 	}
@@ -91,10 +97,6 @@ func (g *flights[T]) do(ctx context.Context, n *Node, key string, load func(cont
 		n.hooks.Flight(key, !ok)
 	}
 	if run != nil {
-		// Counted by enter. Deferred, so that a load that calls
-		// runtime.Goexit (a test's t.FailNow in Fetch) still lets Close
-		// return; run ends the flight either way.
-		defer n.wg.Done()
 		run()
 		return f.val, false, f.err
 	}

@@ -73,18 +73,21 @@ func TestFlight_LoadRunsInACallerThatCannotLeave(t *testing.T) {
 }
 
 // Close cancels a load that runs in its caller's goroutine and waits for
-// it, as it does for one in a goroutine of the node's.
+// it, as it does for one in a goroutine of the node's: the load, cancelled,
+// holds on until released, and Close is seen waiting on the node's
+// WaitGroup, not returning, until then.
 func TestFlight_CloseWaitsForALoadThatItsCallerRuns(t *testing.T) {
 	for _, tc := range flightCallers {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFleet(t)
-			started := make(chan struct{}, 1)
-			var returned atomic.Bool
+			started, cancelled := make(chan struct{}), make(chan struct{})
+			release := make(chan struct{})
 			n := f.node(tier.NodeConfig{}, nil)
 			c, err := tier.New(n, tier.Config[string, string]{Namespace: ns, Fetch: func(ctx context.Context, _ string) (string, error) {
-				started <- struct{}{}
+				close(started)
 				<-ctx.Done()
-				returned.Store(true)
+				close(cancelled)
+				<-release
 				return "", ctx.Err()
 			}})
 			if err != nil {
@@ -94,17 +97,43 @@ func TestFlight_CloseWaitsForALoadThatItsCallerRuns(t *testing.T) {
 			defer cancel()
 			got := goGet(ctx, c, "k")
 			wait(t, started, "the fetch")
-			if err := n.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if !returned.Load() {
+			closed := make(chan error, 1)
+			go func() { closed <- n.Close() }()
+			wait(t, cancelled, "Close to cancel the fetch")
+			var early bool
+			eventually(t, func() bool {
+				select {
+				case <-closed:
+					early = true
+					return true
+				default:
+					return closeIsWaiting()
+				}
+			}, "Close to wait for the load")
+			if early {
 				t.Fatal("Close returned while a load was still running")
+			}
+			close(release)
+			if err := wait(t, closed, "Close"); err != nil {
+				t.Fatal(err)
 			}
 			if r := await(t, got); r.err == nil {
 				t.Fatalf("Get through a closing node = %q, want an error", r.v)
 			}
 		})
 	}
+}
+
+// closeIsWaiting reports whether a goroutine is in Node.Close, waiting on
+// the node's WaitGroup.
+func closeIsWaiting() bool {
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "sync.(*WaitGroup).Wait") && strings.Contains(g, "tier.(*Node).Close") {
+			return true
+		}
+	}
+	return false
 }
 
 // A load that ends its goroutine (runtime.Goexit, as t.FailNow in a Fetch
