@@ -78,10 +78,9 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	began := c.m.start()
 	out := make(map[K]V, len(keys))
 	var (
-		mu      sync.Mutex
-		errs    map[K]error
-		missing map[K]struct{} // answered "not found", in neither out nor errs
-		last    Answer         // for the span
+		mu   sync.Mutex
+		errs map[K]error // with errAnsweredNotFound for "not found", until manyResult
+		last Answer      // for the span
 	)
 	record := func(key K, v V, ri ReadInfo, err error) {
 		if herr := c.account(key, ri, err, began); herr != nil {
@@ -90,30 +89,18 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 		mu.Lock()
 		defer mu.Unlock()
 		last = answerOf(ri, err)
-		switch {
-		case err == nil || errors.Is(err, ErrStale):
+		if err == nil || errors.Is(err, ErrStale) {
 			out[key] = v
-		case errors.Is(err, ErrNotFound):
-			if missing == nil {
-				missing = make(map[K]struct{})
-			}
-			missing[key] = struct{}{}
-			return
 		}
 		if err != nil {
 			if errs == nil {
 				errs = make(map[K]error)
 			}
+			if errors.Is(err, ErrNotFound) {
+				err = errAnsweredNotFound
+			}
 			errs[key] = err
 		}
-	}
-	// answered reports whether record has answered key.
-	answered := func(key K) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		_, ok := out[key]
-		_, nf := missing[key]
-		return ok || nf || errs[key] != nil
 	}
 
 	// L1, and the keys' names.
@@ -272,7 +259,11 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 				}
 				var zero V
 				for _, cl := range cls {
-					if !answered(cl.key) {
+					mu.Lock()
+					_, valued := out[cl.key]
+					_, answered := errs[cl.key]
+					mu.Unlock()
+					if !valued && !answered {
 						record(cl.key, zero, ReadInfo{}, errLoadExited)
 					}
 				}
@@ -367,6 +358,11 @@ type claim[K comparable, V any] struct {
 }
 
 func (c *Cache[K, V]) manyResult(out map[K]V, errs map[K]error) (map[K]V, error) {
+	for k, err := range errs {
+		if err == errAnsweredNotFound {
+			delete(errs, k) // "not found" is no error of GetMany's
+		}
+	}
 	if len(errs) > 0 {
 		return out, &KeyErrors[K]{Errs: errs}
 	}
@@ -402,6 +398,11 @@ func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], rec
 		record(cl.key, l.v, l.ri, ferr)
 	}
 }
+
+// errAnsweredNotFound marks, among GetMany's errors until it returns, a key
+// answered "not found": no error of GetMany's, but an answer, which a
+// fetch that ends its goroutine must not replace.
+var errAnsweredNotFound = errors.New("tier get: answered \"not found\"")
 
 // errNoAnswer is the error of a key that FetchMany gave neither a value
 // nor an error.
