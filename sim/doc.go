@@ -26,7 +26,12 @@
 // version, so every read's version is known. Workers draw keys (uniform or
 // Zipf) and operations (Mix) from a generator seeded by Config.Seed and
 // their index: the same seed gives every worker the same operations, and
-// the same fault schedule; only the interleaving is the machine's.
+// the same fault schedule; only the interleaving is the machine's. Every
+// operation's context ends after a generous bound, except the reads of the
+// odd workers of a run in one process: they read as a caller whose
+// context cannot be cancelled does (context.Background's kind), whose
+// flight runs its load in the caller's goroutine, and a watchdog ends the
+// run if one of them does not return within that bound.
 //
 // # What the checker guarantees
 //

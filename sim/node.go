@@ -3,7 +3,9 @@ package sim
 import (
 	"context"
 	"errors"
+	"fmt"
 	mrand "math/rand/v2"
+	"time"
 
 	"github.com/tiercache/tiercache/tier"
 )
@@ -130,7 +132,11 @@ func (n *fleetNode) work(ctx context.Context, id int, skip int64, over func() bo
 				rec.read(rd)
 			}
 		case opRead:
-			rec.read(n.read(octx, int32(id), o.key))
+			if id%2 == 1 && !cfg.Procs {
+				rec.read(n.readUncancellable(ctx, int32(id), o.key))
+			} else {
+				rec.read(n.read(octx, int32(id), o.key))
+			}
 		case opInvalidate, opSet:
 			if w, ok := n.write(octx, o.key, o.kind == opSet); ok {
 				rec.write(w)
@@ -143,6 +149,21 @@ func (n *fleetNode) work(ctx context.Context, id int, skip int64, over func() bo
 		cancel()
 		rec.op(int32(id))
 	}
+}
+
+// readUncancellable is read by a caller whose ctx cannot be cancelled, as
+// context.Background's: its flight runs the load in the caller's goroutine,
+// where a cancellable caller's runs in a goroutine of its own. The odd
+// workers of a run in one process read so. Nothing but the library bounds
+// such a read, so a watchdog ends the run if it outlives opTimeout, as the
+// others' contexts do theirs. (Node processes, which the run may pause,
+// read with contexts only: a pause would set off the watchdog.)
+func (n *fleetNode) readUncancellable(ctx context.Context, worker int32, key int) read {
+	dog := time.AfterFunc(opTimeout, func() {
+		panic(fmt.Sprintf("sim: a read of key %d whose context cannot be cancelled did not return within %v: the protocol hangs", key, opTimeout))
+	})
+	defer dog.Stop()
+	return n.read(context.WithoutCancel(ctx), worker, key)
 }
 
 // read is one Get of key. A "not found" (Config.Absent) is a read of
