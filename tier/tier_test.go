@@ -264,7 +264,6 @@ func TestCancelledWaiter(t *testing.T) {
 		{"the one that started the flight", true, false},
 		{"the one that joined a flight its leader runs", false, true},
 	} {
-		leader := tc.leader
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFleet(t)
 			src := newSource()
@@ -290,7 +289,7 @@ func TestCancelledWaiter(t *testing.T) {
 				t.Fatal("B started a second flight")
 			}
 			cancelled, other := gotB, gotA
-			if leader {
+			if tc.leader {
 				cancelA()
 				cancelled, other = gotA, gotB
 			} else {
