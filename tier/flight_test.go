@@ -138,7 +138,8 @@ func closeIsWaiting() bool {
 
 // A load that ends its goroutine (runtime.Goexit, as t.FailNow in a Fetch
 // does) instead of returning leaves an error, never a zero value, to
-// everyone waiting for its flight, and does not keep Close waiting: a load
+// everyone waiting for its flight, gives up its claim at once (as a failed
+// fetch does, not after FlagTTL), and does not keep Close waiting: a load
 // that its caller runs ends the caller's goroutine, one in a goroutine of
 // its own only that.
 func TestFlight_LoadThatEndsItsGoroutine(t *testing.T) {
@@ -189,6 +190,9 @@ func TestFlight_LoadThatEndsItsGoroutine(t *testing.T) {
 			}
 			if r := await(t, joiner); r.err == nil {
 				t.Fatalf("the joiner = %q, want an error", r.v)
+			}
+			if flag := f.flag("k"); flag != "" {
+				t.Fatalf("the claim %q outlived the load, which holds it until FlagTTL; want it released", flag)
 			}
 			closed := make(chan error, 1)
 			go func() { closed <- n.Close() }()

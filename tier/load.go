@@ -537,12 +537,22 @@ func (c *Cache[K, V]) refreshKey(key K, s string, h uint64) {
 }
 
 // fetchAndFill runs Fetch under our claim and settles its result (see
-// fetched).
-func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, clock string, f fence, fallback *staleValue[V]) (loaded[V], error) {
+// fetched). If a callback ends the goroutine instead (runtime.Goexit, as
+// t.FailNow does), the claim is released on the way out, as after a failed
+// fetch, rather than left to lapse after FlagTTL.
+func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, clock string, f fence, fallback *staleValue[V]) (l loaded[V], err error) {
 	fctx, cancel := c.fetchContext(ctx, fallback != nil)
 	defer cancel()
+	returned := false
+	defer func() {
+		if !returned {
+			c.release(ctx, keys, token)
+		}
+	}()
 	v, err := c.callFetch(fctx, key)
-	return c.fetched(ctx, key, s, h, keys, token, clock, f, fallback, v, err)
+	l, err = c.fetched(ctx, key, s, h, keys, token, clock, f, fallback, v, err)
+	returned = true
+	return l, err
 }
 
 // fetched settles what a fetch under our claim returned: a value fills both

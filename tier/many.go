@@ -372,7 +372,8 @@ func (c *Cache[K, V]) manyResult(out map[K]V, errs map[K]error) (map[K]V, error)
 // fetchBatch reads the claimed keys through Config.FetchMany in one call,
 // then settles each key's result as Get settles a fetch's: its value, its
 // error in a *KeyErrors (ErrNotFound for "not found"), or the whole call's
-// error.
+// error. If a callback ends the goroutine instead (runtime.Goexit), every
+// claim still ours is released on the way out, as fetchAndFill's is.
 func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], record func(K, V, ReadInfo, error)) {
 	keys := make([]K, len(claimed))
 	fallback := false
@@ -382,6 +383,12 @@ func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], rec
 	}
 	fctx, cancel := c.fetchContext(ctx, fallback)
 	defer cancel()
+	settled := 0 // claims settled, in order: the rest are still ours
+	defer func() {
+		for _, cl := range claimed[settled:] {
+			c.release(ctx, cl.keys, cl.tok)
+		}
+	}()
 	found, perKey, err := c.callFetchMany(fctx, keys)
 	for _, cl := range claimed {
 		var v V
@@ -395,6 +402,7 @@ func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], rec
 			}
 		}
 		l, ferr := c.fetched(ctx, cl.key, cl.s, cl.h, cl.keys, cl.tok, cl.clock, cl.f, cl.fallback, v, kerr)
+		settled++
 		record(cl.key, l.v, l.ri, ferr)
 	}
 }

@@ -194,8 +194,9 @@ func TestGetManyFetchManyPanics(t *testing.T) {
 
 // A Fetch or FetchMany that ends its goroutine (runtime.Goexit, as
 // t.FailNow in it does) fails its keys with an error, as a panic does;
-// GetMany never answers them as absent, which would read as "not found".
-// A key answered before is unaffected.
+// GetMany never answers them as absent, which would read as "not found",
+// and their claims are given up at once. A key answered before is
+// unaffected.
 func TestGetManyFetchEndsItsGoroutine(t *testing.T) {
 	for _, many := range []bool{false, true} {
 		t.Run(fmt.Sprint("FetchMany=", many), func(t *testing.T) {
@@ -225,6 +226,11 @@ func TestGetManyFetchEndsItsGoroutine(t *testing.T) {
 			}
 			if diff := cmp.Diff(map[string]string{"held": "v"}, got); diff != "" {
 				t.Fatalf("GetMany values (-want +got):\n%s", diff)
+			}
+			for _, k := range []string{"a", "b"} {
+				if flag := f.flag(k); flag != "" {
+					t.Fatalf("the claim of %s (%q) outlived its fetch; want it released", k, flag)
+				}
 			}
 			closed := make(chan error, 1)
 			go func() { closed <- n.Close() }()
