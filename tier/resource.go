@@ -41,7 +41,9 @@ type ResourceConfig[K comparable, V any] struct {
 	// Load reads the whole data set from the source. Required. One node
 	// of the fleet calls it at a time (a claim in Redis, as for keys), at
 	// most LoadTimeout long; the others take its result from Redis. A
-	// panic is recovered and counted as a failed load.
+	// panic is recovered and counted as a failed load; so is a call of
+	// runtime.Goexit (t.FailNow), which ends the goroutine that called
+	// Load (a new one takes over the background reloads).
 	Load func(ctx context.Context) (map[K]V, error)
 	// ReloadEvery is how often the data set is loaded again. Required.
 	ReloadEvery time.Duration
@@ -279,14 +281,29 @@ func (r *Resource[K, V]) notify() {
 
 // run checks the resource at once, then every ReloadEvery/4 (with jitter)
 // and whenever the bus says it changed, until the node closes.
-func (r *Resource[K, V]) run() {
+func (r *Resource[K, V]) run() { r.loop(0) }
+
+// loop is run, its first check after first. A callback that ends the
+// loop's goroutine (runtime.Goexit in Load or the Codec, as t.FailNow
+// does) does not end the resource's checks: a new loop takes over, its
+// first check a period later, so that such a callback is not called in a
+// tight loop.
+func (r *Resource[K, V]) loop(first time.Duration) {
 	n := r.node
 	every := max(r.cfg.ReloadEvery/4, 10*time.Millisecond)
-	t := time.NewTimer(0)
+	exited := true
+	defer func() {
+		if exited {
+			n.log.Error("tiercache: the goroutine that reloads a resource ended (a callback called runtime.Goexit, or panicked); a new one takes over", "resource", r.cfg.Name)
+			n.spawn(func() { r.loop(every) })
+		}
+	}()
+	t := time.NewTimer(first)
 	defer t.Stop()
 	for {
 		select {
 		case <-n.life.Done():
+			exited = false
 			return
 		case <-t.C:
 		case <-r.kick:
@@ -370,11 +387,32 @@ func (r *Resource[K, V]) loadAndStore(ctx context.Context, force bool) error {
 	case !ok:
 		return errResourceBusy
 	}
+	returned := false
+	defer func() {
+		if !returned {
+			// A callback ended the goroutine: give the claim up, as a failed
+			// load does, rather than leave the fleet waiting for it to lapse.
+			r.release(ctx, token, r.cfg.RetryAfter)
+		}
+	}()
+	err = r.loadClaimed(ctx, token, force)
+	returned = true
+	return err
+}
+
+// release gives up the resource's claim, for after to come (0: at once).
+func (r *Resource[K, V]) release(ctx context.Context, token string, after time.Duration) {
+	if err := r.node.store.ReleaseResource(context.WithoutCancel(ctx), r.keys, token, after); err != nil {
+		r.redisFailed("release", err)
+	}
+}
+
+// loadClaimed is loadAndStore once the claim, token, is this node's.
+func (r *Resource[K, V]) loadClaimed(ctx context.Context, token string, force bool) error {
+	n := r.node
 	if !force {
 		if st, err := n.store.ReadResourceState(ctx, r.keys); err == nil && st.Present && st.Fresh {
-			if err := n.store.ReleaseResource(context.WithoutCancel(ctx), r.keys, token, 0); err != nil {
-				r.redisFailed("release", err)
-			}
+			r.release(ctx, token, 0)
 			if cur := r.snap.Load(); cur == nil || cur.version != st.Meta.Version {
 				return r.fetch(ctx, st.Meta)
 			}
@@ -386,9 +424,7 @@ func (r *Resource[K, V]) loadAndStore(ctx context.Context, force bool) error {
 	if err != nil {
 		r.failed(err, start)
 		// The fleet leaves the source alone a while.
-		if rerr := n.store.ReleaseResource(context.WithoutCancel(ctx), r.keys, token, r.cfg.RetryAfter); rerr != nil {
-			r.redisFailed("release", rerr)
-		}
+		r.release(ctx, token, r.cfg.RetryAfter)
 		return err
 	}
 	ttl := r.cfg.TTL
@@ -433,6 +469,19 @@ func (r *Resource[K, V]) loadLocal(ctx context.Context) error {
 func (r *Resource[K, V]) loadEncoded(ctx context.Context) (map[K]V, []byte, error) {
 	lctx, cancel := context.WithTimeout(ctx, r.cfg.LoadTimeout)
 	defer cancel()
+	start, returned := time.Now(), false
+	defer func() {
+		if !returned { // a callback ended the goroutine: a failed load
+			r.failed(errLoadExited, start)
+		}
+	}()
+	data, b, err := r.loadEncodedOnce(lctx)
+	returned = true
+	return data, b, err
+}
+
+// loadEncodedOnce is loadEncoded under lctx, LoadTimeout's bound.
+func (r *Resource[K, V]) loadEncodedOnce(lctx context.Context) (map[K]V, []byte, error) {
 	data, err := guarded(r.node, "Resource.Load", r.cfg.Name, func() (map[K]V, error) { return r.cfg.Load(lctx) })
 	if err != nil {
 		return nil, nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -230,6 +231,38 @@ func TestResourceFailingLoadKeepsLastGood(t *testing.T) {
 	waitReady(t, late)
 	if v, _ := late.Get("c0"); v != "v0" || late.Stats().Fetched != 1 {
 		t.Fatalf("a node started while the source fails serves %q (stats %+v); want v0 from Redis", v, late.Stats())
+	}
+}
+
+// A Load that ends its goroutine (runtime.Goexit, as t.FailNow in it does)
+// is a failed load: its claim is given up, as a failed load's is, and a
+// new background loop takes over the reloads, so that the resource still
+// arrives. A claim left to lapse would hold past the test's guard
+// (LoadTimeout is an hour), and so would a loop that ended for good.
+func TestResourceLoadThatEndsItsGoroutine(t *testing.T) {
+	f := newFleet(t)
+	var calls atomic.Int64
+	r, err := tier.NewResource(f.node(tier.NodeConfig{}, nil), tier.ResourceConfig[string, string]{
+		Name:        "exits",
+		ReloadEvery: 40 * time.Millisecond,
+		LoadTimeout: time.Hour,
+		RetryAfter:  10 * time.Millisecond,
+		Load: func(context.Context) (map[string]string, error) {
+			if calls.Add(1) == 1 {
+				runtime.Goexit()
+			}
+			return map[string]string{"c0": "v0"}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, r)
+	if v, ok := r.Get("c0"); !ok || v != "v0" {
+		t.Fatalf("Get = %q, %v; want v0", v, ok)
+	}
+	if st := r.Stats(); st.LoadErrors != 1 || st.Loads < 1 {
+		t.Fatalf("stats %+v; want the load that ended its goroutine counted as 1 load error", st)
 	}
 }
 
