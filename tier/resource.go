@@ -285,17 +285,17 @@ func (r *Resource[K, V]) run() { r.loop(0) }
 
 // loop is run, its first check after first. A callback that ends the
 // loop's goroutine (runtime.Goexit in Load or the Codec, as t.FailNow
-// does) does not end the resource's checks: a new loop takes over, its
-// first check a period later, so that such a callback is not called in a
-// tight loop.
+// does), or a panic that gets past the callbacks' guards, does not end the
+// resource's checks: unless the node is closing, a new loop takes over,
+// its first check a period later, so that such a callback is not called in
+// a tight loop.
 func (r *Resource[K, V]) loop(first time.Duration) {
 	n := r.node
 	every := max(r.cfg.ReloadEvery/4, 10*time.Millisecond)
 	exited := true
 	defer func() {
-		if exited {
-			n.log.Error("tiercache: the goroutine that reloads a resource ended (a callback called runtime.Goexit, or panicked); a new one takes over", "resource", r.cfg.Name)
-			n.spawn(func() { r.loop(every) })
+		if exited && n.spawn(func() { r.loop(every) }) {
+			n.log.Error("tiercache: the goroutine that reloads a resource ended (a callback called runtime.Goexit, or panicked); a new one took over", "resource", r.cfg.Name)
 		}
 	}()
 	t := time.NewTimer(first)
@@ -308,11 +308,17 @@ func (r *Resource[K, V]) loop(first time.Duration) {
 		case <-t.C:
 		case <-r.kick:
 		}
-		ctx, cancel := context.WithTimeout(n.life, r.cfg.LoadTimeout+4*n.cfg.RedisTimeout)
-		_ = r.update(ctx, false)
-		cancel()
+		r.check()
 		t.Reset(time.Duration(float64(every) * (0.9 + 0.2*rand.Float64())))
 	}
+}
+
+// check is one check of loop's, bounded by the time a load and its Redis
+// operations may take.
+func (r *Resource[K, V]) check() {
+	ctx, cancel := context.WithTimeout(r.node.life, r.cfg.LoadTimeout+4*r.node.cfg.RedisTimeout)
+	defer cancel()
+	_ = r.update(ctx, false)
 }
 
 // errResourceBusy says another node holds the resource's claim.
