@@ -202,7 +202,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 			n.redisFailed(c.ns, "read", err)
 			return c.withoutRedis(ctx, key, s, h, f, st.old, mode, err)
 		}
-		next, out, err := c.settle(ctx, key, s, h, keys, token, f, r, start, mode, &st)
+		next, out, err := c.settleHolding(ctx, key, s, h, keys, token, f, r, start, mode, &st)
 		switch next {
 		case stepDone:
 			return out, err
@@ -347,7 +347,7 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 	if r.Stale {
 		c.m.groupStale.Add(1)
 	}
-	claimed := r.State == l2.Claimed || r.State == l2.StaleClaimed
+	claimed := holdsClaim(r)
 	var (
 		cur *staleValue[V] // the value Redis holds, if any, unless a Hit
 		hit staleValue[V]  // the value of a Hit
@@ -463,6 +463,25 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 	return stepWait, loaded[V]{}, nil
 }
 
+// settleHolding is settle for a read that may have claimed the key: if a
+// callback ends the goroutine before settle returns (runtime.Goexit in the
+// Codec, decoding the value Redis holds), the claim is given up on the way
+// out rather than left to lapse after FlagTTL.
+func (c *Cache[K, V]) settleHolding(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, f fence, r l2.Read, start time.Time, mode loadMode, st *readState[V]) (step, loaded[V], error) {
+	returned := false
+	defer func() {
+		if !returned && holdsClaim(r) {
+			c.release(ctx, keys, token)
+		}
+	}()
+	next, out, err := c.settle(ctx, key, s, h, keys, token, f, r, start, mode, st)
+	returned = true
+	return next, out, err
+}
+
+// holdsClaim reports whether the read r claimed its key for us.
+func holdsClaim(r l2.Read) bool { return r.State == l2.Claimed || r.State == l2.StaleClaimed }
+
 // serveStale answers with a value past its freshness: without an error
 // within its servable window (stale-while-revalidate), with ErrStale past
 // it or when cause (a failed fetch) says the refresh failed.
@@ -538,8 +557,8 @@ func (c *Cache[K, V]) refreshKey(key K, s string, h uint64) {
 
 // fetchAndFill runs Fetch under our claim and settles its result (see
 // fetched). If a callback ends the goroutine instead (runtime.Goexit, as
-// t.FailNow does), the claim is released on the way out, as after a failed
-// fetch, rather than left to lapse after FlagTTL.
+// t.FailNow does), the claim is released on the way out (with no fail-safe
+// mark), rather than left to lapse after FlagTTL.
 func (c *Cache[K, V]) fetchAndFill(ctx context.Context, key K, s string, h uint64, keys l2.Keys, token string, clock string, f fence, fallback *staleValue[V]) (l loaded[V], err error) {
 	fctx, cancel := c.fetchContext(ctx, fallback != nil)
 	defer cancel()

@@ -218,24 +218,7 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	}
 
 	// What each read leaves to do, decided as by Get.
-	for i, m := range toRead {
-		if reads == nil || readErrs[i] != nil {
-			slow = append(slow, m)
-			continue
-		}
-		var st readState[V]
-		next, l, err := c.settle(ctx, m.key, m.s, m.h, m.keys, m.tok, m.f, reads[i], readAt, modeGet, &st)
-		switch next {
-		case stepDone:
-			record(m.key, l.v, l.ri, err)
-		case stepFetch:
-			claimed = append(claimed, claim[K, V]{m, reads[i].Clock, st.fallback})
-		case stepUncached:
-			uncached = append(uncached, claim[K, V]{miss: m, fallback: st.fallback})
-		default:
-			slow = append(slow, m) // Get waits, or reads again
-		}
-	}
+	claimed, uncached, slow = c.settleMany(ctx, toRead, reads, readErrs, readAt, record, slow)
 
 	// The source. The fetches are the node's work: Close cancels them and
 	// waits for them, as it does a Get's.
@@ -309,6 +292,51 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 	return c.manyResult(out, errs)
 }
 
+// settleMany settles GetMany's reads of toRead (reads and readErrs, nil if
+// the reads failed as a whole) as Get settles one: it records the answers,
+// and returns the claims to fetch under, the keys to fetch without caching,
+// and slow with the keys left to Get. A callback that ends the goroutine
+// meanwhile (runtime.Goexit in the Codec, decoding a value Redis holds)
+// leaves no claim behind: those of the keys not yet settled, and of the
+// keys to fetch, are given up on the way out.
+func (c *Cache[K, V]) settleMany(ctx context.Context, toRead []miss[K], reads []l2.Read, readErrs []error, readAt time.Time, record func(K, V, ReadInfo, error), slow []miss[K]) (claimed, uncached []claim[K, V], _ []miss[K]) {
+	settled, returned := 0, false
+	defer func() {
+		if returned {
+			return
+		}
+		for _, cl := range claimed {
+			c.release(ctx, cl.keys, cl.tok)
+		}
+		for i := settled; i < len(toRead) && reads != nil; i++ {
+			if readErrs[i] == nil && holdsClaim(reads[i]) {
+				c.release(ctx, toRead[i].keys, toRead[i].tok)
+			}
+		}
+	}()
+	for i, m := range toRead {
+		settled = i
+		if reads == nil || readErrs[i] != nil {
+			slow = append(slow, m)
+			continue
+		}
+		var st readState[V]
+		next, l, err := c.settle(ctx, m.key, m.s, m.h, m.keys, m.tok, m.f, reads[i], readAt, modeGet, &st)
+		switch next {
+		case stepDone:
+			record(m.key, l.v, l.ri, err)
+		case stepFetch:
+			claimed = append(claimed, claim[K, V]{m, reads[i].Clock, st.fallback})
+		case stepUncached:
+			uncached = append(uncached, claim[K, V]{miss: m, fallback: st.fallback})
+		default:
+			slow = append(slow, m) // Get waits, or reads again
+		}
+	}
+	returned = true
+	return claimed, uncached, slow
+}
+
 // GetList returns the values of keys in their order, read as GetMany
 // reads them: one Redis round trip for what L1 lacks, one FetchMany call
 // (or a Fetch per key) for what neither tier holds. A key that failed, or
@@ -373,7 +401,7 @@ func (c *Cache[K, V]) manyResult(out map[K]V, errs map[K]error) (map[K]V, error)
 // then settles each key's result as Get settles a fetch's: its value, its
 // error in a *KeyErrors (ErrNotFound for "not found"), or the whole call's
 // error. If a callback ends the goroutine instead (runtime.Goexit), every
-// claim still ours is released on the way out, as fetchAndFill's is.
+// claim still ours is released on the way out, as in fetchAndFill.
 func (c *Cache[K, V]) fetchBatch(ctx context.Context, claimed []claim[K, V], record func(K, V, ReadInfo, error)) {
 	keys := make([]K, len(claimed))
 	fallback := false

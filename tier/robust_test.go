@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -213,6 +214,63 @@ func TestRace_R37_CallbackPanics(t *testing.T) {
 		awaitStats(t, n, "the refresh", func(st tier.Stats) bool { return st.Caches.Refreshes == 1 && st.Caches.Fetches == 2 })
 		r.f.awaitNoFlag("k")
 	})
+}
+
+// exitCodec is the default codec, whose Decode ends its goroutine
+// (runtime.Goexit, as t.FailNow in it would).
+type exitCodec struct{}
+
+func (exitCodec) Encode(v string) ([]byte, error) { return tier.CBOR[string]{}.Encode(v) }
+
+func (exitCodec) Decode([]byte) (string, error) {
+	runtime.Goexit()
+	return "", nil
+}
+
+// R37: a Codec that ends its goroutine while it decodes a value whose read
+// claimed the key (one due for a refresh) gives the claim up on the way
+// out, for Get and for GetMany, and GetMany also the claims it took before
+// in the same read (of a cold key, read first): no other node waits FlagTTL
+// for them.
+func TestRace_R37_DecodeEndsItsGoroutine(t *testing.T) {
+	for _, many := range []bool{false, true} {
+		t.Run(fmt.Sprint("GetMany=", many), func(t *testing.T) {
+			ctx := context.Background()
+			f := newFleet(t)
+			cfg := tier.Config[string, string]{
+				Fetch:    func(context.Context, string) (string, error) { return "v", nil },
+				TTL:      time.Hour,
+				FreshFor: 45 * time.Minute,
+			}
+			nc := tier.NodeConfig{FlagTTL: slowFlag}
+			if _, err := newCache(t, f.node(nc, nil), cfg).Get(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			// Due for a refresh: the value's remaining lifetime is below
+			// TTL - FreshFor, so the next read claims it with its value.
+			if err := f.rdb.PExpire(ctx, l2.KeysFor(tier.DefaultPrefix, ns, "k").Value, 10*time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+			cfg.Codec = exitCodec{}
+			reader := newCache(t, f.node(nc, nil), cfg)
+			ended := make(chan struct{})
+			go func() {
+				defer close(ended)
+				if many {
+					_, _ = reader.GetMany(ctx, []string{"cold", "k"})
+				} else {
+					_, _ = reader.Get(ctx, "k")
+				}
+				t.Error("the read returned, though its Codec ended its goroutine")
+			}()
+			wait(t, ended, "the read's goroutine to end")
+			for _, k := range []string{"cold", "k"} {
+				if flag := f.flag(k); flag != "" {
+					t.Fatalf("the claim of %s (%q) outlived the read, which holds it until FlagTTL; want it released", k, flag)
+				}
+			}
+		})
+	}
 }
 
 // Close cancels and waits for the fetches that GetMany started, through
