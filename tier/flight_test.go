@@ -138,10 +138,9 @@ func closeIsWaiting() bool {
 
 // A load that ends its goroutine (runtime.Goexit, as t.FailNow in a Fetch
 // does) instead of returning leaves an error, never a zero value, to
-// everyone waiting for its flight, gives up its claim at once (as a failed
-// fetch does, not after FlagTTL), and does not keep Close waiting: a load
-// that its caller runs ends the caller's goroutine, one in a goroutine of
-// its own only that.
+// everyone waiting for its flight, gives up its claim at once (not after
+// FlagTTL), and does not keep Close waiting: a load that its caller runs
+// ends the caller's goroutine, one in a goroutine of its own only that.
 func TestFlight_LoadThatEndsItsGoroutine(t *testing.T) {
 	for _, tc := range flightCallers {
 		t.Run(tc.name, func(t *testing.T) {
