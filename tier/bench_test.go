@@ -419,8 +419,10 @@ const l2HitParallelism = 8
 // fetch, fill of both tiers), against the bare Redis work of a cache-aside
 // miss: a GET that misses and a SET PX of a value of the same size.
 // "tiercache" is a caller whose ctx cannot be cancelled,
-// "tiercache-cancellable" one whose can. Two more say where the difference
-// goes: "l2-ReadOrClaim+FillInGroups", the same claim and fill through
+// "tiercache-cancellable" one whose can. Three more say where the
+// difference goes: "tiercache-no-L1", the first with L1 off, what the L1
+// fill costs (it wakes ristretto's worker goroutine, on another thread);
+// "l2-ReadOrClaim+FillInGroups", the same claim and fill through
 // l2.Store without the tier above it, and "redis-raw-claim+fill-scripts",
 // the floor of a fenced miss. Each reports redis-cpu-µs/op and
 // client-cpu-µs/op as BenchmarkGetL2Hit does.
@@ -448,19 +450,22 @@ func BenchmarkGetMissFill(b *testing.B) {
 
 	// "tiercache" is a caller whose ctx cannot be cancelled, whose flight
 	// runs the load in its goroutine; "tiercache-cancellable" one whose ctx
-	// can, whose flight runs it in another.
+	// can, whose flight runs it in another; "tiercache-no-L1" the first, of
+	// a Cache with L1 off.
 	cancellable, cancel := context.WithCancel(ctx)
 	defer cancel()
+	noL1 := benchCache[string](b, n, namespace+"-no-l1", -1)
 	for _, caller := range []struct {
 		name string
+		c    *tier.Cache[string, string]
 		ctx  context.Context
-	}{{"tiercache", ctx}, {"tiercache-cancellable", cancellable}} {
+	}{{"tiercache", c, ctx}, {"tiercache-cancellable", c, cancellable}, {"tiercache-no-L1", noL1, ctx}} {
 		b.Run(caller.name, func(b *testing.B) {
 			keys := coldKeys(b, caller.name+":cold")
 			before := n.Stats()
 			withCost(b, rdb, func() {
 				for i := range b.N {
-					if _, err := c.Get(caller.ctx, keys[i]); err != nil {
+					if _, err := caller.c.Get(caller.ctx, keys[i]); err != nil {
 						b.Fatal(err)
 					}
 				}
