@@ -54,7 +54,8 @@ type NodeConfig struct {
 	// with stable keys ("namespace", "key_hash", "reason", "err"); nothing
 	// is logged per request at Info or below. Default slog.Default(), so
 	// that warnings are seen; pass a logger with slog.DiscardHandler to
-	// silence them.
+	// silence them. A handler that panics loses its records, never the
+	// goroutine that logged (Stats.RecorderPanics counts its panics).
 	Logger *slog.Logger
 	// FlagTTL is how long a claim of a missing key lasts in Redis: it must
 	// be longer than your slowest Fetch, since a fetch that outlives its
@@ -295,7 +296,6 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 	}
 	n := &Node{
 		cfg:     cfg,
-		log:     cfg.Logger,
 		rdb:     rdb,
 		pending: newPending(cfg.MaxPending),
 		present: newPresence(),
@@ -305,6 +305,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		caches:  make(map[string]evictor),
 		live:    make(chan struct{}),
 	}
+	n.log = slog.New(guardedHandler{h: cfg.Logger.Handler(), n: n})
 	if cfg.Recorder != nil && cfg.Recorder != Recorder(NopRecorder{}) {
 		n.rec = guardedRecorder{r: cfg.Recorder, n: n}
 	}
@@ -371,7 +372,7 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		// Waiters are woken on the bus's connection: one subscription.
 		WakeChannel: n.names.Wake,
 		Wake:        n.wakers.wake,
-		Logger:      cfg.Logger,
+		Logger:      n.log,
 		Hooks:       bh,
 	})
 	if err != nil {

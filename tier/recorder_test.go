@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -302,6 +303,41 @@ func TestRecorderPanicIsRecovered(t *testing.T) {
 	}
 	if p := n.Stats().RecorderPanics; p != 3 {
 		t.Fatalf("RecorderPanics = %d, want 3", p)
+	}
+}
+
+// panickingHandler is a slog.Handler that panics on every record.
+type panickingHandler struct{ slog.Handler }
+
+func (panickingHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (panickingHandler) Handle(context.Context, slog.Record) error { panic("handler bug") }
+
+// TestLoggerPanicIsRecovered proves that a Logger whose handler panics
+// costs its records, never the goroutine that logs: here a Get whose Fetch
+// panics, which logs the panic as it recovers it, and a load that its
+// caller runs, where a panic that got past would reach the caller (and in
+// the background, crash the process). The panics are counted.
+func TestLoggerPanicIsRecovered(t *testing.T) {
+	f := newFleet(t)
+	n := f.node(tier.NodeConfig{Logger: slog.New(panickingHandler{})}, nil)
+	c := newCache(t, n, tier.Config[string, string]{Fetch: func(context.Context, string) (string, error) { panic("fetch bug") }})
+	for range 2 {
+		var err error
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Fatalf("Get panicked: %v", r)
+				}
+			}()
+			_, err = c.Get(context.Background(), "k")
+		}()
+		if !errors.Is(err, tier.ErrFetchPanic) {
+			t.Fatalf("Get = %v; want ErrFetchPanic", err)
+		}
+	}
+	if p := n.Stats().RecorderPanics; p < 2 {
+		t.Fatalf("RecorderPanics = %d, want the logger's 2 or more", p)
 	}
 }
 

@@ -163,8 +163,8 @@ type Stats struct {
 	// entries from a buffer, so this lags fills a little). L1Evictions
 	// counts entries L1 evicted to make room or expired.
 	L1Bytes, L1MaxBytes, L1Evictions uint64
-	// RecorderPanics counts calls of NodeConfig.Recorder or Tracer that
-	// panicked.
+	// RecorderPanics counts calls of NodeConfig.Recorder or Tracer, or of
+	// NodeConfig.Logger's handler, that panicked.
 	RecorderPanics uint64
 }
 
