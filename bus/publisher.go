@@ -201,7 +201,7 @@ func (p *Publisher) Publish(ctx context.Context, ops ...Op) error {
 	}
 }
 
-// errExecExited settles a lone batch whose ExecFunc ended its goroutine
+// errExecExited settles a batch whose ExecFunc ended its goroutine
 // (runtime.Goexit) instead of returning.
 var errExecExited = errors.New("bus publish: exec ended its goroutine")
 
@@ -266,13 +266,25 @@ func (p *Publisher) Close() {
 	p.lone.Wait()
 }
 
+// run executes the batches that callers hand over, one at a time, until
+// the Publisher closes. An ExecFunc that ends run's goroutine
+// (runtime.Goexit) instead of returning fails its batch's callers with
+// errExecExited, and a new goroutine takes over the queue.
 func (p *Publisher) run() {
-	defer close(p.done)
+	exited := true
+	defer func() {
+		if exited {
+			go p.run()
+			return
+		}
+		close(p.done)
+	}()
 	for {
 		if p.life.Err() != nil {
 			// Closed, or the parent context ended: nothing queued runs
 			// after this point.
 			p.failAll(ErrClosed)
+			exited = false
 			return
 		}
 		batch, flush := p.take()
@@ -284,9 +296,16 @@ func (p *Publisher) run() {
 				continue
 			}
 		}
-		err := p.execute(batch, flush, time.Now().Add(p.timeout))
-		p.finish(batch, flush, err)
+		p.runBatch(batch, flush)
 	}
+}
+
+// runBatch executes a batch that run took, and finishes it however exec
+// ends, as runLone does.
+func (p *Publisher) runBatch(batch []pendingOp, flush *request) {
+	err := errExecExited
+	defer func() { p.finish(batch, flush, err) }()
+	err = p.execute(batch, flush, time.Now().Add(p.timeout))
 }
 
 // take removes the next batch from the queue, unless one is in flight.

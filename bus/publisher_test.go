@@ -739,6 +739,35 @@ func TestPublisherLoneCallerReturnsItsBatchOutcome(t *testing.T) {
 	}
 }
 
+// TestPublisherExecThatEndsItsGoroutine proves that a batch handed over to
+// the Publisher's goroutine, whose ExecFunc ends that goroutine
+// (runtime.Goexit, as t.Fatal in a hook does) instead of returning, fails
+// its caller at once, and that later batches still run and Close returns.
+func TestPublisherExecThatEndsItsGoroutine(t *testing.T) {
+	var calls atomic.Int32
+	exec := func(ctx context.Context, b *bus.Batch) error {
+		if calls.Add(1) == 1 {
+			runtime.Goexit()
+		}
+		return nil
+	}
+	// A Timeout longer than the guard, so that a caller with the guard as
+	// its deadline hands its batch over.
+	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec, Timeout: time.Hour})
+	for i, want := range []bool{false, true} {
+		ctx, cancel := context.WithTimeout(t.Context(), guard)
+		err := p.Publish(ctx, op("ns", fmt.Sprint("handed-over-", i)))
+		cancel()
+		if ok := err == nil; ok != want || errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Publish %d = %v; want an error only for the batch whose exec ended its goroutine, at once", i, err)
+		}
+	}
+	_ = goClose(p).wait(t)
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("%d batches executed, want 2", n)
+	}
+}
+
 // TestPublisherLoneExecThatEndsItsGoroutine proves that a lone batch whose
 // ExecFunc ends its goroutine (runtime.Goexit, as t.Fatal in a hook does)
 // instead of returning is still finished: later batches run, on either
