@@ -453,29 +453,31 @@ func (s *Subscriber) disconnected(err error) {
 	s.n.disconnects.Add(1)
 	s.log.Warn("tiercache bus: subscription lost", "err", err)
 	s.mu.Lock()
+	defer s.mu.Unlock() // the handler may end the goroutine (R37)
 	s.gen++
 	s.confirmed = false
 	s.lastSeq = 0
 	s.dropLocked(Disconnected, true)
-	s.mu.Unlock()
 }
 
 // subscribed starts a new generation: L1 was dropped when the previous
 // connection failed (or was never filled), and the lease is renewed by the
 // first ping answered on this connection (R18).
 func (s *Subscriber) subscribed() {
-	s.mu.Lock()
-	s.gen++
-	if s.confirmed || s.leased {
-		// A confirmation without a failure seen first: treat it as one.
-		s.n.disconnects.Add(1)
-		s.dropLocked(Disconnected, true)
-	}
-	s.confirmed = true
-	s.lastSeq = 0
-	s.base = s.nextBase
-	s.lagging = time.Time{}
-	s.mu.Unlock()
+	func() {
+		s.mu.Lock()
+		defer s.mu.Unlock() // the handler may end the goroutine (R37)
+		s.gen++
+		if s.confirmed || s.leased {
+			// A confirmation without a failure seen first: treat it as one.
+			s.n.disconnects.Add(1)
+			s.dropLocked(Disconnected, true)
+		}
+		s.confirmed = true
+		s.lastSeq = 0
+		s.base = s.nextBase
+		s.lagging = time.Time{}
+	}()
 	select {
 	case s.pingNow <- struct{}{}:
 	default:
@@ -494,7 +496,18 @@ func (s *Subscriber) message(payload []byte) {
 		s.log.Debug("tiercache bus: ignoring a malformed message", "err", err)
 		return
 	}
+	s.take(m)
+	if h := s.cfg.Hooks.Applied; h != nil {
+		h(m)
+	}
+}
+
+// take notes m's sequence number and applies m, under the lock, which is
+// released however the handler ends: a handler that ends the goroutine
+// (runtime.Goexit) must not keep Close waiting for the lock (R37).
+func (s *Subscriber) take(m *Message) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if last := max(s.lastSeq, s.base); last != 0 && m.Seq != last+1 {
 		// Lost, repeated or reordered: delete-only messages commute, but a
 		// skipped number means an invalidation this node never saw.
@@ -510,10 +523,6 @@ func (s *Subscriber) message(payload []byte) {
 	default:
 		s.cfg.Handler.Apply(m)
 		s.n.applied.Add(1)
-	}
-	s.mu.Unlock()
-	if h := s.cfg.Hooks.Applied; h != nil {
-		h(m)
 	}
 }
 
@@ -647,10 +656,22 @@ func (s *Subscriber) renew(p sentPing) {
 		s.log.Warn("tiercache bus: cannot read the fleet epoch; lease not renewed", "err", err)
 		return
 	}
+	if !s.renewWith(p, epoch) {
+		return
+	}
+	if h := s.cfg.Hooks.Renewed; h != nil {
+		h(p.at)
+	}
+}
+
+// renewWith renews the lease from the answered ping p and the fleet epoch
+// read since, under the lock, which is released however the handler ends
+// (R37), and reports whether it did.
+func (s *Subscriber) renewWith(p sentPing, epoch string) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if p.gen != s.gen || !s.confirmed {
-		s.mu.Unlock()
-		return // answered on a connection that has failed since
+		return false // answered on a connection that has failed since
 	}
 	if max(s.lastSeq, s.base) < p.seq {
 		// The pong overtook messages published before the ping: the
@@ -659,8 +680,7 @@ func (s *Subscriber) renew(p sentPing) {
 		if s.lagging.IsZero() {
 			s.lagging = time.Now()
 		}
-		s.mu.Unlock()
-		return
+		return false
 	}
 	s.lagging = time.Time{}
 	if s.epoch != "" && epoch != s.epoch {
@@ -673,10 +693,7 @@ func (s *Subscriber) renew(p sentPing) {
 	s.leaseEnd = p.at.Add(s.cfg.LeaseTTL)
 	s.cfg.Handler.Renew(p.at)
 	s.n.renewals.Add(1)
-	s.mu.Unlock()
-	if h := s.cfg.Hooks.Renewed; h != nil {
-		h(p.at)
-	}
+	return true
 }
 
 // fleetEpoch reads the fleet epoch token, creating it if it is missing,

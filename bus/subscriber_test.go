@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -517,6 +518,38 @@ func TestSubscriberAppliesMessagesInOrder(t *testing.T) {
 	awaitApplied(f.sub, n)
 	if c := f.sub.Counters(); c.Messages != n || c.Applied != n || c.Gaps != 0 || c.Garbage != 0 || c.Renewals == 0 {
 		t.Fatalf("counters %+v, want %d messages and applied, no gaps or garbage, some renewals", c, n)
+	}
+}
+
+// TestSubscriberHandlerThatEndsItsGoroutine proves that a Handler whose
+// Apply ends the receiving goroutine (runtime.Goexit, as t.FailNow in a
+// Recorder that a node's handler calls does) leaves the subscriber's lock
+// free: Close returns instead of waiting for it forever.
+func TestSubscriberHandlerThatEndsItsGoroutine(t *testing.T) {
+	exiting := make(chan struct{})
+	var once sync.Once
+	f := startSub(t, subOpts{onApply: func(*bus.Message) {
+		once.Do(func() {
+			close(exiting)
+			runtime.Goexit()
+		})
+	}})
+	f.renewed(t, 0)
+	f.publishKeys(t, other, "ns", "k")
+	select {
+	case <-exiting:
+	case <-time.After(guard):
+		t.Fatalf("the message was not applied within %v", guard)
+	}
+	closed := make(chan struct{})
+	go func() {
+		f.sub.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(guard):
+		t.Fatalf("Close did not return within %v: the subscriber's lock stayed held", guard)
 	}
 }
 
