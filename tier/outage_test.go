@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -352,5 +353,43 @@ func TestRace_R56_ReplayLandsDuringRead(t *testing.T) {
 	close(resume)
 	if r := await(t, got); r.err != nil || r.v != "v2" {
 		t.Fatalf("a read that began after InvalidateGroup returned = %q, %v; want v2", r.v, r.err)
+	}
+}
+
+// replayExitRecorder is a Recorder whose first Replayed ends its goroutine
+// (runtime.Goexit, as t.FailNow in it would).
+type replayExitRecorder struct {
+	tier.NopRecorder
+	calls atomic.Int32
+}
+
+func (r *replayExitRecorder) Replayed(int) {
+	if r.calls.Add(1) == 1 {
+		runtime.Goexit()
+	}
+}
+
+// A Recorder that ends the goroutine replaying pending writes does not end
+// the replays: a new goroutine takes over, and a write queued afterwards
+// still lands. Without it, the second write would stay pending for good.
+func TestReplayThatEndsItsGoroutine(t *testing.T) {
+	f := newFleet(t)
+	rec := &replayExitRecorder{}
+	var hold atomic.Bool
+	n := f.node(tier.NodeConfig{Recorder: rec}, &hooks.Points{
+		// While held, every batch fails as if Redis had not answered.
+		LateApply: func(func()) bool { return hold.Load() },
+	})
+	c := cache(t, n, newSource())
+	for i, k := range []string{"a", "b"} {
+		hold.Store(true)
+		if err := c.Invalidate(context.Background(), k); !errors.Is(err, tier.ErrPending) {
+			t.Fatalf("Invalidate(%s) with its batch failing = %v, want ErrPending", k, err)
+		}
+		hold.Store(false)
+		awaitStats(t, n, fmt.Sprintf("the replay of %s to land", k), func(s tier.Stats) bool { return s.Pending == 0 && s.Replayed == uint64(i+1) })
+	}
+	if n := rec.calls.Load(); n != 2 {
+		t.Fatalf("Replayed called %d times, want 2", n)
 	}
 }

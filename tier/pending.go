@@ -243,13 +243,24 @@ func (p *pending) sizeLocked() int {
 }
 
 // replay publishes what is pending until the node closes, backing off while
-// Redis stays unreachable.
+// Redis stays unreachable. A callback that ends its goroutine (a Recorder
+// calling runtime.Goexit, as t.FailNow does), or a panic that gets past the
+// guards, does not end the replays: unless the node is closing, a new
+// goroutine takes over, and looks at what is pending at once.
 func (n *Node) replay() {
+	exited := true
+	defer func() {
+		if exited && n.spawn(n.replay) {
+			n.pending.kick()
+			n.log.Error("tiercache: the goroutine that replays pending writes ended (a callback called runtime.Goexit, or panicked); a new one took over")
+		}
+	}()
 	const batch = 256
 	backoff := 10 * time.Millisecond
 	for {
 		select {
 		case <-n.life.Done():
+			exited = false
 			return
 		case <-n.pending.wake:
 		}
@@ -273,6 +284,7 @@ func (n *Node) replay() {
 			select {
 			case <-n.life.Done():
 				t.Stop()
+				exited = false
 				return
 			case <-n.pending.wake:
 			case <-t.C:
