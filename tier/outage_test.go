@@ -393,3 +393,35 @@ func TestReplayThatEndsItsGoroutine(t *testing.T) {
 		t.Fatalf("Replayed called %d times, want 2", n)
 	}
 }
+
+// A replay whose batch ends the replaying goroutine while in flight (here
+// the node's exec, run by the replay itself as a lone caller, since
+// 4 × RedisTimeout outlasts the publisher's timeout) puts the batch back in
+// the queue: the new goroutine replays it. Without that, the write would
+// be neither pending nor landed, and reads of its key would go to the
+// source for good.
+func TestReplayThatEndsItsGoroutineMidBatch(t *testing.T) {
+	f := newFleet(t)
+	var hold, exit atomic.Bool
+	n := f.node(tier.NodeConfig{RedisTimeout: 2 * time.Second}, &hooks.Points{
+		// While held, every batch fails as if Redis had not answered; the
+		// armed one ends its goroutine instead, and lets the next land.
+		LateApply: func(func()) bool {
+			if exit.CompareAndSwap(true, false) {
+				hold.Store(false)
+				runtime.Goexit()
+			}
+			return hold.Load()
+		},
+	})
+	c := cache(t, n, newSource())
+	hold.Store(true)
+	if err := c.Invalidate(context.Background(), "a"); !errors.Is(err, tier.ErrPending) {
+		t.Fatalf("Invalidate with its batch failing = %v, want ErrPending", err)
+	}
+	exit.Store(true) // the next attempt, on the replay's backoff
+	awaitStats(t, n, "the replay to land", func(s tier.Stats) bool { return s.Pending == 0 && s.Replayed == 1 })
+	if exit.Load() {
+		t.Fatal("no replay ran the batch that ends its goroutine")
+	}
+}

@@ -243,20 +243,51 @@ func (p *pending) sizeLocked() int {
 }
 
 // replay publishes what is pending until the node closes, backing off while
-// Redis stays unreachable. A callback that ends its goroutine (a Recorder
-// calling runtime.Goexit, as t.FailNow does), or a panic that gets past the
-// guards, does not end the replays: unless the node is closing, a new
-// goroutine takes over, and looks at what is pending at once.
-func (n *Node) replay() {
+// Redis stays unreachable.
+func (n *Node) replay() { n.replayAfter(0) }
+
+// minReplayBackoff is the replay's first wait after a failed batch.
+const minReplayBackoff = 10 * time.Millisecond
+
+// replayAfter is replay, its first look at the queue wait from now (0: at
+// the first wake). A callback that ends its goroutine (a Recorder calling
+// runtime.Goexit, as t.FailNow does), or a panic that gets past the guards,
+// does not end the replays: the batch in flight goes back in the queue
+// (replaying an invalidation twice is harmless), and, unless the node is
+// closing, a new goroutine takes over after the next backoff, so that a
+// callback that always does so is not called in a tight loop.
+func (n *Node) replayAfter(wait time.Duration) {
+	const batch = 256
+	backoff := max(wait, minReplayBackoff)
+	var (
+		ops          []bus.Op
+		flush, taken bool // taken: ops and flush are in flight
+	)
 	exited := true
 	defer func() {
-		if exited && n.spawn(n.replay) {
-			n.pending.kick()
+		if !exited {
+			return
+		}
+		if taken {
+			n.pending.requeue(ops, flush)
+			n.pending.setReplaying(nil)
+		}
+		next := min(2*backoff, time.Second)
+		if n.spawn(func() { n.replayAfter(next) }) {
 			n.log.Error("tiercache: the goroutine that replays pending writes ended (a callback called runtime.Goexit, or panicked); a new one took over")
 		}
 	}()
-	const batch = 256
-	backoff := 10 * time.Millisecond
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-n.life.Done():
+			t.Stop()
+			exited = false
+			return
+		case <-t.C:
+		}
+		n.pending.kick()
+	}
 	for {
 		select {
 		case <-n.life.Done():
@@ -265,19 +296,22 @@ func (n *Node) replay() {
 		case <-n.pending.wake:
 		}
 		for n.pending.size() > 0 {
-			ops, flush := n.pending.take(batch)
+			ops, flush = n.pending.take(batch)
+			taken = true
 			err := n.replayBatch(ops, flush)
 			if err == nil {
 				n.pending.replayLanded()
+				taken = false
 				n.stats.replayed.Add(uint64(len(ops)))
 				if n.rec != nil {
 					n.rec.Replayed(len(ops))
 				}
-				backoff = 10 * time.Millisecond
+				backoff = minReplayBackoff
 				continue
 			}
 			n.pending.requeue(ops, flush) // back in the queue, deduplicated
 			n.pending.setReplaying(nil)
+			taken = false
 			// Back off, but wake at once when the breaker closes or a new
 			// write is queued.
 			t := time.NewTimer(backoff)
