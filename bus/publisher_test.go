@@ -739,21 +739,28 @@ func TestPublisherLoneCallerReturnsItsBatchOutcome(t *testing.T) {
 	}
 }
 
-// TestPublisherExecThatEndsItsGoroutine proves that a batch handed over to
-// the Publisher's goroutine, whose ExecFunc ends that goroutine
-// (runtime.Goexit, as t.Fatal in a hook does) instead of returning, fails
-// its caller at once, and that later batches still run and Close returns.
-func TestPublisherExecThatEndsItsGoroutine(t *testing.T) {
-	var calls atomic.Int32
+// exitingPublisher returns a Publisher whose ExecFunc ends its goroutine
+// (runtime.Goexit, as t.Fatal in a hook does) at its first call, and counts
+// its calls. Its Timeout is longer than the guard, so that a caller with the
+// guard as its deadline hands its batch over.
+func exitingPublisher(t *testing.T, calls *atomic.Int32) *bus.Publisher {
+	t.Helper()
 	exec := func(ctx context.Context, b *bus.Batch) error {
 		if calls.Add(1) == 1 {
 			runtime.Goexit()
 		}
 		return nil
 	}
-	// A Timeout longer than the guard, so that a caller with the guard as
-	// its deadline hands its batch over.
-	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec, Timeout: time.Hour})
+	return mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec, Timeout: time.Hour})
+}
+
+// TestPublisherExecThatEndsItsGoroutine proves that a batch handed over to
+// the Publisher's goroutine, whose ExecFunc ends that goroutine
+// (runtime.Goexit, as t.Fatal in a hook does) instead of returning, fails
+// its caller at once, and that later batches still run and Close returns.
+func TestPublisherExecThatEndsItsGoroutine(t *testing.T) {
+	var calls atomic.Int32
+	p := exitingPublisher(t, &calls)
 	for i, want := range []bool{false, true} {
 		ctx, cancel := context.WithTimeout(t.Context(), guard)
 		err := p.Publish(ctx, op("ns", fmt.Sprint("handed-over-", i)))
@@ -774,15 +781,7 @@ func TestPublisherExecThatEndsItsGoroutine(t *testing.T) {
 // path, and Close returns.
 func TestPublisherLoneExecThatEndsItsGoroutine(t *testing.T) {
 	var calls atomic.Int32
-	exec := func(ctx context.Context, b *bus.Batch) error {
-		if calls.Add(1) == 1 {
-			runtime.Goexit()
-		}
-		return nil
-	}
-	// A Timeout longer than the guard, so that a caller with the guard as
-	// its deadline hands its batch over.
-	p := mustPublisher(t, t.Context(), bus.PublisherConfig{Origin: testOrigin, Exec: exec, Timeout: time.Hour})
+	p := exitingPublisher(t, &calls)
 	ended := make(chan bool, 1)
 	go func() {
 		returned := false
