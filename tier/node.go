@@ -791,6 +791,17 @@ func (n *Node) spawn(f func()) bool {
 	return true
 }
 
+// takeOver ends a long-lived background loop, which does what: if its
+// goroutine exited other than by the loop's return (a callback called
+// runtime.Goexit, or a panic got past the guards), next takes over in a new
+// goroutine, unless the node is closing, and the handover is logged with
+// attrs.
+func (n *Node) takeOver(exited bool, what string, next func(), attrs ...any) {
+	if exited && n.spawn(next) {
+		n.log.Error("tiercache: the goroutine that "+what+" ended (a callback called runtime.Goexit, or panicked); a new one took over", attrs...)
+	}
+}
+
 // enter counts work that Close waits for, unless the node is closed: its
 // end must call n.wg.Done. spawn runs such work in a goroutine; a flight
 // whose caller cannot leave runs it in the caller's.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/bus"
+	"github.com/tiercache/tiercache/internal/wait"
 )
 
 // pending holds the invalidations that this node applied locally but could
@@ -249,42 +250,33 @@ func (n *Node) replay() { n.replayAfter(0) }
 // minReplayBackoff is the replay's first wait after a failed batch.
 const minReplayBackoff = 10 * time.Millisecond
 
-// replayAfter is replay, its first look at the queue wait from now (0: at
-// the first wake). A callback that ends its goroutine (a Recorder calling
-// runtime.Goexit, as t.FailNow does), or a panic that gets past the guards,
-// does not end the replays: the batch in flight goes back in the queue
-// (replaying an invalidation twice is harmless), and, unless the node is
-// closing, a new goroutine takes over after the next backoff, so that a
+// replayAfter is replay, its first look at the queue after that long (0:
+// at the first wake). A callback that ends its goroutine (a Recorder
+// calling runtime.Goexit, as t.FailNow does), or a panic that gets past the
+// guards, does not end the replays: the batch in flight goes back in the
+// queue (replaying an invalidation twice is harmless), and, unless the node
+// is closing, a new goroutine takes over after the next backoff, so that a
 // callback that always does so is not called in a tight loop.
-func (n *Node) replayAfter(wait time.Duration) {
+func (n *Node) replayAfter(after time.Duration) {
 	const batch = 256
-	backoff := max(wait, minReplayBackoff)
+	backoff := max(after, minReplayBackoff)
 	var (
 		ops          []bus.Op
 		flush, taken bool // taken: ops and flush are in flight
 	)
 	exited := true
 	defer func() {
-		if !exited {
-			return
-		}
-		if taken {
+		if exited && taken {
 			n.pending.requeue(ops, flush)
 			n.pending.setReplaying(nil)
 		}
 		next := min(2*backoff, time.Second)
-		if n.spawn(func() { n.replayAfter(next) }) {
-			n.log.Error("tiercache: the goroutine that replays pending writes ended (a callback called runtime.Goexit, or panicked); a new one took over")
-		}
+		n.takeOver(exited, "replays pending writes", func() { n.replayAfter(next) })
 	}()
-	if wait > 0 {
-		t := time.NewTimer(wait)
-		select {
-		case <-n.life.Done():
-			t.Stop()
+	if after > 0 {
+		if wait.Sleep(n.life, after) != nil {
 			exited = false
 			return
-		case <-t.C:
 		}
 		n.pending.kick()
 	}

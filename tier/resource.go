@@ -293,11 +293,7 @@ func (r *Resource[K, V]) loop(first time.Duration) {
 	n := r.node
 	every := max(r.cfg.ReloadEvery/4, 10*time.Millisecond)
 	exited := true
-	defer func() {
-		if exited && n.spawn(func() { r.loop(every) }) {
-			n.log.Error("tiercache: the goroutine that reloads a resource ended (a callback called runtime.Goexit, or panicked); a new one took over", "resource", r.cfg.Name)
-		}
-	}()
+	defer func() { n.takeOver(exited, "reloads a resource", func() { r.loop(every) }, "resource", r.cfg.Name) }()
 	t := time.NewTimer(first)
 	defer t.Stop()
 	for {
