@@ -541,15 +541,24 @@ func TestSubscriberHandlerThatEndsItsGoroutine(t *testing.T) {
 	case <-time.After(guard):
 		t.Fatalf("the message was not applied within %v", guard)
 	}
+	closeWithin(t, f.sub, 1, "the subscriber's lock stayed held")
+}
+
+// closeWithin calls sub.Close times times in a goroutine, and fails t if
+// they have not returned within guard, for the reason why.
+func closeWithin(t *testing.T, sub *bus.Subscriber, times int, why string) {
+	t.Helper()
 	closed := make(chan struct{})
 	go func() {
-		f.sub.Close()
+		for range times {
+			sub.Close()
+		}
 		close(closed)
 	}()
 	select {
 	case <-closed:
 	case <-time.After(guard):
-		t.Fatalf("Close did not return within %v: the subscriber's lock stayed held", guard)
+		t.Fatalf("Close did not return within %v: %s", guard, why)
 	}
 }
 
@@ -973,17 +982,7 @@ func TestSubscriberCloseWhileRedisDown(t *testing.T) {
 	mark := f.rec.mark()
 	f.srv.Kill()
 	f.rec.waitFor(t, mark, "Drop(Disconnected)", isDrop(bus.Disconnected))
-	closed := make(chan struct{})
-	go func() {
-		f.sub.Close()
-		f.sub.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-time.After(guard):
-		t.Fatalf("Close did not return within %v while Redis is down", guard)
-	}
+	closeWithin(t, f.sub, 2, "Redis is down")
 	closedAt := f.rec.mark()
 	// Every goroutine started since the test began is gone (the dead
 	// server's reaper too; goleak retries while it waits), and none of them
