@@ -804,6 +804,7 @@ func BenchmarkInterleaved(b *testing.B) {
 	known := tier.KnownGroups(mc)
 	env := benchEnvelope(stored)
 	grouped := newGroupedFloor(b, rdb, stored)
+	local := newRawRistretto(b, nil)
 	cancellable, cancel := context.WithCancel(ctx)
 	defer cancel()
 	runs := 0
@@ -827,6 +828,30 @@ func BenchmarkInterleaved(b *testing.B) {
 			}},
 			interleavedRow{"fenced-floor-in-groups", func(i int) error {
 				return grouped.miss(ctx, key("grouped", i))
+			}},
+			// The floor of a miss in a tier with a local cache: the same,
+			// then the value handed to a raw ristretto cache configured as
+			// a Node's L1, whose Set wakes ristretto's worker goroutine as
+			// the tier's L1 fill does. "GET+SET+ristretto" is the
+			// cache-aside baseline with the same local cache.
+			interleavedRow{"fenced-floor-in-groups+ristretto", func(i int) error {
+				k := key("grouped-l1", i)
+				if err := grouped.miss(ctx, k); err != nil {
+					return err
+				}
+				local.Set(k, benchValue, int64(len(k)+len(benchValue)))
+				return nil
+			}},
+			interleavedRow{"GET+SET+ristretto", func(i int) error {
+				k := key("raw-l1", i)
+				if err := rdb.Get(ctx, k).Err(); !errors.Is(err, redis.Nil) {
+					return fmt.Errorf("GET of a cold key: %v, want redis.Nil", err)
+				}
+				if err := rdb.Set(ctx, k, stored, benchTTL).Err(); err != nil {
+					return err
+				}
+				local.Set(k, benchValue, int64(len(k)+len(benchValue)))
+				return nil
 			}},
 			// The same floor, run as a flight runs a load for a caller whose
 			// ctx can be cancelled: in a goroutine of its own that the
