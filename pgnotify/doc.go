@@ -64,7 +64,8 @@
 // lost connection, a failed attempt, a failed invalidation, a panic in
 // Config.Connect: each is counted in [Stats], logged, and followed by the
 // next attempt; the Listener never stops before Close and never crashes
-// the process. If Redis is unreachable, an invalidation applies on the
+// the process. A Config.Logger whose handler panics loses its records,
+// counted (Stats.LoggerPanics), and nothing else. If Redis is unreachable, an invalidation applies on the
 // Listener's node and is queued for the fleet by tier (tier.ErrPending,
 // Stats.Pending), which is replayed when Redis answers.
 //

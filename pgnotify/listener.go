@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tiercache/tiercache/internal/safelog"
 	"github.com/tiercache/tiercache/tier"
 )
 
@@ -94,7 +95,9 @@ type Config struct {
 	SkipInitialInvalidation bool
 	// Logger receives connection losses, malformed payloads and failed
 	// invalidations as structured records ("channel", "err", "payload",
-	// "namespace"). Default slog.Default().
+	// "namespace"). Default slog.Default(). A handler that panics loses
+	// its record and nothing else: the Listener goes on, and counts it in
+	// Stats.LoggerPanics.
 	Logger *slog.Logger
 	// MinBackoff and MaxBackoff bound the wait between failed connection
 	// attempts: it starts at MinBackoff, doubles up to MaxBackoff, and
@@ -156,13 +159,16 @@ type Stats struct {
 	// InvalidateErrors counts Node.Invalidate calls that failed otherwise
 	// (the Node was closed): what they named was not invalidated.
 	InvalidateErrors uint64
+	// LoggerPanics counts panics of Config.Logger's handler, recovered:
+	// each lost the record it was handed.
+	LoggerPanics uint64
 }
 
 // counters are Stats, atomically.
 type counters struct {
 	received, applied, malformed, rejected, unknown atomic.Uint64
 	gaps, reconnects, connectErrors, disconnects    atomic.Uint64
-	pending, invalidateErrors                       atomic.Uint64
+	pending, invalidateErrors, loggerPanics         atomic.Uint64
 }
 
 // hooks are test-only event points; a production Listener has none.
@@ -232,7 +238,6 @@ func newListener(cfg Config, h hooks) (*Listener, error) {
 		channel:    cfg.Channel,
 		namespaces: make(map[string]bool, len(cfg.Namespaces)),
 		skipFirst:  cfg.SkipInitialInvalidation,
-		log:        cfg.Logger,
 		minBackoff: orDefault(cfg.MinBackoff, DefaultMinBackoff),
 		maxBackoff: orDefault(cfg.MaxBackoff, DefaultMaxBackoff),
 		connectTO:  orDefault(cfg.ConnectTimeout, DefaultConnectTimeout),
@@ -265,9 +270,7 @@ func newListener(cfg Config, h hooks) (*Listener, error) {
 		return bad("Channel %q: %v", l.channel, err)
 	}
 	l.listen = "LISTEN " + q
-	if l.log == nil {
-		l.log = slog.Default()
-	}
+	l.log = safelog.New(cfg.Logger, func() { l.count(&l.c.loggerPanics, 1) })
 	if len(cfg.Namespaces) == 0 {
 		return bad("no Namespaces: a gap in the connection could not be closed")
 	}
@@ -349,6 +352,7 @@ func (l *Listener) Stats() Stats {
 		Disconnects:       l.c.disconnects.Load(),
 		Pending:           l.c.pending.Load(),
 		InvalidateErrors:  l.c.invalidateErrors.Load(),
+		LoggerPanics:      l.c.loggerPanics.Load(),
 	}
 }
 

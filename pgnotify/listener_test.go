@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -333,6 +334,31 @@ func TestMalformedPayload(t *testing.T) {
 	}
 	mustGet(t, s.pa, 2, product{ID: 2, Name: "Bob K.", Category: 1})
 }
+
+// A Logger whose handler panics loses its records and nothing else: the
+// Listener listens (its record of that, at Debug, panics), answers a
+// malformed payload by invalidating (its warning panics), keeps its
+// connection, and counts each record lost.
+func TestLoggerPanics(t *testing.T) {
+	s := newSetup(t, false, tier.NodeConfig{}, pgnotify.Config{Logger: slog.New(panicking{})})
+	cached(t, s.pa, 1)
+	exec(t, s.db, "UPDATE "+s.table+" SET name = 'Ada L.' WHERE id = 1")
+	s.notify(t, "garbage")
+	st := s.l.wait(t, "the garbage counted", func(st pgnotify.Stats) bool { return st.Malformed == 1 })
+	mustGet(t, s.pa, 1, product{ID: 1, Name: "Ada L.", Category: 1})
+	if st.LoggerPanics < 2 || st.Disconnects != 0 || st.Reconnects != 0 {
+		t.Fatalf("Stats = %+v; want the records of listening and of the garbage lost, the connection kept", st)
+	}
+}
+
+// panicking is a slog.Handler that takes every level and panics on every
+// record.
+type panicking struct{}
+
+func (panicking) Enabled(context.Context, slog.Level) bool  { return true }
+func (panicking) Handle(context.Context, slog.Record) error { panic("handler bug") }
+func (p panicking) WithAttrs([]slog.Attr) slog.Handler      { return p }
+func (p panicking) WithGroup(string) slog.Handler           { return p }
 
 // A notification naming a namespace the Listener was not told of is
 // applied all the same, counted and warned about.

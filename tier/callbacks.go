@@ -1,63 +1,9 @@
 package tier
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"runtime/debug"
 )
-
-// guardedHandler is NodeConfig.Logger's handler, recovering its panics: a
-// handler that panics loses its record, never the goroutine that logged (a
-// Get, a flight's end, the bus's subscriber, the replay of pending writes).
-// Its panics are counted with the Recorder's (Stats.RecorderPanics), not
-// logged.
-type guardedHandler struct {
-	h slog.Handler
-	n *Node
-}
-
-// panicked counts r, what recover returned in a call of the handler, if it
-// is a panic.
-func (g guardedHandler) panicked(r any) bool {
-	if r == nil {
-		return false
-	}
-	g.n.stats.recorderPanics.Add(1)
-	return true
-}
-
-func (g guardedHandler) Enabled(ctx context.Context, l slog.Level) (ok bool) {
-	defer func() {
-		if g.panicked(recover()) {
-			ok = false
-		}
-	}()
-	return g.h.Enabled(ctx, l)
-}
-
-func (g guardedHandler) Handle(ctx context.Context, r slog.Record) error {
-	defer func() { g.panicked(recover()) }()
-	return g.h.Handle(ctx, r)
-}
-
-func (g guardedHandler) WithAttrs(attrs []slog.Attr) (h slog.Handler) {
-	defer func() {
-		if g.panicked(recover()) {
-			h = g
-		}
-	}()
-	return guardedHandler{h: g.h.WithAttrs(attrs), n: g.n}
-}
-
-func (g guardedHandler) WithGroup(name string) (h slog.Handler) {
-	defer func() {
-		if g.panicked(recover()) {
-			h = g
-		}
-	}()
-	return guardedHandler{h: g.h.WithGroup(name), n: g.n}
-}
 
 // panicked turns a recovered panic of the user callback named what into an
 // error wrapping ErrPanic, and logs it with its stack.

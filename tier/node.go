@@ -20,6 +20,7 @@ import (
 	"github.com/tiercache/tiercache/groups"
 	"github.com/tiercache/tiercache/internal/breaker"
 	"github.com/tiercache/tiercache/internal/hooks"
+	"github.com/tiercache/tiercache/internal/safelog"
 	"github.com/tiercache/tiercache/l1"
 	"github.com/tiercache/tiercache/l2"
 )
@@ -305,7 +306,11 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		caches:  make(map[string]evictor),
 		live:    make(chan struct{}),
 	}
-	n.log = slog.New(guardedHandler{h: cfg.Logger.Handler(), n: n})
+	// The node logs through a guard: a Logger whose handler panics loses
+	// the record, never the goroutine that logged (a Get, a flight's end,
+	// the bus's subscriber, the replay of pending writes), and its panics
+	// are counted with the Recorder's (Stats.RecorderPanics).
+	n.log = safelog.New(cfg.Logger, func() { n.stats.recorderPanics.Add(1) })
 	if cfg.Recorder != nil && cfg.Recorder != Recorder(NopRecorder{}) {
 		n.rec = guardedRecorder{r: cfg.Recorder, n: n}
 	}
