@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/tiercache/tiercache/internal/safelog"
 	"github.com/tiercache/tiercache/tier"
 )
 
@@ -91,7 +92,8 @@ type Config[K comparable, V any] struct {
 	// DefaultMaxRows; negative: no limit.
 	MaxRows int
 	// Logger receives a record, with the stack, of every panic that Scan
-	// or a destination's Scan method raises. Default slog.Default().
+	// or a destination's Scan method raises. Default slog.Default(). A
+	// handler that panics loses the record, and nothing else.
 	Logger *slog.Logger
 }
 
@@ -173,7 +175,6 @@ func New[K comparable, V any](cfg Config[K, V]) (*Table[K, V], error) {
 		scan:    cfg.Scan,
 		batch:   cfg.BatchSize,
 		maxRows: cfg.MaxRows,
-		log:     cfg.Logger,
 	}
 	if t.batch == 0 {
 		t.batch = d.defaultBatch()
@@ -184,9 +185,9 @@ func New[K comparable, V any](cfg Config[K, V]) (*Table[K, V], error) {
 	case math.MaxInt: // no count of rows exceeds it, and LIMIT MaxRows+1 would overflow
 		t.maxRows = -1
 	}
-	if t.log == nil {
-		t.log = slog.Default()
-	}
+	// A handler that panics while a panic is logged loses the record, and
+	// the call still returns the panic as its error.
+	t.log = safelog.New(cfg.Logger, nil)
 
 	sel := "SELECT " + t.cols + " FROM " + name
 	and := ""

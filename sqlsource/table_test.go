@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"strings"
 	"testing"
@@ -310,24 +311,32 @@ func TestScanPanics(t *testing.T) {
 				return id, user{}, r.Scan(&id, &p)
 			}, "panicky cannot read this"},
 		} {
-			t.Run(tc.what, func(t *testing.T) {
-				tbl, err := sqlsource.New(sqlsource.Config[int64, user]{
-					DB: db, Dialect: b.dialect, Table: name, Key: "id", Columns: []string{"id", "name"}, Scan: tc.scan,
+			// The panic is logged: a Logger whose handler panics too loses
+			// the record, and the calls return the same errors.
+			for _, logger := range []struct {
+				name string
+				l    *slog.Logger
+			}{{"", nil}, {" with a Logger that panics", slog.New(panicking{})}} {
+				t.Run(tc.what+logger.name, func(t *testing.T) {
+					tbl, err := sqlsource.New(sqlsource.Config[int64, user]{
+						DB: db, Dialect: b.dialect, Table: name, Key: "id", Columns: []string{"id", "name"}, Scan: tc.scan,
+						Logger: logger.l,
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+					_, err = tbl.Fetch(t.Context(), 2)
+					mustErr(t, "Fetch", err, sqlsource.ErrScan, tier.ErrPanic)
+					mustContain(t, "Fetch", err, name, tc.says)
+					_, err = tbl.FetchMany(t.Context(), []int64{1, 2})
+					mustErr(t, "FetchMany", err, sqlsource.ErrScan, tier.ErrPanic)
+					_, err = tbl.LoadAll(t.Context())
+					mustErr(t, "LoadAll", err, sqlsource.ErrScan, tier.ErrPanic)
+					if s := db.Stats(); s.InUse != 0 {
+						t.Fatalf("%d connections still in use: rows left open", s.InUse)
+					}
 				})
-				if err != nil {
-					t.Fatal(err)
-				}
-				_, err = tbl.Fetch(t.Context(), 2)
-				mustErr(t, "Fetch", err, sqlsource.ErrScan, tier.ErrPanic)
-				mustContain(t, "Fetch", err, name, tc.says)
-				_, err = tbl.FetchMany(t.Context(), []int64{1, 2})
-				mustErr(t, "FetchMany", err, sqlsource.ErrScan, tier.ErrPanic)
-				_, err = tbl.LoadAll(t.Context())
-				mustErr(t, "LoadAll", err, sqlsource.ErrScan, tier.ErrPanic)
-				if s := db.Stats(); s.InUse != 0 {
-					t.Fatalf("%d connections still in use: rows left open", s.InUse)
-				}
-			})
+			}
 		}
 
 		// A panic that database/sql raises inside Rows.Scan from a
@@ -603,3 +612,12 @@ func TestDroppedConnection(t *testing.T) {
 		})
 	})
 }
+
+// panicking is a slog.Handler that takes every level and panics on every
+// record.
+type panicking struct{}
+
+func (panicking) Enabled(context.Context, slog.Level) bool  { return true }
+func (panicking) Handle(context.Context, slog.Record) error { panic("handler bug") }
+func (p panicking) WithAttrs([]slog.Attr) slog.Handler      { return p }
+func (p panicking) WithGroup(string) slog.Handler           { return p }
