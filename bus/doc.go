@@ -78,5 +78,9 @@
 // # Thread-safety
 //
 // Publisher and Subscriber are safe for concurrent use; Handler methods are
-// called one at a time. Both stop their goroutines in Close.
+// called one at a time. Both stop their goroutines in Close. A Handler (or
+// an ExecFunc) that ends the goroutine calling it (runtime.Goexit) does
+// not stop either: the Publisher fails that batch and goes on; the
+// Subscriber's goroutine is taken over by a new one after a pause, which,
+// for the receiving goroutine, treats it as a lost connection (R37).
 package bus

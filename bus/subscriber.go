@@ -227,9 +227,34 @@ func NewSubscriber(life context.Context, cfg SubscriberConfig) (*Subscriber, err
 	}
 	s.life, s.stop = context.WithCancel(life)
 	s.wg.Add(2)
-	go s.receive()
-	go s.keepLease()
+	go s.receive(0)
+	go s.keepLease(0)
 	return s, nil
+}
+
+// errHandlerExited is why a subscription is renewed after its Handler (or
+// a hook) ended the goroutine that received for it (runtime.Goexit).
+var errHandlerExited = errors.New("bus: the handler ended the subscriber's goroutine")
+
+// exitWait is how long a goroutine of the subscriber that the Handler ended
+// waits before it starts again: after waited (0 at first), doubling from 10
+// ms to a second, so that a Handler that always ends the goroutine is not
+// called in a loop.
+func exitWait(waited time.Duration) time.Duration {
+	return min(max(2*waited, 10*time.Millisecond), time.Second)
+}
+
+// restart starts f again in a new goroutine, after exitWait(waited),
+// unless the subscriber is closing: the deferred end of a goroutine of the
+// subscriber that did not return, because the Handler, or a hook, ended it
+// (R37). It must run before that goroutine's wg.Done, so that Close cannot
+// miss the new one.
+func (s *Subscriber) restart(returned bool, waited time.Duration, f func(time.Duration)) {
+	if returned || s.life.Err() != nil {
+		return
+	}
+	s.wg.Add(1)
+	go f(exitWait(waited))
 }
 
 // Close stops the subscription and waits for its goroutines. Idempotent.
@@ -252,8 +277,43 @@ func (s *Subscriber) Counters() Counters {
 	}
 }
 
-func (s *Subscriber) receive() {
+// receive subscribes and applies what arrives until the subscriber closes.
+// If the Handler ends its goroutine, a new one takes over after a pause
+// (restart), as after a lost connection: the old connection is closed, L1
+// dropped and the lease ended, since the message being applied may be half
+// applied, and the new goroutine subscribes again.
+func (s *Subscriber) receive(after time.Duration) {
 	defer s.wg.Done()
+	returned := false
+	defer func() { s.restart(returned, after, s.receive) }()
+	if after > 0 && !s.abandon(after) {
+		returned = true
+		return
+	}
+	s.receiveLoop()
+	returned = true
+}
+
+// abandon ends, after a pause, the subscription of a receiving goroutine
+// that the Handler ended: its connection is closed and L1 dropped, as
+// after a lost connection. It returns false if the subscriber is closing.
+func (s *Subscriber) abandon(after time.Duration) bool {
+	if wait.Sleep(s.life, after) != nil {
+		return false
+	}
+	s.mu.Lock()
+	ps := s.ps
+	s.ps, s.retired = nil, nil
+	s.mu.Unlock()
+	if ps != nil {
+		_ = ps.Close()
+	}
+	s.disconnected(errHandlerExited)
+	return s.life.Err() == nil
+}
+
+// receiveLoop is receive's work: it returns when the subscriber closes.
+func (s *Subscriber) receiveLoop() {
 	if h := s.cfg.Hooks.BeforeSubscribe; h != nil {
 		h()
 	}
@@ -556,8 +616,24 @@ func (s *Subscriber) pong(data string) {
 // keepLease pings the subscription every quarter of the lease, renews the
 // lease when a ping is answered and the fleet epoch is unchanged, and drops
 // L1 when the lease runs out.
-func (s *Subscriber) keepLease() {
+// keepLease pings on the subscription and renews the lease until the
+// subscriber closes. If the Handler ends its goroutine, a new one takes
+// over after a pause (restart); until then the lease is not renewed, and
+// it lapses if the pause outlasts it.
+func (s *Subscriber) keepLease(after time.Duration) {
 	defer s.wg.Done()
+	returned := false
+	defer func() { s.restart(returned, after, s.keepLease) }()
+	if after > 0 && wait.Sleep(s.life, after) != nil {
+		returned = true
+		return
+	}
+	s.leaseLoop()
+	returned = true
+}
+
+// leaseLoop is keepLease's work: it returns when the subscriber closes.
+func (s *Subscriber) leaseLoop() {
 	t := time.NewTicker(s.cfg.LeaseTTL / 4)
 	defer t.Stop()
 	for {

@@ -73,6 +73,7 @@ func (e event) String() string {
 // test sets onApply to block.
 type recorder struct {
 	onApply func(*bus.Message) // set before the subscriber starts
+	onRenew func()             // set before the subscriber starts
 
 	mu      sync.Mutex
 	evs     []event
@@ -101,7 +102,12 @@ func (r *recorder) Drop(reason bus.Reason, revoke bool) {
 	r.add(event{kind: evDrop, reason: reason, revoke: revoke})
 }
 
-func (r *recorder) Renew(sentAt time.Time) { r.add(event{kind: evRenew, sentAt: sentAt}) }
+func (r *recorder) Renew(sentAt time.Time) {
+	if r.onRenew != nil {
+		r.onRenew()
+	}
+	r.add(event{kind: evRenew, sentAt: sentAt})
+}
 
 // mark returns the index of the next event.
 func (r *recorder) mark() int {
@@ -228,6 +234,7 @@ type subOpts struct {
 	lease   time.Duration // default 2s: no lapse under a loaded -race run
 	hooks   *bus.Hooks
 	onApply func(*bus.Message)
+	onRenew func()
 	srv     *redistest.Server
 	seq     bool // set SubscriberConfig.SeqKey
 }
@@ -243,7 +250,7 @@ func startSub(t *testing.T, o subOpts) *fixture {
 	}
 	f.rdb = f.srv.Client(t)
 	f.store = l2.NewStore(f.rdb, "tc")
-	f.rec.onApply = o.onApply
+	f.rec.onApply, f.rec.onRenew = o.onApply, o.onRenew
 	hooks := bus.Hooks{}
 	if o.hooks != nil {
 		hooks = *o.hooks
@@ -521,10 +528,12 @@ func TestSubscriberAppliesMessagesInOrder(t *testing.T) {
 	}
 }
 
-// TestSubscriberHandlerThatEndsItsGoroutine proves that a Handler whose
-// Apply ends the receiving goroutine (runtime.Goexit, as t.FailNow in a
-// Recorder that a node's handler calls does) leaves the subscriber's lock
-// free: Close returns instead of waiting for it forever.
+// TestSubscriberHandlerThatEndsItsGoroutine proves that a Handler that
+// ends the receiving goroutine (runtime.Goexit, as t.FailNow in a Recorder
+// that a node's handler calls does) neither keeps Close waiting for the subscriber's lock nor ends the subscription:
+// a new goroutine takes over, drops L1 and ends the lease as after a lost
+// connection (the message may be half applied), and subscribes again; the
+// lease is renewed and later messages are applied (R37).
 func TestSubscriberHandlerThatEndsItsGoroutine(t *testing.T) {
 	exiting := make(chan struct{})
 	var once sync.Once
@@ -535,12 +544,42 @@ func TestSubscriberHandlerThatEndsItsGoroutine(t *testing.T) {
 		})
 	}})
 	f.renewed(t, 0)
+	mark := f.rec.mark()
 	f.publishKeys(t, other, "ns", "k")
 	select {
 	case <-exiting:
 	case <-time.After(guard):
 		t.Fatalf("the message was not applied within %v", guard)
 	}
+	i, drop := f.rec.waitFor(t, mark, "the drop of the ended goroutine's subscription", isDrop(bus.Disconnected))
+	if !drop.revoke {
+		t.Fatalf("the drop after the goroutine ended does not end the lease: %v", drop)
+	}
+	f.rec.waitFor(t, i, "a renewal of a ping sent after the drop", renewAfter(drop.at))
+	seq := f.publishKeys(t, other, "ns", "k2")
+	f.rec.waitFor(t, i, "the next message applied", isApply(seq))
+	closeWithin(t, f.sub, 1, "the subscriber's lock stayed held")
+}
+
+// TestSubscriberRenewThatEndsItsGoroutine proves that a Handler that ends
+// the goroutine that keeps the lease, in Renew, does not end the lease for
+// good: a new goroutine takes over, and the lease is renewed again (R37).
+func TestSubscriberRenewThatEndsItsGoroutine(t *testing.T) {
+	exited := make(chan time.Time, 1)
+	var once sync.Once
+	f := startSub(t, subOpts{onRenew: func() {
+		once.Do(func() {
+			exited <- time.Now()
+			runtime.Goexit()
+		})
+	}})
+	var at time.Time
+	select {
+	case at = <-exited:
+	case <-time.After(guard):
+		t.Fatalf("the lease was not renewed within %v", guard)
+	}
+	f.rec.waitFor(t, 0, "a renewal of a ping sent after the lease's goroutine ended", renewAfter(at))
 	closeWithin(t, f.sub, 1, "the subscriber's lock stayed held")
 }
 

@@ -737,6 +737,19 @@ func (n *Node) delayOf(m *bus.Message) time.Duration {
 
 func (h busHandler) Drop(reason bus.Reason, revoke bool) {
 	h.n.stats.drops.Add(1)
+	// The effect first, then the Recorder: one that ends the goroutine
+	// (runtime.Goexit) must not leave L1 serving what a lost message
+	// invalidated (R37).
+	h.n.dropL1(revoke)
+	if reason == bus.Flushed {
+		// Another node flushed the fleet's L1: an invalidation of
+		// everything, which no flight that began before may answer.
+		h.n.forgetAllFlights()
+	}
+	// Otherwise the node lost track of its bus (a disconnect, a gap, a
+	// lapse, a new fleet epoch): flights stay joinable for what is left of
+	// their LeaseTTL (R42), so that losing the bus, or Redis, does not
+	// multiply the source's load.
 	h.n.notifyResources("") // a new version may have been announced unheard
 	if h.n.rec != nil {
 		h.n.rec.Dropped(dropReason(reason))
@@ -748,22 +761,9 @@ func (h busHandler) Drop(reason bus.Reason, revoke bool) {
 			h.n.rec.Applied("", ScopeFleet, 1, -1)
 		}
 	}
-	h.n.dropL1(revoke)
-	if reason == bus.Flushed {
-		// Another node flushed the fleet's L1: an invalidation of
-		// everything, which no flight that began before may answer.
-		h.n.forgetAllFlights()
-	}
-	// Otherwise the node lost track of its bus (a disconnect, a gap, a
-	// lapse, a new fleet epoch): flights stay joinable for what is left of
-	// their LeaseTTL (R42), so that losing the bus, or Redis, does not
-	// multiply the source's load.
 }
 
 func (h busHandler) Renew(sentAt time.Time) {
-	if h.n.rec != nil {
-		h.n.rec.Lease(LeaseRenewed)
-	}
 	if h.n.l1.Renew(sentAt, h.n.cfg.LeaseTTL) {
 		// The lease had lapsed or been revoked: a flight started meanwhile
 		// may have read what a lost message invalidated. Now that the node
@@ -773,6 +773,10 @@ func (h busHandler) Renew(sentAt time.Time) {
 		h.n.notifyResources("")
 	}
 	h.n.liveOne.Do(func() { close(h.n.live) })
+	// The effect first, then the Recorder, as in Drop.
+	if h.n.rec != nil {
+		h.n.rec.Lease(LeaseRenewed)
+	}
 }
 
 // spawn runs f in a goroutine that Close waits for, unless the node is

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -339,6 +341,84 @@ func TestLoggerPanicIsRecovered(t *testing.T) {
 	if p := n.Stats().RecorderPanics; p < 2 {
 		t.Fatalf("RecorderPanics = %d, want the logger's 2 or more", p)
 	}
+}
+
+// exitOnFlush is a Recorder whose Dropped, told of a fleet flush, calls
+// check and then ends its goroutine (runtime.Goexit), once; renewed
+// receives each renewal of the lease after the drop that follows (the
+// subscription's, taken over by a new goroutine).
+type exitOnFlush struct {
+	tier.NopRecorder
+	once    sync.Once
+	check   func()
+	exited  atomic.Bool
+	dropped atomic.Bool // a disconnect since exited
+	renewed chan struct{}
+}
+
+func (r *exitOnFlush) Dropped(reason tier.DropReason) {
+	switch {
+	case reason == tier.DropFlush:
+		r.once.Do(func() {
+			r.check()
+			r.exited.Store(true)
+			runtime.Goexit()
+		})
+	case reason == tier.DropDisconnect && r.exited.Load():
+		r.dropped.Store(true)
+	}
+}
+
+func (r *exitOnFlush) Lease(e tier.LeaseEvent) {
+	if e == tier.LeaseRenewed && r.dropped.Load() {
+		select {
+		case r.renewed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// TestDroppedThatEndsItsGoroutine proves that the Recorder hears of a
+// drop once it has taken effect, so that one that ends the bus's goroutine
+// there (runtime.Goexit) cannot leave L1 serving what the drop was for:
+// node a hears node b's fleet flush, and when a's Recorder hears of it, a
+// Get of the key a held no longer answers from L1. A new goroutine then
+// takes a's subscription over: its lease is renewed, and L1 serves again
+// (R37).
+func TestDroppedThatEndsItsGoroutine(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	var c atomic.Pointer[tier.Cache[string, string]]
+	seen := make(chan tier.Source, 1)
+	rec := &exitOnFlush{renewed: make(chan struct{}, 1), check: func() {
+		var ri tier.ReadInfo
+		if _, err := c.Load().Get(context.Background(), "k", tier.Info(&ri)); err != nil {
+			t.Errorf("Get in Dropped: %v", err)
+		}
+		seen <- ri.Source
+	}}
+	a := f.node(tier.NodeConfig{Recorder: rec}, nil)
+	b := f.node(tier.NodeConfig{}, nil)
+	c.Store(cache(t, a, src))
+	warm(t, a, c.Load(), "k")
+	if err := b.Flush(context.Background()); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	select {
+	case s := <-seen:
+		if s == tier.SourceL1 {
+			t.Fatalf("when the Recorder heard of the flush, k still came from L1")
+		}
+	case <-time.After(guard):
+		t.Fatal("a's Recorder did not hear of the flush")
+	}
+	select {
+	case <-rec.renewed:
+	case <-time.After(guard):
+		t.Fatal("a's lease was not renewed after its bus goroutine ended")
+	}
+	warm(t, a, c.Load(), "k")
 }
 
 // panickingTracer is a Tracer all of whose methods panic.
