@@ -615,11 +615,9 @@ func (s *Subscriber) pong(data string) {
 
 // keepLease pings the subscription every quarter of the lease, renews the
 // lease when a ping is answered and the fleet epoch is unchanged, and drops
-// L1 when the lease runs out.
-// keepLease pings on the subscription and renews the lease until the
-// subscriber closes. If the Handler ends its goroutine, a new one takes
-// over after a pause (restart); until then the lease is not renewed, and
-// it lapses if the pause outlasts it.
+// L1 when the lease runs out, until the subscriber closes. If the Handler
+// ends its goroutine, a new one takes over after a pause (restart); until
+// then the lease is not renewed, and it lapses if the pause outlasts it.
 func (s *Subscriber) keepLease(after time.Duration) {
 	defer s.wg.Done()
 	returned := false
