@@ -193,6 +193,9 @@ func TestFlight_LoadThatEndsItsGoroutine(t *testing.T) {
 			if flag := f.flag("k"); flag != "" {
 				t.Fatalf("the claim %q outlived the load, which holds it until FlagTTL; want it released", flag)
 			}
+			if st := n.Stats().Caches; st.Fetches != 1 || st.FetchErrors != 1 {
+				t.Fatalf("%d fetches, %d failed; want the one counted as failed", st.Fetches, st.FetchErrors)
+			}
 			closed := make(chan error, 1)
 			go func() { closed <- n.Close() }()
 			if err := wait(t, closed, "Close"); err != nil {

@@ -750,6 +750,9 @@ func (c *Cache[K, V]) callFetch(ctx context.Context, key K) (v V, err error) {
 	if fetch == nil {
 		return v, errNoFetch
 	}
+	// Until fetch returns: a Fetch that ends the goroutine (runtime.Goexit)
+	// is counted, recorded and traced as a failed fetch, not a success.
+	err = errLoadExited
 	return fetch(ctx, key)
 }
 

@@ -461,6 +461,7 @@ func (c *Cache[K, V]) callFetchMany(ctx context.Context, keys []K) (found map[K]
 		c.m.fetched(err, len(keys), start)
 		end(err)
 	}()
+	err = errLoadExited // until FetchMany returns, as in callFetch
 	found, err = c.fetchMany(ctx, keys)
 	return found, nil, err
 }

@@ -232,6 +232,10 @@ func TestGetManyFetchEndsItsGoroutine(t *testing.T) {
 					t.Fatalf("the claim of %s (%q) outlived its fetch; want it released", k, flag)
 				}
 			}
+			// Every fetch but held's failed, and is counted so.
+			if st := n.Stats().Caches; st.Fetches < 2 || st.FetchErrors != st.Fetches-1 {
+				t.Fatalf("%d fetches, %d failed; want every one but held's counted as failed", st.Fetches, st.FetchErrors)
+			}
 			closed := make(chan error, 1)
 			go func() { closed <- n.Close() }()
 			if err := wait(t, closed, "Close"); err != nil {
