@@ -3,6 +3,7 @@ package tier_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -176,6 +177,55 @@ func TestRace_R34_StaleWhileRevalidateFromL1(t *testing.T) {
 	if st := n.Stats(); st.Caches.Refreshes != 1 || st.Caches.StaleServed < 100 {
 		t.Fatalf("stats: %d refreshes, %d stale served", st.Caches.Refreshes, st.Caches.StaleServed)
 	}
+}
+
+// TestRefreshKeyThatEndsItsGoroutine proves that a Key that ends the
+// goroutine (runtime.Goexit) as a stale L1 hit starts its refresh does not
+// keep the entry from being refreshed: the next stale hit starts the
+// refresh, which brings the new value (R37).
+func TestRefreshKeyThatEndsItsGoroutine(t *testing.T) {
+	f := newFleet(t)
+	src := newSource()
+	src.set("k", "v1")
+	var clk clock
+	n := f.node(tier.NodeConfig{}, &hooks.Points{Now: clk.read})
+	var calls, exitAt atomic.Int64 // Key's calls; the one that ends its goroutine
+	c := newCache(t, n, tier.Config[string, string]{
+		Fetch: src.fetch, TTL: time.Hour, FreshFor: 10 * time.Minute, L1TTL: time.Hour,
+		Key: func(k string) string {
+			if calls.Add(1) == exitAt.Load() {
+				runtime.Goexit()
+			}
+			return k
+		},
+	})
+	mustGet(t, c, "k")
+	tier.WaitL1(n)
+	if _, ri, _ := getInfo(t, c, "k"); ri.Source != tier.SourceL1 || ri.Stale {
+		t.Fatalf("second Get: %+v; want a fresh L1 hit", ri)
+	}
+	src.set("k", "v2")
+	clk.advance(11 * time.Minute)  // this node's clock: past FreshFor
+	f.pexpire("k", 45*time.Minute) // Redis's: in the stale window
+	// A stale hit calls Key for the L1 lookup, then for the refresh.
+	exitAt.Store(calls.Load() + 2)
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		_, _ = c.Get(context.Background(), "k")
+	}()
+	wait(t, ended, "the Get whose Key ended its goroutine")
+	if calls.Load() != exitAt.Load() {
+		t.Fatalf("Key was called %d times, want the refresh's call to end the goroutine (call %d)", calls.Load(), exitAt.Load())
+	}
+	src.gated.Store(true)
+	if v, ri, err := getInfo(t, c, "k"); err != nil || v != "v1" || !ri.Stale {
+		t.Fatalf("stale hit = %q, %+v, %v; want v1, stale", v, ri, err)
+	}
+	held := src.next(t) // the refresh that the first stale hit could not start
+	close(held.release)
+	src.gated.Store(false)
+	awaitGet(t, c, "k", "v2")
 }
 
 // R34: a refresh is fenced like any fill: an invalidation while it fetches

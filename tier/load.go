@@ -513,18 +513,25 @@ func (c *Cache[K, V]) refreshFrom(e *entry[K, V], h uint64, mode loadMode) {
 	if e.Flags.Or(entryRefreshing)&entryRefreshing != 0 {
 		return // a refresh from this entry runs
 	}
+	// Cleared again unless a refresh starts, however this call ends: a Key
+	// that ends the goroutine (runtime.Goexit) must not leave the entry
+	// marked for good, never to be refreshed (R37).
+	started := false
+	defer func() {
+		if !started {
+			e.Flags.And(^entryRefreshing)
+		}
+	}()
 	s, _, err := c.keys.resolve(e.key)
 	if err != nil {
 		return // cannot happen: the entry was filled under this key
 	}
 	n := c.node
 	c.m.refreshes.Add(1)
-	if !n.spawn(func() {
+	started = n.spawn(func() {
 		defer e.Flags.And(^entryRefreshing)
 		_, _ = c.load(n.life, e.key, s, h, mode)
-	}) {
-		e.Flags.And(^entryRefreshing)
-	}
+	})
 }
 
 // refreshKey refreshes key early in the background after an L2 hit, one
