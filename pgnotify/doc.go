@@ -65,7 +65,11 @@
 // Config.Connect: each is counted in [Stats], logged, and followed by the
 // next attempt; the Listener never stops before Close and never crashes
 // the process. A Config.Logger whose handler panics loses its records,
-// counted (Stats.LoggerPanics), and nothing else. If Redis is unreachable, an invalidation applies on the
+// counted (Stats.LoggerPanics), and nothing else. A Connect or a Logger
+// that ends the Listener's goroutine (runtime.Goexit, as t.FailNow does)
+// costs an attempt or a connection, counted as a panic's is: a new
+// goroutine takes over after the backoff, and its next connection closes
+// the gap as any reconnection does. If Redis is unreachable, an invalidation applies on the
 // Listener's node and is queued for the fleet by tier (tier.ErrPending,
 // Stats.Pending), which is replayed when Redis answers.
 //

@@ -213,6 +213,9 @@ type Listener struct {
 	// warned holds the unknown namespaces already warned about; only the
 	// run goroutine touches it.
 	warned map[string]bool
+	// listened: a LISTEN has succeeded. Only the run goroutine touches it,
+	// and the one that takes it over (see run).
+	listened bool
 }
 
 // New checks cfg and starts a Listener: it connects, LISTENs on
@@ -308,7 +311,7 @@ func newListener(cfg Config, h hooks) (*Listener, error) {
 		}
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
-	go l.run()
+	go l.run(0, false)
 	return l, nil
 }
 
@@ -367,18 +370,35 @@ func (l *Listener) count(c *atomic.Uint64, n uint64) {
 	}
 }
 
-// run connects, listens and reconnects until Close.
-func (l *Listener) run() {
-	defer close(l.done)
-	listened := false // a LISTEN has succeeded before
-	failures := 0     // attempts failed, or lost soon, in a row
-	for {
-		start := time.Now()
-		ok := l.session(!listened)
-		if l.ctx.Err() != nil {
+// run connects, listens and reconnects until Close, after failures
+// attempts failed in a row. A callback that ends its goroutine
+// (runtime.Goexit in Connect, or in the Logger's handler) ends a session
+// as a panic does, and run's goroutine with it: a new one takes over
+// (exited), after the backoff of one more failure, so that the Listener
+// never stops listening before Close.
+func (l *Listener) run(failures int, exited bool) {
+	returned := false
+	defer func() {
+		if returned || l.ctx.Err() != nil {
+			close(l.done)
 			return
 		}
-		listened = listened || ok
+		go l.run(failures+1, true)
+	}()
+	if exited {
+		l.log.Error("pgnotify: a callback ended the Listener's goroutine (runtime.Goexit); a new one took over", "channel", l.channel)
+		if !l.pause(failures) {
+			returned = true
+			return
+		}
+	}
+	for {
+		start := time.Now()
+		ok := l.session(!l.listened)
+		if l.ctx.Err() != nil {
+			returned = true
+			return
+		}
 		if ok && time.Since(start) >= l.maxBackoff {
 			// A connection that listened for a while and was lost is
 			// replaced at once: the gap closes with the next LISTEN.
@@ -389,19 +409,30 @@ func (l *Listener) run() {
 			// a reconnection, and a fleet-wide invalidation, in a loop.
 			failures++
 		}
-		d := l.backoff(failures)
-		if l.hooks.backoff != nil {
-			l.hooks.backoff(d)
+		if !l.pause(failures) {
+			returned = true
+			return
 		}
-		if d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-l.ctx.Done():
-				t.Stop()
-				return
-			}
-		}
+	}
+}
+
+// pause waits the backoff after failures failed attempts in a row. It
+// returns false if the Listener closed meanwhile.
+func (l *Listener) pause(failures int) bool {
+	d := l.backoff(failures)
+	if l.hooks.backoff != nil {
+		l.hooks.backoff(d)
+	}
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-l.ctx.Done():
+		return false
 	}
 }
 
@@ -430,23 +461,39 @@ func (l *Listener) backoff(failures int) time.Duration {
 // succeeded. A panic (of Connect, or of this package) is recovered, logged
 // and ends the session, as a lost connection does.
 func (l *Listener) session(first bool) (listened bool) {
+	returned := false
 	defer func() {
-		if p := recover(); p != nil {
+		p := recover()
+		if p == nil && (returned || l.ctx.Err() != nil) {
+			return
+		}
+		// A panic, or a callback that ended the goroutine (runtime.Goexit,
+		// logged by the goroutine that takes over: see run): a failed
+		// attempt, or a lost connection.
+		if p != nil {
 			l.log.Error("pgnotify: panic; reconnecting", "channel", l.channel, "panic", p, "stack", string(debug.Stack()))
-			if listened {
-				l.count(&l.c.disconnects, 1)
-			} else {
-				l.count(&l.c.connectErrors, 1)
-			}
+		}
+		if listened {
+			l.count(&l.c.disconnects, 1)
+		} else {
+			l.count(&l.c.connectErrors, 1)
 		}
 	}()
+	l.serve(first, &listened)
+	returned = true
+	return listened
+}
+
+// serve is session's work; it sets *listened once LISTEN succeeded, and
+// notes it in l.listened, which outlasts a goroutine that a callback ends.
+func (l *Listener) serve(first bool, listened *bool) {
 	conn, err := l.dial()
 	if err != nil {
 		if l.ctx.Err() == nil {
 			l.log.Warn("pgnotify: cannot listen; retrying", "channel", l.channel, "err", err)
 			l.count(&l.c.connectErrors, 1)
 		}
-		return false
+		return
 	}
 	defer func() {
 		// The lifetime context may be done: closing only sends Terminate,
@@ -455,7 +502,7 @@ func (l *Listener) session(first bool) (listened bool) {
 		defer cancel()
 		_ = conn.Close(ctx)
 	}()
-	listened = true
+	*listened, l.listened = true, true
 	if first {
 		l.log.Debug("pgnotify: listening", "channel", l.channel)
 	} else {
@@ -504,11 +551,11 @@ func (l *Listener) session(first bool) (listened bool) {
 	}
 	<-rdone
 	if l.ctx.Err() != nil {
-		return true
+		return
 	}
 	l.count(&l.c.disconnects, 1)
 	l.log.Warn("pgnotify: connection lost; reconnecting", "channel", l.channel, "err", rerr)
-	return true
+	return
 }
 
 // dial connects and LISTENs, within ConnectTimeout.

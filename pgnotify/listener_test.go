@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -552,6 +553,66 @@ func TestConnectMisbehaves(t *testing.T) {
 		t.Fatalf("Stats = %+v; want two failed attempts, then listening", st)
 	}
 }
+
+// A Connect, or a Logger's handler, that ends the Listener's goroutine
+// (runtime.Goexit, as t.FailNow in it does) costs an attempt or a
+// connection, not the Listener: a new goroutine takes over and listens,
+// and a connection that had listened counts as lost, so that the next one
+// invalidates the gap even with SkipInitialInvalidation.
+func TestCallbackEndsTheListenersGoroutine(t *testing.T) {
+	t.Run("Connect", func(t *testing.T) {
+		f := newFleet(t, tier.NodeConfig{})
+		var n atomic.Int32
+		l := listen(t, pgnotify.Config{
+			Node: f.a, Namespaces: []string{"products"},
+			Connect: func(ctx context.Context) (*pgx.Conn, error) {
+				if n.Add(1) == 1 {
+					runtime.Goexit()
+				}
+				return pgx.Connect(ctx, pgDSN)
+			},
+		})
+		if st := l.Stats(); st.ConnectErrors != 1 || st.GapInvalidations != 1 || st.Reconnects != 0 {
+			t.Fatalf("Stats = %+v; want one failed attempt, then listening", st)
+		}
+		closed(t, l.Listener)
+	})
+	t.Run("Logger", func(t *testing.T) {
+		s := newSetup(t, false, tier.NodeConfig{}, pgnotify.Config{
+			Logger:                  slog.New(&exitOnce{}),
+			SkipInitialInvalidation: true,
+		})
+		// The first connection listened, and its record of that ended the
+		// goroutine: the next one counts as a reconnection, and
+		// invalidates the gap.
+		st := s.l.wait(t, "the reconnection's invalidation", func(st pgnotify.Stats) bool { return st.GapInvalidations == 1 })
+		if st.Disconnects != 1 || st.Reconnects != 1 {
+			t.Fatalf("Stats = %+v; want the first connection lost, a reconnection", st)
+		}
+		cached(t, s.pa, 1)
+		exec(t, s.db, "UPDATE "+s.table+" SET name = 'Ada L.' WHERE id = 1")
+		s.notify(t, `{"ns":"products","keys":["1"]}`)
+		s.l.wait(t, "the notification applied", func(st pgnotify.Stats) bool { return st.Applied == 1 })
+		mustGet(t, s.pa, 1, product{ID: 1, Name: "Ada L.", Category: 1})
+		closed(t, s.l.Listener)
+	})
+}
+
+// exitOnce is a slog.Handler that takes every level and ends the goroutine
+// of the first record it is handed (runtime.Goexit).
+type exitOnce struct{ done atomic.Bool }
+
+func (*exitOnce) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *exitOnce) Handle(context.Context, slog.Record) error {
+	if h.done.CompareAndSwap(false, true) {
+		runtime.Goexit()
+	}
+	return nil
+}
+
+func (h *exitOnce) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *exitOnce) WithGroup(string) slog.Handler      { return h }
 
 // closed closes l, failing the test unless Close returns within guard.
 func closed(t *testing.T, l *pgnotify.Listener) {
