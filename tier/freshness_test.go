@@ -143,6 +143,22 @@ func TestRace_R34_StaleWhileRevalidateFromL2(t *testing.T) {
 	}
 }
 
+// staleInL1 makes k stale in c's L1 on n (FreshFor 10 minutes, TTL an
+// hour): it fills v1 there and checks that it is served fresh, then sets
+// the source to v2, moves n's clock past FreshFor and Redis's lifetime of
+// k into the stale window.
+func staleInL1(t *testing.T, f *fleet, n *tier.Node, c *tier.Cache[string, string], src *source, clk *clock) {
+	t.Helper()
+	mustGet(t, c, "k")
+	tier.WaitL1(n)
+	if _, ri, _ := getInfo(t, c, "k"); ri.Source != tier.SourceL1 || ri.Stale {
+		t.Fatalf("second Get: %+v; want a fresh L1 hit", ri)
+	}
+	src.set("k", "v2")
+	clk.advance(11 * time.Minute)  // n's clock: past FreshFor
+	f.pexpire("k", 45*time.Minute) // Redis's: in the stale window
+}
+
 // R34 from L1: an L1 entry past its freshness is served as stale from L1,
 // and one background refresh (however many hits) replaces it.
 func TestRace_R34_StaleWhileRevalidateFromL1(t *testing.T) {
@@ -152,14 +168,7 @@ func TestRace_R34_StaleWhileRevalidateFromL1(t *testing.T) {
 	var clk clock
 	n := f.node(tier.NodeConfig{}, &hooks.Points{Now: clk.read})
 	c := newCache(t, n, tier.Config[string, string]{Fetch: src.fetch, TTL: time.Hour, FreshFor: 10 * time.Minute, L1TTL: time.Hour})
-	mustGet(t, c, "k")
-	tier.WaitL1(n)
-	if _, ri, _ := getInfo(t, c, "k"); ri.Source != tier.SourceL1 || ri.Stale {
-		t.Fatalf("second Get: %+v; want a fresh L1 hit", ri)
-	}
-	src.set("k", "v2")
-	clk.advance(11 * time.Minute)  // this node's clock: past FreshFor
-	f.pexpire("k", 45*time.Minute) // Redis's: in the stale window
+	staleInL1(t, f, n, c, src, &clk)
 	src.gated.Store(true)
 	for range 100 {
 		v, ri, err := getInfo(t, c, "k")
@@ -199,14 +208,7 @@ func TestRefreshKeyThatEndsItsGoroutine(t *testing.T) {
 			return k
 		},
 	})
-	mustGet(t, c, "k")
-	tier.WaitL1(n)
-	if _, ri, _ := getInfo(t, c, "k"); ri.Source != tier.SourceL1 || ri.Stale {
-		t.Fatalf("second Get: %+v; want a fresh L1 hit", ri)
-	}
-	src.set("k", "v2")
-	clk.advance(11 * time.Minute)  // this node's clock: past FreshFor
-	f.pexpire("k", 45*time.Minute) // Redis's: in the stale window
+	staleInL1(t, f, n, c, src, &clk)
 	// A stale hit calls Key for the L1 lookup, then for the refresh.
 	exitAt.Store(calls.Load() + 2)
 	ended := make(chan struct{})
