@@ -120,9 +120,13 @@ func TestInvalidationScopes(t *testing.T) {
 			t.Fatalf("%s: %v", s.name, err)
 		}
 		equal(t, s.name+": A's published", points(ma.collect(), tierotel.MetricInvalidationsPublished), s.published)
+		// B counts a message applied, then records its delay: wait for
+		// both, or a collection between the two sees the delay's data
+		// point before its count.
 		eventually(t, s.name+" applied on B", func() bool {
-			got := points(mb.collect(), tierotel.MetricInvalidationsApplied)
-			return len(got) == len(s.applied)
+			rm := mb.collect()
+			return len(points(rm, tierotel.MetricInvalidationsApplied)) == len(s.applied) &&
+				total(points(rm, tierotel.MetricInvalidationDelay)) == total(s.delays)
 		})
 		rm := mb.collect()
 		equal(t, s.name+": B's applied", points(rm, tierotel.MetricInvalidationsApplied), s.applied)
@@ -409,4 +413,13 @@ func TestBadOptions(t *testing.T) {
 	if _, err := tierotel.NewRecorder(tierotel.WithMeterProvider(nil)); err == nil {
 		t.Error("NewRecorder(WithMeterProvider(nil)) did not fail")
 	}
+}
+
+// total returns the sum of the values of m.
+func total(m map[string]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
