@@ -244,17 +244,26 @@ func exitWait(waited time.Duration) time.Duration {
 	return min(max(2*waited, 10*time.Millisecond), time.Second)
 }
 
-// restart starts f again in a new goroutine, after exitWait(waited),
-// unless the subscriber is closing: the deferred end of a goroutine of the
-// subscriber that did not return, because the Handler, or a hook, ended it
-// (R37). It must run before that goroutine's wg.Done, so that Close cannot
-// miss the new one.
-func (s *Subscriber) restart(returned bool, waited time.Duration, f func(time.Duration)) {
-	if returned || s.life.Err() != nil {
-		return
+// supervise runs loop, the work of one of the subscriber's goroutines,
+// until the subscriber closes. A goroutine started after the Handler (or
+// a hook) ended its predecessor (after > 0) first calls resume, which
+// waits that long and reports whether the subscriber is still open. If
+// loop does not return (R37), start begins the goroutine again, after
+// exitWait(after), unless the subscriber is closing; wg counts the new
+// one before it lets go of this one, so that Close cannot miss it.
+func (s *Subscriber) supervise(after time.Duration, start func(time.Duration), resume func(time.Duration) bool, loop func()) {
+	defer s.wg.Done()
+	returned := false
+	defer func() {
+		if !returned && s.life.Err() == nil {
+			s.wg.Add(1)
+			go start(exitWait(after))
+		}
+	}()
+	if after == 0 || resume(after) {
+		loop()
 	}
-	s.wg.Add(1)
-	go f(exitWait(waited))
+	returned = true
 }
 
 // Close stops the subscription and waits for its goroutines. Idempotent.
@@ -279,19 +288,11 @@ func (s *Subscriber) Counters() Counters {
 
 // receive subscribes and applies what arrives until the subscriber closes.
 // If the Handler ends its goroutine, a new one takes over after a pause
-// (restart), as after a lost connection: the old connection is closed, L1
+// (supervise), as after a lost connection: the old connection is closed, L1
 // dropped and the lease ended, since the message being applied may be half
 // applied, and the new goroutine subscribes again.
 func (s *Subscriber) receive(after time.Duration) {
-	defer s.wg.Done()
-	returned := false
-	defer func() { s.restart(returned, after, s.receive) }()
-	if after > 0 && !s.abandon(after) {
-		returned = true
-		return
-	}
-	s.receiveLoop()
-	returned = true
+	s.supervise(after, s.receive, s.abandon, s.receiveLoop)
 }
 
 // abandon ends, after a pause, the subscription of a receiving goroutine
@@ -616,18 +617,11 @@ func (s *Subscriber) pong(data string) {
 // keepLease pings the subscription every quarter of the lease, renews the
 // lease when a ping is answered and the fleet epoch is unchanged, and drops
 // L1 when the lease runs out, until the subscriber closes. If the Handler
-// ends its goroutine, a new one takes over after a pause (restart); until
-// then the lease is not renewed, and it lapses if the pause outlasts it.
+// ends its goroutine, a new one takes over after a pause (supervise);
+// until then the lease is not renewed, and it lapses if the pause outlasts
+// it.
 func (s *Subscriber) keepLease(after time.Duration) {
-	defer s.wg.Done()
-	returned := false
-	defer func() { s.restart(returned, after, s.keepLease) }()
-	if after > 0 && wait.Sleep(s.life, after) != nil {
-		returned = true
-		return
-	}
-	s.leaseLoop()
-	returned = true
+	s.supervise(after, s.keepLease, func(d time.Duration) bool { return wait.Sleep(s.life, d) == nil }, s.leaseLoop)
 }
 
 // leaseLoop is keepLease's work: it returns when the subscriber closes.
