@@ -3,6 +3,7 @@ package l2_test
 import (
 	"context"
 	"encoding/binary"
+	"slices"
 	"testing"
 	"time"
 
@@ -175,6 +176,176 @@ func TestApply_DeletesOnly(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestApply_OneWrite proves that a batch of one write, which Apply sends on
+// one server to the lean write script, stores what the apply script stores
+// for the same write (the header's groups with their current stamps, the
+// envelope, the TTL; the flag, its wake mark and the meta list deleted),
+// keeps the stamps alive as long as the value, bounds a late write as the
+// apply script does (R44), and announces it once; and that when a stamp is
+// missing the lean script changes and announces nothing, and the apply
+// script creates the stamp and makes the write.
+func TestApply_OneWrite(t *testing.T) {
+	groups := []string{"\x00fleet", "g:1"}
+	ann := func(seq string) *l2.Announcement {
+		return &l2.Announcement{SeqKey: seqKey, Channel: channel, Head: []byte("head" + seq), Body: []byte("body")}
+	}
+	// ran reports which of the lean write script and the apply script the
+	// server holds: those that ran since the last SCRIPT FLUSH.
+	ran := func(t *testing.T, f *fixture) [2]bool {
+		t.Helper()
+		got, err := f.rdb.ScriptExists(t.Context(), l2.WriteScriptHash, l2.ApplyScriptHash).Result()
+		if err != nil {
+			t.Fatalf("SCRIPT EXISTS: %v", err)
+		}
+		return [2]bool{got[0], got[1]}
+	}
+	// stored returns what key holds, parsed, checking its groups' stamps
+	// are the current ones.
+	stored := func(t *testing.T, f *fixture, key string) l2.Stored {
+		t.Helper()
+		v, _ := f.get(t, key)
+		st, err := l2.ParseStored(v)
+		if err != nil {
+			t.Fatalf("%q = %q: %v", key, v, err)
+		}
+		if len(st.Pairs) != 2*len(groups) {
+			t.Fatalf("%q has groups %q; want %q", key, st.Pairs, groups)
+		}
+		for i, g := range groups {
+			cur, _ := f.get(t, l2.GroupKey("tc", g))
+			if st.Pairs[2*i] != g || st.Pairs[2*i+1] != cur || cur == "" {
+				t.Fatalf("%q's group %d = %q with stamp %q; want %q with its stamp %q", key, i, st.Pairs[2*i], st.Pairs[2*i+1], g, cur)
+			}
+		}
+		return st
+	}
+	// seed writes k once through the apply script alone (no announcement),
+	// which creates the stamps, and gives k a flag, a wake mark and a meta
+	// list for the next write to delete.
+	seed := func(t *testing.T, f *fixture, k l2.Keys) {
+		t.Helper()
+		ctx := t.Context()
+		if _, err := f.st.Apply(ctx, []l2.Change{{Keys: k, Write: true, Envelope: envelope(t, "k", "v0"), TTL: valueTTL, Groups: groups}}, nil); err != nil {
+			t.Fatalf("seeding Apply: %v", err)
+		}
+		for _, key := range []string{k.Flag, k.Flag + "w"} {
+			if err := f.rdb.Set(ctx, key, "x", time.Minute).Err(); err != nil {
+				t.Fatalf("SET: %v", err)
+			}
+		}
+		if err := f.rdb.RPush(ctx, k.Meta, "1").Err(); err != nil {
+			t.Fatalf("RPUSH: %v", err)
+		}
+		if err := f.rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatalf("SCRIPT FLUSH: %v", err)
+		}
+	}
+
+	t.Run("as the apply script", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := t.Context()
+		ps := subscribe(t, f.rdb, channel)
+		k, full := l2.KeysFor("tc", "ns", "k"), l2.KeysFor("tc", "ns", "full")
+		seed(t, f, k)
+		// The seed made the stamps live a quarter longer than its value:
+		// shorten one, so that the write must keep it alive.
+		short := l2.GroupKey("tc", groups[1])
+		if err := f.rdb.PExpire(ctx, short, time.Second).Err(); err != nil {
+			t.Fatalf("PEXPIRE: %v", err)
+		}
+		env := envelope(t, "k", "v1")
+		seq, err := f.st.Apply(ctx, []l2.Change{{Keys: k, Write: true, Envelope: env, TTL: valueTTL, Groups: groups}}, ann("1"))
+		if err != nil || seq != 1 {
+			t.Fatalf("Apply = %d, %v; want 1, nil", seq, err)
+		}
+		if got := ran(t, f); got != [2]bool{true, false} {
+			t.Fatalf("ran the lean write script, the apply script: %v; want [true false]", got)
+		}
+		lean := stored(t, f, k.Value)
+		for _, key := range []string{k.Flag, k.Flag + "w", k.Meta} {
+			f.mustAbsent(t, key)
+		}
+		if d := f.pttl(t, k.Value); d <= valueTTL-time.Minute || d > valueTTL {
+			t.Errorf("PTTL %v; want about %v", d, valueTTL)
+		}
+		if d := f.pttl(t, short); d < valueTTL {
+			t.Errorf("the shortened stamp lives %v more; want at least the value's %v", d, valueTTL)
+		}
+		if m := receive(t, ps); withoutSent(t, m.Payload, len("head1")) != payload([]byte("head1"), 1, []byte("body")) {
+			t.Errorf("message = %q; want %q with Redis's clock after the seq", m.Payload, payload([]byte("head1"), 1, []byte("body")))
+		}
+		// The same write through the apply script (no announcement: a
+		// batch the lean script does not take) stores the same.
+		if _, err := f.st.Apply(ctx, []l2.Change{{Keys: full, Write: true, Envelope: env, TTL: valueTTL, Groups: groups}}, nil); err != nil {
+			t.Fatalf("Apply through the apply script: %v", err)
+		}
+		want := stored(t, f, full.Value)
+		if lean.Envelope != string(env) || want.Envelope != lean.Envelope || !slices.Equal(lean.Pairs, want.Pairs) || lean.Negative || want.Negative {
+			t.Errorf("lean write stored %+v; the apply script %+v", lean, want)
+		}
+		if d := time.Duration(want.Expiry-lean.Expiry) * time.Millisecond; d < 0 || d > time.Minute {
+			t.Errorf("the apply script's expiry is %v after the lean script's; want the same, give or take the time between them", d)
+		}
+	})
+
+	t.Run("late", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := t.Context()
+		k := l2.KeysFor("tc", "ns", "k")
+		seed(t, f, k)
+		_, err := f.st.Apply(ctx, []l2.Change{{Keys: k, Write: true, Envelope: envelope(t, "k", "v1"), TTL: valueTTL, Groups: groups,
+			LateAfter: time.Now().Add(-time.Hour), LateTTL: 10 * time.Second}}, ann("1"))
+		if err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+		if got := ran(t, f); got != [2]bool{true, false} {
+			t.Fatalf("ran the lean write script, the apply script: %v; want [true false]", got)
+		}
+		if d := f.pttl(t, k.Value); d <= 0 || d > 10*time.Second {
+			t.Errorf("a late write lives %v; want at most its LateTTL, 10s", d)
+		}
+		if st := stored(t, f, k.Value); time.Until(time.UnixMilli(st.Expiry)) > 10*time.Second {
+			t.Errorf("a late write's header expires in %v; want at most 10s", time.Until(time.UnixMilli(st.Expiry)))
+		}
+	})
+
+	t.Run("a stamp missing", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := t.Context()
+		ps := subscribe(t, f.rdb, channel)
+		k := l2.KeysFor("tc", "ns", "k")
+		seed(t, f, k)
+		gone := l2.GroupKey("tc", groups[1])
+		if err := f.rdb.Del(ctx, gone).Err(); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+		env := envelope(t, "k", "v1")
+		seq, err := f.st.Apply(ctx, []l2.Change{{Keys: k, Write: true, Envelope: env, TTL: valueTTL, Groups: groups}}, ann("1"))
+		if err != nil || seq != 1 {
+			t.Fatalf("Apply = %d, %v; want 1, nil", seq, err)
+		}
+		if got := ran(t, f); got != [2]bool{true, true} {
+			t.Fatalf("ran the lean write script, the apply script: %v; want both", got)
+		}
+		if st := stored(t, f, k.Value); st.Envelope != string(env) {
+			t.Errorf("stored envelope %q; want %q", st.Envelope, env)
+		}
+		for _, key := range []string{k.Flag, k.Flag + "w", k.Meta} {
+			f.mustAbsent(t, key)
+		}
+		// One message: the lean script's attempt announced nothing.
+		if m := receive(t, ps); withoutSent(t, m.Payload, len("head1")) != payload([]byte("head1"), 1, []byte("body")) {
+			t.Errorf("message = %q; want %q with Redis's clock after the seq", m.Payload, payload([]byte("head1"), 1, []byte("body")))
+		}
+		if seq, err := f.st.Apply(ctx, nil, ann("2")); err != nil || seq != 2 {
+			t.Fatalf("next Apply = %d, %v; want 2, nil", seq, err)
+		}
+		if m := receive(t, ps); withoutSent(t, m.Payload, len("head2")) != payload([]byte("head2"), 2, []byte("body")) {
+			t.Errorf("next message = %q; want the next Apply's, numbered 2", m.Payload)
+		}
+	})
 }
 
 // TestApply_WithoutAnnouncementPublishesNothing proves an Apply with no

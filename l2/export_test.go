@@ -2,9 +2,10 @@ package l2
 
 import "github.com/redis/go-redis/v9"
 
-// ApplyScriptHash and DeleteScriptHash are the SHA1 digests of the apply
-// script and of its lean form for deletes alone.
-var ApplyScriptHash, DeleteScriptHash = applyScript.Hash(), deleteScript.Hash()
+// ApplyScriptHash, DeleteScriptHash and WriteScriptHash are the SHA1
+// digests of the apply script and of its lean forms for deletes alone and
+// for one write.
+var ApplyScriptHash, DeleteScriptHash, WriteScriptHash = applyScript.Hash(), deleteScript.Hash(), writeScript.Hash()
 
 // JoinQueued returns how many peeks wait for the next joined batch of s:
 // on one server, or through any master's client on a cluster.
