@@ -370,6 +370,32 @@ func (s *Server) Do(args ...any) any {
 	return v
 }
 
+// CPU returns the CPU time, user and system, that the server has used
+// since it started (INFO cpu): the difference of two readings around a
+// fixed number of operations is their cost to Redis, a fleet's capacity
+// figure. It fails the test if the server does not answer.
+func (s *Server) CPU() time.Duration {
+	s.t.Helper()
+	info, _ := s.Do("INFO", "cpu").(string)
+	var cpu time.Duration
+	for line := range strings.Lines(info) {
+		// used_cpu_sys:0.123456
+		name, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || (name != "used_cpu_sys" && name != "used_cpu_user") {
+			continue
+		}
+		secs, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			s.t.Fatalf("redistest: INFO cpu on %s: %q: %v", s.Addr(), line, err)
+		}
+		cpu += time.Duration(secs * float64(time.Second))
+	}
+	if cpu == 0 {
+		s.t.Fatalf("redistest: INFO cpu on %s has no used_cpu_sys nor used_cpu_user: %q", s.Addr(), info)
+	}
+	return cpu
+}
+
 // signal sends sig to the running server process.
 func (s *Server) signal(op string, sig syscall.Signal) {
 	s.t.Helper()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -194,5 +196,25 @@ func TestConcurrentUse(t *testing.T) {
 	s.Restart()
 	if got := s.Do("PING"); got != "PONG" {
 		t.Fatalf("PING = %#v, want PONG", got)
+	}
+}
+
+// TestCPU proves that CPU reads a server's CPU time, and that work on the
+// server shows in it.
+func TestCPU(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	before := srv.CPU()
+	if before <= 0 {
+		t.Fatalf("CPU of a running server = %v; want more than 0", before)
+	}
+	value := strings.Repeat("v", 1000)
+	for i := range 2000 {
+		if err := rdb.Set(t.Context(), "k"+strconv.Itoa(i), value, 0).Err(); err != nil {
+			t.Fatalf("SET: %v", err)
+		}
+	}
+	if after := srv.CPU(); after <= before {
+		t.Fatalf("CPU after 2,000 SETs = %v, before %v; want it to have grown", after, before)
 	}
 }
