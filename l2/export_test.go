@@ -1,6 +1,10 @@
 package l2
 
-import "github.com/redis/go-redis/v9"
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // ApplyScriptHash, DeleteScriptHash and WriteScriptHash are the SHA1
 // digests of the apply script and of its lean forms for deletes alone and
@@ -37,3 +41,19 @@ func Joiners(s *Store) []*redis.Client {
 
 // ParseBrief decodes the read script's one-string reply (parseBrief).
 func ParseBrief(s string) (Read, error) { return parseBrief(s) }
+
+// ApplyScriptOnly is Apply on one server, but always through the apply
+// script, even for a batch that Apply sends to one of its lean forms.
+func ApplyScriptOnly(ctx context.Context, s *Store, changes []Change, a *Announcement) (uint64, error) {
+	ops, err := encodeChanges(changes)
+	if err != nil {
+		return 0, err
+	}
+	calls, _ := s.applyCalls(ops, a)
+	cmds, _, err := s.runScripts(ctx, applyScript, calls)
+	if err != nil {
+		return 0, err
+	}
+	seq, err := cmds[0].Int64()
+	return uint64(seq), err
+}

@@ -1,0 +1,111 @@
+package l2_test
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/l2"
+)
+
+// BenchmarkApplyOneWrite compares the ways to store one value in two
+// groups and announce it to one subscriber: a raw SET of as many bytes
+// (the baseline), the apply script, and the lean write script, which Apply
+// runs for a batch of one write on one server. Each row has a redis-server
+// of its own, so that Redis's CPU is each row's alone, and the rows run in
+// turn within every iteration, so that they share every moment of the run.
+// Each row reports its mean time as "<row>-µs" and its server's CPU time
+// per operation as "<row>-redis-cpu-µs", and each but the first its ratios
+// to SET's: "<row>-x" and "<row>-redis-cpu-x".
+func BenchmarkApplyOneWrite(b *testing.B) {
+	ctx := context.Background()
+	groups := []string{"\x00fleet", "\x00ns:bench"}
+	env := []byte(strings.Repeat("e", 200))
+	raw := strings.Repeat("v", 300) // about a header and env's bytes
+	ann := &l2.Announcement{SeqKey: seqKey, Channel: channel, Head: []byte(strings.Repeat("h", 40)), Body: []byte(strings.Repeat("b", 30))}
+	const keys = 100
+	ks := make([]l2.Keys, keys)
+	for i := range ks {
+		ks[i] = l2.KeysFor("tc", "bench", "user:"+strconv.Itoa(i))
+	}
+	write := func(i int) []l2.Change {
+		return []l2.Change{{Keys: ks[i%keys], Write: true, Envelope: env, TTL: time.Hour, Groups: groups}}
+	}
+	type row struct {
+		name string
+		srv  *redistest.Server
+		op   func(i int) error
+	}
+	rows := []*row{{name: "SET"}, {name: "apply-script"}, {name: "write-script"}}
+	for _, r := range rows {
+		r.srv = redistest.Start(b)
+		rdb := r.srv.Client(b)
+		drainer(b, rdb)
+		st := l2.NewStore(rdb, "tc")
+		switch r.name {
+		case "SET":
+			r.op = func(i int) error { return rdb.Set(ctx, ks[i%keys].Value, raw, time.Hour).Err() }
+		case "apply-script":
+			r.op = func(i int) error { _, err := l2.ApplyScriptOnly(ctx, st, write(i), ann); return err }
+		default:
+			r.op = func(i int) error { _, err := st.Apply(ctx, write(i), ann); return err }
+		}
+		// The stamps exist, as they do for every write but a group's first.
+		if err := r.op(0); err != nil {
+			b.Fatalf("%s: %v", r.name, err)
+		}
+	}
+	spent := make([]time.Duration, len(rows))
+	cpu := make([]time.Duration, len(rows))
+	for k, r := range rows {
+		cpu[k] = -r.srv.CPU()
+	}
+	n := 0
+	for i := 0; b.Loop(); i++ {
+		for k := range rows {
+			r := (i + k) % len(rows)
+			start := time.Now()
+			if err := rows[r].op(i); err != nil {
+				b.Fatalf("%s: %v", rows[r].name, err)
+			}
+			spent[r] += time.Since(start)
+		}
+		n++
+	}
+	for k, r := range rows {
+		cpu[k] += r.srv.CPU()
+	}
+	for k, r := range rows {
+		b.ReportMetric(float64(spent[k])/float64(time.Microsecond)/float64(n), r.name+"-µs")
+		b.ReportMetric(float64(cpu[k])/float64(time.Microsecond)/float64(n), r.name+"-redis-cpu-µs")
+		if k > 0 {
+			b.ReportMetric(float64(spent[k])/float64(spent[0]), r.name+"-x")
+			b.ReportMetric(float64(cpu[k])/float64(cpu[0]), r.name+"-redis-cpu-x")
+		}
+	}
+}
+
+// drainer subscribes to the bus channel through rdb and reads every message
+// until the benchmark ends: the subscriber a node would be.
+func drainer(b *testing.B, rdb *redis.Client) {
+	b.Helper()
+	ps := rdb.Subscribe(context.Background(), channel)
+	if _, err := ps.Receive(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for range ps.Channel() {
+		}
+	}()
+	b.Cleanup(func() {
+		_ = ps.Close()
+		<-drained
+	})
+}
