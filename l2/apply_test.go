@@ -2,6 +2,7 @@ package l2_test
 
 import (
 	"context"
+	"errors"
 	"encoding/binary"
 	"slices"
 	"testing"
@@ -188,8 +189,8 @@ func TestApply_DeletesOnly(t *testing.T) {
 // script creates the stamp and makes the write.
 func TestApply_OneWrite(t *testing.T) {
 	groups := []string{"\x00fleet", "g:1"}
-	ann := func(seq string) *l2.Announcement {
-		return &l2.Announcement{SeqKey: seqKey, Channel: channel, Head: []byte("head" + seq), Body: []byte("body")}
+	ann := func(suffix string) *l2.Announcement {
+		return &l2.Announcement{SeqKey: seqKey, Channel: channel, Head: []byte("head" + suffix), Body: []byte("body")}
 	}
 	// ran reports which of the lean write script and the apply script the
 	// server holds: those that ran since the last SCRIPT FLUSH.
@@ -250,9 +251,13 @@ func TestApply_OneWrite(t *testing.T) {
 		k, full := l2.KeysFor("tc", "ns", "k"), l2.KeysFor("tc", "ns", "full")
 		seed(t, f, k)
 		// The seed made the stamps live a quarter longer than its value:
-		// shorten one, so that the write must keep it alive.
-		short := l2.GroupKey("tc", groups[1])
-		if err := f.rdb.PExpire(ctx, short, time.Second).Err(); err != nil {
+		// shorten one, so that the write must keep it alive, and lengthen
+		// the other, which the write must leave as it is.
+		short, long := l2.GroupKey("tc", groups[1]), l2.GroupKey("tc", groups[0])
+		if err := f.rdb.PExpire(ctx, short, valueTTL/2).Err(); err != nil {
+			t.Fatalf("PEXPIRE: %v", err)
+		}
+		if err := f.rdb.PExpire(ctx, long, l2.GroupStampTTL).Err(); err != nil {
 			t.Fatalf("PEXPIRE: %v", err)
 		}
 		env := envelope(t, "k", "v1")
@@ -270,8 +275,11 @@ func TestApply_OneWrite(t *testing.T) {
 		if d := f.pttl(t, k.Value); d <= valueTTL-time.Minute || d > valueTTL {
 			t.Errorf("PTTL %v; want about %v", d, valueTTL)
 		}
-		if d := f.pttl(t, short); d < valueTTL {
-			t.Errorf("the shortened stamp lives %v more; want at least the value's %v", d, valueTTL)
+		if d := f.pttl(t, short); d < valueTTL+valueTTL/4-time.Minute {
+			t.Errorf("the shortened stamp lives %v more; want a quarter more than the value's %v", d, valueTTL)
+		}
+		if d := f.pttl(t, long); d < l2.GroupStampTTL-time.Minute {
+			t.Errorf("the stamp that outlived the value lives %v more; want it left at %v", d, l2.GroupStampTTL)
 		}
 		if m := receive(t, ps); withoutSent(t, m.Payload, len("head1")) != payload([]byte("head1"), 1, []byte("body")) {
 			t.Errorf("message = %q; want %q with Redis's clock after the seq", m.Payload, payload([]byte("head1"), 1, []byte("body")))
@@ -345,6 +353,31 @@ func TestApply_OneWrite(t *testing.T) {
 		if m := receive(t, ps); withoutSent(t, m.Payload, len("head2")) != payload([]byte("head2"), 2, []byte("body")) {
 			t.Errorf("next message = %q; want the next Apply's, numbered 2", m.Payload)
 		}
+	})
+
+	// A Store that waits for replicas runs the apply script alone: with
+	// the lean one, a write whose stamp is missing would wait once more.
+	// The seed emptied the script cache, so the write still waits twice
+	// (after the NOSCRIPT reply, and after the script): with no replica,
+	// both WAITs time out, and the second must end in time for Apply to
+	// report ErrNotReplicated rather than its deadline.
+	t.Run("waiting for replicas", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := t.Context()
+		st := l2.NewStore(f.rdb, "tc", l2.WithTimeout(time.Second), l2.WithWaitReplicas(1, time.Second))
+		k := l2.KeysFor("tc", "ns", "k")
+		seed(t, f, k)
+		if err := f.rdb.Del(ctx, l2.GroupKey("tc", groups[1])).Err(); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+		_, err := st.Apply(ctx, []l2.Change{{Keys: k, Write: true, Envelope: envelope(t, "k", "v1"), TTL: valueTTL, Groups: groups}}, ann("1"))
+		if !errors.Is(err, l2.ErrNotReplicated) {
+			t.Fatalf("Apply with no replica = %v; want ErrNotReplicated", err)
+		}
+		if got := ran(t, f); got != [2]bool{false, true} {
+			t.Fatalf("ran the lean write script, the apply script: %v; want the apply script alone", got)
+		}
+		stored(t, f, k.Value)
 	})
 }
 

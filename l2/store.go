@@ -269,13 +269,14 @@ return announce(now())
 	// group's name as the header writes it, "<length>:<name>".
 	//
 	// Apply runs it instead of applyScript for a batch of one write on one
-	// server, the common Set: it makes the same write, keep-alive and
-	// announcement for less of Redis's time, with the stamps' names
-	// declared rather than built, and without the helpers, the op codes
-	// and the group clock that only other changes need. If a stamp is
-	// missing (the group's first write, or its stamp was evicted), it
-	// changes nothing and returns -1, and Apply runs applyScript, which
-	// creates the stamp from the group clock (R36).
+	// server (without WithWaitReplicas), the common Set: it makes the same
+	// write, keep-alive and announcement (keep them in step with stampLua,
+	// headerLua and applyScript's 's'), with the stamps' names declared
+	// rather than built, and without the helpers, the op codes and the
+	// group clock that only other changes need. If a stamp is missing (the
+	// group's first write, or its stamp was evicted), it changes nothing
+	// and returns -1, and Apply runs applyScript, which creates the stamp
+	// from the group clock (R36).
 	writeScript = redis.NewScript(nowLua + announceLua + `
 local n = #KEYS - 4
 local stamps = {}
@@ -386,7 +387,8 @@ end
 // so that which groups changed cannot be known (R36): a fill must not land
 // as fresh in a group that changed while it fetched. A stamp of an earlier
 // incarnation of the clock was written before the claim's incarnation
-// began, hence before the claim.
+// began, hence before the claim. writeScript keeps existing stamps alive
+// as it does: keep them in step.
 const stampLua = gclockLua + `
 local function stamps(argv, at, claim, ttl)
   local n = tonumber(argv[at])
@@ -516,8 +518,9 @@ type Store struct {
 	guard   Guard
 	timeout time.Duration
 
-	// stampNames remembers the names of the stamps Peek reads on one
-	// server (group -> key), up to maxStampNames of them (stampCount).
+	// stampNames remembers the names of the stamps that Peek reads and
+	// the lean write script keeps on one server (group -> key), up to
+	// maxStampNames of them (stampCount).
 	stampNames sync.Map
 	stampCount atomic.Int64
 
@@ -1090,9 +1093,10 @@ type Announcement struct {
 }
 
 // Apply makes every change and, if a is not nil, draws the next sequence
-// number and publishes the announcement, in one atomic step and one round
-// trip: a receiver of the message can never read a value that the message
-// says is gone (docs/RACES.md R14). Deleting a key's flag with its value refuses
+// number and publishes the announcement, in one atomic step and, but for
+// a write that finds a stamp of its groups missing (see writeScript), one
+// round trip: a receiver of the message can never read a value that the
+// message says is gone (docs/RACES.md R14). Deleting a key's flag with its value refuses
 // any fill in progress (R01). It returns the sequence number (0 without an
 // announcement). All keys must live on one server: SeqKey is not
 // hash-tagged with the changes.
@@ -1212,9 +1216,12 @@ func (s *Store) applyCalls(ops []scriptCall, a *Announcement) (calls, groupOps [
 }
 
 // writeCall returns the call of writeScript that makes changes and
-// announces a, if they are one write on one server.
+// announces a, if they are one write on one server and the Store waits
+// for no replicas.
 func (s *Store) writeCall(changes []Change, a *Announcement) (scriptCall, bool, error) {
-	if s.cluster != nil || a == nil || len(changes) != 1 || !changes[0].Write || changes[0].Group != "" {
+	// With WithWaitReplicas, a write whose stamp is missing would WAIT
+	// twice, once for nothing: such a Store runs applyScript alone.
+	if s.cluster != nil || s.replicas > 0 || a == nil || len(changes) != 1 || !changes[0].Write || changes[0].Group != "" {
 		return scriptCall{}, false, nil
 	}
 	c := changes[0]
@@ -1467,12 +1474,20 @@ func pipeScripts(ctx context.Context, newPipe func() redis.Pipeliner, sc *redis.
 	for i, c := range calls {
 		cmds[i] = sc.EvalSha(ctx, pipe, c.keys, c.args...)
 	}
-	// WAIT 0 would block for ever: ttlMillis rounds up to 1ms at least.
+	// WAIT 0 would block for ever: ttlMillis rounds up to 1ms at least. A
+	// WAIT never outlasts ctx, whose deadline leaves room for one WAIT of
+	// timeout: after a NOSCRIPT the second WAIT gets a quarter less than
+	// the time left, so that a write that no replica acknowledges reports
+	// ErrNotReplicated rather than a deadline the reply missed.
 	wait := func(p redis.Pipeliner) *redis.Cmd {
 		if replicas == 0 {
 			return nil
 		}
-		return p.Do(ctx, "wait", replicas, ttlMillis(max(timeout, time.Millisecond)))
+		d := timeout
+		if end, ok := ctx.Deadline(); ok {
+			d = min(d, time.Until(end)*3/4)
+		}
+		return p.Do(ctx, "wait", replicas, ttlMillis(max(d, time.Millisecond)))
 	}
 	w := wait(pipe)
 	_, _ = pipe.Exec(ctx) // each command's error is looked at below

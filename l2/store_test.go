@@ -814,6 +814,17 @@ func runEveryOperation(t *testing.T, f *fixture, around func(op string, scripted
 			f.mustAbsent(t, k.Value)
 			f.mustAbsent(t, k.Flag)
 		}},
+		{"Apply/one write", true, func(k l2.Keys, tok string) {
+			// Its group's stamp exists, so the lean write script makes it.
+			set(l2.GroupKey("tc", "g"), []byte("1/c:"+tok))
+			set(k.Flag, []byte(tok))
+			a := &l2.Announcement{SeqKey: seqKey, Channel: channel}
+			if _, err := f.st.Apply(ctx, []l2.Change{{Keys: k, Write: true, Envelope: env, TTL: valueTTL, Groups: []string{"g"}}}, a); err != nil {
+				t.Fatalf("Apply: %v", err)
+			}
+			f.mustHoldEnvelope(t, k.Value, string(env))
+			f.mustAbsent(t, k.Flag)
+		}},
 		{"Invalidate", true, func(k l2.Keys, tok string) {
 			set(k.Value, env)
 			set(k.Flag, []byte(tok))
@@ -859,8 +870,8 @@ func TestRace_R23_NoScriptRecovery(t *testing.T) {
 		}
 		ran++
 	})
-	if ran != 9 {
-		t.Fatalf("ran %d operations; want 9", ran)
+	if ran != 10 {
+		t.Fatalf("ran %d operations; want 10", ran)
 	}
 }
 

@@ -179,7 +179,8 @@ end
 //     of the envelope of a value with a header, or nil for one without
 //     (written by an earlier version) or with a malformed one.
 //
-// Keep them in step with ParseStored and AppendStored.
+// Keep them in step with ParseStored and AppendStored, and with the header
+// that writeScript (store.go) writes by itself.
 const headerLua = nowLua + `
 local function header(marker, ttl, meta)
   local exp = math.floor(now() / 1000) + ttl
