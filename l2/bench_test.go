@@ -19,9 +19,13 @@ import (
 // runs for a batch of one write on one server. Each row has a redis-server
 // of its own, so that Redis's CPU is each row's alone, and the rows run in
 // turn within every iteration, so that they share every moment of the run.
-// Each row reports its mean time as "<row>-µs" and its server's CPU time
-// per operation as "<row>-redis-cpu-µs", and each but the first its ratios
-// to SET's: "<row>-x" and "<row>-redis-cpu-x".
+// Each row reports its mean time as "<row>-µs", its server's CPU time per
+// operation as "<row>-redis-cpu-µs", and, from INFO commandstats, the time
+// Redis spent per operation running the commands that Redis timed
+// ("<row>-commands-µs": the SET, or those the script called) and, for a
+// script, running it whole ("<row>-script-µs"), so that the difference is
+// the script's own Lua. Each row but the first also reports its ratios to
+// SET's: "<row>-x" and "<row>-redis-cpu-x".
 func BenchmarkApplyOneWrite(b *testing.B) {
 	ctx := context.Background()
 	groups := []string{"\x00fleet", "\x00ns:bench"}
@@ -63,6 +67,7 @@ func BenchmarkApplyOneWrite(b *testing.B) {
 	spent := make([]time.Duration, len(rows))
 	cpu := make([]time.Duration, len(rows))
 	for k, r := range rows {
+		r.srv.Do("CONFIG", "RESETSTAT")
 		cpu[k] = -r.srv.CPU()
 	}
 	n := 0
@@ -81,8 +86,13 @@ func BenchmarkApplyOneWrite(b *testing.B) {
 		cpu[k] += r.srv.CPU()
 	}
 	for k, r := range rows {
+		script, commands := commandTime(b, r.srv)
 		b.ReportMetric(float64(spent[k])/float64(time.Microsecond)/float64(n), r.name+"-µs")
 		b.ReportMetric(float64(cpu[k])/float64(time.Microsecond)/float64(n), r.name+"-redis-cpu-µs")
+		b.ReportMetric(float64(commands)/float64(time.Microsecond)/float64(n), r.name+"-commands-µs")
+		if script > 0 {
+			b.ReportMetric(float64(script)/float64(time.Microsecond)/float64(n), r.name+"-script-µs")
+		}
 		if k > 0 {
 			b.ReportMetric(float64(spent[k])/float64(spent[0]), r.name+"-x")
 			b.ReportMetric(float64(cpu[k])/float64(cpu[0]), r.name+"-redis-cpu-x")
@@ -108,4 +118,32 @@ func drainer(b *testing.B, rdb *redis.Client) {
 		_ = ps.Close()
 		<-drained
 	})
+}
+
+// commandTime returns, from srv's INFO commandstats since the last CONFIG
+// RESETSTAT, the time spent in scripts (EVALSHA, EVAL) and the time spent
+// in every other command but the statistics' own (CONFIG, INFO).
+func commandTime(b *testing.B, srv *redistest.Server) (script, commands time.Duration) {
+	b.Helper()
+	info, _ := srv.Do("INFO", "commandstats").(string)
+	for line := range strings.Lines(info) {
+		// cmdstat_get:calls=3,usec=5,usec_per_call=1.67,...
+		name, stats, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, isCmd := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !isCmd || strings.HasPrefix(name, "config") || name == "info" {
+			continue
+		}
+		_, usec, _ := strings.Cut(stats, "usec=")
+		usec, _, _ = strings.Cut(usec, ",")
+		us, err := strconv.ParseInt(usec, 10, 64)
+		if err != nil {
+			b.Fatalf("INFO commandstats on %s: %q: %v", srv.Addr(), line, err)
+		}
+		if name == "evalsha" || name == "eval" {
+			script += time.Duration(us) * time.Microsecond
+		} else {
+			commands += time.Duration(us) * time.Microsecond
+		}
+	}
+	return script, commands
 }

@@ -50,10 +50,14 @@ func ApplyScriptOnly(ctx context.Context, s *Store, changes []Change, a *Announc
 		return 0, err
 	}
 	calls, _ := s.applyCalls(ops, a)
-	cmds, _, err := s.runScripts(ctx, applyScript, calls)
-	if err != nil {
-		return 0, err
-	}
-	seq, err := cmds[0].Int64()
+	var seq int64
+	err = s.doFor(ctx, s.waitTimeout, func(ctx context.Context) error {
+		cmds, _, err := s.runScripts(ctx, applyScript, calls)
+		if err != nil {
+			return err
+		}
+		seq, err = cmds[0].Int64()
+		return err
+	})
 	return uint64(seq), err
 }
