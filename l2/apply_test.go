@@ -2,8 +2,8 @@ package l2_test
 
 import (
 	"context"
-	"errors"
 	"encoding/binary"
+	"errors"
 	"slices"
 	"testing"
 	"time"
