@@ -622,9 +622,11 @@ func CheckGroup(g string) error {
 }
 
 // Set stores value as key's value in Redis, for use right after the source
-// of truth was updated (write-through). In one atomic round trip the value
-// is written, the key's flag cleared (a fill in progress is refused) and the
-// change announced on the bus, so that every node evicts its L1 copy; this
+// of truth was updated (write-through). In one atomic step, one round trip
+// (two for the first write in a group, or after its stamp was evicted),
+// the value is written, the key's flag cleared (a fill in progress is
+// refused) and the change announced on the bus, so that every node evicts
+// its L1 copy; this
 // node's is evicted and its flight forgotten before Set returns, and the
 // next Get reads the new value from Redis. Concurrent Sets of one key are
 // decided by Redis: every tier converges to the value Redis holds last.
