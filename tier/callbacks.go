@@ -44,3 +44,18 @@ func missHook[K comparable](n *Node, namespace string, f func(K)) func(K) error 
 		return err
 	}
 }
+
+// apart runs f, which calls the caller's code, on a goroutine of its own
+// and waits for it: code that ends its goroutine (runtime.Goexit, as a
+// test's t.FailNow does) ends that one, and the caller goes on (R37). For
+// code called in the middle of an operation that must finish, such as the
+// breaker's change of state, which the Redis operation that caused it
+// reports.
+func apart(f func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	<-done
+}

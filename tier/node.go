@@ -324,10 +324,16 @@ func newNode(ctx context.Context, rdb redis.UniversalClient, cfg NodeConfig, hk 
 		case breaker.Closed:
 			n.pending.kick() // Redis answers again: replay at once
 		}
-		if n.rec != nil && (from == breaker.Closed || to == breaker.Closed) {
-			n.rec.Breaker(to != breaker.Closed)
-		}
-		n.log.Warn("tiercache: redis circuit breaker", "from", from.String(), "to", to.String())
+		// The Recorder and the Logger run inside the Redis operation that
+		// moved the breaker, which must finish: one that ended its
+		// goroutine would leave a claim the operation took, or a write's
+		// local effect, undone.
+		apart(func() {
+			if n.rec != nil && (from == breaker.Closed || to == breaker.Closed) {
+				n.rec.Breaker(to != breaker.Closed)
+			}
+			n.log.Warn("tiercache: redis circuit breaker", "from", from.String(), "to", to.String())
+		})
 	})
 	n.store = l2.NewStore(rdb, cfg.Prefix, l2.WithGuard(breakerGuard{n.breaker}), l2.WithTimeout(cfg.RedisTimeout),
 		l2.WithWaitReplicas(cfg.WaitReplicas, cfg.WaitTimeout))

@@ -56,6 +56,8 @@ type Recorder interface {
 	// Dropped reports the node making its whole L1 unservable, and why.
 	Dropped(reason DropReason)
 	// Breaker reports the node's Redis circuit breaker opening or closing.
+	// It is called on a goroutine of its own, which the Redis operation
+	// that moved the breaker waits for.
 	Breaker(open bool)
 	// Replayed reports n invalidations that had been queued while Redis
 	// was unreachable now landed in Redis; Stats.Pending has the depth of

@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache/internal/hooks"
+	"github.com/tiercache/tiercache/l2"
 	"github.com/tiercache/tiercache/tier"
 )
 
@@ -283,6 +285,67 @@ func TestRecorderSeesTheBreakerAndRedisErrors(t *testing.T) {
 		t.Fatalf("Stats.BreakerOpen after the breaker closed")
 	}
 	rec.await(t, 1, "replayed") // the queued invalidation
+}
+
+// exitOnClose is a Recorder whose Breaker ends its goroutine when told
+// that the breaker closed (runtime.Goexit, as t.FailNow does).
+type exitOnClose struct {
+	tier.NopRecorder
+	closed atomic.Int32
+}
+
+func (r *exitOnClose) Breaker(open bool) {
+	if !open {
+		r.closed.Add(1)
+		runtime.Goexit()
+	}
+}
+
+// TestBreakerRecorderThatEndsItsGoroutine proves that a Recorder whose
+// Breaker ends its goroutine ends only that (R37): the Get whose Redis
+// operation closed the breaker, and which the breaker tells of it from
+// inside that operation, still returns, with the value, and the key is
+// left filled, with no claim behind.
+func TestBreakerRecorderThatEndsItsGoroutine(t *testing.T) {
+	f := newFleet(t)
+	rec := &exitOnClose{}
+	cfg := faultCfg
+	cfg.Recorder = rec
+	n := f.node(cfg, nil)
+	src := newSource()
+	src.set("k", "v")
+	c := cache(t, n, src)
+	f.srv.Kill()
+	_, _ = c.Get(context.Background(), "other") // refused: the breaker opens
+	awaitStats(t, n, "the breaker to open", func(s tier.Stats) bool { return s.BreakerOpen })
+	f.srv.Restart()
+	deadline := time.Now().Add(guard)
+	for rec.closed.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the breaker did not close")
+		}
+		returned := make(chan bool, 1)
+		go func() {
+			ok := false
+			defer func() { returned <- ok }()
+			v, err := c.Get(context.Background(), "k")
+			ok = err == nil && v == "v"
+		}()
+		if !<-returned {
+			t.Fatalf("a Get as Redis came back ended other than with v (the breaker closed %d times)", rec.closed.Load())
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, bounded by the guard
+	}
+	if got := mustGet(t, c, "k"); got != "v" {
+		t.Fatalf("Get after the breaker closed = %q; want v", got)
+	}
+	keys := l2.KeysFor(tier.DefaultPrefix, ns, "k")
+	if _, err := f.rdb.Get(context.Background(), keys.Value).Result(); err != nil {
+		t.Fatalf("k's value in Redis: %v; want it filled", err)
+	}
+	if err := f.rdb.Get(context.Background(), keys.Flag).Err(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("k's flag in Redis: %v; want none left", err)
+	}
 }
 
 // panickingRecorder is a Recorder whose every Get panics.
