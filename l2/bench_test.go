@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/l2"
 )
@@ -49,7 +47,7 @@ func BenchmarkApplyOneWrite(b *testing.B) {
 	for _, r := range rows {
 		r.srv = redistest.Start(b)
 		rdb := r.srv.Client(b)
-		drainer(b, rdb)
+		redistest.Drain(b, rdb, channel) // the node a message goes to
 		st := l2.NewStore(rdb, "tc")
 		switch r.name {
 		case "SET":
@@ -98,26 +96,6 @@ func BenchmarkApplyOneWrite(b *testing.B) {
 			b.ReportMetric(float64(cpu[k])/float64(cpu[0]), r.name+"-redis-cpu-x")
 		}
 	}
-}
-
-// drainer subscribes to the bus channel through rdb and reads every message
-// until the benchmark ends: the subscriber a node would be.
-func drainer(b *testing.B, rdb *redis.Client) {
-	b.Helper()
-	ps := rdb.Subscribe(context.Background(), channel)
-	if _, err := ps.Receive(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	drained := make(chan struct{})
-	go func() {
-		defer close(drained)
-		for range ps.Channel() {
-		}
-	}()
-	b.Cleanup(func() {
-		_ = ps.Close()
-		<-drained
-	})
 }
 
 // commandTime returns, from srv's INFO commandstats since the last CONFIG

@@ -1103,20 +1103,7 @@ func storedBytes(tb testing.TB, rdb *redis.Client, c *tier.Cache[string, string]
 // until cleanup, and returns a message of the size of tiercache's.
 func floorSubscriber(tb testing.TB, rdb *redis.Client, channel string) string {
 	tb.Helper()
-	sub := rdb.Subscribe(context.Background(), channel)
-	if _, err := sub.Receive(context.Background()); err != nil {
-		tb.Fatal(err)
-	}
-	drained := make(chan struct{})
-	go func() {
-		defer close(drained)
-		for range sub.Channel() {
-		}
-	}()
-	tb.Cleanup(func() {
-		_ = sub.Close()
-		<-drained
-	})
+	redistest.Drain(tb, rdb, channel)
 	return strings.Repeat("m", 64)
 }
 

@@ -617,3 +617,27 @@ func tail(path string, offset int64, maxLines int) string {
 	}
 	return out
 }
+
+// Drain subscribes through rdb to channel and reads every message until
+// tb's cleanup: the subscriber a node would be, for a benchmark whose
+// PUBLISHes must be delivered to one. It returns once the server has
+// confirmed the subscription, so that every message published afterwards
+// reaches it.
+func Drain(tb testing.TB, rdb *redis.Client, channel string) {
+	tb.Helper()
+	ps := rdb.Subscribe(context.Background(), channel)
+	if _, err := ps.Receive(context.Background()); err != nil {
+		_ = ps.Close()
+		tb.Fatalf("redistest: SUBSCRIBE %s: %v", channel, err)
+	}
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for range ps.Channel() {
+		}
+	}()
+	tb.Cleanup(func() {
+		_ = ps.Close()
+		<-drained
+	})
+}

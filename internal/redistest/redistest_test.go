@@ -218,3 +218,16 @@ func TestCPU(t *testing.T) {
 		t.Fatalf("CPU after 2,000 SETs = %v, before %v; want it to have grown", after, before)
 	}
 }
+
+// TestDrain proves that Drain's subscription is in place when it returns
+// (a PUBLISH reaches one subscriber) and ends with the test (goleak).
+func TestDrain(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	redistest.Drain(t, rdb, "ch")
+	for i := range 100 {
+		if n, err := rdb.Publish(t.Context(), "ch", i).Result(); err != nil || n != 1 {
+			t.Fatalf("PUBLISH = %d, %v; want 1 subscriber", n, err)
+		}
+	}
+}
