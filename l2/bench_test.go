@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/interleave"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/l2"
 )
@@ -62,24 +63,16 @@ func BenchmarkApplyOneWrite(b *testing.B) {
 			b.Fatalf("%s: %v", r.name, err)
 		}
 	}
-	spent := make([]time.Duration, len(rows))
 	cpu := make([]time.Duration, len(rows))
 	for k, r := range rows {
 		r.srv.Do("CONFIG", "RESETSTAT")
 		cpu[k] = -r.srv.CPU()
 	}
-	n := 0
-	for i := 0; b.Loop(); i++ {
-		for k := range rows {
-			r := (i + k) % len(rows)
-			start := time.Now()
-			if err := rows[r].op(i); err != nil {
-				b.Fatalf("%s: %v", rows[r].name, err)
-			}
-			spent[r] += time.Since(start)
-		}
-		n++
+	runs := make([]interleave.Row, len(rows))
+	for k, r := range rows {
+		runs[k] = interleave.Row{Name: r.name, Op: r.op}
 	}
+	spent, n := interleave.Run(b, runs...)
 	for k, r := range rows {
 		cpu[k] += r.srv.CPU()
 	}

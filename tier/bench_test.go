@@ -19,6 +19,7 @@ import (
 	"github.com/tiercache/tiercache/bus"
 	"github.com/tiercache/tiercache/consistency"
 	"github.com/tiercache/tiercache/internal/hooks"
+	"github.com/tiercache/tiercache/internal/interleave"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/l1"
 	"github.com/tiercache/tiercache/l2"
@@ -995,22 +996,11 @@ func interleaved(b *testing.B, rows ...interleavedRow) int {
 // interleavedPer is interleaved for ops that each do per operations: it
 // reports each row's mean time per operation in unit.
 func interleavedPer(b *testing.B, per int, unit time.Duration, unitName string, rows ...interleavedRow) int {
-	spent := make([]time.Duration, len(rows))
-	iterations := 0
-	for i := 0; b.Loop(); i++ {
-		// Each iteration starts with the next row, so that what one row
-		// leaves running (a message to deliver, a worker to wake) falls on
-		// every row alike.
-		for k := range rows {
-			r := (i + k) % len(rows)
-			start := time.Now()
-			if err := rows[r].op(i); err != nil {
-				b.Fatalf("%s: %v", rows[r].name, err)
-			}
-			spent[r] += time.Since(start)
-		}
-		iterations++
+	runs := make([]interleave.Row, len(rows))
+	for r, row := range rows {
+		runs[r] = interleave.Row{Name: row.name, Op: row.op}
 	}
+	spent, iterations := interleave.Run(b, runs...)
 	for r, row := range rows {
 		b.ReportMetric(float64(spent[r])/float64(unit)/float64(iterations*per), row.name+"-"+unitName)
 		if r > 0 {
