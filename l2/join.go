@@ -64,18 +64,18 @@ type peekCall struct {
 // same master). Each caller asks the Guard for itself, and reports how its
 // own peek ended, as an operation of its own would: the breaker counts
 // callers, not batches.
-func (s *Store) peekJoined(ctx context.Context, k Keys, known []string) (peekKey, error) {
+func (s *Store) peekJoined(ctx context.Context, k Keys, known []string) (reply peekKey, err error) {
 	probe, err := s.admit()
 	if err != nil {
 		return peekKey{}, err
 	}
-	var reply peekKey // empty on an error
+	defer func() { s.report(ctx, probe, err) }()
 	j, err := s.joinerFor(ctx, k)
-	if err == nil {
-		reply, err = s.joinPeek(ctx, j, k, known)
+	if err != nil {
+		return peekKey{}, err
 	}
-	s.report(ctx, probe, err)
-	return reply, err
+	err = errEnded // until the peek returns (see doFor)
+	return s.joinPeek(ctx, j, k, known)
 }
 
 // joinerFor returns the joiner of k's peeks: the Store's on one server; on
@@ -162,7 +162,20 @@ func (c *peekCall) recycle() (peekKey, error) {
 // once like any caller that gives up; the batch's other callers go back to
 // the head of the queue, for the next batch, as if they had not been sent.
 func (s *Store) lead(ctx context.Context, j *joiner, self *peekCall, batch []*peekCall) {
+	sent := false
+	defer func() {
+		if !sent {
+			// A hook of the Redis client ended this goroutine inside the
+			// batch (runtime.Goexit, as t.FailNow does): its other callers
+			// go back to the head of the queue, as when ctx ends, and the
+			// queue goes on, rather than wait for ever behind a batch that
+			// never ends. The pipeline may hold the batch's commands.
+			j.pipe = nil
+			j.requeue(self, batch)
+		}
+	}()
 	err := s.sendBatch(ctx, j, batch)
+	sent = true
 	if err != nil && ctx.Err() != nil {
 		self.reply, self.err = peekKey{}, err
 		j.requeue(self, batch)

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,8 +28,9 @@ type peekGate struct {
 	release chan error
 }
 
-// errGatePanic, released to a peekGate, makes the hook panic.
-var errGatePanic = errors.New("panic")
+// errGatePanic, released to a peekGate, makes the hook panic; errGateExit
+// makes it end its goroutine (runtime.Goexit, as t.FailNow does).
+var errGatePanic, errGateExit = errors.New("panic"), errors.New("exit")
 
 func newPeekGate(rdbs ...*redis.Client) *peekGate {
 	g := &peekGate{held: make(chan []redis.Cmder), release: make(chan error)}
@@ -48,6 +52,9 @@ func (g *peekGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 		case err := <-g.release:
 			if errors.Is(err, errGatePanic) {
 				panic("hook of the application")
+			}
+			if errors.Is(err, errGateExit) {
+				runtime.Goexit()
 			}
 			if err != nil {
 				return err
@@ -275,6 +282,129 @@ func TestRace_R57_HookPanicsInABatch(t *testing.T) {
 	if r := <-queued; r.err != nil || !r.ok {
 		t.Fatalf("the peek queued behind the panic = %+v; want a hit", r)
 	}
+}
+
+// TestRace_R57_HookEndsTheGoroutineInABatch proves that a hook of the
+// client that ends the goroutine leading a joined batch (runtime.Goexit)
+// ends only that peek: the peek queued behind it goes out in the next
+// batch and answers, rather than wait for ever behind a batch that never
+// ends, and the Guard learns of the ended peek, as abandoned, so that a
+// breaker's probe would not be held for ever.
+func TestRace_R57_HookEndsTheGoroutineInABatch(t *testing.T) {
+	f := newFixture(t)
+	g := &countingGuard{}
+	st := l2.NewStore(f.rdb, "tc", l2.WithGuard(g))
+	ctx := t.Context()
+	k := l2.KeysFor("tc", "ns", "k")
+	fillIn(t, st, k, envelope(t, "k", "v1"), valueTTL, known...)
+	allowed, done, _ := g.counts()
+	gate := newPeekGate(f.rdb)
+	returned := make(chan bool, 1)
+	go func() {
+		ok := false
+		defer func() { returned <- ok }()
+		_, _, _ = st.Peek(ctx, k, known, l2.Claim{})
+		ok = true
+	}()
+	gate.batch(t)
+	queued := peekAsync(ctx, st, k)
+	waitQueued(t, st, 1)
+	gate.release <- errGateExit
+	if <-returned {
+		t.Fatal("the leader's Peek returned; want its goroutine ended by the hook")
+	}
+	if got := gate.batch(t); len(got) != 2 {
+		t.Fatalf("the queued peek sent %v; want its own PTTL and MGET", got)
+	}
+	gate.release <- nil
+	if r := <-queued; r.err != nil || !r.ok {
+		t.Fatalf("the peek queued behind the ended batch = %+v; want a hit", r)
+	}
+	a, d, abandoned := g.counts()
+	if a-allowed != 2 || d-done != 2 || abandoned != 1 {
+		t.Fatalf("the Guard admitted %d peeks and learnt how %d ended, %d abandoned; want 2, 2 and 1", a-allowed, d-done, abandoned)
+	}
+}
+
+// exitAfterScript is a go-redis hook that ends the goroutine (runtime.Goexit,
+// as t.FailNow does) once, right after the first script whose arguments
+// name key has run.
+type exitAfterScript struct {
+	key  string
+	once sync.Once
+}
+
+func (h *exitAfterScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *exitAfterScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *exitAfterScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if name := cmd.Name(); (name == "evalsha" || name == "eval") && slices.Contains(cmd.Args(), any(h.key)) {
+			h.once.Do(runtime.Goexit)
+		}
+		return err
+	}
+}
+
+// TestGoexitInAnOperationIsAbandoned proves that an operation whose
+// goroutine a hook of the client ends (runtime.Goexit) is reported to the
+// Guard, as abandoned: a breaker's probe is freed rather than held for
+// ever, with every operation after it refused.
+func TestGoexitInAnOperationIsAbandoned(t *testing.T) {
+	f := newFixture(t)
+	g := &countingGuard{}
+	st := l2.NewStore(f.rdb, "tc", l2.WithGuard(g))
+	k := l2.KeysFor("tc", "ns", "k")
+	if err := st.LoadScripts(t.Context()); err != nil { // so that the first EVALSHA runs its script
+		t.Fatalf("LoadScripts: %v", err)
+	}
+	f.rdb.AddHook(&exitAfterScript{key: k.Flag})
+	tok := consistency.NewToken()
+	returned := make(chan bool, 1)
+	go func() {
+		ok := false
+		defer func() { returned <- ok }()
+		_, _ = st.ReadOrClaim(t.Context(), k, tok, flagTTL)
+		ok = true
+	}()
+	if <-returned {
+		t.Fatal("ReadOrClaim returned; want its goroutine ended by the hook")
+	}
+	f.mustHold(t, k.Flag, tok) // the script ran: the claim is the caller's to release
+	if a, d, abandoned := g.counts(); a != 1 || d != 1 || abandoned != 1 {
+		t.Fatalf("the Guard admitted %d operations and learnt how %d ended, %d abandoned; want 1 each", a, d, abandoned)
+	}
+}
+
+// countingGuard is a Guard that admits every operation, as its probe, and
+// counts what it admitted and how the operations ended.
+type countingGuard struct {
+	mu                       sync.Mutex
+	allowed, done, abandoned int
+}
+
+func (g *countingGuard) Allow() (bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.allowed++
+	return true, nil
+}
+
+func (g *countingGuard) Done(probe bool, o l2.Outcome) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.done++
+	if o == l2.Abandoned {
+		g.abandoned++
+	}
+}
+
+func (g *countingGuard) counts() (allowed, done, abandoned int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.allowed, g.done, g.abandoned
 }
 
 // TestRace_R57_LeaderGivesUpInFlight proves that a leader whose batch is in

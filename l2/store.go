@@ -671,15 +671,22 @@ func (s *Store) do(ctx context.Context, op func(context.Context) error) error {
 }
 
 // doFor is do with the timeout extended by extra.
-func (s *Store) doFor(ctx context.Context, extra time.Duration, op func(context.Context) error) error {
+func (s *Store) doFor(ctx context.Context, extra time.Duration, op func(context.Context) error) (err error) {
 	probe, err := s.admit()
 	if err != nil {
 		return err
 	}
-	err = s.bounded(ctx, extra, op)
-	s.report(ctx, probe, err)
-	return err
+	err = errEnded // until op returns
+	defer func() { s.report(ctx, probe, err) }()
+	return s.bounded(ctx, extra, op)
 }
+
+// errEnded is what the Guard learns of an operation whose goroutine ended
+// inside it (runtime.Goexit in a hook of the Redis client, as t.FailNow
+// does): abandoned, since it says nothing of Redis, so that a breaker's
+// probe is freed rather than held for ever, with every operation after it
+// refused.
+var errEnded = fmt.Errorf("%w: the goroutine ended inside the operation", ErrPanic)
 
 // admit asks the Guard whether an operation may go to Redis: an error
 // wrapping ErrUnavailable if not, else whether it is the Guard's probe,
