@@ -191,7 +191,7 @@ func (c *Cache[K, V]) load(ctx context.Context, key K, s string, h uint64, mode 
 	for {
 		token := n.token()
 		start := time.Now()
-		r, err := n.store.ReadOrClaimWith(rctx, keys, token, n.cfg.FlagTTL, claim)
+		r, err := c.readOrClaim(rctx, keys, token, claim)
 		if n.hooks != nil && n.hooks.AfterRead != nil {
 			n.hooks.AfterRead(s)
 		}
@@ -461,6 +461,23 @@ func (c *Cache[K, V]) settle(ctx context.Context, key K, s string, h uint64, key
 		}
 	}
 	return stepWait, loaded[V]{}, nil
+}
+
+// readOrClaim reads keys, or claims them under token. If the read does not
+// return (a hook of the Redis client ends the goroutine inside it,
+// runtime.Goexit, as t.FailNow does), the token is released on the way
+// out, so that a claim the script took is not left to lapse after
+// FlagTTL; releasing a token the read did not take changes nothing.
+func (c *Cache[K, V]) readOrClaim(ctx context.Context, keys l2.Keys, token string, claim l2.Claim) (l2.Read, error) {
+	returned := false
+	defer func() {
+		if !returned {
+			c.release(ctx, keys, token)
+		}
+	}()
+	r, err := c.node.store.ReadOrClaimWith(ctx, keys, token, c.node.cfg.FlagTTL, claim)
+	returned = true
+	return r, err
 }
 
 // settleHolding is settle for a read that may have claimed the key: if a

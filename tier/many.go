@@ -211,7 +211,18 @@ func (c *Cache[K, V]) GetMany(ctx context.Context, keys []K) (_ map[K]V, err err
 		ks[i], toks[i] = toRead[i].keys, toRead[i].tok
 	}
 	readAt := time.Now()
+	// As a Get's read (readOrClaim): if the read does not return, every
+	// token is released on the way out.
+	returned := false
+	defer func() {
+		if !returned {
+			for i, k := range ks {
+				c.release(ctx, k, toks[i])
+			}
+		}
+	}()
 	reads, readErrs, err := n.store.ReadOrClaimMany(context.WithoutCancel(ctx), ks, toks, n.cfg.FlagTTL, l2.Claim{Below: c.z.below})
+	returned = true
 	if err != nil {
 		n.redisFailed(c.ns, "read many", err)
 		reads, readErrs = nil, nil

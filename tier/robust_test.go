@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -268,6 +269,94 @@ func TestRace_R37_DecodeEndsItsGoroutine(t *testing.T) {
 				if flag := f.flag(k); flag != "" {
 					t.Fatalf("the claim of %s (%q) outlived the read, which holds it until FlagTTL; want it released", k, flag)
 				}
+			}
+		})
+	}
+}
+
+// exitAfterRead is a go-redis hook that ends the goroutine (runtime.Goexit,
+// as t.FailNow does) once, right after a script that names one of flags
+// ran, alone or in a pipeline.
+type exitAfterRead struct {
+	flags []any
+	once  sync.Once
+}
+
+func (h *exitAfterRead) after(cmds ...redis.Cmder) {
+	for _, cmd := range cmds {
+		name := cmd.Name()
+		if (name != "evalsha" && name != "eval") || cmd.Err() != nil {
+			continue // a NOSCRIPT reply ran nothing: the script follows
+		}
+		for _, flag := range h.flags {
+			if slices.Contains(cmd.Args(), flag) {
+				h.once.Do(runtime.Goexit)
+			}
+		}
+	}
+}
+
+func (h *exitAfterRead) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *exitAfterRead) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.after(cmd)
+		return err
+	}
+}
+func (h *exitAfterRead) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		h.after(cmds...)
+		return err
+	}
+}
+
+// TestRace_R37_ClientHookEndsTheRead proves that a hook of the node's own
+// Redis client that ends the goroutine (runtime.Goexit) right after the
+// read script claimed a key costs the read, not the claim: the read's
+// tokens are released on the way out, so that no reader waits FlagTTL (ten
+// minutes here), and the next read fills the key.
+func TestRace_R37_ClientHookEndsTheRead(t *testing.T) {
+	for _, many := range []bool{false, true} {
+		t.Run(fmt.Sprint("GetMany=", many), func(t *testing.T) {
+			ctx := context.Background()
+			f := newFleet(t)
+			rdb := f.srv.Client(t)
+			keys := []string{"k", "k2"}
+			hook := &exitAfterRead{}
+			for _, k := range keys {
+				hook.flags = append(hook.flags, l2.KeysFor(tier.DefaultPrefix, ns, k).Flag)
+			}
+			rdb.AddHook(hook)
+			n, err := tier.NewNode(ctx, rdb, tier.NodeConfig{FlagTTL: slowFlag})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = n.Close() })
+			src := newSource()
+			for _, k := range keys {
+				src.set(k, "v")
+			}
+			c := cache(t, n, src)
+			ended := make(chan struct{})
+			go func() {
+				defer close(ended)
+				if many {
+					_, _ = c.GetMany(ctx, keys)
+				} else {
+					_, _ = c.Get(ctx, "k")
+				}
+				t.Error("the read returned, though a hook of its client ended its goroutine")
+			}()
+			wait(t, ended, "the read's goroutine to end")
+			for _, k := range keys {
+				if flag := f.flag(k); flag != "" {
+					t.Fatalf("the claim of %s (%q) outlived the read, which holds it until FlagTTL; want it released", k, flag)
+				}
+			}
+			if got := mustGet(t, c, "k"); got != "v" {
+				t.Fatalf("Get after the ended read = %q; want v", got)
 			}
 		})
 	}
