@@ -69,12 +69,12 @@ func (s *Store) peekJoined(ctx context.Context, k Keys, known []string) (reply p
 	if err != nil {
 		return peekKey{}, err
 	}
-	defer func() { s.report(ctx, probe, err) }()
-	j, err := s.joinerFor(ctx, k)
-	if err != nil {
-		return peekKey{}, err
-	}
 	err = errEnded // until the peek returns (see doFor)
+	defer func() { s.report(ctx, probe, err) }()
+	j, jerr := s.joinerFor(ctx, k)
+	if jerr != nil {
+		return peekKey{}, jerr
+	}
 	return s.joinPeek(ctx, j, k, known)
 }
 

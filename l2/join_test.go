@@ -297,7 +297,7 @@ func TestRace_R57_HookEndsTheGoroutineInABatch(t *testing.T) {
 	ctx := t.Context()
 	k := l2.KeysFor("tc", "ns", "k")
 	fillIn(t, st, k, envelope(t, "k", "v1"), valueTTL, known...)
-	allowed, done, _ := g.counts()
+	allowed, done, abandonedBefore := g.counts()
 	gate := newPeekGate(f.rdb)
 	returned := make(chan bool, 1)
 	go func() {
@@ -310,8 +310,13 @@ func TestRace_R57_HookEndsTheGoroutineInABatch(t *testing.T) {
 	queued := peekAsync(ctx, st, k)
 	waitQueued(t, st, 1)
 	gate.release <- errGateExit
-	if <-returned {
-		t.Fatal("the leader's Peek returned; want its goroutine ended by the hook")
+	select {
+	case ok := <-returned:
+		if ok {
+			t.Fatal("the leader's Peek returned; want its goroutine ended by the hook")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the leader's Peek neither returned nor ended")
 	}
 	if got := gate.batch(t); len(got) != 2 {
 		t.Fatalf("the queued peek sent %v; want its own PTTL and MGET", got)
@@ -321,17 +326,18 @@ func TestRace_R57_HookEndsTheGoroutineInABatch(t *testing.T) {
 		t.Fatalf("the peek queued behind the ended batch = %+v; want a hit", r)
 	}
 	a, d, abandoned := g.counts()
-	if a-allowed != 2 || d-done != 2 || abandoned != 1 {
-		t.Fatalf("the Guard admitted %d peeks and learnt how %d ended, %d abandoned; want 2, 2 and 1", a-allowed, d-done, abandoned)
+	if a-allowed != 2 || d-done != 2 || abandoned-abandonedBefore != 1 {
+		t.Fatalf("the Guard admitted %d peeks and learnt how %d ended, %d abandoned; want 2, 2 and 1", a-allowed, d-done, abandoned-abandonedBefore)
 	}
 }
 
 // exitAfterScript is a go-redis hook that ends the goroutine (runtime.Goexit,
-// as t.FailNow does) once, right after the first script whose arguments
-// name key has run.
+// as t.FailNow does), or with panics set panics, once, right after the
+// first script whose arguments name key has run.
 type exitAfterScript struct {
-	key  string
-	once sync.Once
+	key    string
+	panics bool
+	once   sync.Once
 }
 
 func (h *exitAfterScript) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -342,39 +348,56 @@ func (h *exitAfterScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook 
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		err := next(ctx, cmd)
 		if name := cmd.Name(); (name == "evalsha" || name == "eval") && slices.Contains(cmd.Args(), any(h.key)) {
-			h.once.Do(runtime.Goexit)
+			h.once.Do(func() {
+				if h.panics {
+					panic("hook of the application")
+				}
+				runtime.Goexit()
+			})
 		}
 		return err
 	}
 }
 
-// TestGoexitInAnOperationIsAbandoned proves that an operation whose
-// goroutine a hook of the client ends (runtime.Goexit) is reported to the
-// Guard, as abandoned: a breaker's probe is freed rather than held for
+// TestGoexitInAnOperationIsAbandoned proves that an operation that a hook
+// of the client ends (runtime.Goexit) or unwinds (a panic) is reported to
+// the Guard, as abandoned: a breaker's probe is freed rather than held for
 // ever, with every operation after it refused.
 func TestGoexitInAnOperationIsAbandoned(t *testing.T) {
-	f := newFixture(t)
-	g := &countingGuard{}
-	st := l2.NewStore(f.rdb, "tc", l2.WithGuard(g))
-	k := l2.KeysFor("tc", "ns", "k")
-	if err := st.LoadScripts(t.Context()); err != nil { // so that the first EVALSHA runs its script
-		t.Fatalf("LoadScripts: %v", err)
-	}
-	f.rdb.AddHook(&exitAfterScript{key: k.Flag})
-	tok := consistency.NewToken()
-	returned := make(chan bool, 1)
-	go func() {
-		ok := false
-		defer func() { returned <- ok }()
-		_, _ = st.ReadOrClaim(t.Context(), k, tok, flagTTL)
-		ok = true
-	}()
-	if <-returned {
-		t.Fatal("ReadOrClaim returned; want its goroutine ended by the hook")
-	}
-	f.mustHold(t, k.Flag, tok) // the script ran: the claim is the caller's to release
-	if a, d, abandoned := g.counts(); a != 1 || d != 1 || abandoned != 1 {
-		t.Fatalf("the Guard admitted %d operations and learnt how %d ended, %d abandoned; want 1 each", a, d, abandoned)
+	for _, panics := range []bool{false, true} {
+		t.Run(fmt.Sprint("panics=", panics), func(t *testing.T) {
+			f := newFixture(t)
+			g := &countingGuard{}
+			st := l2.NewStore(f.rdb, "tc", l2.WithGuard(g))
+			k := l2.KeysFor("tc", "ns", "k")
+			if err := st.LoadScripts(t.Context()); err != nil { // so that the first EVALSHA runs its script
+				t.Fatalf("LoadScripts: %v", err)
+			}
+			f.rdb.AddHook(&exitAfterScript{key: k.Flag, panics: panics})
+			tok := consistency.NewToken()
+			returned := make(chan bool, 1)
+			go func() {
+				ok := false
+				defer func() {
+					_ = recover() // the hook's panic, which reached the caller
+					returned <- ok
+				}()
+				_, _ = st.ReadOrClaim(t.Context(), k, tok, flagTTL)
+				ok = true
+			}()
+			select {
+			case ok := <-returned:
+				if ok {
+					t.Fatal("ReadOrClaim returned; want the hook to end or unwind it")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("ReadOrClaim neither returned nor ended")
+			}
+			f.mustHold(t, k.Flag, tok) // the script ran: the claim is the caller's to release
+			if a, d, abandoned := g.counts(); a != 1 || d != 1 || abandoned != 1 {
+				t.Fatalf("the Guard admitted %d operations and learnt how %d ended, %d abandoned; want 1 each", a, d, abandoned)
+			}
+		})
 	}
 }
 

@@ -681,11 +681,12 @@ func (s *Store) doFor(ctx context.Context, extra time.Duration, op func(context.
 	return s.bounded(ctx, extra, op)
 }
 
-// errEnded is what the Guard learns of an operation whose goroutine ended
-// inside it (runtime.Goexit in a hook of the Redis client, as t.FailNow
-// does): abandoned, since it says nothing of Redis, so that a breaker's
-// probe is freed rather than held for ever, with every operation after it
-// refused.
+// errEnded is what the Guard learns of an operation that did not return:
+// its goroutine ended inside it (runtime.Goexit in a hook of the Redis
+// client, as t.FailNow does), or a panic of such a hook is unwinding it
+// (outside a batch of peeks, which recovers them). Abandoned, since it says
+// nothing of Redis: a breaker's probe is freed rather than held for ever,
+// with every operation after it refused.
 var errEnded = fmt.Errorf("%w: the goroutine ended inside the operation", ErrPanic)
 
 // admit asks the Guard whether an operation may go to Redis: an error

@@ -331,7 +331,7 @@ func TestBreakerRecorderThatEndsItsGoroutine(t *testing.T) {
 			v, err := c.Get(context.Background(), "k")
 			ok = err == nil && v == "v"
 		}()
-		if !<-returned {
+		if !wait(t, returned, "a Get as Redis came back") {
 			t.Fatalf("a Get as Redis came back ended other than with v (the breaker closed %d times)", rec.closed.Load())
 		}
 		time.Sleep(5 * time.Millisecond) // polling a condition, bounded by the guard
