@@ -244,6 +244,26 @@ func TestApply_OneWrite(t *testing.T) {
 		}
 	}
 
+	// write makes k's value v1 in one Apply announced as message 1, checks
+	// which of the lean write script and the apply script ran (want), and
+	// that k's flag, wake mark and meta list are gone; it returns the
+	// envelope written.
+	write := func(t *testing.T, f *fixture, k l2.Keys, want [2]bool) []byte {
+		t.Helper()
+		env := envelope(t, "k", "v1")
+		seq, err := f.st.Apply(t.Context(), []l2.Change{{Keys: k, Write: true, Envelope: env, TTL: valueTTL, Groups: groups}}, ann("1"))
+		if err != nil || seq != 1 {
+			t.Fatalf("Apply = %d, %v; want 1, nil", seq, err)
+		}
+		if got := ran(t, f); got != want {
+			t.Fatalf("ran the lean write script, the apply script: %v; want %v", got, want)
+		}
+		for _, key := range []string{k.Flag, k.Flag + "w", k.Meta} {
+			f.mustAbsent(t, key)
+		}
+		return env
+	}
+
 	t.Run("as the apply script", func(t *testing.T) {
 		f := newFixture(t)
 		ctx := t.Context()
@@ -260,18 +280,8 @@ func TestApply_OneWrite(t *testing.T) {
 		if err := f.rdb.PExpire(ctx, long, l2.GroupStampTTL).Err(); err != nil {
 			t.Fatalf("PEXPIRE: %v", err)
 		}
-		env := envelope(t, "k", "v1")
-		seq, err := f.st.Apply(ctx, []l2.Change{{Keys: k, Write: true, Envelope: env, TTL: valueTTL, Groups: groups}}, ann("1"))
-		if err != nil || seq != 1 {
-			t.Fatalf("Apply = %d, %v; want 1, nil", seq, err)
-		}
-		if got := ran(t, f); got != [2]bool{true, false} {
-			t.Fatalf("ran the lean write script, the apply script: %v; want [true false]", got)
-		}
+		env := write(t, f, k, [2]bool{true, false})
 		lean := stored(t, f, k.Value)
-		for _, key := range []string{k.Flag, k.Flag + "w", k.Meta} {
-			f.mustAbsent(t, key)
-		}
 		if d := f.pttl(t, k.Value); d <= valueTTL-time.Minute || d > valueTTL {
 			t.Errorf("PTTL %v; want about %v", d, valueTTL)
 		}
@@ -329,19 +339,9 @@ func TestApply_OneWrite(t *testing.T) {
 		if err := f.rdb.Del(ctx, gone).Err(); err != nil {
 			t.Fatalf("DEL: %v", err)
 		}
-		env := envelope(t, "k", "v1")
-		seq, err := f.st.Apply(ctx, []l2.Change{{Keys: k, Write: true, Envelope: env, TTL: valueTTL, Groups: groups}}, ann("1"))
-		if err != nil || seq != 1 {
-			t.Fatalf("Apply = %d, %v; want 1, nil", seq, err)
-		}
-		if got := ran(t, f); got != [2]bool{true, true} {
-			t.Fatalf("ran the lean write script, the apply script: %v; want both", got)
-		}
+		env := write(t, f, k, [2]bool{true, true})
 		if st := stored(t, f, k.Value); st.Envelope != string(env) {
 			t.Errorf("stored envelope %q; want %q", st.Envelope, env)
-		}
-		for _, key := range []string{k.Flag, k.Flag + "w", k.Meta} {
-			f.mustAbsent(t, key)
 		}
 		// One message: the lean script's attempt announced nothing.
 		if m := receive(t, ps); withoutSent(t, m.Payload, len("head1")) != payload([]byte("head1"), 1, []byte("body")) {

@@ -310,14 +310,7 @@ func TestRace_R57_HookEndsTheGoroutineInABatch(t *testing.T) {
 	queued := peekAsync(ctx, st, k)
 	waitQueued(t, st, 1)
 	gate.release <- errGateExit
-	select {
-	case ok := <-returned:
-		if ok {
-			t.Fatal("the leader's Peek returned; want its goroutine ended by the hook")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the leader's Peek neither returned nor ended")
-	}
+	mustEnd(t, returned, "the leader's Peek")
 	if got := gate.batch(t); len(got) != 2 {
 		t.Fatalf("the queued peek sent %v; want its own PTTL and MGET", got)
 	}
@@ -385,19 +378,26 @@ func TestGoexitInAnOperationIsAbandoned(t *testing.T) {
 				_, _ = st.ReadOrClaim(t.Context(), k, tok, flagTTL)
 				ok = true
 			}()
-			select {
-			case ok := <-returned:
-				if ok {
-					t.Fatal("ReadOrClaim returned; want the hook to end or unwind it")
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("ReadOrClaim neither returned nor ended")
-			}
+			mustEnd(t, returned, "ReadOrClaim")
 			f.mustHold(t, k.Flag, tok) // the script ran: the claim is the caller's to release
 			if a, d, abandoned := g.counts(); a != 1 || d != 1 || abandoned != 1 {
 				t.Fatalf("the Guard admitted %d operations and learnt how %d ended, %d abandoned; want 1 each", a, d, abandoned)
 			}
 		})
+	}
+}
+
+// mustEnd waits for a goroutine that sends on returned whether its call
+// returned, and fails unless a hook ended or unwound the call instead.
+func mustEnd(t *testing.T, returned <-chan bool, call string) {
+	t.Helper()
+	select {
+	case ok := <-returned:
+		if ok {
+			t.Fatalf("%s returned; want the hook to end or unwind it", call)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s neither returned nor ended", call)
 	}
 }
 
