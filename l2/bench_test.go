@@ -66,18 +66,20 @@ func BenchmarkApplyOneWrite(b *testing.B) {
 	cpu := make([]time.Duration, len(rows))
 	for k, r := range rows {
 		r.srv.Do("CONFIG", "RESETSTAT")
-		cpu[k] = -r.srv.CPU()
+		cpu[k] = -r.srv.Stats().CPU
 	}
 	runs := make([]interleave.Row, len(rows))
 	for k, r := range rows {
 		runs[k] = interleave.Row{Name: r.name, Op: r.op}
 	}
 	spent, n := interleave.Run(b, runs...)
+	stats := make([]redistest.Stats, len(rows))
 	for k, r := range rows {
-		cpu[k] += r.srv.CPU()
+		stats[k] = r.srv.Stats()
+		cpu[k] += stats[k].CPU
 	}
 	for k, r := range rows {
-		script, commands := commandTime(b, r.srv)
+		script, commands := commandTime(stats[k])
 		b.ReportMetric(float64(spent[k])/float64(time.Microsecond)/float64(n), r.name+"-µs")
 		b.ReportMetric(float64(cpu[k])/float64(time.Microsecond)/float64(n), r.name+"-redis-cpu-µs")
 		b.ReportMetric(float64(commands)/float64(time.Microsecond)/float64(n), r.name+"-commands-µs")
@@ -91,29 +93,16 @@ func BenchmarkApplyOneWrite(b *testing.B) {
 	}
 }
 
-// commandTime returns, from srv's INFO commandstats since the last CONFIG
-// RESETSTAT, the time spent in scripts (EVALSHA, EVAL) and the time spent
-// in every other command but the statistics' own (CONFIG, INFO).
-func commandTime(b *testing.B, srv *redistest.Server) (script, commands time.Duration) {
-	b.Helper()
-	info, _ := srv.Do("INFO", "commandstats").(string)
-	for line := range strings.Lines(info) {
-		// cmdstat_get:calls=3,usec=5,usec_per_call=1.67,...
-		name, stats, ok := strings.Cut(strings.TrimSpace(line), ":")
-		name, isCmd := strings.CutPrefix(name, "cmdstat_")
-		if !ok || !isCmd || strings.HasPrefix(name, "config") || name == "info" {
-			continue
-		}
-		_, usec, _ := strings.Cut(stats, "usec=")
-		usec, _, _ = strings.Cut(usec, ",")
-		us, err := strconv.ParseInt(usec, 10, 64)
-		if err != nil {
-			b.Fatalf("INFO commandstats on %s: %q: %v", srv.Addr(), line, err)
-		}
-		if name == "evalsha" || name == "eval" {
-			script += time.Duration(us) * time.Microsecond
-		} else {
-			commands += time.Duration(us) * time.Microsecond
+// commandTime returns, from a server's Stats since CONFIG RESETSTAT, the
+// time spent in scripts (EVALSHA, EVAL) and in every other command but the
+// statistics' own (CONFIG, INFO).
+func commandTime(st redistest.Stats) (script, commands time.Duration) {
+	for name, cs := range st.Commands {
+		switch {
+		case name == "evalsha" || name == "eval":
+			script += cs.Time
+		case !strings.HasPrefix(name, "config") && name != "info":
+			commands += cs.Time
 		}
 	}
 	return script, commands

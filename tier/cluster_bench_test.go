@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -255,33 +253,11 @@ func costNow(tb testing.TB, rdb redis.UniversalClient) serverCost {
 		return fn(ctx, rdb.(*redis.Client))
 	}
 	err := each(context.Background(), func(ctx context.Context, m *redis.Client) error {
-		info, err := m.Info(ctx, "commandstats", "cpu").Result()
+		st, err := redistest.ReadStats(ctx, m)
 		if err != nil {
 			return err
 		}
-		var (
-			calls int64
-			cpu   time.Duration
-		)
-		for line := range strings.Lines(info) {
-			line = strings.TrimSpace(line)
-			// used_cpu_user:0.123456
-			if name, v, ok := strings.Cut(line, ":"); ok && (name == "used_cpu_user" || name == "used_cpu_sys") {
-				secs, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					return fmt.Errorf("INFO cpu on %s: %q: %w", m.Options().Addr, line, err)
-				}
-				cpu += time.Duration(secs * float64(time.Second))
-				continue
-			}
-			// cmdstat_evalsha:calls=3,usec=5,usec_per_call=1.67,...
-			if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
-				v, _, _ := strings.Cut(rest, ",")
-				if calls, err = strconv.ParseInt(v, 10, 64); err != nil {
-					return fmt.Errorf("INFO commandstats on %s: %q: %w", m.Options().Addr, line, err)
-				}
-			}
-		}
+		calls, cpu := st.Commands["evalsha"].Calls, st.CPU
 		mu.Lock()
 		out.evalsha += calls
 		out.redisCPU += cpu

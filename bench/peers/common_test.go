@@ -1,7 +1,6 @@
 package peers
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -387,41 +386,13 @@ type serverState struct {
 // command.
 func serverNow(tb testing.TB, admin *redis.Client) serverState {
 	tb.Helper()
-	info, err := admin.Info(context.Background(), "commandstats", "cpu").Result()
+	stats, err := redistest.ReadStats(context.Background(), admin)
 	if err != nil {
-		tb.Fatalf("INFO commandstats cpu: %v", err)
+		tb.Fatal(err)
 	}
-	st := serverState{calls: make(map[string]int64)}
-	sc := bufio.NewScanner(strings.NewReader(info))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		// used_cpu_user:0.123456
-		if name, v, ok := strings.Cut(line, ":"); ok && (name == "used_cpu_user" || name == "used_cpu_sys") {
-			secs, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				tb.Fatalf("INFO cpu: %q: %v", line, err)
-			}
-			st.cpu += time.Duration(secs * float64(time.Second))
-			continue
-		}
-		// cmdstat_get:calls=3,usec=5,usec_per_call=1.67,rejected_calls=0,failed_calls=0
-		rest, ok := strings.CutPrefix(line, "cmdstat_")
-		if !ok {
-			continue
-		}
-		name, fields, ok := strings.Cut(rest, ":")
-		if !ok {
-			continue
-		}
-		for field := range strings.SplitSeq(fields, ",") {
-			if v, ok := strings.CutPrefix(field, "calls="); ok {
-				n, err := strconv.ParseInt(v, 10, 64)
-				if err != nil {
-					tb.Fatalf("INFO commandstats: %q: %v", line, err)
-				}
-				st.calls[name] = n
-			}
-		}
+	st := serverState{calls: make(map[string]int64), cpu: stats.CPU}
+	for name, cs := range stats.Commands {
+		st.calls[name] = cs.Calls
 	}
 	return st
 }

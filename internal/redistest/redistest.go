@@ -370,30 +370,17 @@ func (s *Server) Do(args ...any) any {
 	return v
 }
 
-// CPU returns the CPU time, user and system, that the server has used
-// since it started (INFO cpu): the difference of two readings around a
-// fixed number of operations is their cost to Redis, a fleet's capacity
-// figure. It fails the test if the server does not answer.
-func (s *Server) CPU() time.Duration {
+// Stats reads the server's INFO cpu and commandstats (see ReadStats). It
+// fails the test if the server does not answer or INFO cannot be parsed.
+func (s *Server) Stats() Stats {
 	s.t.Helper()
-	info, _ := s.Do("INFO", "cpu").(string)
-	var cpu time.Duration
-	for line := range strings.Lines(info) {
-		// used_cpu_sys:0.123456
-		name, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || (name != "used_cpu_sys" && name != "used_cpu_user") {
-			continue
-		}
-		secs, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			s.t.Fatalf("redistest: INFO cpu on %s: %q: %v", s.Addr(), line, err)
-		}
-		cpu += time.Duration(secs * float64(time.Second))
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), DialTimeout: clientTimeout, ReadTimeout: clientTimeout, WriteTimeout: clientTimeout, MaxRetries: -1})
+	defer func() { _ = c.Close() }()
+	st, err := ReadStats(context.Background(), c)
+	if err != nil {
+		s.t.Fatalf("redistest: %v", err)
 	}
-	if cpu == 0 {
-		s.t.Fatalf("redistest: INFO cpu on %s has no used_cpu_sys nor used_cpu_user: %q", s.Addr(), info)
-	}
-	return cpu
+	return st
 }
 
 // signal sends sig to the running server process.

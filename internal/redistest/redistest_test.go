@@ -199,14 +199,15 @@ func TestConcurrentUse(t *testing.T) {
 	}
 }
 
-// TestCPU proves that CPU reads a server's CPU time, and that work on the
-// server shows in it.
-func TestCPU(t *testing.T) {
+// TestStats proves that Stats reads a server's CPU time and its commands'
+// counts, and that work on the server shows in them.
+func TestStats(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
-	before := srv.CPU()
-	if before <= 0 {
-		t.Fatalf("CPU of a running server = %v; want more than 0", before)
+	srv.Do("CONFIG", "RESETSTAT")
+	before := srv.Stats()
+	if before.CPU <= 0 {
+		t.Fatalf("CPU of a running server = %v; want more than 0", before.CPU)
 	}
 	value := strings.Repeat("v", 1000)
 	for i := range 2000 {
@@ -214,9 +215,60 @@ func TestCPU(t *testing.T) {
 			t.Fatalf("SET: %v", err)
 		}
 	}
-	if after := srv.CPU(); after <= before {
-		t.Fatalf("CPU after 2,000 SETs = %v, before %v; want it to have grown", after, before)
+	after := srv.Stats()
+	if after.CPU <= before.CPU {
+		t.Fatalf("CPU after 2,000 SETs = %v, before %v; want it to have grown", after.CPU, before.CPU)
 	}
+	if set := after.Commands["set"]; set.Calls != 2000 || set.Time <= 0 {
+		t.Fatalf("INFO commandstats for SET = %+v; want 2000 calls and their time", set)
+	}
+}
+
+// TestParseStats proves ParseStats reads the CPU and commands lines and
+// refuses what it cannot read, rather than count it as nothing.
+func TestParseStats(t *testing.T) {
+	info := "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:0.250000\r\n\r\n# Commandstats\r\n" +
+		"cmdstat_get:calls=3,usec=5,usec_per_call=1.67,rejected_calls=0,failed_calls=0\r\n" +
+		"cmdstat_config|resetstat:calls=1,usec=40,usec_per_call=40.00,rejected_calls=0,failed_calls=0\r\n"
+	st, err := redistest.ParseStats(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.CPU != 1750*time.Millisecond || st.Commands["get"] != (redistest.CommandStats{Calls: 3, Time: 5 * time.Microsecond}) || st.Commands["config|resetstat"].Calls != 1 {
+		t.Fatalf("ParseStats = %+v", st)
+	}
+	for _, bad := range []string{
+		"# Commandstats\r\ncmdstat_get:calls=3,usec=5\r\n", // no CPU lines
+		"used_cpu_sys:x\r\n", // unreadable CPU
+		"used_cpu_sys:1\r\ncmdstat_get:calls=three,usec=5\r\n", // unreadable calls
+		"used_cpu_sys:1\r\ncmdstat_get:calls=3,usec=-5\r\n",    // negative time
+	} {
+		if st, err := redistest.ParseStats(bad); err == nil {
+			t.Errorf("ParseStats(%q) = %+v, nil; want an error", bad, st)
+		}
+	}
+}
+
+// FuzzParseStats checks that no INFO text makes ParseStats panic, and
+// that what it accepts has a CPU time and no negative count.
+func FuzzParseStats(f *testing.F) {
+	f.Add("used_cpu_sys:1.5\r\nused_cpu_user:0.25\r\ncmdstat_get:calls=3,usec=5,usec_per_call=1.67\r\n")
+	f.Add("cmdstat_evalsha:calls=1,usec=40\r\n")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, info string) {
+		st, err := redistest.ParseStats(info)
+		if err != nil {
+			return
+		}
+		if st.CPU < 0 {
+			t.Fatalf("CPU %v", st.CPU)
+		}
+		for name, cs := range st.Commands {
+			if cs.Calls < 0 || cs.Time < 0 {
+				t.Fatalf("%s: %+v", name, cs)
+			}
+		}
+	})
 }
 
 // TestDrain proves that Drain's subscription is in place when it returns
