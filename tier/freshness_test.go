@@ -159,16 +159,23 @@ func staleInL1(t *testing.T, f *fleet, n *tier.Node, c *tier.Cache[string, strin
 	f.pexpire("k", 45*time.Minute) // Redis's: in the stale window
 }
 
-// R34 from L1: an L1 entry past its freshness is served as stale from L1,
-// and one background refresh (however many hits) replaces it.
-func TestRace_R34_StaleWhileRevalidateFromL1(t *testing.T) {
+// clockedNode starts a fleet with one node whose clock the test moves, and
+// a source that holds k = v1: the set-up of the stale L1 tests.
+func clockedNode(t *testing.T) (*fleet, *source, *clock, *tier.Node) {
+	t.Helper()
 	f := newFleet(t)
 	src := newSource()
 	src.set("k", "v1")
-	var clk clock
-	n := f.node(tier.NodeConfig{}, &hooks.Points{Now: clk.read})
+	clk := &clock{}
+	return f, src, clk, f.node(tier.NodeConfig{}, &hooks.Points{Now: clk.read})
+}
+
+// R34 from L1: an L1 entry past its freshness is served as stale from L1,
+// and one background refresh (however many hits) replaces it.
+func TestRace_R34_StaleWhileRevalidateFromL1(t *testing.T) {
+	f, src, clk, n := clockedNode(t)
 	c := newCache(t, n, tier.Config[string, string]{Fetch: src.fetch, TTL: time.Hour, FreshFor: 10 * time.Minute, L1TTL: time.Hour})
-	staleInL1(t, f, n, c, src, &clk)
+	staleInL1(t, f, n, c, src, clk)
 	src.gated.Store(true)
 	for range 100 {
 		v, ri, err := getInfo(t, c, "k")
@@ -193,11 +200,7 @@ func TestRace_R34_StaleWhileRevalidateFromL1(t *testing.T) {
 // keep the entry from being refreshed: the next stale hit starts the
 // refresh, which brings the new value (R37).
 func TestRefreshKeyThatEndsItsGoroutine(t *testing.T) {
-	f := newFleet(t)
-	src := newSource()
-	src.set("k", "v1")
-	var clk clock
-	n := f.node(tier.NodeConfig{}, &hooks.Points{Now: clk.read})
+	f, src, clk, n := clockedNode(t)
 	var calls, exitAt atomic.Int64 // Key's calls; the one that ends its goroutine
 	c := newCache(t, n, tier.Config[string, string]{
 		Fetch: src.fetch, TTL: time.Hour, FreshFor: 10 * time.Minute, L1TTL: time.Hour,
@@ -208,7 +211,7 @@ func TestRefreshKeyThatEndsItsGoroutine(t *testing.T) {
 			return k
 		},
 	})
-	staleInL1(t, f, n, c, src, &clk)
+	staleInL1(t, f, n, c, src, clk)
 	// A stale hit calls Key for the L1 lookup, then for the refresh.
 	exitAt.Store(calls.Load() + 2)
 	ended := make(chan struct{})
